@@ -1,0 +1,221 @@
+"""Settings as dataclasses: TOML in (`--config`), flag overrides, JSON in the run directory.
+
+Every value is type-checked and range-checked by `validate`, and each message names the field,
+so a bad config is refused before anything is written.
+"""
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import LtmError
+
+FORMAT_VERSION = 1
+BACKENDS = ("pyro", "numpyro")
+DEVICES = ("auto", "cpu", "cuda")
+LOCAL_INITS = ("prior", "reference")
+LOCAL_OPTIMIZERS = ("adam", "sgd")
+
+
+@dataclass
+class ModelConfig:
+    n_layer: int = 4
+    n_head: int = 4
+    d_model: int = 128
+    n_z: int = 8  # latent vectors per sequence, split evenly over the layers; d_z = d_model
+    block_size: int = 128  # predicted tokens per window = decoder context
+    mlp_hidden: int = 0  # SwiGLU width; 0 picks 8/3 d_model rounded up to a multiple of 32
+    rope_base: float = 10000.0
+    norm_eps: float = 1e-5
+    vocab_size: int = 0  # set from the tokenizer when a run starts
+    latent: bool = True  # False: the decoder without cross-attention (the `none` baseline)
+
+    @property
+    def hidden(self) -> int:
+        if self.mlp_hidden:
+            return self.mlp_hidden
+        return -(-int(8 * self.d_model / 3) // 32) * 32
+
+    @property
+    def z_per_layer(self) -> int:
+        return self.n_z // self.n_layer
+
+
+@dataclass
+class InferenceConfig:
+    method: str = "local"
+    steps: int = 4  # fast steps per training iteration (T)
+    eval_steps: int = 16  # fast steps when a bound is reported
+    fast_lr: float = 0.34  # paper's fast step size, cosine-decayed to fast_lr * final_lr_ratio
+    final_lr_ratio: float = 0.1
+    num_samples: int = 1  # noise samples per fast step
+    init: str = "prior"  # "prior": mu 0, log sigma 0; "reference": mu 0, log sigma -5
+    optimizer: str = "adam"  # local optimiser: "adam" (paper) or "sgd"
+    fixed_noise: bool = False  # the published reference's single eps; comparison only
+
+    @property
+    def init_log_scale(self) -> float:
+        return 0.0 if self.init == "prior" else -5.0
+
+
+@dataclass
+class TrainConfig:
+    iters: int = 300
+    batch_size: int = 16
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup_iters: int = 20
+    lr_decay_iters: int = 0  # horizon of the cosine; 0 means `iters`
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    eval_interval: int = 100
+    eval_windows: int = 64  # val windows bounded at each periodic evaluation
+    checkpoint_interval: int = 100
+    seed: int = 0
+    device: str = "auto"
+    backend: str = "pyro"
+    compile: bool = False
+
+
+@dataclass
+class DataConfig:
+    data: str = "builtin:kjv"
+    tokenizer: str = "bpe:1024"
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+SECTIONS = {"model": ModelConfig, "inference": InferenceConfig, "train": TrainConfig, "data": DataConfig}
+
+
+def _check_type(name: str, value, annotation):
+    hint = annotation
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        hints = typing.get_args(hint)
+    else:
+        hints = (hint,)
+    for h in hints:
+        if h is type(None) and value is None:
+            return value
+        if h is bool and isinstance(value, bool):
+            return value
+        if h is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if h is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if h is str and isinstance(value, str):
+            return value
+    expected = " or ".join(getattr(h, "__name__", str(h)) for h in hints)
+    raise LtmError(f"config: {name} must be {expected}, got {value!r}")
+
+
+def _section_from_dict(cls, values: dict, section: str):
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in known:
+            raise LtmError(f"config: unknown setting {section}.{key}")
+        kwargs[key] = _check_type(f"{section}.{key}", value, hints[key])
+    return cls(**kwargs)
+
+
+def config_from_dict(raw: dict) -> RunConfig:
+    sections = {}
+    for key, value in raw.items():
+        if key not in SECTIONS:
+            raise LtmError(f"config: unknown section [{key}] (known: {', '.join(SECTIONS)})")
+        if not isinstance(value, dict):
+            raise LtmError(f"config: [{key}] must be a table")
+        sections[key] = _section_from_dict(SECTIONS[key], value, key)
+    return RunConfig(**sections)
+
+
+def load_toml(path: str | Path) -> RunConfig:
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise LtmError(f"config file not found: {path}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise LtmError(f"config file {path} is not valid TOML: {exc}") from None
+    return config_from_dict(raw)
+
+
+def apply_overrides(cfg: RunConfig, overrides: dict[str, object]) -> RunConfig:
+    """Set "section.field" keys, skipping None (a flag the user did not give)."""
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        section, name = dotted.split(".")
+        target = getattr(cfg, section)
+        hint = typing.get_type_hints(type(target))[name]
+        setattr(target, name, _check_type(dotted, value, hint))
+    return cfg
+
+
+def _positive(name: str, value) -> None:
+    if value <= 0:
+        raise LtmError(f"config: {name} must be positive, got {value}")
+
+
+def _non_negative(name: str, value) -> None:
+    if value < 0:
+        raise LtmError(f"config: {name} must not be negative, got {value}")
+
+
+def _one_of(name: str, value, choices) -> None:
+    if value not in choices:
+        raise LtmError(f"config: {name} must be one of {', '.join(choices)}, got {value!r}")
+
+
+def validate(cfg: RunConfig, methods: tuple[str, ...] = ()) -> RunConfig:
+    m, inf, t = cfg.model, cfg.inference, cfg.train
+    for name in ("n_layer", "n_head", "d_model", "block_size"):
+        _positive(f"model.{name}", getattr(m, name))
+    _non_negative("model.mlp_hidden", m.mlp_hidden)
+    _positive("model.rope_base", m.rope_base)
+    _positive("model.norm_eps", m.norm_eps)
+    if m.d_model % m.n_head or (m.d_model // m.n_head) % 2:
+        raise LtmError(
+            f"config: model.d_model ({m.d_model}) must split into model.n_head ({m.n_head}) heads of even size"
+        )
+    if m.latent:
+        _positive("model.n_z", m.n_z)
+        if m.n_z % m.n_layer:
+            raise LtmError(f"config: model.n_z ({m.n_z}) must be divisible by model.n_layer ({m.n_layer})")
+    if methods:
+        _one_of("inference.method", inf.method, methods)
+    for name in ("steps", "eval_steps", "num_samples"):
+        _positive(f"inference.{name}", getattr(inf, name))
+    _positive("inference.fast_lr", inf.fast_lr)
+    _positive("inference.final_lr_ratio", inf.final_lr_ratio)
+    _one_of("inference.init", inf.init, LOCAL_INITS)
+    _one_of("inference.optimizer", inf.optimizer, LOCAL_OPTIMIZERS)
+    for name in ("iters", "batch_size", "lr", "eval_interval", "eval_windows", "checkpoint_interval"):
+        _positive(f"train.{name}", getattr(t, name))
+    for name in ("warmup_iters", "lr_decay_iters", "weight_decay", "grad_clip", "seed"):
+        _non_negative(f"train.{name}", getattr(t, name))
+    if not 0 < t.min_lr_ratio <= 1:
+        raise LtmError(f"config: train.min_lr_ratio must be in (0, 1], got {t.min_lr_ratio}")
+    for name in ("beta1", "beta2"):
+        if not 0 <= getattr(t, name) < 1:
+            raise LtmError(f"config: train.{name} must be in [0, 1), got {getattr(t, name)}")
+    _one_of("train.device", t.device, DEVICES)
+    _one_of("train.backend", t.backend, BACKENDS)
+    return cfg

@@ -1,0 +1,117 @@
+"""`local` in Pyro: the paper's dual-rate variational Bayes.
+
+Fast: per-sequence q_i = N(mu_i, diag sigma_i^2) fitted by T steps of Adam (or SGD) on the ELBO,
+cosine-decayed step size, fresh noise at every step, decoder frozen (no weight gradients).
+Slow: one AdamW step on the decoder at the fitted q_i with fresh noise.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+
+import numpy as np
+import torch
+
+from ..models.pyro_model import local_guide, ltm_model
+from .pyro_backend import PyroBackend
+from .pyro_elbo import elbo_terms
+from .schedules import fast_lr
+
+
+@contextlib.contextmanager
+def frozen(module: torch.nn.Module):
+    """requires_grad off for every parameter inside the block, restored afterwards."""
+    flags = [p.requires_grad for p in module.parameters()]
+    for p in module.parameters():
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(module.parameters(), flags):
+            p.requires_grad_(flag)
+
+
+def fit_local_posterior(model, tokens, shape, inf_cfg, steps: int, device, observe_step=None):
+    """Fit (loc, log_scale) of shape [B, *shape] by `steps` fast steps; model(tokens) is the joint.
+
+    Minimises the negative ELBO per predicted token, summed over sequences (each sequence's
+    parameters see only their own term). With inf_cfg.fixed_noise one eps is drawn and reused
+    (the published reference's mode, for comparison only); it is returned for the final bound.
+    """
+    B = tokens.shape[0]
+    loc = torch.zeros((B, *shape), device=device, requires_grad=True)
+    log_scale = torch.full((B, *shape), inf_cfg.init_log_scale, device=device, requires_grad=True)
+    opt_cls = torch.optim.Adam if inf_cfg.optimizer == "adam" else torch.optim.SGD
+    opt = opt_cls([loc, log_scale], lr=inf_cfg.fast_lr)
+    S = inf_cfg.num_samples
+    eps = torch.randn((S, B, *shape), device=device) if inf_cfg.fixed_noise else None
+    for t in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = fast_lr(t, steps, inf_cfg.fast_lr, inf_cfg.final_lr_ratio)
+        guide = functools.partial(local_guide, loc=loc, log_scale=log_scale)
+        value = None if eps is None else loc + log_scale.exp() * eps
+        loglik, kl = elbo_terms(model, guide, tokens, num_particles=S, latent_value=value)
+        n_tokens = max(1, tokens.shape[-1] - 1)
+        loss = -(loglik.mean(0) - kl).sum() / n_tokens
+        loc.grad, log_scale.grad = torch.autograd.grad(loss, [loc, log_scale])
+        opt.step()
+        if observe_step is not None:
+            observe_step(t)
+    return loc.detach(), log_scale.detach(), eps
+
+
+class PyroLocal(PyroBackend):
+    method = "local"
+
+    def model(self, tokens):
+        return ltm_model(self.net, tokens, autocast=self.autocast)
+
+    @property
+    def latent_shape(self):
+        return (self.cfg.model.n_z, self.cfg.model.d_model)
+
+    def fit_posterior(self, tokens: torch.Tensor, steps: int, observe_step=None):
+        """q_i fitted with the decoder frozen; returns (loc, log_scale, fixed eps or None)."""
+        with frozen(self.decoder):
+            return fit_local_posterior(
+                self.model, tokens, self.latent_shape, self.cfg.inference, steps, self.device, observe_step
+            )
+
+    def _elbo(self, tokens, loc, log_scale, num_samples, noise=None):
+        guide = functools.partial(local_guide, loc=loc, log_scale=log_scale)
+        value = None if noise is None else loc + log_scale.exp() * noise
+        return elbo_terms(self.model, guide, tokens, num_particles=num_samples, latent_value=value)
+
+    def step(self, batch: np.ndarray) -> dict:
+        tokens = self.tensor(batch)
+        if not self.cfg.model.latent:
+            raise RuntimeError("local inference needs a latent model")
+        loc, log_scale, _ = self.fit_posterior(tokens, self.cfg.inference.steps)
+        loglik, kl = self._elbo(tokens, loc, log_scale, self.cfg.inference.num_samples)
+        n_tokens = tokens.shape[0] * (tokens.shape[1] - 1)
+        nll = -loglik.mean(0).sum() / n_tokens
+        loss = nll + kl.sum() / n_tokens
+        metrics = {"loss": loss.item(), "nll": nll.item(), "kl": kl.mean().item()}
+        if not math.isfinite(metrics["loss"]):
+            return metrics  # the trainer stops before any update reaches the weights
+        metrics.update(self.slow_update(loss))
+        return metrics
+
+    def bound(self, batch: np.ndarray, steps: int, num_samples: int = 1, noise: np.ndarray | None = None) -> dict:
+        """Per-sequence ELBO terms at q fitted by `steps` fast steps, fresh noise unless injected."""
+        tokens = self.tensor(batch)
+        loc, log_scale, eps = self.fit_posterior(tokens, steps)
+        if noise is not None:
+            eps = torch.as_tensor(noise, dtype=torch.float32, device=self.device)
+        elif not self.cfg.inference.fixed_noise:
+            eps = None
+        with torch.no_grad():
+            loglik, kl = self._elbo(tokens, loc, log_scale, num_samples if eps is None else eps.shape[0], eps)
+        return {"loglik": loglik.mean(0).cpu().numpy(), "kl": kl.cpu().numpy(), "num_tokens": tokens.shape[1] - 1}
+
+    def posterior_latents(self, batch: np.ndarray, steps: int):
+        """One draw of z from the fitted q per sequence (generation from a prompt)."""
+        tokens = self.tensor(batch)
+        loc, log_scale, _ = self.fit_posterior(tokens, steps)
+        return loc + log_scale.exp() * torch.randn_like(loc)

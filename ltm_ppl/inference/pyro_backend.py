@@ -1,0 +1,125 @@
+"""What every Pyro inference method shares: the torch decoder, its device and precision, the slow
+AdamW optimiser, weights and optimiser state as numpy arrays in canonical names, RNG state, and
+generation. Methods subclass it and add `step`, `bound`, `fit_posterior`.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import torch
+
+from ..config import RunConfig
+from ..errors import LtmError
+from ..models.torch_decoder import Decoder
+from .schedules import slow_lr
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise LtmError("--device cuda asked for, but torch sees no CUDA device")
+    return torch.device(name)
+
+
+class PyroBackend:
+    backend = "pyro"
+
+    def __init__(self, cfg: RunConfig):
+        self.cfg = cfg
+        self.device = resolve_device(cfg.train.device)
+        torch.manual_seed(cfg.train.seed)
+        self.decoder = Decoder(cfg.model).to(self.device)
+        # bf16 autocast for the decoder on CUDA; weights, optimiser and log-probs stay float32.
+        self.autocast = self.device.type == "cuda"
+        self.net = torch.compile(self.decoder) if cfg.train.compile else self.decoder
+        self.optimizer = self._make_optimizer()
+        self.iteration = 0
+
+    # ----- the slow (global) step -------------------------------------------------------------
+    def _make_optimizer(self) -> torch.optim.AdamW:
+        t = self.cfg.train
+        matrices = [p for p in self.decoder.parameters() if p.dim() >= 2]
+        vectors = [p for p in self.decoder.parameters() if p.dim() < 2]
+        groups = [{"params": matrices, "weight_decay": t.weight_decay}, {"params": vectors, "weight_decay": 0.0}]
+        return torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2), foreach=False)
+
+    def slow_update(self, loss: torch.Tensor) -> dict:
+        """One AdamW step on the decoder; returns the learning rate and gradient norm used."""
+        lr = slow_lr(self.iteration, self.cfg.train)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        clip = self.cfg.train.grad_clip or float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.decoder.parameters(), clip)
+        self.optimizer.step()
+        self.iteration += 1
+        return {"lr": lr, "grad_norm": float(grad_norm)}
+
+    def tensor(self, tokens: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(tokens, dtype=np.int64), device=self.device)
+
+    # ----- state in canonical names -----------------------------------------------------------
+    def weights(self) -> dict[str, np.ndarray]:
+        return {k: v.detach().cpu().float().numpy() for k, v in self.decoder.state_dict().items()}
+
+    def load_weights(self, arrays: dict[str, np.ndarray]) -> None:
+        expected = self.decoder.state_dict()
+        for name, tensor in expected.items():
+            if name not in arrays:
+                raise LtmError(f"weights.safetensors lacks tensor {name}")
+            if tuple(arrays[name].shape) != tuple(tensor.shape):
+                raise LtmError(
+                    f"tensor {name} in weights.safetensors has shape {list(arrays[name].shape)}, the config needs {list(tensor.shape)}"
+                )
+        extra = sorted(set(arrays) - set(expected))
+        if extra:
+            raise LtmError(f"weights.safetensors has tensor {extra[0]}, which the config's model lacks")
+        self.decoder.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in arrays.items()})
+
+    def optimizer_state(self) -> tuple[dict[str, np.ndarray], dict]:
+        tensors = {"rng/torch": torch.get_rng_state().numpy()}
+        if self.device.type == "cuda":
+            tensors["rng/cuda"] = torch.cuda.get_rng_state(self.device).numpy()
+        for name, p in self.decoder.named_parameters():
+            state = self.optimizer.state.get(p)
+            if state:
+                for key in ("exp_avg", "exp_avg_sq", "step"):
+                    tensors[f"{key}/{name}"] = state[key].detach().cpu().float().numpy().reshape(state[key].shape)
+        return tensors, {"iteration": self.iteration}
+
+    def load_optimizer_state(self, tensors: dict[str, np.ndarray], scalars: dict) -> None:
+        for name, p in self.decoder.named_parameters():
+            if f"exp_avg/{name}" in tensors:
+                self.optimizer.state[p] = {
+                    "step": torch.tensor(float(tensors[f"step/{name}"])),
+                    "exp_avg": torch.from_numpy(np.array(tensors[f"exp_avg/{name}"])).to(self.device),
+                    "exp_avg_sq": torch.from_numpy(np.array(tensors[f"exp_avg_sq/{name}"])).to(self.device),
+                }
+        torch.set_rng_state(torch.from_numpy(np.array(tensors["rng/torch"])))
+        if "rng/cuda" in tensors and self.device.type == "cuda":
+            torch.cuda.set_rng_state(torch.from_numpy(np.array(tensors["rng/cuda"])), self.device)
+        self.iteration = int(scalars["iteration"])
+
+    @contextlib.contextmanager
+    def rng_scope(self, seed: int):
+        """Draws inside use their own seeded stream and leave the training stream untouched."""
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            yield
+
+    # ----- generation -------------------------------------------------------------------------
+    def prior_latents(self, num: int):
+        if not self.cfg.model.latent:
+            return None
+        return torch.randn(num, self.cfg.model.n_z, self.cfg.model.d_model, device=self.device)
+
+    def generate(self, context: np.ndarray, z, max_new: int, temperature: float, top_k: int) -> np.ndarray:
+        from ..models.torch_generate import generate
+
+        self.decoder.eval()
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
+            out = generate(self.decoder, self.tensor(context), z, max_new, temperature, top_k)
+        return out.cpu().numpy()

@@ -1,0 +1,24 @@
+"""Step-size schedules shared by every backend (plain floats, so both PPLs agree exactly)."""
+from __future__ import annotations
+
+import math
+
+
+def fast_lr(step: int, steps: int, lr: float, final_ratio: float) -> float:
+    """Cosine decay from lr at step 0 to lr * final_ratio at step steps - 1 (the inner loop)."""
+    if steps <= 1:
+        return lr
+    final = lr * final_ratio
+    return final + 0.5 * (lr - final) * (1 + math.cos(math.pi * step / (steps - 1)))
+
+
+def slow_lr(iteration: int, train_cfg) -> float:
+    """Linear warm-up, then cosine decay to lr * min_lr_ratio at lr_decay_iters (the slow step)."""
+    lr, horizon = train_cfg.lr, train_cfg.lr_decay_iters or train_cfg.iters
+    if iteration < train_cfg.warmup_iters:
+        return lr * (iteration + 1) / train_cfg.warmup_iters
+    low = lr * train_cfg.min_lr_ratio
+    if iteration >= horizon:
+        return low
+    progress = (iteration - train_cfg.warmup_iters) / max(1, horizon - train_cfg.warmup_iters)
+    return low + 0.5 * (lr - low) * (1 + math.cos(math.pi * progress))

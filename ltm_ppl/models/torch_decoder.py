@@ -1,0 +1,182 @@
+"""The LTM decoder in PyTorch: a pre-norm Transformer whose every layer reads its share of the
+latent thought vectors z through cross-attention.
+
+Layer: x += SelfAttn(RMSNorm(x)) (causal, rotary); x += CrossAttn(RMSNorm(x), z_layer) (rotary on
+queries at token positions and on keys at latent positions j * block_size / z_per_layer); x +=
+SwiGLU(RMSNorm(x)). Tied input/output embedding, no biases, d_z = d_model, z goes straight into the
+key/value projection. With `latent=False` the cross-attention is absent: the autoregressive baseline.
+
+The state_dict names here are the canonical parameter names of the project (the JAX decoder and
+the safetensors files use them too).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..config import ModelConfig
+
+
+def rope_tables(positions: torch.Tensor, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin of shape [len(positions), head_dim // 2] in float32."""
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=positions.device) / head_dim))
+    angles = positions.float()[:, None] * inv_freq[None, :]
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate-half rotary embedding; x is [B, heads, L, head_dim], cos/sin [L, head_dim/2]."""
+    x1, x2 = x.float().chunk(2, dim=-1)
+    rotated = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+    return rotated.to(x.dtype)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x):
+        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
+        self.o = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+
+    def forward(self, x, cos, sin, cache=None):
+        B, L, D = x.shape
+        q, k, v = self.qkv(x).view(B, L, 3, self.n_head, D // self.n_head).permute(2, 0, 3, 1, 4)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            # Decode steps attend to every cached key: SDPA's is_causal aligns top-left when the
+            # query and key lengths differ, so a one-token step with is_causal would see key 0 only.
+            k, v = cache.append(k, v)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=cache.length == L)
+        return self.o(y.transpose(1, 2).reshape(B, L, D))
+
+
+class CrossAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.q = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+        self.kv = nn.Linear(cfg.d_model, 2 * cfg.d_model, bias=False)
+        self.o = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+
+    def latent_kv(self, z, cos_z, sin_z):
+        """Keys and values of this layer's latent vectors z [B, m, d]; computed once per sequence."""
+        B, M, D = z.shape
+        k, v = self.kv(z).view(B, M, 2, self.n_head, D // self.n_head).permute(2, 0, 3, 1, 4)
+        return apply_rope(k, cos_z, sin_z), v
+
+    def forward(self, x, cos, sin, kv):
+        B, L, D = x.shape
+        q = apply_rope(self.q(x).view(B, L, self.n_head, D // self.n_head).transpose(1, 2), cos, sin)
+        y = F.scaled_dot_product_attention(q, kv[0], kv[1])
+        return self.o(y.transpose(1, 2).reshape(B, L, D))
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.gate = nn.Linear(cfg.d_model, cfg.hidden, bias=False)
+        self.up = nn.Linear(cfg.d_model, cfg.hidden, bias=False)
+        self.down = nn.Linear(cfg.hidden, cfg.d_model, bias=False)
+
+    def forward(self, x):
+        return self.down(F.silu(self.gate(x)) * self.up(x))
+
+
+class Layer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.attn = SelfAttention(cfg)
+        if cfg.latent:
+            self.cross_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+            self.cross = CrossAttention(cfg)
+        self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.mlp = SwiGLU(cfg)
+
+    def forward(self, x, cos, sin, latent_kv=None, cache=None):
+        x = x + self.attn(self.attn_norm(x), cos, sin, cache)
+        if latent_kv is not None:
+            x = x + self.cross(self.cross_norm(x), cos, sin, latent_kv)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class KVCache:
+    """Self-attention keys/values of one layer, grown one step at a time."""
+
+    def __init__(self):
+        self.k = self.v = None
+
+    @property
+    def length(self) -> int:
+        return 0 if self.k is None else self.k.shape[2]
+
+    def append(self, k, v):
+        self.k = k if self.k is None else torch.cat([self.k, k], dim=2)
+        self.v = v if self.v is None else torch.cat([self.v, v], dim=2)
+        return self.k, self.v
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.layers = nn.ModuleList(Layer(cfg) for _ in range(cfg.n_layer))
+        self.final_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.apply(self._init)
+
+    @staticmethod
+    def _init(module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=0.02)
+
+    @property
+    def head_dim(self) -> int:
+        return self.cfg.d_model // self.cfg.n_head
+
+    def latent_positions(self, device) -> torch.Tensor:
+        m = self.cfg.z_per_layer
+        return torch.arange(m, device=device, dtype=torch.float32) * (self.cfg.block_size / m)
+
+    def latent_kv(self, z: torch.Tensor) -> list:
+        """Per-layer cross-attention keys/values of z [B, n_z, d_model] (None without latents)."""
+        if not self.cfg.latent:
+            return [None] * self.cfg.n_layer
+        cos_z, sin_z = rope_tables(self.latent_positions(z.device), self.head_dim, self.cfg.rope_base)
+        chunks = z.split(self.cfg.z_per_layer, dim=1)
+        return [layer.cross.latent_kv(chunk, cos_z, sin_z) for layer, chunk in zip(self.layers, chunks)]
+
+    def forward(self, idx: torch.Tensor, z: torch.Tensor | None = None, start: int = 0, caches=None, latent_kv=None):
+        """Logits [B, L, vocab] for tokens idx [B, L] at positions start.. given latents z."""
+        if latent_kv is None:
+            latent_kv = self.latent_kv(z) if self.cfg.latent else [None] * self.cfg.n_layer
+        positions = torch.arange(start, start + idx.shape[1], device=idx.device)
+        cos, sin = rope_tables(positions, self.head_dim, self.cfg.rope_base)
+        x = self.tok_emb(idx)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cos, sin, latent_kv[i], None if caches is None else caches[i])
+        return F.linear(self.final_norm(x), self.tok_emb.weight)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def flops_per_token(self) -> int:
+        """Forward matmul FLOPs per predicted token (2 per multiply-add), attention included."""
+        c, d, L = self.cfg, self.cfg.d_model, self.cfg.block_size
+        per_layer = 2 * (3 * d * d + d * d) + 2 * (3 * d * c.hidden) + 2 * 2 * L * d / 2
+        if c.latent:
+            per_layer += 2 * (d * d + d * d) + 2 * 2 * c.z_per_layer * d + 2 * (2 * d * d) * c.z_per_layer / L
+        return int(c.n_layer * per_layer + 2 * d * c.vocab_size)
