@@ -65,7 +65,11 @@ def fit(cfg: RunConfig, out: str | None = None, resume: str | None = None, progr
 
     if resume is not None:
         run = Path(resume)
-        checkpoint.read_config(run)  # refuses a directory that is not a run
+        stored, _ = checkpoint.read_config(run)  # refuses a directory that is not a run
+        if not cfg.model.vocab_size:
+            cfg.model.vocab_size = stored.model.vocab_size
+        if cfg.model != stored.model or cfg.data != stored.data:
+            raise LtmError(f"resuming {run} cannot change its [model] or [data] settings")
         data = load_data(cfg, run_tokenizer(run, cfg))
         validate(cfg, methods())
         inference = load_inference(run, cfg, with_optimizer=True)

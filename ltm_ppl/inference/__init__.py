@@ -14,6 +14,7 @@ from ..errors import LtmError
 
 REGISTRY: dict[tuple[str, str], str] = {
     ("pyro", "local"): "ltm_ppl.inference.local_pyro:PyroLocal",
+    ("numpyro", "local"): "ltm_ppl.inference.local_numpyro:NumPyroLocal",
 }
 
 

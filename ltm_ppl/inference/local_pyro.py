@@ -32,12 +32,13 @@ def frozen(module: torch.nn.Module):
             p.requires_grad_(flag)
 
 
-def fit_local_posterior(model, tokens, shape, inf_cfg, steps: int, device, observe_step=None):
+def fit_local_posterior(model, tokens, shape, inf_cfg, steps: int, device, observe_step=None, fast_noise=None):
     """Fit (loc, log_scale) of shape [B, *shape] by `steps` fast steps; model(tokens) is the joint.
 
     Minimises the negative ELBO per predicted token, summed over sequences (each sequence's
     parameters see only their own term). With inf_cfg.fixed_noise one eps is drawn and reused
     (the published reference's mode, for comparison only); it is returned for the final bound.
+    fast_noise [steps, S, B, *shape], if given, is the eps of each step (backend parity tests).
     """
     B = tokens.shape[0]
     loc = torch.zeros((B, *shape), device=device, requires_grad=True)
@@ -50,8 +51,9 @@ def fit_local_posterior(model, tokens, shape, inf_cfg, steps: int, device, obser
         for group in opt.param_groups:
             group["lr"] = fast_lr(t, steps, inf_cfg.fast_lr, inf_cfg.final_lr_ratio)
         guide = functools.partial(local_guide, loc=loc, log_scale=log_scale)
-        value = None if eps is None else loc + log_scale.exp() * eps
-        loglik, kl = elbo_terms(model, guide, tokens, num_particles=S, latent_value=value)
+        step_eps = eps if fast_noise is None else fast_noise[t]
+        value = None if step_eps is None else loc + log_scale.exp() * step_eps
+        loglik, kl = elbo_terms(model, guide, tokens, num_particles=S if step_eps is None else step_eps.shape[0], latent_value=value)
         n_tokens = max(1, tokens.shape[-1] - 1)
         loss = -(loglik.mean(0) - kl).sum() / n_tokens
         loc.grad, log_scale.grad = torch.autograd.grad(loss, [loc, log_scale])
@@ -71,11 +73,13 @@ class PyroLocal(PyroBackend):
     def latent_shape(self):
         return (self.cfg.model.n_z, self.cfg.model.d_model)
 
-    def fit_posterior(self, tokens: torch.Tensor, steps: int, observe_step=None):
+    def fit_posterior(self, tokens: torch.Tensor, steps: int, observe_step=None, fast_noise=None):
         """q_i fitted with the decoder frozen; returns (loc, log_scale, fixed eps or None)."""
+        if fast_noise is not None:
+            fast_noise = torch.as_tensor(fast_noise, dtype=torch.float32, device=self.device)
         with frozen(self.decoder):
             return fit_local_posterior(
-                self.model, tokens, self.latent_shape, self.cfg.inference, steps, self.device, observe_step
+                self.model, tokens, self.latent_shape, self.cfg.inference, steps, self.device, observe_step, fast_noise
             )
 
     def _elbo(self, tokens, loc, log_scale, num_samples, noise=None):
@@ -98,10 +102,14 @@ class PyroLocal(PyroBackend):
         metrics.update(self.slow_update(loss))
         return metrics
 
-    def bound(self, batch: np.ndarray, steps: int, num_samples: int = 1, noise: np.ndarray | None = None) -> dict:
-        """Per-sequence ELBO terms at q fitted by `steps` fast steps, fresh noise unless injected."""
+    def bound(self, batch: np.ndarray, steps: int, num_samples: int = 1, noise=None, fast_noise=None) -> dict:
+        """Per-sequence ELBO terms at q fitted by `steps` fast steps, fresh noise unless injected.
+
+        noise [S, B, n_z, d_z] is the eps of the reported estimate, fast_noise [steps, S', B, n_z,
+        d_z] that of the fast steps: injecting both makes two backends agree number for number.
+        """
         tokens = self.tensor(batch)
-        loc, log_scale, eps = self.fit_posterior(tokens, steps)
+        loc, log_scale, eps = self.fit_posterior(tokens, steps, fast_noise=fast_noise)
         if noise is not None:
             eps = torch.as_tensor(noise, dtype=torch.float32, device=self.device)
         elif not self.cfg.inference.fixed_noise:

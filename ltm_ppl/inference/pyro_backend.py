@@ -94,7 +94,7 @@ class PyroBackend:
         for name, p in self.decoder.named_parameters():
             if f"exp_avg/{name}" in tensors:
                 self.optimizer.state[p] = {
-                    "step": torch.tensor(float(tensors[f"step/{name}"])),
+                    "step": torch.tensor(float(np.asarray(tensors[f"step/{name}"]).reshape(-1)[0])),
                     "exp_avg": torch.from_numpy(np.array(tensors[f"exp_avg/{name}"])).to(self.device),
                     "exp_avg_sq": torch.from_numpy(np.array(tensors[f"exp_avg_sq/{name}"])).to(self.device),
                 }

@@ -21,6 +21,7 @@ def traced(model, guide, *args, num_particles: int = 1, latent_value=None, laten
         guide = poutine.condition(guide, data={latent: latent_value})
     with pyro.plate("particles", num_particles, dim=-2):
         guide_trace = poutine.trace(guide).get_trace(*args)
+        guide_trace.nodes[latent]["is_observed"] = False  # conditioned draw: replay refuses observed guide sites
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args)
     return guide_trace, model_trace
 

@@ -40,4 +40,4 @@ def ltm_model(decoder, tokens: torch.Tensor, autocast: bool = False):
 def local_guide(tokens: torch.Tensor, loc: torch.Tensor, log_scale: torch.Tensor):
     """q(z_i) = N(loc_i, diag exp(log_scale_i)^2): the fast local variational parameters."""
     with pyro.plate("seq", tokens.shape[0]):
-        pyro.sample("z", dist.Normal(loc, log_scale.exp()).to_event(2))
+        pyro.sample("z", dist.Normal(loc, log_scale.exp()).to_event(loc.dim() - 1))

@@ -1,0 +1,196 @@
+"""`local` in NumPyro: the paper's dual-rate variational Bayes, the mirror of local_pyro.py.
+
+Fast: per-sequence q_i = N(mu_i, diag sigma_i^2) fitted by T steps of Adam (or SGD) on the ELBO,
+cosine-decayed step size (passed into the loop as an array), fresh noise at every step,
+gradients w.r.t. (mu, log sigma) only, so the decoder computes no weight gradients; the whole
+loop is one `lax.scan` under `jax.jit`.
+Slow: one AdamW step on the decoder at the fitted q_i with fresh noise; the fast loop, the slow
+gradient and the optimiser update are one compiled program per (steps, shapes).
+
+Nothing here imports torch.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ..models.numpyro_model import local_guide, ltm_model
+from .numpyro_backend import NumPyroBackend, apply_update, slow_optimizer
+from .numpyro_elbo import elbo_terms
+from .schedules import fast_lr
+
+
+def fast_lrs(steps: int, inf_cfg) -> np.ndarray:
+    """The fast step sizes of one inner loop (schedules.fast_lr), as a float32 array."""
+    return np.asarray([fast_lr(t, steps, inf_cfg.fast_lr, inf_cfg.final_lr_ratio) for t in range(steps)], np.float32)
+
+
+def fit_local_posterior(model, tokens, shape, inf_cfg, lrs, key=None, fast_noise=None, fixed_eps=None):
+    """Fit (loc, log_scale) of shape [B, *shape] by len(lrs) fast steps; model(tokens) is the joint.
+
+    Minimises the negative ELBO per predicted token, summed over sequences (each sequence's
+    parameters see only their own term), differentiating w.r.t. (loc, log_scale) only. Each step
+    draws fresh noise from `key`, unless fast_noise [steps, S, B, *shape] gives every step's eps
+    (backend parity tests) or fixed_eps [S, B, *shape] is reused at every step (the published
+    reference's mode, comparison only). Pure: call it under jit.
+    """
+    B = tokens.shape[0]
+    loc = jnp.zeros((B, *shape), jnp.float32)
+    log_scale = jnp.full((B, *shape), inf_cfg.init_log_scale, jnp.float32)
+    opt = optax.scale_by_adam(b1=0.9, b2=0.999, eps=1e-8) if inf_cfg.optimizer == "adam" else optax.identity()
+    n_tokens = max(1, tokens.shape[-1] - 1)
+
+    def loss(local, eps, rng):
+        loc, log_scale = local
+        guide = functools.partial(local_guide, loc=loc, log_scale=log_scale)
+        value = None if eps is None else loc + jnp.exp(log_scale) * eps
+        particles = inf_cfg.num_samples if eps is None else eps.shape[0]
+        loglik, kl = elbo_terms(model, guide, tokens, num_particles=particles, latent_value=value, rng_key=rng)
+        return -(loglik.mean(0) - kl).sum() / n_tokens
+
+    def body(carry, xs):
+        local, state = carry
+        lr, step_eps, rng = xs
+        grads = jax.grad(loss)(local, fixed_eps if step_eps is None else step_eps, rng)
+        updates, state = opt.update(grads, state, local)
+        local = jax.tree.map(lambda p, u: p - lr * u, local, updates)
+        return (local, state), None
+
+    steps = lrs.shape[0]
+    keys = jax.random.split(key, steps) if fast_noise is None and fixed_eps is None else None
+    local = (loc, log_scale)
+    (local, _), _ = jax.lax.scan(body, (local, opt.init(local)), (lrs, fast_noise, keys))
+    return local
+
+
+def _frozen_copy(section) -> str:
+    return json.dumps(dataclasses.asdict(section), sort_keys=True)
+
+
+class LocalPrograms:
+    """The compiled programs of one (model, inference, optimiser, precision) setting; shared by
+    every NumPyroLocal with that setting, so a second instance (evaluation after training, tests)
+    reuses the traces. jit recompiles only for new shapes (steps, batch, samples)."""
+
+    def __init__(self, model_cfg, inf_cfg, train_cfg, dtype):
+        self.model_cfg, self.inf, self.train = model_cfg, inf_cfg, train_cfg
+        self.dtype = dtype
+        self.shape = (model_cfg.n_z, model_cfg.d_model)
+        self.optimizer = slow_optimizer(train_cfg)
+        donate = (0, 1) if jax.default_backend() != "cpu" else ()
+        self.step = jax.jit(self._step, donate_argnums=donate)
+        self.bound = jax.jit(self._bound, static_argnames=("num_samples",))
+        self.posterior = jax.jit(self._posterior)
+
+    def model(self, params):
+        return functools.partial(ltm_model, params, self.model_cfg, dtype=self.dtype)
+
+    def elbo(self, params, tokens, loc, log_scale, num_samples, noise, key):
+        guide = functools.partial(local_guide, loc=loc, log_scale=log_scale)
+        value = None if noise is None else loc + jnp.exp(log_scale) * noise
+        particles = num_samples if noise is None else noise.shape[0]
+        return elbo_terms(self.model(params), guide, tokens, num_particles=particles, latent_value=value, rng_key=key)
+
+    def fit(self, params, tokens, lrs, key, fast_noise=None):
+        """(loc, log_scale, fixed eps or None) fitted with the decoder's parameters as constants."""
+        fixed_key, fit_key = jax.random.split(key)
+        fixed = None
+        if self.inf.fixed_noise:
+            fixed = jax.random.normal(fixed_key, (self.inf.num_samples, tokens.shape[0], *self.shape), jnp.float32)
+        params = jax.lax.stop_gradient(params)
+        loc, log_scale = fit_local_posterior(self.model(params), tokens, self.shape, self.inf, lrs, fit_key, fast_noise, fixed)
+        return loc, log_scale, fixed
+
+    def _step(self, params, opt_state, tokens, lrs, key, lr):
+        fit_key, slow_key = jax.random.split(key)
+        loc, log_scale, _ = self.fit(params, tokens, lrs, fit_key)
+        loc, log_scale = jax.lax.stop_gradient(loc), jax.lax.stop_gradient(log_scale)
+        n_tokens = tokens.shape[0] * (tokens.shape[1] - 1)
+
+        def loss_fn(p):
+            loglik, kl = self.elbo(p, tokens, loc, log_scale, self.inf.num_samples, None, slow_key)
+            nll = -loglik.mean(0).sum() / n_tokens
+            return nll + kl.sum() / n_tokens, (nll, kl.mean())
+
+        (loss, (nll, kl)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        new_params, new_state, grad_norm = apply_update(self.train, self.optimizer, params, opt_state, grads, lr)
+        # A non-finite loss leaves the weights untouched (the trainer stops on it).
+        ok = jnp.isfinite(loss)
+        keep = lambda new, old: jnp.where(ok, new, old)  # noqa: E731
+        new_params = jax.tree.map(keep, new_params, params)
+        new_state = jax.tree.map(keep, new_state, opt_state)
+        return new_params, new_state, {"loss": loss, "nll": nll, "kl": kl, "grad_norm": grad_norm}
+
+    def _bound(self, params, tokens, lrs, key, fast_noise, noise, num_samples):
+        fit_key, eval_key = jax.random.split(key)
+        loc, log_scale, fixed = self.fit(params, tokens, lrs, fit_key, fast_noise)
+        eps = noise if noise is not None else fixed
+        loglik, kl = self.elbo(params, tokens, loc, log_scale, num_samples, eps, eval_key)
+        return loglik.mean(0), kl
+
+    def _posterior(self, params, tokens, lrs, key):
+        fit_key, draw_key = jax.random.split(key)
+        loc, log_scale, _ = self.fit(params, tokens, lrs, fit_key)
+        return loc + jnp.exp(log_scale) * jax.random.normal(draw_key, loc.shape, jnp.float32)
+
+
+_PROGRAMS: dict[tuple, LocalPrograms] = {}
+
+
+def local_programs(cfg, dtype) -> LocalPrograms:
+    t = cfg.train
+    key = (_frozen_copy(cfg.model), _frozen_copy(cfg.inference), t.beta1, t.beta2, t.weight_decay, t.grad_clip,
+           jnp.dtype(dtype).name)
+    if key not in _PROGRAMS:
+        _PROGRAMS[key] = LocalPrograms(copy.deepcopy(cfg.model), copy.deepcopy(cfg.inference), copy.deepcopy(t), dtype)
+    return _PROGRAMS[key]
+
+
+class NumPyroLocal(NumPyroBackend):
+    method = "local"
+
+    @property
+    def programs(self) -> LocalPrograms:
+        return local_programs(self.cfg, self.dtype)
+
+    def lrs(self, steps: int):
+        return self.array(fast_lrs(steps, self.cfg.inference))
+
+    def step(self, batch: np.ndarray) -> dict:
+        if not self.cfg.model.latent:
+            raise RuntimeError("local inference needs a latent model")
+        tokens = self.tensor(batch)
+        lr = self.slow_lr()
+        self.params, self.opt_state, out = self.programs.step(
+            self.params, self.opt_state, tokens, self.lrs(self.cfg.inference.steps), self.next_key(), np.float32(lr)
+        )
+        metrics = {name: float(out[name]) for name in ("loss", "nll", "kl")}
+        if not np.isfinite(metrics["loss"]):
+            return metrics  # weights untouched; the trainer stops before any update is kept
+        self.iteration += 1
+        metrics.update({"lr": lr, "grad_norm": float(out["grad_norm"])})
+        return metrics
+
+    def bound(self, batch: np.ndarray, steps: int, num_samples: int = 1, noise=None, fast_noise=None) -> dict:
+        """Per-sequence ELBO terms at q fitted by `steps` fast steps, fresh noise unless injected.
+
+        noise [S, B, n_z, d_z] is the eps of the reported estimate, fast_noise [steps, S', B, n_z,
+        d_z] that of the fast steps: injecting both makes two backends agree number for number.
+        """
+        tokens = self.tensor(batch)
+        loglik, kl = self.programs.bound(
+            self.params, tokens, self.lrs(steps), self.next_key(), self.array(fast_noise), self.array(noise),
+            num_samples=num_samples,
+        )
+        return {"loglik": np.asarray(loglik), "kl": np.asarray(kl), "num_tokens": int(tokens.shape[1] - 1)}
+
+    def posterior_latents(self, batch: np.ndarray, steps: int):
+        """One draw of z from the fitted q per sequence (generation from a prompt)."""
+        return self.programs.posterior(self.params, self.tensor(batch), self.lrs(steps), self.next_key())

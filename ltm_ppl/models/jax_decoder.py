@@ -1,0 +1,242 @@
+"""The LTM decoder in JAX: pure functions over a flat dict of parameters.
+
+The parameters are a plain dict {canonical torch state_dict name: array} with the torch layouts
+(a Linear weight is [out, in] and is applied as x @ W.T; the tied embedding `tok_emb.weight` is also
+the output head), so one safetensors file serves both backends without any transpose. The maths
+mirrors ltm_ppl/models/torch_decoder.py line for line: pre-norm RMSNorm, causal self-attention with
+rotate-half RoPE (float32 tables, same inv_freq), cross-attention to the layer's share of z with
+RoPE on the latent keys at positions j * block_size / z_per_layer and no mask, SwiGLU, tied head.
+
+Precision: parameters and the residual stream stay float32; with `dtype=jnp.bfloat16` (the GPU
+default of the NumPyro backend, like torch's CUDA autocast) every matmul and attention runs in
+bfloat16 and the logits come out in bfloat16; log-probabilities are taken in float32 by the
+token-sequence distribution.
+
+Nothing here imports torch.
+"""
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..config import ModelConfig
+
+
+# ----- parameters ------------------------------------------------------------------------------
+def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Canonical names and shapes, in the order of the torch Decoder's state_dict."""
+    d, h = cfg.d_model, cfg.hidden
+    shapes = {"tok_emb.weight": (cfg.vocab_size, d)}
+    for i in range(cfg.n_layer):
+        p = f"layers.{i}."
+        shapes[p + "attn_norm.weight"] = (d,)
+        shapes[p + "attn.qkv.weight"] = (3 * d, d)
+        shapes[p + "attn.o.weight"] = (d, d)
+        if cfg.latent:
+            shapes[p + "cross_norm.weight"] = (d,)
+            shapes[p + "cross.q.weight"] = (d, d)
+            shapes[p + "cross.kv.weight"] = (2 * d, d)
+            shapes[p + "cross.o.weight"] = (d, d)
+        shapes[p + "mlp_norm.weight"] = (d,)
+        shapes[p + "mlp.gate.weight"] = (h, d)
+        shapes[p + "mlp.up.weight"] = (h, d)
+        shapes[p + "mlp.down.weight"] = (d, h)
+    shapes["final_norm.weight"] = (d,)
+    return shapes
+
+
+def init_params(cfg: ModelConfig, key) -> dict[str, jax.Array]:
+    """Same scheme as torch: every matrix N(0, 0.02^2), every norm weight 1; float32."""
+    shapes = param_shapes(cfg)
+    keys = jax.random.split(key, len(shapes))
+    params = {}
+    for k, (name, shape) in zip(keys, shapes.items()):
+        if len(shape) == 1:
+            params[name] = jnp.ones(shape, jnp.float32)
+        else:
+            params[name] = 0.02 * jax.random.normal(k, shape, jnp.float32)
+    return params
+
+
+# ----- building blocks -------------------------------------------------------------------------
+def rms_norm(x, weight, eps: float):
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps) * weight
+    return y.astype(x.dtype)
+
+
+def linear(x, weight, dtype):
+    """x @ W.T with W in torch layout [out, in], computed in `dtype`."""
+    return jnp.einsum("...i,oi->...o", x.astype(dtype), weight.astype(dtype))
+
+
+def rope_tables(positions, head_dim: int, base: float):
+    """cos, sin [len(positions), head_dim // 2] in float32 (torch_decoder.rope_tables)."""
+    inv_freq = 1.0 / (base ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    angles = jnp.asarray(positions, jnp.float32)[:, None] * inv_freq[None, :]
+    return jnp.cos(angles), jnp.sin(angles)
+
+
+def apply_rope(x, cos, sin):
+    """Rotate-half RoPE; x is [B, L, heads, head_dim], cos/sin [L, head_dim/2]; float32 inside."""
+    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+    cos, sin = cos[:, None, :], sin[:, None, :]
+    rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return rotated.astype(x.dtype)
+
+
+def latent_positions(cfg: ModelConfig):
+    m = cfg.z_per_layer
+    return jnp.arange(m, dtype=jnp.float32) * (cfg.block_size / m)
+
+
+def latent_kv(params, cfg: ModelConfig, z, dtype=jnp.float32):
+    """Per-layer cross-attention (keys, values) [B, m, heads, head_dim] of z [B, n_z, d_model]."""
+    if not cfg.latent:
+        return [None] * cfg.n_layer
+    B, _, D = z.shape
+    H, m = cfg.n_head, cfg.z_per_layer
+    cos_z, sin_z = rope_tables(latent_positions(cfg), D // H, cfg.rope_base)
+    out = []
+    for i in range(cfg.n_layer):
+        chunk = z[:, i * m : (i + 1) * m]
+        kv = linear(chunk, params[f"layers.{i}.cross.kv.weight"], dtype).reshape(B, m, 2, H, D // H)
+        out.append((apply_rope(kv[:, :, 0], cos_z, sin_z), kv[:, :, 1]))
+    return out
+
+
+def _causal_attention(q, k, v):
+    return jax.nn.dot_product_attention(q, k, v, is_causal=True)
+
+
+def _forward(params, cfg: ModelConfig, idx, lkv, start, dtype, attend):
+    """Final hidden states [B, L, D] (float32) and what `attend` returned per layer.
+
+    attend(layer, q, k, v) -> (y, extra) does the self-attention of one layer: causal over the
+    window, or against a KV cache.
+    """
+    B, L = idx.shape
+    D, H = cfg.d_model, cfg.n_head
+    cos, sin = rope_tables(start + jnp.arange(L), D // H, cfg.rope_base)
+    x = params["tok_emb.weight"][idx]
+    extras = []
+    for i in range(cfg.n_layer):
+        p = f"layers.{i}."
+        h = rms_norm(x, params[p + "attn_norm.weight"], cfg.norm_eps)
+        qkv = linear(h, params[p + "attn.qkv.weight"], dtype).reshape(B, L, 3, H, D // H)
+        q, k, v = apply_rope(qkv[:, :, 0], cos, sin), apply_rope(qkv[:, :, 1], cos, sin), qkv[:, :, 2]
+        y, extra = attend(i, q, k, v)
+        extras.append(extra)
+        x = x + linear(y.reshape(B, L, D), params[p + "attn.o.weight"], dtype)
+        if lkv[i] is not None:
+            h = rms_norm(x, params[p + "cross_norm.weight"], cfg.norm_eps)
+            q = linear(h, params[p + "cross.q.weight"], dtype).reshape(B, L, H, D // H)
+            y = jax.nn.dot_product_attention(apply_rope(q, cos, sin), lkv[i][0], lkv[i][1])
+            x = x + linear(y.reshape(B, L, D), params[p + "cross.o.weight"], dtype)
+        h = rms_norm(x, params[p + "mlp_norm.weight"], cfg.norm_eps)
+        gated = jax.nn.silu(linear(h, params[p + "mlp.gate.weight"], dtype)) * linear(h, params[p + "mlp.up.weight"], dtype)
+        x = x + linear(gated, params[p + "mlp.down.weight"], dtype)
+    return rms_norm(x, params["final_norm.weight"], cfg.norm_eps), extras
+
+
+def _head(params, x, dtype):
+    return linear(x, params["tok_emb.weight"], dtype)
+
+
+def decoder_logits(params, cfg: ModelConfig, idx, z=None, start=0, dtype=jnp.float32, lkv=None):
+    """Logits [B, L, vocab] (in `dtype`) for tokens idx [B, L] at positions start.. given z [B, n_z, d]."""
+    if lkv is None:
+        lkv = latent_kv(params, cfg, z, dtype) if cfg.latent else [None] * cfg.n_layer
+    x, _ = _forward(params, cfg, idx, lkv, start, dtype, lambda i, q, k, v: (_causal_attention(q, k, v), None))
+    return _head(params, x, dtype)
+
+
+# ----- generation with a KV cache --------------------------------------------------------------
+def prefill(params, cfg: ModelConfig, tokens, lkv, dtype=jnp.float32):
+    """Encode tokens [B, L] at positions 0..L-1; returns (cache, last logits [B, vocab]).
+
+    The cache holds every layer's self-attention keys/values in fixed-size buffers
+    [n_layer, B, block_size, heads, head_dim] (static shapes: one compilation per prompt length).
+    """
+    B, L = tokens.shape
+    shape = (B, cfg.block_size, cfg.n_head, cfg.d_model // cfg.n_head)
+
+    def attend(i, q, k, v):
+        pad = ((0, 0), (0, cfg.block_size - L), (0, 0), (0, 0))
+        return _causal_attention(q, k, v), (jnp.pad(k, pad), jnp.pad(v, pad))
+
+    x, kvs = _forward(params, cfg, tokens, lkv, 0, dtype, attend)
+    cache = (jnp.stack([k for k, _ in kvs]), jnp.stack([v for _, v in kvs]))
+    assert cache[0].shape[1:] == shape
+    return cache, _head(params, x[:, -1], dtype)
+
+
+def decode_step(params, cfg: ModelConfig, cache, token, position, lkv, dtype=jnp.float32):
+    """One new token [B] at `position` (< block_size): appends to the cache, attends to every cached
+    key up to and including itself through an explicit mask (DESIGN section 4: no is_causal when the
+    query and key lengths differ). Returns (cache, logits [B, vocab])."""
+    keys, values = cache
+    valid = jnp.arange(cfg.block_size) <= position
+    mask = valid[None, None, None, :]  # [B, heads, q=1, keys]
+    new_k, new_v = [], []
+
+    def attend(i, q, k, v):
+        ki = jax.lax.dynamic_update_slice_in_dim(keys[i], k.astype(keys.dtype), position, axis=1)
+        vi = jax.lax.dynamic_update_slice_in_dim(values[i], v.astype(values.dtype), position, axis=1)
+        new_k.append(ki)
+        new_v.append(vi)
+        return jax.nn.dot_product_attention(q, ki, vi, mask=mask), None
+
+    x, _ = _forward(params, cfg, token[:, None], lkv, position, dtype, attend)
+    return (jnp.stack(new_k), jnp.stack(new_v)), _head(params, x[:, -1], dtype)
+
+
+def sample_next(logits, temperature: float, top_k: int, key):
+    if temperature == 0:
+        return jnp.argmax(logits, axis=-1)
+    logits = logits.astype(jnp.float32) / temperature
+    if top_k:
+        kth = jax.lax.top_k(logits, min(top_k, logits.shape[-1]))[0][..., -1:]
+        logits = jnp.where(logits < kth, -jnp.inf, logits)
+    return jax.random.categorical(key, logits, axis=-1)
+
+
+def generate(params, cfg: ModelConfig, context, z, max_new: int, temperature: float = 1.0, top_k: int = 0,
+             key=None, dtype=jnp.float32):
+    """New tokens [B, max_new] after context [B, P] (torch_generate.generate's semantics: when the
+    window fills, the last half of it is encoded afresh, positions restarting at 0)."""
+    block = cfg.block_size
+    context = jnp.asarray(context, jnp.int32)
+    if max_new <= 0:
+        return np.zeros((context.shape[0], 0), dtype=np.int64)
+    if key is None:
+        key = jax.random.PRNGKey(0)
+    lkv = jax.jit(lambda p, zz: latent_kv(p, cfg, zz, dtype))(params, z) if cfg.latent else [None] * cfg.n_layer
+    run_prefill = jax.jit(lambda p, t, kv: prefill(p, cfg, t, kv, dtype))
+    run_decode = jax.jit(lambda p, c, t, pos, kv: decode_step(p, cfg, c, t, pos, kv, dtype))
+    run_sample = jax.jit(lambda lg, k: sample_next(lg, temperature, top_k, k))
+
+    history = context[:, -block:]
+    cache, logits = run_prefill(params, history, lkv)
+    position = history.shape[1]
+    out = []
+    for _ in range(max_new):
+        key, sub = jax.random.split(key)
+        token = run_sample(logits, sub).astype(jnp.int32)
+        out.append(token)
+        history = jnp.concatenate([history, token[:, None]], axis=1)
+        if position >= block:
+            history = history[:, -(block // 2):]
+            cache, logits = run_prefill(params, history, lkv)
+            position = history.shape[1]
+        else:
+            cache, logits = run_decode(params, cache, token, jnp.int32(position), lkv)
+            position += 1
+    return np.asarray(jnp.stack(out, axis=1)).astype(np.int64)
+
+
+def num_params(cfg: ModelConfig) -> int:
+    return int(sum(math.prod(s) for s in param_shapes(cfg).values()))

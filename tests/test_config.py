@@ -1,0 +1,61 @@
+import pytest
+
+from ltm_ppl.config import RunConfig, apply_overrides, config_from_dict, load_toml, validate
+from ltm_ppl.errors import LtmError
+
+
+def test_toml_sections_and_flag_overrides(tiny_toml):
+    cfg = load_toml(tiny_toml)
+    assert (cfg.model.d_model, cfg.inference.steps, cfg.data.tokenizer) == (32, 2, "bytes")
+    apply_overrides(cfg, {"inference.steps": 7, "train.seed": None})
+    assert cfg.inference.steps == 7 and cfg.train.seed == 0
+    validate(cfg, ("local",))
+
+
+def test_int_is_accepted_where_float_is_expected():
+    cfg = config_from_dict({"train": {"lr": 1}})
+    assert cfg.train.lr == 1.0 and isinstance(cfg.train.lr, float)
+
+
+@pytest.mark.parametrize(
+    "raw, field",
+    [
+        ({"model": {"n_layer": "four"}}, "model.n_layer"),
+        ({"train": {"compile": 1}}, "train.compile"),
+        ({"model": {"bogus": 1}}, "model.bogus"),
+        ({"nonsense": {}}, "[nonsense]"),
+    ],
+)
+def test_wrong_type_or_unknown_key_names_the_field(raw, field):
+    with pytest.raises(LtmError, match=field.replace("[", r"\[").replace("]", r"\]")):
+        config_from_dict(raw)
+
+
+@pytest.mark.parametrize(
+    "section, name, value, message",
+    [
+        ("inference", "steps", -1, "inference.steps must be positive"),
+        ("model", "n_z", 6, r"model.n_z \(6\) must be divisible by model.n_layer \(4\)"),
+        ("model", "n_head", 3, "model.d_model"),
+        ("train", "beta2", 1.5, "train.beta2"),
+        ("train", "device", "tpu", "train.device must be one of"),
+        ("inference", "init", "zeros", "inference.init must be one of"),
+    ],
+)
+def test_out_of_range_values_are_refused(section, name, value, message):
+    cfg = RunConfig()
+    setattr(getattr(cfg, section), name, value)
+    with pytest.raises(LtmError, match=message):
+        validate(cfg, ("local",))
+
+
+def test_unknown_method_is_refused():
+    cfg = RunConfig()
+    cfg.inference.method = "magic"
+    with pytest.raises(LtmError, match="inference.method must be one of local"):
+        validate(cfg, ("local",))
+
+
+def test_default_mlp_width_is_swiglu_sized():
+    cfg = RunConfig().model
+    assert cfg.hidden % 32 == 0 and 8 * cfg.d_model / 3 <= cfg.hidden < 8 * cfg.d_model / 3 + 32
