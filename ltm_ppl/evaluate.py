@@ -6,6 +6,7 @@ import math
 import numpy as np
 
 from .data.windows import eval_batches, num_windows
+from .errors import LtmError
 
 
 def corpus_bound(inference, tokens: np.ndarray, steps: int, num_samples: int, batch_size: int,
@@ -30,6 +31,8 @@ def corpus_bound(inference, tokens: np.ndarray, steps: int, num_samples: int, ba
             if progress is not None:
                 progress(len(batch))
     nll = -(loglik - kl) / n_tokens
+    if not math.isfinite(nll):
+        raise LtmError(f"the bound is not finite (log-likelihood {loglik}, KL {kl}): the weights may have diverged")
     return {
         "nll_per_token": nll,
         "perplexity": math.exp(nll),

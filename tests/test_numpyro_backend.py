@@ -47,14 +47,15 @@ device = "cpu"
 
 @pytest.fixture(scope="module", autouse=True)
 def _caches(tmp_path_factory):
-    """A persistent jit compilation cache (set before this module's first compilation) and a
-    temporary token cache."""
+    """A persistent jit compilation cache (set before this module's first compilation), a
+    temporary token cache, and jax on the CPU."""
     import jax
 
     JAX_CACHE.mkdir(parents=True, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", str(JAX_CACHE))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-    with pytest.MonkeyPatch.context() as mp:
+    with pytest.MonkeyPatch.context() as mp, jax.default_device(jax.devices("cpu")[0]):
+        # float32 on the CPU even where jax sees a GPU (whose float32 matmuls default to TF32).
         mp.setenv("LTM_CACHE_DIR", str(tmp_path_factory.mktemp("token-cache")))
         yield
 
@@ -234,6 +235,13 @@ def test_elbo_terms_generic_linear_gaussian():
     loc, log_scale = fit(jnp.asarray(fast_lrs(300, inf)), jax.random.PRNGKey(0))
     np.testing.assert_allclose(np.asarray(loc), np.asarray(x) / 2, atol=0.1)
     np.testing.assert_allclose(np.asarray(log_scale), 0.5 * np.log(0.5), atol=0.1)
+    # The reference's fixed-noise mode is the same loop with one eps injected at every step.
+    eps = jax.random.normal(jax.random.PRNGKey(1), (2, 3, 5))
+    lrs = jnp.asarray(fast_lrs(5, inf))
+    fixed = fit_local_posterior(model, x, (5,), inf, lrs, fixed_eps=eps)
+    injected = fit_local_posterior(model, x, (5,), inf, lrs, fast_noise=jnp.broadcast_to(eps, (5, *eps.shape)))
+    np.testing.assert_allclose(np.asarray(fixed[0]), np.asarray(injected[0]), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(fixed[1]), np.asarray(injected[1]), rtol=1e-6)
 
 
 @pytest.mark.parametrize("optimizer,init", [("sgd", "reference"), ("adam", "prior")])
@@ -430,6 +438,24 @@ def test_rng_scope_leaves_the_training_key_alone():
         b = np.asarray(inference.prior_latents(2))
     np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(np.asarray(inference.key), key)
+
+
+def test_numpyro_fixed_noise_mode_and_seeded_bounds():
+    """The reference's fixed-noise mode trains and bounds; a bound inside rng_scope(seed) repeats."""
+    from ltm_ppl.inference import create
+
+    cfg = tiny_cfg()
+    cfg.inference.fixed_noise = True
+    inference = create(cfg)
+    batch = markov_tokens(4, cfg.model.block_size, cfg.model.vocab_size, seed=3)
+    assert np.isfinite(inference.step(batch)["loss"]) and inference.iteration == 1
+    with inference.rng_scope(5):
+        a = inference.bound(batch, 3)
+    with inference.rng_scope(5):
+        b = inference.bound(batch, 3)
+    c = inference.bound(batch, 3)
+    np.testing.assert_array_equal(a["loglik"], b["loglik"])
+    assert not np.array_equal(a["loglik"], c["loglik"])
 
 
 def _records(run: Path) -> list[dict]:

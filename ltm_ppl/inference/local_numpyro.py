@@ -79,12 +79,13 @@ class LocalPrograms:
     every NumPyroLocal with that setting, so a second instance (evaluation after training, tests)
     reuses the traces. jit recompiles only for new shapes (steps, batch, samples)."""
 
-    def __init__(self, model_cfg, inf_cfg, train_cfg, dtype):
+    def __init__(self, model_cfg, inf_cfg, train_cfg, dtype, platform: str):
         self.model_cfg, self.inf, self.train = model_cfg, inf_cfg, train_cfg
         self.dtype = dtype
         self.shape = (model_cfg.n_z, model_cfg.d_model)
         self.optimizer = slow_optimizer(train_cfg)
-        donate = (0, 1) if jax.default_backend() != "cpu" else ()
+        # On accelerators the step updates weights and optimiser state in place (donated buffers).
+        donate = (0, 1) if platform != "cpu" else ()
         self.step = jax.jit(self._step, donate_argnums=donate)
         self.bound = jax.jit(self._bound, static_argnames=("num_samples",))
         self.posterior = jax.jit(self._posterior)
@@ -144,12 +145,12 @@ class LocalPrograms:
 _PROGRAMS: dict[tuple, LocalPrograms] = {}
 
 
-def local_programs(cfg, dtype) -> LocalPrograms:
+def local_programs(cfg, dtype, platform: str) -> LocalPrograms:
     t = cfg.train
     key = (_frozen_copy(cfg.model), _frozen_copy(cfg.inference), t.beta1, t.beta2, t.weight_decay, t.grad_clip,
-           jnp.dtype(dtype).name)
+           jnp.dtype(dtype).name, platform)
     if key not in _PROGRAMS:
-        _PROGRAMS[key] = LocalPrograms(copy.deepcopy(cfg.model), copy.deepcopy(cfg.inference), copy.deepcopy(t), dtype)
+        _PROGRAMS[key] = LocalPrograms(copy.deepcopy(cfg.model), copy.deepcopy(cfg.inference), copy.deepcopy(t), dtype, platform)
     return _PROGRAMS[key]
 
 
@@ -158,7 +159,7 @@ class NumPyroLocal(NumPyroBackend):
 
     @property
     def programs(self) -> LocalPrograms:
-        return local_programs(self.cfg, self.dtype)
+        return local_programs(self.cfg, self.dtype, self.device.platform)
 
     def lrs(self, steps: int):
         return self.array(fast_lrs(steps, self.cfg.inference))

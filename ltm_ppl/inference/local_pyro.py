@@ -11,6 +11,7 @@ import functools
 import math
 
 import numpy as np
+import pyro
 import torch
 
 from ..models.pyro_model import local_guide, ltm_model
@@ -77,7 +78,9 @@ class PyroLocal(PyroBackend):
         """q_i fitted with the decoder frozen; returns (loc, log_scale, fixed eps or None)."""
         if fast_noise is not None:
             fast_noise = torch.as_tensor(fast_noise, dtype=torch.float32, device=self.device)
-        with frozen(self.decoder):
+        # No argument validation in the hot loop: a diverged decoder then yields a non-finite loss
+        # that the trainer reports (naming the iteration) instead of a ValueError deep in Pyro.
+        with frozen(self.decoder), pyro.validation_enabled(False):
             return fit_local_posterior(
                 self.model, tokens, self.latent_shape, self.cfg.inference, steps, self.device, observe_step, fast_noise
             )
@@ -85,7 +88,8 @@ class PyroLocal(PyroBackend):
     def _elbo(self, tokens, loc, log_scale, num_samples, noise=None):
         guide = functools.partial(local_guide, loc=loc, log_scale=log_scale)
         value = None if noise is None else loc + log_scale.exp() * noise
-        return elbo_terms(self.model, guide, tokens, num_particles=num_samples, latent_value=value)
+        with pyro.validation_enabled(False):
+            return elbo_terms(self.model, guide, tokens, num_particles=num_samples, latent_value=value)
 
     def step(self, batch: np.ndarray) -> dict:
         tokens = self.tensor(batch)
