@@ -58,6 +58,11 @@ class PyroBackend:
         self.iteration += 1
         return {"lr": lr, "grad_norm": float(grad_norm)}
 
+    def synchronize(self) -> None:
+        """Wait for queued device work (benchmarks time the work, not its launch)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
     def tensor(self, tokens: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(np.asarray(tokens, dtype=np.int64), device=self.device)
 
