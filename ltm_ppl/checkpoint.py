@@ -113,8 +113,8 @@ def _sha256(data: bytes) -> str:
 def save_checkpoint(run: Path, weights: dict, opt_tensors: dict, scalars: dict) -> None:
     from safetensors.numpy import save
 
-    weight_bytes = save({k: np.ascontiguousarray(v) for k, v in weights.items()})
-    opt_bytes = save({k: np.ascontiguousarray(v) for k, v in opt_tensors.items()})
+    weight_bytes = save({k: np.require(v, requirements="C") for k, v in weights.items()})
+    opt_bytes = save({k: np.require(v, requirements="C") for k, v in opt_tensors.items()})
     atomic_write_bytes(run / "weights.safetensors", weight_bytes)
     atomic_write_bytes(run / "optimizer.safetensors", opt_bytes)
     state = dict(scalars, weights_sha256=_sha256(weight_bytes), optimizer_sha256=_sha256(opt_bytes))

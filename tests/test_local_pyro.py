@@ -57,7 +57,7 @@ def test_per_sequence_elbo_equals_pyros_trace_mean_field_elbo(tiny_local):
     loglik, kl = elbo_terms(tiny_local.model, guide, tokens)
     pyro.set_rng_seed(1)
     loss = pyro.infer.TraceMeanField_ELBO(max_plate_nesting=1).differentiable_loss(tiny_local.model, guide, tokens)
-    assert float((loglik.mean(0) - kl).sum()) == pytest.approx(-loss.item(), rel=1e-5)
+    assert (loglik.mean(0) - kl).sum().item() == pytest.approx(-loss.item(), rel=1e-5)
     expected_kl = 0.5 * (loc**2 + (2 * log_scale).exp() - 1 - 2 * log_scale).sum((-1, -2))
     torch.testing.assert_close(kl, expected_kl, rtol=1e-5, atol=1e-5)
 
