@@ -17,7 +17,7 @@ from .errors import LtmError
 FORMAT_VERSION = 1
 BACKENDS = ("pyro", "numpyro")
 DEVICES = ("auto", "cpu", "cuda")
-LOCAL_INITS = ("prior", "reference")
+LOCAL_INITS = ("prior", "reference", "amortized")
 LOCAL_OPTIMIZERS = ("adam", "sgd")
 
 
@@ -33,6 +33,7 @@ class ModelConfig:
     norm_eps: float = 1e-5
     vocab_size: int = 0  # set from the tokenizer when a run starts
     latent: bool = True  # False: the decoder without cross-attention (the `none` baseline)
+    encoder_layers: int = 2  # bidirectional layers of the amortized encoder q_phi(z | x)
 
     @property
     def hidden(self) -> int:
@@ -53,9 +54,18 @@ class InferenceConfig:
     fast_lr: float = 0.03  # paper: 0.34; 0.03 gave the best honest bound here (docs/design.md)
     final_lr_ratio: float = 0.1
     num_samples: int = 1  # noise samples per fast step
-    init: str = "prior"  # "prior": mu 0, log sigma 0; "reference": mu 0, log sigma -5
+    init: str = "prior"  # "prior": mu 0, log sigma 0; "reference": mu 0, log sigma -5; "amortized": the encoder's q
     optimizer: str = "adam"  # local optimiser: "adam" (paper) or "sgd"
     fixed_noise: bool = False  # the published reference's single eps; comparison only
+    # langevin: `steps` steps per training iteration (the first half adapt the step size)
+    step_size: float = 0.1  # initial Langevin step size s
+    mala: bool = True  # Metropolis-adjusted (accept/reject per sequence and chain)
+    target_accept: float = 0.57  # acceptance the warm-up adapts the step size toward
+    chains: int = 1  # chains per sequence, vectorised as a batch dimension
+    draws: int = 16  # kept draws per chain when a bound or posterior is asked of langevin
+    # amortized: options against posterior collapse; they change the training objective only
+    kl_warmup_iters: int = 0  # KL weight rises linearly from 0 to 1 over these iterations
+    free_bits: float = 0.0  # nats: each latent vector's KL counts as at least this much
 
     @property
     def init_log_scale(self) -> float:
@@ -169,19 +179,33 @@ def apply_overrides(cfg: RunConfig, overrides: dict[str, object]) -> RunConfig:
     return cfg
 
 
+# The command-line flag of a setting, named in its error message too.
+FLAGS = {
+    "inference.steps": "--steps", "inference.step_size": "--step-size", "inference.chains": "--chains",
+    "inference.draws": "--draws", "inference.target_accept": "--target-accept", "inference.free_bits": "--free-bits",
+    "inference.kl_warmup_iters": "--kl-warmup", "inference.init": "--init", "inference.method": "--inference",
+    "train.iters": "--iters", "train.batch_size": "--batch-size", "train.seed": "--seed", "train.device": "--device",
+    "inference.num_samples": "--samples",
+}
+
+
+def _flag(name: str) -> str:
+    return f" ({FLAGS[name]})" if name in FLAGS else ""
+
+
 def _positive(name: str, value) -> None:
     if value <= 0:
-        raise LtmError(f"config: {name} must be positive, got {value}")
+        raise LtmError(f"config: {name}{_flag(name)} must be positive, got {value}")
 
 
 def _non_negative(name: str, value) -> None:
     if value < 0:
-        raise LtmError(f"config: {name} must not be negative, got {value}")
+        raise LtmError(f"config: {name}{_flag(name)} must not be negative, got {value}")
 
 
 def _one_of(name: str, value, choices) -> None:
     if value not in choices:
-        raise LtmError(f"config: {name} must be one of {', '.join(choices)}, got {value!r}")
+        raise LtmError(f"config: {name}{_flag(name)} must be one of {', '.join(choices)}, got {value!r}")
 
 
 def validate(cfg: RunConfig, methods: tuple[str, ...] = ()) -> RunConfig:
@@ -201,8 +225,12 @@ def validate(cfg: RunConfig, methods: tuple[str, ...] = ()) -> RunConfig:
             raise LtmError(f"config: model.n_z ({m.n_z}) must be divisible by model.n_layer ({m.n_layer})")
     if methods:
         _one_of("inference.method", inf.method, methods)
-    for name in ("steps", "eval_steps", "num_samples"):
+    for name in ("steps", "eval_steps", "num_samples", "chains", "draws", "step_size"):
         _positive(f"inference.{name}", getattr(inf, name))
+    _non_negative("inference.free_bits", inf.free_bits)
+    _non_negative("inference.kl_warmup_iters", inf.kl_warmup_iters)
+    if not 0 < inf.target_accept < 1:
+        raise LtmError(f"config: inference.target_accept{_flag('inference.target_accept')} must be in (0, 1), got {inf.target_accept}")
     _positive("inference.fast_lr", inf.fast_lr)
     _positive("inference.final_lr_ratio", inf.final_lr_ratio)
     _one_of("inference.init", inf.init, LOCAL_INITS)

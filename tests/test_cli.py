@@ -101,7 +101,7 @@ def test_bad_or_short_corpus_file(tmp_path, fresh, tiny_toml, content, fragment)
         (["--backend", "stan"], ["--backend", "stan"]),
         (["--inference", "magic"], ["inference.method", "magic"]),
         (["--bogus"], ["No such option", "--bogus"]),
-        (["--steps", "-1"], ["inference.steps must be positive"]),
+        (["--steps", "-1"], ["inference.steps (--steps) must be positive"]),
         (["--iters", "many"], ["--iters", "many"]),
     ],
 )
@@ -116,7 +116,7 @@ def test_bad_fit_flags(fresh, args, fragments):
         ('[inference]\nsteps = "four"\n', ["inference.steps must be int", "four"]),
         ("[model]\nn_layer = 4\nn_z = 5\n", ["model.n_z (5) must be divisible by model.n_layer (4)"]),
         ("[model\nn_z = 5\n", ["not valid TOML"]),
-        ("[train]\nbatch_size = -3\n", ["train.batch_size must be positive"]),
+        ("[train]\nbatch_size = -3\n", ["train.batch_size (--batch-size) must be positive"]),
     ],
 )
 def test_bad_config_values(tmp_path, fresh, toml, fragments):

@@ -34,26 +34,26 @@ def test_wrong_type_or_unknown_key_names_the_field(raw, field):
 @pytest.mark.parametrize(
     "section, name, value, message",
     [
-        ("inference", "steps", -1, "inference.steps must be positive"),
+        ("inference", "steps", -1, r"inference.steps \(--steps\) must be positive"),
         ("model", "n_z", 6, r"model.n_z \(6\) must be divisible by model.n_layer \(4\)"),
         ("model", "n_head", 3, "model.d_model"),
         ("train", "beta2", 1.5, "train.beta2"),
-        ("train", "device", "tpu", "train.device must be one of"),
-        ("inference", "init", "zeros", "inference.init must be one of"),
+        ("train", "device", "tpu", r"train.device \(--device\) must be one of"),
+        ("inference", "init", "zeros", r"inference.init \(--init\) must be one of"),
     ],
 )
 def test_out_of_range_values_are_refused(section, name, value, message):
     cfg = RunConfig()
     setattr(getattr(cfg, section), name, value)
     with pytest.raises(LtmError, match=message):
-        validate(cfg, ("local",))
+        validate(cfg, ("amortized", "langevin", "local", "none"))
 
 
 def test_unknown_method_is_refused():
     cfg = RunConfig()
     cfg.inference.method = "magic"
-    with pytest.raises(LtmError, match="inference.method must be one of local"):
-        validate(cfg, ("local",))
+    with pytest.raises(LtmError, match=r"inference.method \(--inference\) must be one of amortized, langevin, local, none, got .magic."):
+        validate(cfg, ("amortized", "langevin", "local", "none"))
 
 
 def test_default_mlp_width_is_swiglu_sized():

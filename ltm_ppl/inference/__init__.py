@@ -14,8 +14,18 @@ from ..errors import LtmError
 
 REGISTRY: dict[tuple[str, str], str] = {
     ("pyro", "local"): "ltm_ppl.inference.local_pyro:PyroLocal",
+    ("pyro", "amortized"): "ltm_ppl.inference.amortized_pyro:PyroAmortized",
+    ("pyro", "langevin"): "ltm_ppl.inference.langevin_pyro:PyroLangevin",
+    ("pyro", "none"): "ltm_ppl.inference.none_pyro:PyroNone",
     ("numpyro", "local"): "ltm_ppl.inference.local_numpyro:NumPyroLocal",
+    ("numpyro", "amortized"): "ltm_ppl.inference.amortized_numpyro:NumPyroAmortized",
+    ("numpyro", "langevin"): "ltm_ppl.inference.langevin_numpyro:NumPyroLangevin",
+    ("numpyro", "none"): "ltm_ppl.inference.none_numpyro:NumPyroNone",
 }
+
+# Methods whose weights include the amortized encoder (`encoder.*` tensors).
+def needs_encoder(cfg) -> bool:
+    return cfg.inference.method == "amortized" or (cfg.inference.method == "local" and cfg.inference.init == "amortized")
 
 
 def methods() -> tuple[str, ...]:

@@ -43,8 +43,9 @@ class RMSNorm(nn.Module):
 
 
 class SelfAttention(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, causal: bool = True):
         super().__init__()
+        self.causal = causal
         self.n_head = cfg.n_head
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
         self.o = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
@@ -54,7 +55,7 @@ class SelfAttention(nn.Module):
         q, k, v = self.qkv(x).view(B, L, 3, self.n_head, D // self.n_head).permute(2, 0, 3, 1, 4)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is None:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
         else:
             # Decode steps attend to every cached key: SDPA's is_causal aligns top-left when the
             # query and key lengths differ, so a one-token step with is_causal would see key 0 only.
@@ -172,11 +173,3 @@ class Decoder(nn.Module):
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
-
-    def flops_per_token(self) -> int:
-        """Forward matmul FLOPs per predicted token (2 per multiply-add), attention included."""
-        c, d, L = self.cfg, self.cfg.d_model, self.cfg.block_size
-        per_layer = 2 * (3 * d * d + d * d) + 2 * (3 * d * c.hidden) + 2 * 2 * L * d / 2
-        if c.latent:
-            per_layer += 2 * (d * d + d * d) + 2 * 2 * c.z_per_layer * d + 2 * (2 * d * d) * c.z_per_layer / L
-        return int(c.n_layer * per_layer + 2 * d * c.vocab_size)

@@ -1,0 +1,48 @@
+"""Matmul FLOPs per predicted token, from the config alone (2 FLOPs per multiply-add).
+
+So runs can be compared token-matched (the paper's) or compute-matched: `training_flops_per_token`
+counts the whole training iteration of a method per training token. A backward pass costs two
+forwards when it computes weight and activation gradients, one when it computes activation
+gradients only (the fast steps, the Langevin steps: the decoder is frozen there).
+"""
+from __future__ import annotations
+
+from .config import ModelConfig, RunConfig
+
+
+def _layer(m: ModelConfig, d: int, L: int, causal: bool) -> float:
+    attention = 2 * 2 * L * d * (0.5 if causal else 1.0)  # scores and weighted values
+    return 2 * 4 * d * d + 2 * 3 * d * m.hidden + attention
+
+
+def decoder_forward(m: ModelConfig) -> float:
+    d, L = m.d_model, m.block_size
+    per_layer = _layer(m, d, L, causal=True)
+    if m.latent:
+        # query and output projections per token, the z keys/values once per window, attention to z
+        per_layer += 2 * 2 * d * d + 2 * 2 * d * d * m.z_per_layer / L + 2 * 2 * m.z_per_layer * d
+    return m.n_layer * per_layer + 2 * d * m.vocab_size
+
+
+def encoder_forward(m: ModelConfig) -> float:
+    d, L = m.d_model, m.block_size + 1
+    layers = m.encoder_layers * _layer(m, d, L, causal=False)
+    pool = 2 * 2 * d * d + (2 * 2 * d * d * m.n_z + 2 * 2 * m.n_z * L * d + 2 * 2 * d * d * m.n_z) / L
+    return layers + pool + 2 * 2 * d * d * m.n_z / L
+
+
+def training_flops_per_token(cfg: RunConfig) -> float:
+    """FLOPs of one training iteration divided by the predicted tokens it trains on."""
+    m, inf = cfg.model, cfg.inference
+    F = decoder_forward(m)
+    method, S = inf.method, inf.num_samples
+    if method == "none":
+        return 3 * F
+    if method == "amortized":
+        return 3 * F * S + 3 * encoder_forward(m)
+    if method == "langevin":
+        return 2 * F * inf.steps * inf.chains + 3 * F * inf.chains
+    flops = 2 * F * inf.steps * S + 3 * F * S  # local: fast steps, then the slow step
+    if inf.init == "amortized":  # the encoder's own ELBO: decoder forward, backward into the encoder
+        flops += 2 * F * S + 3 * encoder_forward(m)
+    return flops
