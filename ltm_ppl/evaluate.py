@@ -9,6 +9,15 @@ from .data.windows import eval_batches, num_windows
 from .errors import LtmError
 
 
+# What q each method's reported ELBO uses, stated beside every number.
+PROPOSALS = {
+    "local": "per-sequence Gaussian fitted by fast steps",
+    "amortized": "the encoder's Gaussian",
+    "langevin": "diagonal Gaussian fitted to each sequence's Langevin draws",
+    "none": "none (exact log-likelihood, no latent)",
+}
+
+
 def corpus_bound(inference, tokens: np.ndarray, steps: int, num_samples: int, batch_size: int,
                  max_windows: int | None = None, seed: int = 0, progress=None) -> dict:
     """ELBO with fresh noise over the split's windows (the first `max_windows` when given).

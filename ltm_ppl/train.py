@@ -13,6 +13,7 @@ from .config import RunConfig, validate
 from .data import build_tokenizer, load_corpus, load_tokenizer, num_windows, split_tokens, train_batch
 from .errors import LtmError
 from .evaluate import corpus_bound, unigram_bound
+from .flops import training_flops_per_token
 
 
 @dataclass
@@ -45,6 +46,14 @@ def run_tokenizer(run: Path, cfg: RunConfig):
     return load_tokenizer(run / "tokenizer.json", cfg.data.tokenizer)
 
 
+def check_method_fits_run(cfg: RunConfig, trained_method: str) -> None:
+    """A run's decoder either reads latents or not; refuse a method that needs the other kind."""
+    if not cfg.model.latent and cfg.inference.method != "none":
+        raise LtmError(f"this run has no latent (trained with --inference none); --inference {cfg.inference.method} needs one")
+    if cfg.model.latent and cfg.inference.method == "none":
+        raise LtmError(f"--inference none needs a decoder without latents; this run's decoder reads them (trained with --inference {trained_method})")
+
+
 def load_inference(run: Path, cfg: RunConfig, with_optimizer: bool = False):
     """The inference object of a run with its saved weights (and optimiser state)."""
     from .inference import create
@@ -70,6 +79,8 @@ def fit(cfg: RunConfig, out: str | None = None, resume: str | None = None, progr
             cfg.model.vocab_size = stored.model.vocab_size
         if cfg.model != stored.model or cfg.data != stored.data:
             raise LtmError(f"resuming {run} cannot change its [model] or [data] settings")
+        if cfg.inference.method != stored.inference.method:
+            raise LtmError(f"{run} was trained with --inference {stored.inference.method}; resume it with that method")
         data = load_data(cfg, run_tokenizer(run, cfg))
         validate(cfg, methods())
         inference = load_inference(run, cfg, with_optimizer=True)
@@ -80,6 +91,7 @@ def fit(cfg: RunConfig, out: str | None = None, resume: str | None = None, progr
         validate(cfg, methods())
         data = load_data(cfg)
         cfg.model.vocab_size = data.tokenizer.vocab_size
+        cfg.model.latent = cfg.inference.method != "none"
         from .inference import create
 
         inference = create(cfg)
@@ -127,7 +139,8 @@ def _loop(cfg: RunConfig, run: Path, inference, data: Data, progress: bool, echo
         if done % t.eval_interval == 0 or done == t.iters:
             last_eval = _evaluate(inference, data, cfg, done)
             checkpoint.append_metrics(run, {"iter": done, "split": "val", **last_eval})
-        postfix = {"loss": f"{metrics['loss']:.3f}", "ppl": f"{record['ppl']:.1f}", "kl": f"{metrics['kl']:.1f}"}
+        postfix = {"loss": f"{metrics['loss']:.3f}", "ppl": f"{record['ppl']:.1f}"}
+        postfix.update({k: f"{metrics[k]:.2f}" for k in ("kl", "accept") if k in metrics})
         if last_eval is not None:
             postfix["val_ppl"] = f"{last_eval['perplexity']:.1f}"
         bar.set_postfix(postfix, refresh=False)
@@ -136,11 +149,13 @@ def _loop(cfg: RunConfig, run: Path, inference, data: Data, progress: bool, echo
     if last_eval is None:  # nothing left to train: report the run as it stands
         last_eval = _evaluate(inference, data, cfg, inference.iteration)
     unigram = unigram_bound(data.train, data.val, data.tokenizer.vocab_size, cfg.model.block_size, t.eval_windows)
-    summary = {"run": str(run), "iterations": inference.iteration, "val": last_eval, "unigram": unigram}
+    summary = {"run": str(run), "iterations": inference.iteration, "val": last_eval, "unigram": unigram,
+               "backend": cfg.train.backend, "inference": cfg.inference.method,
+               "flops_per_token": training_flops_per_token(cfg)}
     echo(
         f"val bound: {last_eval['nll_per_token']:.4f} nats/token, perplexity <= {last_eval['perplexity']:.2f} "
         f"(KL {last_eval['kl_per_sequence']:.2f} nats/sequence, {last_eval['num_tokens']} tokens, "
-        f"{cfg.inference.eval_steps} fast steps)"
+        f"{cfg.inference.eval_steps} steps, {cfg.train.backend}/{cfg.inference.method})"
     )
     echo(f"unigram:   {unigram['nll_per_token']:.4f} nats/token, perplexity {unigram['perplexity']:.2f} (same tokens)")
     echo(f"run: {run}")

@@ -6,23 +6,24 @@ gradients w.r.t. (mu, log sigma) only, so the decoder computes no weight gradien
 loop is one `lax.scan` under `jax.jit`.
 Slow: one AdamW step on the decoder at the fitted q_i with fresh noise; the fast loop, the slow
 gradient and the optimiser update are one compiled program per (steps, shapes).
+Semi-amortized (`init = "amortized"`): the fast steps start from the encoder's q (a constant for
+them); the encoder learns from its own ELBO at its output (decoder held constant for that term,
+no backpropagation through the refinement), the decoder from the refined q; one AdamW over both.
 
 Nothing here imports torch.
 """
 from __future__ import annotations
 
-import copy
-import dataclasses
 import functools
-import json
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ..models.numpyro_model import local_guide, ltm_model
-from .numpyro_backend import NumPyroBackend, apply_update, slow_optimizer
+from ..models import jax_encoder
+from ..models.numpyro_model import local_guide
+from .numpyro_backend import NumPyroBackend, Programs
 from .numpyro_elbo import elbo_terms
 from .schedules import fast_lr
 
@@ -32,8 +33,11 @@ def fast_lrs(steps: int, inf_cfg) -> np.ndarray:
     return np.asarray([fast_lr(t, steps, inf_cfg.fast_lr, inf_cfg.final_lr_ratio) for t in range(steps)], np.float32)
 
 
-def fit_local_posterior(model, tokens, shape, inf_cfg, lrs, key=None, fast_noise=None, fixed_eps=None):
+def fit_local_posterior(model, tokens, shape, inf_cfg, lrs, key=None, fast_noise=None, fixed_eps=None, start=None):
     """Fit (loc, log_scale) of shape [B, *shape] by len(lrs) fast steps; model(tokens) is the joint.
+
+    Starts at `start` = (loc, log_scale) when given (semi-amortized: the encoder's q), else at
+    loc 0 and log_scale inf_cfg.init_log_scale.
 
     Minimises the negative ELBO per predicted token, summed over sequences (each sequence's
     parameters see only their own term), differentiating w.r.t. (loc, log_scale) only. Each step
@@ -42,8 +46,11 @@ def fit_local_posterior(model, tokens, shape, inf_cfg, lrs, key=None, fast_noise
     reference's mode, comparison only). Pure: call it under jit.
     """
     B = tokens.shape[0]
-    loc = jnp.zeros((B, *shape), jnp.float32)
-    log_scale = jnp.full((B, *shape), inf_cfg.init_log_scale, jnp.float32)
+    if start is None:
+        loc = jnp.zeros((B, *shape), jnp.float32)
+        log_scale = jnp.full((B, *shape), inf_cfg.init_log_scale, jnp.float32)
+    else:
+        loc, log_scale = (jax.lax.stop_gradient(jnp.asarray(t, jnp.float32)) for t in start)
     opt = optax.scale_by_adam(b1=0.9, b2=0.999, eps=1e-8) if inf_cfg.optimizer == "adam" else optax.identity()
     n_tokens = max(1, tokens.shape[-1] - 1)
 
@@ -70,34 +77,21 @@ def fit_local_posterior(model, tokens, shape, inf_cfg, lrs, key=None, fast_noise
     return local
 
 
-def _frozen_copy(section) -> str:
-    return json.dumps(dataclasses.asdict(section), sort_keys=True)
+class LocalPrograms(Programs):
+    """The compiled programs of `local` for one setting (numpyro_backend.programs_for)."""
 
-
-class LocalPrograms:
-    """The compiled programs of one (model, inference, optimiser, precision) setting; shared by
-    every NumPyroLocal with that setting, so a second instance (evaluation after training, tests)
-    reuses the traces. jit recompiles only for new shapes (steps, batch, samples)."""
-
-    def __init__(self, model_cfg, inf_cfg, train_cfg, dtype, platform: str):
-        self.model_cfg, self.inf, self.train = model_cfg, inf_cfg, train_cfg
-        self.dtype = dtype
-        self.shape = (model_cfg.n_z, model_cfg.d_model)
-        self.optimizer = slow_optimizer(train_cfg)
-        # On accelerators the step updates weights and optimiser state in place (donated buffers).
-        donate = (0, 1) if platform != "cpu" else ()
-        self.step = jax.jit(self._step, donate_argnums=donate)
+    def build(self):
+        self.semi_amortized = self.inf.init == "amortized"
+        self.step = jax.jit(self._step, donate_argnums=self.donate)
         self.bound = jax.jit(self._bound, static_argnames=("num_samples",))
-        self.posterior = jax.jit(self._posterior)
+        self.posterior = jax.jit(self._posterior, static_argnames=("num_draws",))
+        self.posterior_latents = jax.jit(self._posterior_latents)
 
-    def model(self, params):
-        return functools.partial(ltm_model, params, self.model_cfg, dtype=self.dtype)
-
-    def elbo(self, params, tokens, loc, log_scale, num_samples, noise, key):
-        guide = functools.partial(local_guide, loc=loc, log_scale=log_scale)
-        value = None if noise is None else loc + jnp.exp(log_scale) * noise
-        particles = num_samples if noise is None else noise.shape[0]
-        return elbo_terms(self.model(params), guide, tokens, num_particles=particles, latent_value=value, rng_key=key)
+    def start(self, params, tokens):
+        """Where the fast steps begin: the encoder's q (semi-amortized), else the configured point."""
+        if not self.semi_amortized:
+            return None
+        return jax.lax.stop_gradient(jax_encoder.encode(params, self.model_cfg, tokens, self.dtype))
 
     def fit(self, params, tokens, lrs, key, fast_noise=None):
         """(loc, log_scale, fixed eps or None) fitted with the decoder's parameters as constants."""
@@ -106,28 +100,35 @@ class LocalPrograms:
         if self.inf.fixed_noise:
             fixed = jax.random.normal(fixed_key, (self.inf.num_samples, tokens.shape[0], *self.shape), jnp.float32)
         params = jax.lax.stop_gradient(params)
-        loc, log_scale = fit_local_posterior(self.model(params), tokens, self.shape, self.inf, lrs, fit_key, fast_noise, fixed)
+        loc, log_scale = fit_local_posterior(
+            self.model(params), tokens, self.shape, self.inf, lrs, fit_key, fast_noise, fixed, start=self.start(params, tokens)
+        )
         return loc, log_scale, fixed
 
     def _step(self, params, opt_state, tokens, lrs, key, lr):
         fit_key, slow_key = jax.random.split(key)
+        encoder_key = jax.random.fold_in(key, 2)
         loc, log_scale, _ = self.fit(params, tokens, lrs, fit_key)
         loc, log_scale = jax.lax.stop_gradient(loc), jax.lax.stop_gradient(log_scale)
         n_tokens = tokens.shape[0] * (tokens.shape[1] - 1)
+        S = self.inf.num_samples
 
         def loss_fn(p):
-            loglik, kl = self.elbo(p, tokens, loc, log_scale, self.inf.num_samples, None, slow_key)
+            loglik, kl = self.elbo(p, tokens, loc, log_scale, S, None, slow_key)
             nll = -loglik.mean(0).sum() / n_tokens
-            return nll + kl.sum() / n_tokens, (nll, kl.mean())
+            loss = nll + kl.sum() / n_tokens
+            aux = {"loss": loss, "nll": nll, "kl": kl.mean()}
+            if not self.semi_amortized:
+                return loss, aux
+            # The encoder's own ELBO at its output, with the decoder held constant for this term.
+            frozen = {k: v if k.startswith(jax_encoder.PREFIX) else jax.lax.stop_gradient(v) for k, v in p.items()}
+            enc_loglik, enc_kl = self.encoder_elbo(frozen, tokens, S, encoder_key)
+            aux["encoder_loss"] = -(enc_loglik.mean(0) - enc_kl).sum() / n_tokens
+            return loss + aux["encoder_loss"], aux
 
-        (loss, (nll, kl)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        new_params, new_state, grad_norm = apply_update(self.train, self.optimizer, params, opt_state, grads, lr)
-        # A non-finite loss leaves the weights untouched (the trainer stops on it).
-        ok = jnp.isfinite(loss)
-        keep = lambda new, old: jnp.where(ok, new, old)  # noqa: E731
-        new_params = jax.tree.map(keep, new_params, params)
-        new_state = jax.tree.map(keep, new_state, opt_state)
-        return new_params, new_state, {"loss": loss, "nll": nll, "kl": kl, "grad_norm": grad_norm}
+        (total, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        params, opt_state, out["grad_norm"] = self.update(params, opt_state, grads, lr, total)
+        return params, opt_state, out
 
     def _bound(self, params, tokens, lrs, key, fast_noise, noise, num_samples):
         fit_key, eval_key = jax.random.split(key)
@@ -136,30 +137,20 @@ class LocalPrograms:
         loglik, kl = self.elbo(params, tokens, loc, log_scale, num_samples, eps, eval_key)
         return loglik.mean(0), kl
 
-    def _posterior(self, params, tokens, lrs, key):
+    def _posterior(self, params, tokens, lrs, key, num_draws):
+        fit_key, draw_key = jax.random.split(key)
+        loc, log_scale, _ = self.fit(params, tokens, lrs, fit_key)
+        return self.gaussian_posterior(params, tokens, loc, log_scale, num_draws, draw_key)
+
+    def _posterior_latents(self, params, tokens, lrs, key):
         fit_key, draw_key = jax.random.split(key)
         loc, log_scale, _ = self.fit(params, tokens, lrs, fit_key)
         return loc + jnp.exp(log_scale) * jax.random.normal(draw_key, loc.shape, jnp.float32)
 
 
-_PROGRAMS: dict[tuple, LocalPrograms] = {}
-
-
-def local_programs(cfg, dtype, platform: str) -> LocalPrograms:
-    t = cfg.train
-    key = (_frozen_copy(cfg.model), _frozen_copy(cfg.inference), t.beta1, t.beta2, t.weight_decay, t.grad_clip,
-           jnp.dtype(dtype).name, platform)
-    if key not in _PROGRAMS:
-        _PROGRAMS[key] = LocalPrograms(copy.deepcopy(cfg.model), copy.deepcopy(cfg.inference), copy.deepcopy(t), dtype, platform)
-    return _PROGRAMS[key]
-
-
 class NumPyroLocal(NumPyroBackend):
     method = "local"
-
-    @property
-    def programs(self) -> LocalPrograms:
-        return local_programs(self.cfg, self.dtype, self.device.platform)
+    programs_class = LocalPrograms
 
     def lrs(self, steps: int):
         return self.array(fast_lrs(steps, self.cfg.inference))
@@ -172,8 +163,8 @@ class NumPyroLocal(NumPyroBackend):
         self.params, self.opt_state, out = self.programs.step(
             self.params, self.opt_state, tokens, self.lrs(self.cfg.inference.steps), self.next_key(), np.float32(lr)
         )
-        metrics = {name: float(out[name]) for name in ("loss", "nll", "kl")}
-        if not np.isfinite(metrics["loss"]):
+        metrics = {name: float(value) for name, value in out.items() if name != "grad_norm"}
+        if not all(np.isfinite(v) for v in metrics.values()):
             return metrics  # weights untouched; the trainer stops before any update is kept
         self.iteration += 1
         metrics.update({"lr": lr, "grad_norm": float(out["grad_norm"])})
@@ -192,6 +183,12 @@ class NumPyroLocal(NumPyroBackend):
         )
         return {"loglik": np.asarray(loglik), "kl": np.asarray(kl), "num_tokens": int(tokens.shape[1] - 1)}
 
+    def posterior(self, batch: np.ndarray, steps: int, num_draws: int, num_chains: int = 1) -> dict:
+        """num_draws draws from q fitted by `steps` fast steps, as one chain (a variational posterior
+        has no chains: num_chains is ignored): z [1, D, B, n_z, d], log_joint and log_q [1, D, B]."""
+        out = self.programs.posterior(self.params, self.tensor(batch), self.lrs(steps), self.next_key(), num_draws=num_draws)
+        return {name: np.asarray(value) for name, value in out.items()}
+
     def posterior_latents(self, batch: np.ndarray, steps: int):
         """One draw of z from the fitted q per sequence (generation from a prompt)."""
-        return self.programs.posterior(self.params, self.tensor(batch), self.lrs(steps), self.next_key())
+        return self.programs.posterior_latents(self.params, self.tensor(batch), self.lrs(steps), self.next_key())

@@ -3,6 +3,9 @@
 Fast: per-sequence q_i = N(mu_i, diag sigma_i^2) fitted by T steps of Adam (or SGD) on the ELBO,
 cosine-decayed step size, fresh noise at every step, decoder frozen (no weight gradients).
 Slow: one AdamW step on the decoder at the fitted q_i with fresh noise.
+Semi-amortized (`init = "amortized"`): the fast steps start from the encoder's q; the encoder
+learns from its own ELBO at its output (no backpropagation through the refinement), the decoder
+from the refined q.
 """
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ import numpy as np
 import pyro
 import torch
 
-from ..models.pyro_model import local_guide, ltm_model
+from ..models.pyro_model import amortized_guide, local_guide
 from .pyro_backend import PyroBackend
 from .pyro_elbo import elbo_terms
 from .schedules import fast_lr
@@ -33,17 +36,23 @@ def frozen(module: torch.nn.Module):
             p.requires_grad_(flag)
 
 
-def fit_local_posterior(model, tokens, shape, inf_cfg, steps: int, device, observe_step=None, fast_noise=None):
+def fit_local_posterior(model, tokens, shape, inf_cfg, steps: int, device, observe_step=None, fast_noise=None, start=None):
     """Fit (loc, log_scale) of shape [B, *shape] by `steps` fast steps; model(tokens) is the joint.
 
     Minimises the negative ELBO per predicted token, summed over sequences (each sequence's
-    parameters see only their own term). With inf_cfg.fixed_noise one eps is drawn and reused
-    (the published reference's mode, for comparison only); it is returned for the final bound.
-    fast_noise [steps, S, B, *shape], if given, is the eps of each step (backend parity tests).
+    parameters see only their own term). Starts at `start` = (loc, log_scale) when given, else at
+    loc 0 and log_scale inf_cfg.init_log_scale. With inf_cfg.fixed_noise one eps is drawn and
+    reused (the published reference's mode, for comparison only); it is returned for the final
+    bound. fast_noise [steps, S, B, *shape], if given, is the eps of each step (parity tests).
     """
     B = tokens.shape[0]
-    loc = torch.zeros((B, *shape), device=device, requires_grad=True)
-    log_scale = torch.full((B, *shape), inf_cfg.init_log_scale, device=device, requires_grad=True)
+    if start is None:
+        loc = torch.zeros((B, *shape), device=device)
+        log_scale = torch.full((B, *shape), inf_cfg.init_log_scale, device=device)
+    else:
+        loc, log_scale = (t.detach().clone() for t in start)
+    loc.requires_grad_(True)
+    log_scale.requires_grad_(True)
     opt_cls = torch.optim.Adam if inf_cfg.optimizer == "adam" else torch.optim.SGD
     opt = opt_cls([loc, log_scale], lr=inf_cfg.fast_lr)
     S = inf_cfg.num_samples
@@ -67,12 +76,12 @@ def fit_local_posterior(model, tokens, shape, inf_cfg, steps: int, device, obser
 class PyroLocal(PyroBackend):
     method = "local"
 
-    def model(self, tokens):
-        return ltm_model(self.net, tokens, autocast=self.autocast)
-
-    @property
-    def latent_shape(self):
-        return (self.cfg.model.n_z, self.cfg.model.d_model)
+    def start(self, tokens):
+        """Where the fast steps begin: the encoder's q (semi-amortized) or the configured point."""
+        if self.encoder is None:
+            return None
+        with torch.no_grad():
+            return self.encoder(tokens)
 
     def fit_posterior(self, tokens: torch.Tensor, steps: int, observe_step=None, fast_noise=None):
         """q_i fitted with the decoder frozen; returns (loc, log_scale, fixed eps or None)."""
@@ -82,28 +91,30 @@ class PyroLocal(PyroBackend):
         # that the trainer reports (naming the iteration) instead of a ValueError deep in Pyro.
         with frozen(self.decoder), pyro.validation_enabled(False):
             return fit_local_posterior(
-                self.model, tokens, self.latent_shape, self.cfg.inference, steps, self.device, observe_step, fast_noise
+                self.model, tokens, self.latent_shape, self.cfg.inference, steps, self.device, observe_step,
+                fast_noise, start=self.start(tokens),
             )
-
-    def _elbo(self, tokens, loc, log_scale, num_samples, noise=None):
-        guide = functools.partial(local_guide, loc=loc, log_scale=log_scale)
-        value = None if noise is None else loc + log_scale.exp() * noise
-        with pyro.validation_enabled(False):
-            return elbo_terms(self.model, guide, tokens, num_particles=num_samples, latent_value=value)
 
     def step(self, batch: np.ndarray) -> dict:
         tokens = self.tensor(batch)
-        if not self.cfg.model.latent:
-            raise RuntimeError("local inference needs a latent model")
         loc, log_scale, _ = self.fit_posterior(tokens, self.cfg.inference.steps)
-        loglik, kl = self._elbo(tokens, loc, log_scale, self.cfg.inference.num_samples)
+        loglik, kl = self.gaussian_elbo(tokens, loc, log_scale, self.cfg.inference.num_samples)
         n_tokens = tokens.shape[0] * (tokens.shape[1] - 1)
         nll = -loglik.mean(0).sum() / n_tokens
         loss = nll + kl.sum() / n_tokens
         metrics = {"loss": loss.item(), "nll": nll.item(), "kl": kl.mean().item()}
-        if not math.isfinite(metrics["loss"]):
+        objective = loss
+        if self.encoder is not None:
+            # The encoder's own ELBO at its output; the decoder is frozen for this term.
+            guide = functools.partial(amortized_guide, encoder=self.encoder)
+            with frozen(self.decoder), pyro.validation_enabled(False):
+                enc_loglik, enc_kl = elbo_terms(self.model, guide, tokens, num_particles=self.cfg.inference.num_samples)
+            encoder_loss = -(enc_loglik.mean(0) - enc_kl).sum() / n_tokens
+            metrics["encoder_loss"] = encoder_loss.item()
+            objective = loss + encoder_loss
+        if not all(math.isfinite(v) for v in metrics.values()):
             return metrics  # the trainer stops before any update reaches the weights
-        metrics.update(self.slow_update(loss))
+        metrics.update(self.slow_update(objective))
         return metrics
 
     def bound(self, batch: np.ndarray, steps: int, num_samples: int = 1, noise=None, fast_noise=None) -> dict:
@@ -114,13 +125,14 @@ class PyroLocal(PyroBackend):
         """
         tokens = self.tensor(batch)
         loc, log_scale, eps = self.fit_posterior(tokens, steps, fast_noise=fast_noise)
-        if noise is not None:
-            eps = torch.as_tensor(noise, dtype=torch.float32, device=self.device)
-        elif not self.cfg.inference.fixed_noise:
-            eps = None
-        with torch.no_grad():
-            loglik, kl = self._elbo(tokens, loc, log_scale, num_samples if eps is None else eps.shape[0], eps)
-        return {"loglik": loglik.mean(0).cpu().numpy(), "kl": kl.cpu().numpy(), "num_tokens": tokens.shape[1] - 1}
+        if noise is None and self.cfg.inference.fixed_noise:
+            noise = eps
+        return self.gaussian_bound(tokens, loc, log_scale, num_samples, noise)
+
+    def posterior(self, batch: np.ndarray, steps: int, num_draws: int, num_chains: int = 1) -> dict:
+        tokens = self.tensor(batch)
+        loc, log_scale, _ = self.fit_posterior(tokens, steps)
+        return self.gaussian_posterior(tokens, loc, log_scale, num_draws)
 
     def posterior_latents(self, batch: np.ndarray, steps: int):
         """One draw of z from the fitted q per sequence (generation from a prompt)."""

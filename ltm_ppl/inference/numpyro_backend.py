@@ -1,13 +1,19 @@
 """What every NumPyro inference method shares: the JAX decoder's parameters (a flat dict in the
-canonical torch names and layouts), its device and precision, the slow AdamW optimiser (optax),
-weights and optimiser state as numpy arrays, the PRNG key, and generation. Methods subclass it
-and add `step`, `bound`, `posterior_latents`.
+canonical torch names and layouts; the amortized encoder's `encoder.*` parameters in the same dict
+where the method has one), its device and precision, the slow AdamW optimiser (optax) over every
+parameter, weights and optimiser state as numpy arrays, the PRNG key, generation, and `Programs`:
+the compiled pieces a method builds on (model, guides, ELBO, draws from a Gaussian q, the guarded
+AdamW update). Methods subclass both and add `step`, `bound`, `posterior`, `posterior_latents`.
 
 The mirror of pyro_backend.py; nothing here imports torch.
 """
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
+import functools
+import json
 
 import jax
 import jax.numpy as jnp
@@ -16,8 +22,15 @@ import optax
 
 from ..config import RunConfig
 from ..errors import LtmError
-from ..models import jax_decoder
+from ..models import jax_decoder, jax_encoder
+from ..models.numpyro_model import amortized_guide, local_guide, ltm_model
+from . import needs_encoder
+from .numpyro_elbo import elbo_terms, log_joint
 from .schedules import slow_lr
+
+NO_ENCODER = (
+    "this run has no amortized encoder (no encoder.* tensors): --inference amortized and --init amortized need one"
+)
 
 
 def resolve_device(name: str):
@@ -94,8 +107,89 @@ def unflatten_state(template, tensors: dict[str, np.ndarray], prefix: str, devic
     return jax.tree_util.tree_unflatten(treedef, values)
 
 
+def guarded(ok, new, old):
+    """new where ok (a scalar bool) else old, leaf by leaf: a non-finite loss leaves state untouched."""
+    return jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
+
+
+class Programs:
+    """The compiled programs of one (model, inference, optimiser, precision) setting, shared by
+    every inference object with that setting (`programs_for`), so a second instance (evaluation
+    after training, tests) reuses the traces; jit recompiles only for new shapes. Subclasses
+    define `build()`, which jits their methods."""
+
+    def __init__(self, model_cfg, inf_cfg, train_cfg, dtype, platform: str):
+        self.model_cfg, self.inf, self.train = model_cfg, inf_cfg, train_cfg
+        self.dtype = dtype
+        self.shape = (model_cfg.n_z, model_cfg.d_model)
+        self.optimizer = slow_optimizer(train_cfg)
+        # On accelerators the step updates weights and optimiser state in place (donated buffers).
+        self.donate = (0, 1) if platform != "cpu" else ()
+        self.build()
+
+    def build(self) -> None:
+        pass
+
+    def model(self, params):
+        return functools.partial(ltm_model, params, self.model_cfg, dtype=self.dtype)
+
+    def encoder_fn(self, params):
+        """tokens [B, L] -> (loc, log_scale) [B, n_z, d_model]: the encoder as the guide's parameter."""
+        return lambda tokens: jax_encoder.encode(params, self.model_cfg, tokens, self.dtype)
+
+    def elbo(self, params, tokens, loc, log_scale, num_samples, noise, key):
+        """(loglik [S, B], kl [B]) of q = N(loc, exp(log_scale)^2); noise [S, B, ...] fixes z = loc + exp(log_scale) * noise."""
+        guide = functools.partial(local_guide, loc=loc, log_scale=log_scale)
+        value = None if noise is None else loc + jnp.exp(log_scale) * noise
+        particles = num_samples if noise is None else noise.shape[0]
+        return elbo_terms(self.model(params), guide, tokens, num_particles=particles, latent_value=value, rng_key=key)
+
+    def encoder_elbo(self, params, tokens, num_samples, key):
+        """(loglik [S, B], kl [B]) of the encoder's q through the amortized guide, fresh noise."""
+        guide = functools.partial(amortized_guide, encoder_fn=self.encoder_fn(params))
+        return elbo_terms(self.model(params), guide, tokens, num_particles=num_samples, rng_key=key)
+
+    def log_joint(self, params, tokens, z):
+        """log p(x, z) [*lead, B], unscaled, for z [*lead, B, n_z, d]."""
+        return log_joint(self.model(params), (tokens,), z)
+
+    def gaussian_posterior(self, params, tokens, loc, log_scale, num_draws: int, key) -> dict:
+        """num_draws draws from q as one chain: z [1, D, B, ...], log p(x, z) and log q(z) [1, D, B].
+        The log joints are computed one draw at a time (lax.map), so memory does not grow with D."""
+        eps = jax.random.normal(key, (num_draws, *loc.shape), jnp.float32)
+        z = loc + jnp.exp(log_scale) * eps
+        event = tuple(range(2, z.ndim))
+        log_q = (-0.5 * eps**2 - log_scale - 0.5 * jnp.log(2 * jnp.pi)).sum(event)
+        log_p = jax.lax.map(lambda zz: self.log_joint(params, tokens, zz), z)
+        return {"z": z[None], "log_joint": log_p[None], "log_q": log_q[None]}
+
+    def update(self, params, opt_state, grads, lr, loss):
+        """One clipped AdamW step, kept only if the loss is finite; returns (params, state, grad norm)."""
+        new_params, new_state, grad_norm = apply_update(self.train, self.optimizer, params, opt_state, grads, lr)
+        ok = jnp.isfinite(loss)
+        return guarded(ok, new_params, params), guarded(ok, new_state, opt_state), grad_norm
+
+
+def _frozen_copy(section) -> str:
+    return json.dumps(dataclasses.asdict(section), sort_keys=True)
+
+
+_PROGRAMS: dict[tuple, Programs] = {}
+
+
+def programs_for(cls, cfg, dtype, platform: str):
+    """The cached `cls` programs of cfg's setting."""
+    t = cfg.train
+    key = (cls.__module__, cls.__qualname__, _frozen_copy(cfg.model), _frozen_copy(cfg.inference), t.beta1, t.beta2,
+           t.weight_decay, t.grad_clip, jnp.dtype(dtype).name, platform)
+    if key not in _PROGRAMS:
+        _PROGRAMS[key] = cls(copy.deepcopy(cfg.model), copy.deepcopy(cfg.inference), copy.deepcopy(t), dtype, platform)
+    return _PROGRAMS[key]
+
+
 class NumPyroBackend:
     backend = "numpyro"
+    programs_class = Programs
 
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
@@ -104,7 +198,10 @@ class NumPyroBackend:
         self.dtype = jnp.bfloat16 if self.device.platform == "gpu" else jnp.float32
         init_key, train_key = jax.random.split(jax.random.PRNGKey(cfg.train.seed))
         self.key = jax.device_put(train_key, self.device)
-        self.params = jax.device_put(jax_decoder.init_params(cfg.model, init_key), self.device)
+        params = jax_decoder.init_params(cfg.model, init_key)
+        if needs_encoder(cfg):  # its own stream, so the decoder's init does not depend on the method
+            params.update(jax_encoder.init_encoder_params(cfg.model, jax.random.fold_in(init_key, 1)))
+        self.params = jax.device_put(params, self.device)
         self.optimizer = slow_optimizer(cfg.train)
         self.opt_state = jax.device_put(self.optimizer.init(self.params), self.device)
         self.iteration = 0
@@ -133,12 +230,31 @@ class NumPyroBackend:
     def slow_lr(self) -> float:
         return slow_lr(self.iteration, self.cfg.train)
 
+    @property
+    def programs(self):
+        return programs_for(self.programs_class, self.cfg, self.dtype, self.device.platform)
+
+    def synchronize(self) -> None:
+        """Wait for queued device work (benchmarks time the work, not its launch)."""
+        jax.block_until_ready(self.params)
+
     # ----- state in canonical names -----------------------------------------------------------
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every parameter of this method: the decoder's, and the encoder's where it has one."""
+        shapes = dict(jax_decoder.param_shapes(self.cfg.model))
+        if needs_encoder(self.cfg):
+            shapes.update(jax_encoder.param_shapes(self.cfg.model))
+        return shapes
+
     def weights(self) -> dict[str, np.ndarray]:
-        return {name: np.asarray(self.params[name], dtype=np.float32) for name in jax_decoder.param_shapes(self.cfg.model)}
+        return {name: np.asarray(self.params[name], dtype=np.float32) for name in self.param_shapes()}
 
     def load_weights(self, arrays: dict[str, np.ndarray]) -> None:
-        expected = jax_decoder.param_shapes(self.cfg.model)
+        expected = self.param_shapes()
+        if needs_encoder(self.cfg) and not any(k.startswith(jax_encoder.PREFIX) for k in arrays):
+            raise LtmError(NO_ENCODER)
+        # An encoder this method does not use (a run trained amortized, evaluated locally) is ignored.
+        arrays = {k: v for k, v in arrays.items() if k in expected or not k.startswith(jax_encoder.PREFIX)}
         for name, shape in expected.items():
             if name not in arrays:
                 raise LtmError(f"weights.safetensors lacks tensor {name}")

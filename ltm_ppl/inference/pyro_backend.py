@@ -1,17 +1,23 @@
-"""What every Pyro inference method shares: the torch decoder, its device and precision, the slow
-AdamW optimiser, weights and optimiser state as numpy arrays in canonical names, RNG state, and
-generation. Methods subclass it and add `step`, `bound`, `fit_posterior`.
+"""What every Pyro inference method shares: the torch decoder (and the amortized encoder where the
+method has one), device and precision, the slow AdamW optimiser, weights and optimiser state as
+numpy arrays in canonical names, RNG state, and generation. Methods subclass it and add `step`,
+`bound`, `posterior`, `posterior_latents`.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import numpy as np
+import pyro
 import torch
 
 from ..config import RunConfig
 from ..errors import LtmError
+from ..models.pyro_model import local_guide, ltm_model
 from ..models.torch_decoder import Decoder
+from . import needs_encoder
+from .pyro_elbo import elbo_terms, log_joint
 from .schedules import slow_lr
 
 
@@ -31,32 +37,95 @@ class PyroBackend:
         self.device = resolve_device(cfg.train.device)
         torch.manual_seed(cfg.train.seed)
         self.decoder = Decoder(cfg.model).to(self.device)
+        self.encoder = None
+        if needs_encoder(cfg):
+            from ..models.torch_encoder import Encoder
+
+            self.encoder = Encoder(cfg.model).to(self.device)
         # bf16 autocast for the decoder on CUDA; weights, optimiser and log-probs stay float32.
         self.autocast = self.device.type == "cuda"
         self.net = torch.compile(self.decoder) if cfg.train.compile else self.decoder
         self.optimizer = self._make_optimizer()
         self.iteration = 0
 
+    # ----- parameters under their canonical names ----------------------------------------------
+    def named_parameters(self):
+        """Decoder parameters by their own names, encoder parameters prefixed `encoder.`."""
+        yield from self.decoder.named_parameters()
+        if self.encoder is not None:
+            for name, p in self.encoder.named_parameters():
+                yield f"encoder.{name}", p
+
+    def parameters(self) -> list:
+        return [p for _, p in self.named_parameters()]
+
+    def state_dict(self) -> dict:
+        state = dict(self.decoder.state_dict())
+        if self.encoder is not None:
+            state.update({f"encoder.{k}": v for k, v in self.encoder.state_dict().items()})
+        return state
+
     # ----- the slow (global) step -------------------------------------------------------------
     def _make_optimizer(self) -> torch.optim.AdamW:
         t = self.cfg.train
-        matrices = [p for p in self.decoder.parameters() if p.dim() >= 2]
-        vectors = [p for p in self.decoder.parameters() if p.dim() < 2]
+        matrices = [p for p in self.parameters() if p.dim() >= 2]
+        vectors = [p for p in self.parameters() if p.dim() < 2]
         groups = [{"params": matrices, "weight_decay": t.weight_decay}, {"params": vectors, "weight_decay": 0.0}]
         return torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2), foreach=False)
 
     def slow_update(self, loss: torch.Tensor) -> dict:
-        """One AdamW step on the decoder; returns the learning rate and gradient norm used."""
+        """One AdamW step on the decoder (and encoder); returns the learning rate and gradient norm."""
         lr = slow_lr(self.iteration, self.cfg.train)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         clip = self.cfg.train.grad_clip or float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.decoder.parameters(), clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.parameters(), clip)
         self.optimizer.step()
         self.iteration += 1
         return {"lr": lr, "grad_norm": float(grad_norm)}
+
+    # ----- the probabilistic program ------------------------------------------------------------
+    def model(self, tokens):
+        return ltm_model(self.net, tokens, autocast=self.autocast)
+
+    @property
+    def latent_shape(self) -> tuple[int, int]:
+        return (self.cfg.model.n_z, self.cfg.model.d_model)
+
+    @property
+    def n_tokens(self) -> int:
+        return self.cfg.model.block_size
+
+    def gaussian_elbo(self, tokens, loc, log_scale, num_samples: int, noise=None):
+        """(loglik [S, B], kl [B]) of q = N(loc, exp(log_scale)^2); noise fixes the eps."""
+        guide = functools.partial(local_guide, loc=loc, log_scale=log_scale)
+        value = None if noise is None else loc + log_scale.exp() * noise
+        with pyro.validation_enabled(False):
+            return elbo_terms(self.model, guide, tokens, num_particles=num_samples, latent_value=value)
+
+    def gaussian_bound(self, tokens, loc, log_scale, num_samples: int, noise=None) -> dict:
+        """The per-sequence terms of `bound` for a diagonal Gaussian q."""
+        if noise is not None:
+            noise = torch.as_tensor(noise, dtype=torch.float32, device=self.device)
+            num_samples = noise.shape[0]
+        with torch.no_grad():
+            loglik, kl = self.gaussian_elbo(tokens, loc, log_scale, num_samples, noise)
+        return {"loglik": loglik.mean(0).cpu().numpy(), "kl": kl.cpu().numpy(), "num_tokens": tokens.shape[1] - 1}
+
+    def log_joint(self, tokens, z):
+        with pyro.validation_enabled(False):
+            return log_joint(self.model, tokens, latent_value=z)
+
+    def gaussian_posterior(self, tokens, loc, log_scale, num_draws: int) -> dict:
+        """Draws from q as one chain, with log p(x, z) and log q(z) of each draw."""
+        q = torch.distributions.Independent(torch.distributions.Normal(loc, log_scale.exp()), 2)
+        with torch.no_grad():
+            z = q.sample((num_draws,))  # [D, B, n_z, d]
+            log_q = q.log_prob(z)
+            log_p = torch.stack([self.log_joint(tokens, z[d : d + 1])[0] for d in range(num_draws)])
+        return {"z": z[None].cpu().numpy(), "log_joint": log_p[None].cpu().numpy(), "log_q": log_q[None].cpu().numpy()}
 
     def synchronize(self) -> None:
         """Wait for queued device work (benchmarks time the work, not its launch)."""
@@ -68,10 +137,17 @@ class PyroBackend:
 
     # ----- state in canonical names -----------------------------------------------------------
     def weights(self) -> dict[str, np.ndarray]:
-        return {k: v.detach().cpu().float().numpy() for k, v in self.decoder.state_dict().items()}
+        return {k: v.detach().cpu().float().numpy() for k, v in self.state_dict().items()}
 
     def load_weights(self, arrays: dict[str, np.ndarray]) -> None:
-        expected = self.decoder.state_dict()
+        expected = self.state_dict()
+        if self.encoder is not None and not any(k.startswith("encoder.") for k in arrays):
+            raise LtmError(
+                "this run has no amortized encoder (no encoder.* tensors): "
+                "--inference amortized and --init amortized need one"
+            )
+        # An encoder this method does not use (a run trained amortized, evaluated locally) is ignored.
+        arrays = {k: v for k, v in arrays.items() if k in expected or not k.startswith("encoder.")}
         for name, tensor in expected.items():
             if name not in arrays:
                 raise LtmError(f"weights.safetensors lacks tensor {name}")
@@ -82,13 +158,16 @@ class PyroBackend:
         extra = sorted(set(arrays) - set(expected))
         if extra:
             raise LtmError(f"weights.safetensors has tensor {extra[0]}, which the config's model lacks")
-        self.decoder.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in arrays.items()})
+        tensors = {k: torch.from_numpy(np.array(v)) for k, v in arrays.items()}
+        self.decoder.load_state_dict({k: v for k, v in tensors.items() if not k.startswith("encoder.")})
+        if self.encoder is not None:
+            self.encoder.load_state_dict({k[len("encoder."):]: v for k, v in tensors.items() if k.startswith("encoder.")})
 
     def optimizer_state(self) -> tuple[dict[str, np.ndarray], dict]:
         tensors = {"rng/torch": torch.get_rng_state().numpy()}
         if self.device.type == "cuda":
             tensors["rng/cuda"] = torch.cuda.get_rng_state(self.device).numpy()
-        for name, p in self.decoder.named_parameters():
+        for name, p in self.named_parameters():
             state = self.optimizer.state.get(p)
             if state:
                 for key in ("exp_avg", "exp_avg_sq", "step"):
@@ -96,7 +175,7 @@ class PyroBackend:
         return tensors, {"iteration": self.iteration}
 
     def load_optimizer_state(self, tensors: dict[str, np.ndarray], scalars: dict) -> None:
-        for name, p in self.decoder.named_parameters():
+        for name, p in self.named_parameters():
             if f"exp_avg/{name}" in tensors:
                 self.optimizer.state[p] = {
                     "step": torch.tensor(float(np.asarray(tensors[f"step/{name}"]).reshape(-1)[0])),

@@ -46,3 +46,25 @@ def log_weights(model, guide, *args, num_particles: int, latent_value=None, late
     g, m, o = guide_trace.nodes[latent], model_trace.nodes[latent], model_trace.nodes[obs]
     return o["fn"].log_prob(o["value"]) + m["fn"].log_prob(m["value"]) - g["fn"].log_prob(g["value"])
 
+
+
+def kl_per_latent_vector(model, guide, *args, latent="z"):
+    """Analytic KL(q || p) per sequence and latent vector [B, n_z] (summed over the last event
+    dim), for free bits. Both sites must be Independent(Normal)."""
+    guide_trace, model_trace = traced(model, guide, *args, latent=latent)
+    q, p = guide_trace.nodes[latent]["fn"], model_trace.nodes[latent]["fn"]
+    kl = kl_divergence(q.base_dist, p.base_dist)
+    kl = kl.reshape(-1, *kl.shape[-(q.event_dim + 1):])[0]  # drop the particle dim
+    return kl.sum(-1) if q.event_dim > 1 else kl
+
+
+def log_joint(model, *args, latent_value, latent="z", obs="x"):
+    """log p(x, z) per chain and sequence [C, B] at z = latent_value [C, B, *event].
+
+    The unscaled joint: each site's own log_prob, not multiplied by the plate's subsample scale
+    N/B that Pyro applies in ELBOs, since Langevin targets the posterior of these sequences only.
+    """
+    with pyro.plate("chains", latent_value.shape[0], dim=-2):
+        trace = poutine.trace(poutine.condition(model, data={latent: latent_value})).get_trace(*args)
+    z, x = trace.nodes[latent], trace.nodes[obs]
+    return z["fn"].log_prob(z["value"]) + x["fn"].log_prob(x["value"])

@@ -71,3 +71,13 @@ def local_guide(tokens, loc, log_scale):
     """q(z_i) = N(loc_i, diag exp(log_scale_i)^2): the fast local variational parameters."""
     with numpyro.plate("seq", tokens.shape[0]):
         numpyro.sample("z", dist.Normal(loc, jnp.exp(log_scale)).to_event(jnp.ndim(loc) - 1))
+
+
+def amortized_guide(tokens, encoder_fn):
+    """q_phi(z_i | x_i) = N(mu_phi(x_i), diag sigma_phi(x_i)^2); encoder_fn(tokens) -> (loc, log_scale).
+
+    The encoder is a parameter (any function of the observed data), so the same guide serves the
+    LTM (the Transformer encoder over the whole window) and small test models."""
+    loc, log_scale = encoder_fn(tokens)
+    with numpyro.plate("seq", tokens.shape[0]):
+        numpyro.sample("z", dist.Normal(loc, jnp.exp(log_scale)).to_event(jnp.ndim(loc) - 1))

@@ -41,3 +41,10 @@ def local_guide(tokens: torch.Tensor, loc: torch.Tensor, log_scale: torch.Tensor
     """q(z_i) = N(loc_i, diag exp(log_scale_i)^2): the fast local variational parameters."""
     with pyro.plate("seq", tokens.shape[0]):
         pyro.sample("z", dist.Normal(loc, log_scale.exp()).to_event(loc.dim() - 1))
+
+
+def amortized_guide(tokens: torch.Tensor, encoder):
+    """q_phi(z_i | x_i) = N(mu_phi(x_i), diag sigma_phi(x_i)^2): encoder(tokens) -> (loc, log_scale)."""
+    loc, log_scale = encoder(tokens)
+    with pyro.plate("seq", tokens.shape[0]):
+        pyro.sample("z", dist.Normal(loc, log_scale.exp()).to_event(loc.dim() - 1))

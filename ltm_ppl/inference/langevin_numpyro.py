@@ -1,0 +1,223 @@
+"""`langevin` in NumPyro: K steps of (Metropolis-adjusted) Langevin dynamics on log p(x, z) per
+sequence, then one slow step on the decoder at the last state (Monte Carlo EM); the mirror of
+langevin_pyro.py.
+
+The sampler (`langevin_sample`) is a plain function over a log-joint function, so it runs on any
+model (tests check it on a linear-Gaussian posterior). It is not an `MCMCKernel`: NumPyro's MCMC
+runner and its kernels accept or reject the whole state at once and adapt one step size for it,
+while here every (chain, sequence) pair accepts, rejects and adapts its own step size; and the
+chain loop must sit inside the jitted training step, which `MCMC.run` (a host-side driver) cannot.
+Chains are a batch dimension: z is [C, B, *event], every quantity of a step is [C, B], the whole
+loop is one `lax.scan`, and the decoder sees C * B sequences at once.
+
+The target is the unscaled joint of the batch's sequences, read through NumPyro (numpyro_elbo.
+log_joint: the model traced with z substituted, each site's log_prob without the plate's
+subsample scale).
+
+Nothing here imports torch.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..errors import LtmError
+from .numpyro_backend import NumPyroBackend, Programs
+from .numpyro_elbo import log_joint_terms
+
+ADAPT_RATE = 2.0  # log s += ADAPT_RATE * (alpha - target) / sqrt(t + 1) during warm-up
+
+
+def _value_and_grad(logp_fn, z):
+    """lp [C, B] and d lp / dz (per sequence: the sequences do not interact)."""
+    lp, vjp = jax.vjp(logp_fn, z)
+    (grad,) = vjp(jnp.ones_like(lp))
+    return lp, grad
+
+
+def langevin_sample(logp_fn, z0, key=None, *, warmup: int, draws: int, step_size, mala: bool = True,
+                    target_accept: float = 0.57, keep_z: bool = True, noise=None):
+    """Run `warmup` adapting steps, then `draws` kept steps, of (Metropolis-adjusted) Langevin.
+
+    logp_fn(z) -> log p [C, B] for z [C, B, *event]; z0 the start; step_size a float or [C, B].
+    One step at z (log p = lp, gradient g): mean_f = z + s^2/2 g, z' = mean_f + s eps;
+    log alpha = lp' - lp - |z - mean_b|^2 / 2s^2 + |z' - mean_f|^2 / 2s^2 with mean_b = z' + s^2/2 g';
+    MALA accepts where log u < log alpha (alpha = min(1, exp log alpha), 0 where log alpha is NaN);
+    plain Langevin always moves (alpha = 1). During warm-up only, and only with MALA,
+    log s += 2 (alpha - target_accept) / sqrt(t + 1) after step t. Randomness from `key`, or
+    injected: noise = (eps [warmup + draws, C, B, *event], log_u [warmup + draws, C, B]).
+
+    Returns a dict: "z", "log_joint", "step_size" of the final state ([C, B, *event], [C, B],
+    [C, B]); "warmup_accept" [W, C, B]; "accept" and "draw_log_joint" [D, C, B]; "draws"
+    [D, C, B, *event] when keep_z. Pure: call it under jit.
+    """
+    z0 = jnp.asarray(z0, jnp.float32)
+    lp0, g0 = _value_and_grad(logp_fn, z0)
+    batch_shape = lp0.shape
+    event_axes = tuple(range(len(batch_shape), z0.ndim))
+    expand = lambda a: a.reshape(a.shape + (1,) * len(event_axes))  # noqa: E731
+    log_s0 = jnp.broadcast_to(jnp.log(jnp.asarray(step_size, jnp.float32)), batch_shape)
+    total = warmup + draws
+    if noise is None:
+        keys = jax.random.split(key, total)
+        eps_all = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, 0), z0.shape, jnp.float32))(keys)
+        log_u_all = jax.vmap(lambda k: jnp.log(jax.random.uniform(jax.random.fold_in(k, 1), batch_shape)))(keys)
+    else:
+        eps_all, log_u_all = (jnp.asarray(a, jnp.float32) for a in noise)
+
+    def step(state, eps, log_u):
+        z, lp, g, log_s = state
+        s_seq = jnp.exp(log_s)  # [C, B]
+        s = expand(s_seq)
+        mean_f = z + 0.5 * s**2 * g
+        proposal = mean_f + s * eps
+        lp_new, g_new = _value_and_grad(logp_fn, proposal)
+        if mala:
+            mean_b = proposal + 0.5 * s**2 * g_new
+            backward = ((z - mean_b) ** 2).sum(event_axes)
+            forward = ((proposal - mean_f) ** 2).sum(event_axes)
+            log_alpha = lp_new - lp - backward / (2 * s_seq**2) + forward / (2 * s_seq**2)
+            alpha = jnp.where(jnp.isnan(log_alpha), 0.0, jnp.exp(jnp.minimum(log_alpha, 0.0)))
+            accept = log_u < log_alpha
+        else:
+            alpha = jnp.ones(batch_shape, jnp.float32)
+            accept = jnp.ones(batch_shape, bool)
+        z = jnp.where(expand(accept), proposal, z)
+        g = jnp.where(expand(accept), g_new, g)
+        lp = jnp.where(accept, lp_new, lp)
+        return (z, lp, g, log_s), alpha
+
+    def warm_body(state, xs):
+        t, eps, log_u = xs
+        state, alpha = step(state, eps, log_u)
+        if mala:
+            z, lp, g, log_s = state
+            state = (z, lp, g, log_s + ADAPT_RATE * (alpha - target_accept) / jnp.sqrt(t + 1.0))
+        return state, alpha
+
+    def draw_body(state, xs):
+        eps, log_u = xs
+        state, alpha = step(state, eps, log_u)
+        out = {"accept": alpha, "draw_log_joint": state[1]}
+        if keep_z:
+            out["draws"] = state[0]
+        return state, out
+
+    state = (z0, lp0, g0, log_s0)
+    t = jnp.arange(warmup, dtype=jnp.float32)
+    state, warm_alpha = jax.lax.scan(warm_body, state, (t, eps_all[:warmup], log_u_all[:warmup]))
+    state, kept = jax.lax.scan(draw_body, state, (eps_all[warmup:], log_u_all[warmup:]))
+    z, lp, _, log_s = state
+    return {"z": z, "log_joint": lp, "step_size": jnp.exp(log_s), "warmup_accept": warm_alpha, **kept}
+
+
+def gaussian_fit(draws):
+    """(loc, log_scale) of the diagonal Gaussian fitted to draws [N, B, *event] per sequence: the
+    mean, and the standard deviation (ddof 0) floored at 1e-4."""
+    loc = draws.mean(0)
+    std = jnp.maximum(jnp.sqrt(((draws - loc) ** 2).mean(0)), 1e-4)
+    return loc, jnp.log(std)
+
+
+class LangevinPrograms(Programs):
+    def build(self):
+        self.step = jax.jit(self._step, donate_argnums=self.donate)
+        self.sample = jax.jit(self._sample, static_argnames=("warmup", "draws", "chains", "keep_z"))
+        self.bound = jax.jit(self._bound, static_argnames=("warmup", "draws", "chains", "num_samples"))
+
+    def terms(self, params, tokens, z):
+        """(log p(z), log p(x | z)) [C, B] at z [C, B, n_z, d], unscaled."""
+        return log_joint_terms(self.model(params), (tokens,), z)
+
+    def _sample(self, params, tokens, key, fast_noise, warmup, draws, chains, keep_z):
+        """The chains of every sequence, with the decoder's parameters as constants."""
+        params = jax.lax.stop_gradient(params)
+        init_key, chain_key = jax.random.split(key)
+        z0 = jax.random.normal(init_key, (chains, tokens.shape[0], *self.shape), jnp.float32)
+        if fast_noise is not None:
+            z0, fast_noise = fast_noise[0], fast_noise[1:]
+        logp = lambda z: sum(self.terms(params, tokens, z))  # noqa: E731
+        inf = self.inf
+        return langevin_sample(logp, z0, chain_key, warmup=warmup, draws=draws, step_size=inf.step_size, mala=inf.mala,
+                               target_accept=inf.target_accept, keep_z=keep_z, noise=fast_noise)
+
+    def _step(self, params, opt_state, tokens, key, lr):
+        K = self.inf.steps
+        W = K // 2
+        out = self._sample(params, tokens, key, None, W, K - W, self.inf.chains, False)
+        z = jax.lax.stop_gradient(out["z"])
+        n_tokens = tokens.shape[0] * (tokens.shape[1] - 1)
+
+        def loss_fn(p):  # Monte Carlo EM: log p(x | z_K), averaged over chains
+            log_prior, loglik = self.terms(p, tokens, z)
+            return -loglik.mean(0).sum() / n_tokens, log_prior
+
+        (loss, log_prior), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        params, opt_state, grad_norm = self.update(params, opt_state, grads, lr, loss)
+        accept = out["accept"] if K - W > 0 else out["warmup_accept"]
+        metrics = {"loss": loss, "nll": loss, "log_prior": log_prior.mean(), "accept": accept.mean(),
+                   "step_size": out["step_size"].mean(), "grad_norm": grad_norm}
+        return params, opt_state, metrics
+
+    def _bound(self, params, tokens, key, fast_noise, noise, warmup, draws, chains, num_samples):
+        chain_key, eval_key = jax.random.split(key)
+        out = self._sample(params, tokens, chain_key, fast_noise, warmup, draws, chains, True)
+        z = out["draws"]  # [D, C, B, n_z, d]
+        loc, log_scale = gaussian_fit(z.reshape(-1, *z.shape[2:]))
+        loglik, kl = self.elbo(params, tokens, loc, log_scale, num_samples, noise, eval_key)
+        return loglik.mean(0), kl
+
+
+class NumPyroLangevin(NumPyroBackend):
+    method = "langevin"
+    programs_class = LangevinPrograms
+
+    def step(self, batch: np.ndarray) -> dict:
+        lr = self.slow_lr()
+        self.params, self.opt_state, out = self.programs.step(
+            self.params, self.opt_state, self.tensor(batch), self.next_key(), np.float32(lr)
+        )
+        metrics = {name: float(out[name]) for name in ("loss", "nll", "log_prior", "accept", "step_size")}
+        if not all(np.isfinite(v) for v in metrics.values()):
+            return metrics  # weights untouched; the trainer stops before any update is kept
+        self.iteration += 1
+        metrics.update({"lr": lr, "grad_norm": float(out["grad_norm"])})
+        return metrics
+
+    def bound(self, batch: np.ndarray, steps: int, num_samples: int = 1, noise=None, fast_noise=None) -> dict:
+        """ELBO of the diagonal Gaussian fitted to the chains' draws, per sequence.
+
+        `steps` warm-up steps (adapting the step size), then cfg.inference.draws kept steps of
+        cfg.inference.chains chains; q = N(mean, std^2) of the chains * draws kept states; then the
+        ELBO of q with `num_samples` fresh samples, or noise [S, B, n_z, d] (z = loc + exp(log_scale)
+        * noise), analytic KL. fast_noise, if given, fixes the chains' randomness: (z0 [C, B, n_z, d],
+        eps [steps + draws, C, B, n_z, d], log_u [steps + draws, C, B]).
+        """
+        inf = self.cfg.inference
+        if inf.chains * inf.draws < 2:
+            raise LtmError("langevin bound needs at least 2 draws (--chains x --draws)")
+        tokens = self.tensor(batch)
+        fast = None if fast_noise is None else tuple(self.array(a) for a in fast_noise)
+        loglik, kl = self.programs.bound(
+            self.params, tokens, self.next_key(), fast, self.array(noise),
+            warmup=steps, draws=inf.draws, chains=inf.chains, num_samples=num_samples,
+        )
+        return {"loglik": np.asarray(loglik), "kl": np.asarray(kl), "num_tokens": int(tokens.shape[1] - 1)}
+
+    def posterior(self, batch: np.ndarray, steps: int, num_draws: int, num_chains: int = 1) -> dict:
+        """`steps` warm-up steps, then num_draws kept draws of num_chains chains per sequence:
+        z [C, D, B, n_z, d], log_joint and accept_prob [C, D, B], step_size [C, B] (after warm-up)."""
+        out = self.programs.sample(self.params, self.tensor(batch), self.next_key(), None,
+                                   warmup=steps, draws=num_draws, chains=num_chains, keep_z=True)
+        swap = lambda a: np.swapaxes(np.asarray(a), 0, 1)  # noqa: E731  [D, C, ...] -> [C, D, ...]
+        return {"z": swap(out["draws"]), "log_joint": swap(out["draw_log_joint"]), "accept_prob": swap(out["accept"]),
+                "step_size": np.asarray(out["step_size"])}
+
+    def posterior_latents(self, batch: np.ndarray, steps: int):
+        """The last state of chain 0 after `steps` steps (the first steps // 2 adapting)."""
+        W = steps // 2
+        out = self.programs.sample(self.params, self.tensor(batch), self.next_key(), None,
+                                   warmup=W, draws=steps - W, chains=self.cfg.inference.chains, keep_z=False)
+        return out["z"][0]
+

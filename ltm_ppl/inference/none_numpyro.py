@@ -1,0 +1,70 @@
+"""`none` in NumPyro: the decoder without latents (no cross-attention, no "z" site), trained by
+maximum likelihood through the model's observed site. The autoregressive baseline: the same loop,
+windows and predicted tokens as the LTM methods. The mirror of none_pyro.py.
+
+Nothing here imports torch.
+"""
+from __future__ import annotations
+
+import jax
+import numpy as np
+from numpyro import handlers
+
+from ..errors import LtmError
+from .numpyro_backend import NumPyroBackend, Programs
+
+NO_LATENT = "no latent to infer: the run was trained with --inference none"
+
+
+class NonePrograms(Programs):
+    def build(self):
+        self.step = jax.jit(self._step, donate_argnums=self.donate)
+        self.loglik = jax.jit(self._loglik)
+
+    def _loglik(self, params, tokens):
+        """log p(x_i) per sequence [B], read off the model's observed site."""
+        site = handlers.trace(self.model(params)).get_trace(tokens)["x"]
+        return site["fn"].log_prob(site["value"])
+
+    def _step(self, params, opt_state, tokens, lr):
+        n_tokens = tokens.shape[0] * (tokens.shape[1] - 1)
+        loss, grads = jax.value_and_grad(lambda p: -self._loglik(p, tokens).sum() / n_tokens)(params)
+        params, opt_state, grad_norm = self.update(params, opt_state, grads, lr, loss)
+        return params, opt_state, {"loss": loss, "grad_norm": grad_norm}
+
+
+class NumPyroNone(NumPyroBackend):
+    method = "none"
+    programs_class = NonePrograms
+
+    def __init__(self, cfg):
+        if cfg.model.latent:
+            raise LtmError("--inference none is the decoder without latents: it needs model.latent = false")
+        super().__init__(cfg)
+
+    def step(self, batch: np.ndarray) -> dict:
+        lr = self.slow_lr()
+        self.params, self.opt_state, out = self.programs.step(self.params, self.opt_state, self.tensor(batch), np.float32(lr))
+        loss = float(out["loss"])
+        metrics = {"loss": loss, "nll": loss, "kl": 0.0}
+        if not np.isfinite(loss):
+            return metrics  # weights untouched; the trainer stops before any update is kept
+        self.iteration += 1
+        metrics.update({"lr": lr, "grad_norm": float(out["grad_norm"])})
+        return metrics
+
+    def bound(self, batch: np.ndarray, steps: int = 0, num_samples: int = 1, noise=None, fast_noise=None) -> dict:
+        """The exact log-likelihood per sequence (nothing to bound: no latent); kl is zero."""
+        tokens = self.tensor(batch)
+        loglik = np.asarray(self.programs.loglik(self.params, tokens))
+        return {"loglik": loglik, "kl": np.zeros(len(loglik), np.float32), "num_tokens": int(tokens.shape[1] - 1)}
+
+    def posterior(self, *args, **kwargs):
+        raise LtmError(NO_LATENT)
+
+    def posterior_latents(self, batch: np.ndarray, steps: int):
+        return None
+
+    def prior_latents(self, num: int):
+        return None
+

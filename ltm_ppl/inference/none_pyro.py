@@ -1,0 +1,46 @@
+"""`none` in Pyro: the decoder without latents, trained by maximum likelihood. The autoregressive
+baseline: the same loop, the same windows and the same predicted tokens as the LTM methods."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pyro
+import torch
+from pyro import poutine
+
+from ..errors import LtmError
+from .pyro_backend import PyroBackend
+
+NO_LATENT = "no latent to infer: the run was trained with --inference none"
+
+
+class PyroNone(PyroBackend):
+    method = "none"
+
+    def loglik(self, tokens) -> torch.Tensor:
+        """log p(x_i) per sequence [B], read off the model's observed site."""
+        with pyro.validation_enabled(False):
+            site = poutine.trace(self.model).get_trace(tokens).nodes["x"]
+        return site["fn"].log_prob(site["value"])
+
+    def step(self, batch: np.ndarray) -> dict:
+        tokens = self.tensor(batch)
+        loss = -self.loglik(tokens).sum() / (tokens.shape[0] * (tokens.shape[1] - 1))
+        metrics = {"loss": loss.item(), "nll": loss.item(), "kl": 0.0}
+        if not math.isfinite(metrics["loss"]):
+            return metrics
+        metrics.update(self.slow_update(loss))
+        return metrics
+
+    def bound(self, batch: np.ndarray, steps: int = 0, num_samples: int = 1, noise=None, fast_noise=None) -> dict:
+        tokens = self.tensor(batch)
+        with torch.no_grad():
+            loglik = self.loglik(tokens)
+        return {"loglik": loglik.cpu().numpy(), "kl": np.zeros(len(batch), np.float32), "num_tokens": tokens.shape[1] - 1}
+
+    def posterior(self, *args, **kwargs):
+        raise LtmError(NO_LATENT)
+
+    def posterior_latents(self, batch, steps):
+        return None
