@@ -59,25 +59,29 @@ def langevin_sample(logp_fn, z0, key=None, *, warmup: int, draws: int, step_size
     expand = lambda a: a.reshape(a.shape + (1,) * len(event_axes))  # noqa: E731
     log_s0 = jnp.broadcast_to(jnp.log(jnp.asarray(step_size, jnp.float32)), batch_shape)
     total = warmup + draws
+    # Each step's randomness: drawn inside the loop from its own key, or injected.
     if noise is None:
-        keys = jax.random.split(key, total)
-        eps_all = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, 0), z0.shape, jnp.float32))(keys)
-        log_u_all = jax.vmap(lambda k: jnp.log(jax.random.uniform(jax.random.fold_in(k, 1), batch_shape)))(keys)
+        xs = (jax.random.split(key, total), None, None)
     else:
-        eps_all, log_u_all = (jnp.asarray(a, jnp.float32) for a in noise)
+        xs = (None, *(jnp.asarray(a, jnp.float32) for a in noise))
+
+    def randomness(k, eps, log_u):
+        if eps is None:
+            eps = jax.random.normal(jax.random.fold_in(k, 0), z0.shape, jnp.float32)
+            log_u = jnp.log(jax.random.uniform(jax.random.fold_in(k, 1), batch_shape, jnp.float32))
+        return eps, log_u
 
     def step(state, eps, log_u):
         z, lp, g, log_s = state
-        s_seq = jnp.exp(log_s)  # [C, B]
-        s = expand(s_seq)
-        mean_f = z + 0.5 * s**2 * g
-        proposal = mean_f + s * eps
+        s2 = jnp.exp(2 * log_s)  # [C, B]
+        mean_f = z + 0.5 * expand(s2) * g
+        proposal = mean_f + expand(jnp.exp(log_s)) * eps
         lp_new, g_new = _value_and_grad(logp_fn, proposal)
         if mala:
-            mean_b = proposal + 0.5 * s**2 * g_new
+            mean_b = proposal + 0.5 * expand(s2) * g_new
             backward = ((z - mean_b) ** 2).sum(event_axes)
             forward = ((proposal - mean_f) ** 2).sum(event_axes)
-            log_alpha = lp_new - lp - backward / (2 * s_seq**2) + forward / (2 * s_seq**2)
+            log_alpha = lp_new - lp - backward / (2 * s2) + forward / (2 * s2)
             alpha = jnp.where(jnp.isnan(log_alpha), 0.0, jnp.exp(jnp.minimum(log_alpha, 0.0)))
             accept = log_u < log_alpha
         else:
@@ -89,25 +93,25 @@ def langevin_sample(logp_fn, z0, key=None, *, warmup: int, draws: int, step_size
         return (z, lp, g, log_s), alpha
 
     def warm_body(state, xs):
-        t, eps, log_u = xs
-        state, alpha = step(state, eps, log_u)
+        t, k, eps, log_u = xs
+        state, alpha = step(state, *randomness(k, eps, log_u))
         if mala:
             z, lp, g, log_s = state
             state = (z, lp, g, log_s + ADAPT_RATE * (alpha - target_accept) / jnp.sqrt(t + 1.0))
         return state, alpha
 
     def draw_body(state, xs):
-        eps, log_u = xs
-        state, alpha = step(state, eps, log_u)
+        state, alpha = step(state, *randomness(*xs))
         out = {"accept": alpha, "draw_log_joint": state[1]}
         if keep_z:
             out["draws"] = state[0]
         return state, out
 
+    head = jax.tree.map(lambda a: a[:warmup], xs)
+    tail = jax.tree.map(lambda a: a[warmup:], xs)
     state = (z0, lp0, g0, log_s0)
-    t = jnp.arange(warmup, dtype=jnp.float32)
-    state, warm_alpha = jax.lax.scan(warm_body, state, (t, eps_all[:warmup], log_u_all[:warmup]))
-    state, kept = jax.lax.scan(draw_body, state, (eps_all[warmup:], log_u_all[warmup:]))
+    state, warm_alpha = jax.lax.scan(warm_body, state, (jnp.arange(warmup, dtype=jnp.float32), *head))
+    state, kept = jax.lax.scan(draw_body, state, tail)
     z, lp, _, log_s = state
     return {"z": z, "log_joint": lp, "step_size": jnp.exp(log_s), "warmup_accept": warm_alpha, **kept}
 
@@ -215,9 +219,9 @@ class NumPyroLangevin(NumPyroBackend):
                 "step_size": np.asarray(out["step_size"])}
 
     def posterior_latents(self, batch: np.ndarray, steps: int):
-        """The last state of chain 0 after `steps` steps (the first steps // 2 adapting)."""
+        """The last state of one chain after `steps` steps (the first steps // 2 adapting)."""
         W = steps // 2
         out = self.programs.sample(self.params, self.tensor(batch), self.next_key(), None,
-                                   warmup=W, draws=steps - W, chains=self.cfg.inference.chains, keep_z=False)
+                                   warmup=W, draws=steps - W, chains=1, keep_z=False)
         return out["z"][0]
 
