@@ -116,29 +116,19 @@ def fit(config_file, backend, inference, data, tokenizer, iters, steps, batch_si
 
 
 def _open_run(run: str, backend, device, overrides: dict | None = None):
-    from pathlib import Path
+    from .runs import open_run
 
-    from .checkpoint import read_config
-    from .config import validate
-    from .inference import methods
-    from .train import check_method_fits_run, load_inference, run_tokenizer
-
-    path = Path(run)
-    cfg, _ = read_config(path)
-    trained = cfg.inference.method
-    apply_overrides(cfg, {"train.backend": backend, "train.device": device, **(overrides or {})})
-    validate(cfg, methods())
-    check_method_fits_run(cfg, trained)
-    tokenizer = run_tokenizer(path, cfg)
-    return cfg, tokenizer, load_inference(path, cfg)
+    return open_run(run, {"train.backend": backend, "train.device": device, **(overrides or {})})
 
 
 @cli.command(name="eval")
 @click.argument("run")
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="val", help="Which split to bound.")
 @click.option("--data", default=None, help="Evaluate on another corpus (default: the run's).")
-@click.option("--steps", type=int, default=None, help="Fast steps fitting q per sequence (default: the run's eval_steps).")
-@click.option("--samples", type=int, default=1, help="Noise samples per sequence for the ELBO estimate.")
+@click.option("--steps", default=None, help="Inference steps per sequence, or a list 4,16,64 (one row each).")
+@click.option("--bound", "kind", type=click.Choice(["elbo", "iwae"]), default="elbo", help="ELBO (analytic KL) or IWAE_K.")
+@click.option("--samples", type=int, default=1, help="Draws per sequence: the ELBO estimate's, or K of IWAE_K.")
+@click.option("--fixed-noise", is_flag=True, help="Also the published reference's fixed-noise number (not a bound), labelled.")
 @click.option("--batch-size", type=int, default=None, help="Windows per batch.")
 @click.option("--max-windows", type=int, default=None, help="Bound only the first N windows of the split.")
 @inference_option
@@ -147,46 +137,32 @@ def _open_run(run: str, backend, device, overrides: dict | None = None):
 @seed_option
 @device_option
 @json_option
-def eval_cmd(run, split, data, steps, samples, batch_size, max_windows, inference, backend, seed, device, as_json, **kw):
-    """Held-out bound of a run: nats/token and perplexity, corpus-level, fresh-noise ELBO."""
+def eval_cmd(run, split, data, steps, kind, samples, fixed_noise, batch_size, max_windows, inference, backend, seed, device, as_json, **kw):
+    """Held-out bounds of a run: nats/token and perplexity, corpus-level, fresh noise."""
     from tqdm import tqdm
 
-    from .data import load_corpus, num_windows, split_tokens
-    from .evaluate import PROPOSALS, corpus_bound, unigram_bound
-    from .flops import decoder_forward, training_flops_per_token
-    from .train import require_windows
+    from .runs import evaluate_run, parse_steps, windows_to_bound
 
-    for name, value in (("--steps", steps), ("--samples", samples), ("--batch-size", batch_size), ("--max-windows", max_windows)):
-        if value is not None and value <= 0:
-            raise LtmError(f"{name} must be a positive integer, got {value}")
-    cfg, tokenizer, inference = _open_run(run, backend, device, method_overrides(kw) | {"inference.method": inference})
-    corpus = load_corpus(data or cfg.data.data)
-    tokens = split_tokens(corpus, split, tokenizer)
-    require_windows(tokens, cfg.model.block_size, split, corpus.spec)
-    steps = steps or cfg.inference.eval_steps
-    total = num_windows(len(tokens), cfg.model.block_size)
-    total = min(total, max_windows) if max_windows else total
+    opened = _open_run(run, backend, device, method_overrides(kw) | {"inference.method": inference})
+    steps = parse_steps(steps, opened.cfg.inference.eval_steps)
+    total = windows_to_bound(opened, split, data, max_windows) * len(steps) * (2 if fixed_noise else 1)
     with tqdm(total=total, desc="eval", unit="seq", disable=as_json) as bar:
-        result = corpus_bound(inference, tokens, steps, samples, batch_size or cfg.train.batch_size, max_windows,
-                              seed=cfg.train.seed if seed is None else seed, progress=bar.update)
-    unigram = unigram_bound(split_tokens(corpus, "train", tokenizer), tokens, tokenizer.vocab_size, cfg.model.block_size, max_windows)
-    record = {
-        **result, "bound": "elbo", "backend": cfg.train.backend, "inference": cfg.inference.method, "steps": steps,
-        "samples": samples, "split": split, "data": corpus.spec, "tokenizer": cfg.data.tokenizer,
-        "unigram_nll_per_token": unigram["nll_per_token"], "unigram_perplexity": unigram["perplexity"],
-        "flops_per_token": training_flops_per_token(cfg),
-        "decoder_flops_per_token": decoder_forward(cfg.model),
-        "proposal": PROPOSALS[cfg.inference.method],
-    }
+        record = evaluate_run(opened, split, data, steps, samples, kind, fixed_noise, batch_size, max_windows, seed, bar.update)
     if as_json:
         emit_json(record)
         return
-    click.echo(f"{corpus.spec} [{split}]: {result['num_tokens']} predicted tokens in {result['num_sequences']} windows")
-    click.echo(f"ELBO bound, fresh noise, {steps} steps, {samples} sample(s), {cfg.train.backend}/{cfg.inference.method}; q = {record['proposal']}:")
-    click.echo(f"  {result['nll_per_token']:.4f} nats/token   perplexity <= {result['perplexity']:.3f}   (corpus-level)")
-    click.echo(f"  KL {result['kl_per_sequence']:.3f} nats/sequence; reconstruction {result['reconstruction_nll_per_token']:.4f} nats/token")
-    click.echo(f"  per-sequence mean of exp(-ELBO/T) (the paper's figure): {result['per_sequence_mean_perplexity']:.3f}")
-    click.echo(f"unigram of the same tokens: {unigram['nll_per_token']:.4f} nats/token, perplexity {unigram['perplexity']:.3f}")
+    click.echo(f"{record['data']} [{split}]: {record['num_tokens']} predicted tokens in {record['num_sequences']} windows; "
+               f"{record['backend']}/{record['inference']} (trained {record['trained_with']}); q = {record['proposal']}")
+    click.echo(f"{'steps':>6} {'bound':>6} {'nats/token':>11} {'perplexity':>11} {'KL/seq':>8} {'mean exp(-B/T)':>15}  what")
+    for row in record["rows"]:
+        kl = "-" if row["kl_per_sequence"] is None else f"{row['kl_per_sequence']:.3f}"
+        kind_name = "fixed" if row.get("fixed_noise") else row["bound"]
+        click.echo(f"{row['steps']:>6} {kind_name:>6} {row['nll_per_token']:>11.4f} {row['perplexity']:>11.3f} "
+                   f"{kl:>8} {row['per_sequence_mean_perplexity']:>15.3f}  {row['label']}")
+        if row["bound"] == "iwae":
+            click.echo(f"{'':>6} {'':>6} {row['sampled_elbo_nll_per_token']:>11.4f}  sampled-KL ELBO of the same {row['samples']} draws")
+    click.echo("perplexity: corpus-level exp(bound / predicted tokens); mean exp(-B/T): the paper's per-sequence mean")
+    click.echo(f"unigram of the same tokens: {record['unigram_nll_per_token']:.4f} nats/token, perplexity {record['unigram_perplexity']:.3f}")
     click.echo(f"training FLOPs per token: {record['flops_per_token']:.4g} (decoder forward {record['decoder_flops_per_token']:.4g})")
 
 
@@ -215,8 +191,9 @@ def sample(run, prompt, num, max_tokens, temperature, top_k, steps, inference, b
         raise LtmError("--temperature and --top-k must not be negative")
     if prompt is not None and not prompt.strip():
         raise LtmError("--prompt is empty")
-    cfg, tokenizer, inference = _open_run(run, backend, device, method_overrides(kw) | {"inference.method": inference})
-    texts = generate_text(inference, tokenizer, prompt, num, max_tokens, temperature, top_k,
+    opened = _open_run(run, backend, device, method_overrides(kw) | {"inference.method": inference})
+    cfg = opened.cfg
+    texts = generate_text(opened.inference, opened.tokenizer, prompt, num, max_tokens, temperature, top_k,
                           steps or cfg.inference.eval_steps, cfg.train.seed if seed is None else seed)
     if as_json:
         emit_json({"samples": texts, "prompt": prompt, "latents": "posterior" if prompt else "prior",
@@ -226,6 +203,85 @@ def sample(run, prompt, num, max_tokens, temperature, top_k, steps, inference, b
         if num > 1:
             click.echo(f"--- sample {i + 1} ---")
         click.echo(text)
+
+
+@cli.command()
+@click.argument("run")
+@click.option("--inference", "methods", default=None, help="Methods, comma-separated (default: the run's): local, amortized, langevin.")
+@click.option("--sequences", type=int, default=8, help="Held-out windows to diagnose.")
+@click.option("--chains", type=int, default=4, help="Chains per sequence (langevin).")
+@click.option("--draws", type=int, default=100, help="Draws per chain (at least 100 for k-hat of variational methods).")
+@click.option("--steps", type=int, default=None, help="Fitting steps (local) or warm-up steps (langevin; default 200).")
+@click.option("--split", type=click.Choice(["train", "val", "test"]), default="val")
+@click.option("--data", default=None, help="Another corpus (default: the run's).")
+@click.option("--out", default=None, help="New directory for NetCDF, plots and summary (default: RUN/diagnostics/<timestamp>).")
+@backend_option
+@seed_option
+@device_option
+@json_option
+def diagnose(run, methods, sequences, chains, draws, steps, split, data, out, backend, seed, device, as_json):
+    """Posterior quality: R-hat / ESS of chains, PSIS k-hat of variational posteriors, collapse."""
+    from tqdm import tqdm
+
+    from .diagnostics import diagnose_run
+
+    if steps is not None and steps <= 0:
+        raise LtmError(f"--steps must be a positive integer, got {steps}")
+    names = [m.strip() for m in methods.split(",")] if methods else None
+    with tqdm(total=len(names or [None]), desc="diagnose", unit="method", disable=as_json) as bar:
+        summary = diagnose_run(run, names, sequences, chains, draws, steps, split, data, out, backend, device,
+                               0 if seed is None else seed, bar.update)
+    if as_json:
+        emit_json(summary)
+        return
+    click.echo(f"{summary['run']} [{split}], {sequences} sequences -> {summary['out']}")
+    for m, r in summary["methods"].items():
+        click.echo(f"{m}: {r['chains']} chain(s) x {r['draws']} draws, {r['steps']} steps")
+        if "chains_diagnostics" in r:
+            c = r["chains_diagnostics"]
+            verdict = "converged" if c["converged"] else "NOT converged"
+            click.echo(f"  R-hat max {c['rhat_max']}, share above 1.01 (NaN counted) {c['share_rhat_above_limit']:.3f}, "
+                       f"R-hat of the log joint max {c['rhat_log_joint_max']}: {verdict}")
+            click.echo(f"  ESS bulk min {c['ess_bulk_min']:.1f}, tail min {c['ess_tail_min']:.1f}; "
+                       f"acceptance {r['accept_prob']:.3f}, step size {r['step_size']:.4f}")
+        if "khat" in r:
+            k = r["khat"]
+            exact = sum(s == "exact" for s in k["status"])
+            click.echo(f"  PSIS k-hat max {k['khat_max']}, share above {k['threshold']:.3f}: {k['share_above_threshold']:.3f}"
+                       f" ({exact} exact)")
+        col = r["collapse"]
+        kl = ", ".join(f"{v:.2f}" for v in col["kl_per_latent_vector"])
+        click.echo(f"  KL per latent vector [{kl}]; active units {col['active_units']} / {col['num_units']}")
+    if "amortization_gap" in summary:
+        g = summary["amortization_gap"]
+        click.echo(f"amortization gap (local - amortized ELBO): {g['nats_per_sequence']:.3f} nats/sequence, {g['nats_per_token']:.4f} nats/token")
+
+
+@cli.command()
+@click.argument("runs", nargs=-1, required=True)
+@click.option("--split", type=click.Choice(["train", "val", "test"]), default="val")
+@click.option("--data", default=None, help="Corpus (default: the first run's).")
+@click.option("--steps", type=int, default=None, help="Inference steps (default: each run's eval_steps).")
+@click.option("--samples", type=int, default=1)
+@click.option("--max-windows", type=int, default=None)
+@seed_option
+@json_option
+def compare(runs, split, data, steps, samples, max_windows, seed, as_json):
+    """Bounds of several runs on the same tokens, with FLOPs per token (e.g. an LTM vs its baseline)."""
+    from .runs import compare_runs
+
+    if steps is not None and steps <= 0:
+        raise LtmError(f"--steps must be a positive integer, got {steps}")
+    table = compare_runs(list(runs), split, data, steps, samples, max_windows, seed=seed)
+    if as_json:
+        emit_json(table)
+        return
+    click.echo(f"{table['data']} [{split}], {table['rows'][0]['num_tokens']} predicted tokens each")
+    click.echo(f"{'run':<40} {'method':<18} {'params':>10} {'nats/token':>11} {'perplexity':>11} {'KL/seq':>8} {'train FLOPs/token':>18}")
+    for r in table["rows"]:
+        kl = "-" if r["kl_per_sequence"] is None else f"{r['kl_per_sequence']:.2f}"
+        click.echo(f"{r['run'][-40:]:<40} {r['backend'] + '/' + r['inference']:<18} {r['params']:>10} "
+                   f"{r['nll_per_token']:>11.4f} {r['perplexity']:>11.3f} {kl:>8} {r['flops_per_token']:>18.4g}")
 
 
 def main():

@@ -69,7 +69,7 @@ class InferenceConfig:
 
     @property
     def init_log_scale(self) -> float:
-        return 0.0 if self.init == "prior" else -5.0
+        return -5.0 if self.init == "reference" else 0.0  # "amortized" starts at the encoder's q
 
 
 @dataclass

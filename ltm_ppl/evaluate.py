@@ -18,39 +18,68 @@ PROPOSALS = {
 }
 
 
-def corpus_bound(inference, tokens: np.ndarray, steps: int, num_samples: int, batch_size: int,
-                 max_windows: int | None = None, seed: int = 0, progress=None) -> dict:
-    """ELBO with fresh noise over the split's windows (the first `max_windows` when given).
+def iwae_terms(log_weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(IWAE_K, sampled-KL ELBO) per sequence from log weights [K, B] of the same draws.
 
-    nll_per_token is the corpus-level bound -sum_i ELBO_i / sum_i T_i; the per-sequence mean of
-    exp(-ELBO_i / T_i) (the paper's figure) is reported beside it under its own name.
+    IWAE_K = logmeanexp_k w_k >= mean_k w_k (Jensen), with equality at K = 1.
+    """
+    K = log_weights.shape[0]
+    top = log_weights.max(0)
+    iwae = top + np.log(np.exp(log_weights - top).sum(0)) - math.log(K)
+    return iwae, log_weights.mean(0)
+
+
+def corpus_bound(inference, tokens: np.ndarray, steps: int, num_samples: int, batch_size: int,
+                 max_windows: int | None = None, seed: int = 0, progress=None, kind: str = "elbo") -> dict:
+    """A bound with fresh noise over the split's windows (the first `max_windows` when given).
+
+    kind "elbo": the mean-field ELBO with analytic KL, estimated with `num_samples` draws.
+    kind "iwae": IWAE_K with K = num_samples draws of the method's q, and the sampled-KL ELBO of the
+    same draws beside it. nll_per_token is the corpus-level bound -sum_i B_i / sum_i T_i; the
+    per-sequence mean of exp(-B_i / T_i) (the paper's figure) is reported under its own name.
     """
     block = inference.cfg.model.block_size
-    loglik = kl = 0.0
+    total = loglik = kl = sampled_elbo = 0.0
     n_tokens = n_seq = 0
     per_seq_ppl = []
     with inference.rng_scope(seed):
         for batch in eval_batches(tokens, block, batch_size, max_windows):
-            terms = inference.bound(batch, steps=steps, num_samples=num_samples)
-            loglik += float(np.sum(terms["loglik"]))
-            kl += float(np.sum(terms["kl"]))
-            n_tokens += terms["num_tokens"] * len(batch)
+            T = batch.shape[1] - 1
+            if kind == "iwae":
+                iwae, elbo = iwae_terms(inference.log_weights(batch, steps=steps, num_samples=num_samples))
+                bound = iwae
+                sampled_elbo += float(np.sum(elbo))
+            else:
+                terms = inference.bound(batch, steps=steps, num_samples=num_samples)
+                bound = terms["loglik"] - terms["kl"]
+                loglik += float(np.sum(terms["loglik"]))
+                kl += float(np.sum(terms["kl"]))
+            total += float(np.sum(bound))
+            n_tokens += T * len(batch)
             n_seq += len(batch)
-            per_seq_ppl.extend(np.exp(-(terms["loglik"] - terms["kl"]) / terms["num_tokens"]).tolist())
+            per_seq_ppl.extend(np.exp(-bound / T).tolist())
             if progress is not None:
                 progress(len(batch))
-    nll = -(loglik - kl) / n_tokens
+    nll = -total / n_tokens
     if not math.isfinite(nll):
-        raise LtmError(f"the bound is not finite (log-likelihood {loglik}, KL {kl}): the weights may have diverged")
-    return {
+        raise LtmError(f"the bound is not finite ({kind} total {total}): the weights may have diverged")
+    result = {
+        "bound": kind,
         "nll_per_token": nll,
         "perplexity": math.exp(nll),
-        "reconstruction_nll_per_token": -loglik / n_tokens,
-        "kl_per_sequence": kl / n_seq,
         "per_sequence_mean_perplexity": float(np.mean(per_seq_ppl)),
         "num_tokens": n_tokens,
         "num_sequences": n_seq,
+        "steps": steps,
+        "samples": num_samples,
     }
+    if kind == "iwae":
+        result["sampled_elbo_nll_per_token"] = -sampled_elbo / n_tokens
+        result["kl_per_sequence"] = None  # IWAE has no analytic KL term; `--bound elbo` reports it
+    else:
+        result["reconstruction_nll_per_token"] = -loglik / n_tokens
+        result["kl_per_sequence"] = kl / n_seq
+    return result
 
 
 def unigram_bound(train_tokens: np.ndarray, eval_tokens: np.ndarray, vocab_size: int, block_size: int,

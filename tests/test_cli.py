@@ -18,7 +18,7 @@ def assert_one_line_error(result, *fragments):
     lines = [line for line in result.stderr.replace("\r", "\n").splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("error: ")]
     assert len(errors) == 1 and lines[-1] == errors[0], result.stderr  # a progress bar may precede it
-    assert all(line.startswith(("fit:", "eval:")) for line in lines[:-1]), result.stderr
+    assert all(line.startswith(("fit:", "eval:", "diagnose:")) for line in lines[:-1]), result.stderr  # progress bars
     assert "Traceback" not in result.output
     for fragment in fragments:
         assert fragment in errors[0], errors[0]

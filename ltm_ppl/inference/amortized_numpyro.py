@@ -45,6 +45,7 @@ class AmortizedPrograms(Programs):
         self.bound = jax.jit(self._bound, static_argnames=("num_samples",))
         self.posterior = jax.jit(self._posterior, static_argnames=("num_draws",))
         self.posterior_latents = jax.jit(self._posterior_latents)
+        self.log_weights = jax.jit(self._log_weights, static_argnames=("num_samples",))
 
     def encode(self, params, tokens):
         return jax_encoder.encode(params, self.model_cfg, tokens, self.dtype)
@@ -70,6 +71,9 @@ class AmortizedPrograms(Programs):
     def _posterior(self, params, tokens, key, num_draws):
         loc, log_scale = self.encode(params, tokens)
         return self.gaussian_posterior(params, tokens, loc, log_scale, num_draws, key)
+
+    def _log_weights(self, params, tokens, key, num_samples):
+        return self.gaussian_log_weights(params, tokens, *self.encode(params, tokens), num_samples, key)
 
     def _posterior_latents(self, params, tokens, key):
         loc, log_scale = self.encode(params, tokens)
@@ -104,7 +108,11 @@ class NumPyroAmortized(NumPyroBackend):
     def posterior(self, batch: np.ndarray, steps: int, num_draws: int, num_chains: int = 1) -> dict:
         """num_draws draws from the encoder's q as one chain: z [1, D, B, n_z, d], log_joint and log_q [1, D, B]."""
         out = self.programs.posterior(self.params, self.tensor(batch), self.next_key(), num_draws=num_draws)
-        return {name: np.asarray(value) for name, value in out.items()}
+        return {name: np.array(value) for name, value in out.items()}
+
+    def log_weights(self, batch: np.ndarray, steps: int, num_samples: int) -> np.ndarray:
+        """log p(x, z_k) - log q(z_k) [K, B] for K = num_samples draws of the encoder's q."""
+        return np.asarray(self.programs.log_weights(self.params, self.tensor(batch), self.next_key(), num_samples=num_samples))
 
     def posterior_latents(self, batch: np.ndarray, steps: int):
         return self.programs.posterior_latents(self.params, self.tensor(batch), self.next_key())

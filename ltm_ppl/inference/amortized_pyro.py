@@ -57,6 +57,9 @@ class PyroAmortized(PyroBackend):
         with torch.no_grad():
             return self.encoder(tokens)
 
+    def proposal(self, tokens, steps: int = 0):
+        return self.encode(tokens)
+
     def bound(self, batch: np.ndarray, steps: int = 0, num_samples: int = 1, noise=None, fast_noise=None) -> dict:
         """The ELBO at the encoder's q (`steps` does not apply: nothing is fitted per sequence)."""
         tokens = self.tensor(batch)

@@ -129,6 +129,7 @@ class LangevinPrograms(Programs):
         self.step = jax.jit(self._step, donate_argnums=self.donate)
         self.sample = jax.jit(self._sample, static_argnames=("warmup", "draws", "chains", "keep_z"))
         self.bound = jax.jit(self._bound, static_argnames=("warmup", "draws", "chains", "num_samples"))
+        self.log_weights = jax.jit(self._log_weights, static_argnames=("warmup", "draws", "chains", "num_samples"))
 
     def terms(self, params, tokens, z):
         """(log p(z), log p(x | z)) [C, B] at z [C, B, n_z, d], unscaled."""
@@ -164,13 +165,21 @@ class LangevinPrograms(Programs):
                    "step_size": out["step_size"].mean(), "grad_norm": grad_norm}
         return params, opt_state, metrics
 
+    def proposal(self, params, tokens, key, fast_noise, warmup, draws, chains):
+        """The diagonal Gaussian q per sequence fitted to its chains' kept draws."""
+        z = self._sample(params, tokens, key, fast_noise, warmup, draws, chains, True)["draws"]  # [D, C, B, n_z, d]
+        return gaussian_fit(z.reshape(-1, *z.shape[2:]))
+
     def _bound(self, params, tokens, key, fast_noise, noise, warmup, draws, chains, num_samples):
         chain_key, eval_key = jax.random.split(key)
-        out = self._sample(params, tokens, chain_key, fast_noise, warmup, draws, chains, True)
-        z = out["draws"]  # [D, C, B, n_z, d]
-        loc, log_scale = gaussian_fit(z.reshape(-1, *z.shape[2:]))
+        loc, log_scale = self.proposal(params, tokens, chain_key, fast_noise, warmup, draws, chains)
         loglik, kl = self.elbo(params, tokens, loc, log_scale, num_samples, noise, eval_key)
         return loglik.mean(0), kl
+
+    def _log_weights(self, params, tokens, key, warmup, draws, chains, num_samples):
+        chain_key, eval_key = jax.random.split(key)
+        loc, log_scale = self.proposal(params, tokens, chain_key, None, warmup, draws, chains)
+        return self.gaussian_log_weights(params, tokens, loc, log_scale, num_samples, eval_key)
 
 
 class NumPyroLangevin(NumPyroBackend):
@@ -198,9 +207,7 @@ class NumPyroLangevin(NumPyroBackend):
         * noise), analytic KL. fast_noise, if given, fixes the chains' randomness: (z0 [C, B, n_z, d],
         eps [steps + draws, C, B, n_z, d], log_u [steps + draws, C, B]).
         """
-        inf = self.cfg.inference
-        if inf.chains * inf.draws < 2:
-            raise LtmError("langevin bound needs at least 2 draws (--chains x --draws)")
+        inf = self.check_draws()
         tokens = self.tensor(batch)
         fast = None if fast_noise is None else tuple(self.array(a) for a in fast_noise)
         loglik, kl = self.programs.bound(
@@ -209,14 +216,28 @@ class NumPyroLangevin(NumPyroBackend):
         )
         return {"loglik": np.asarray(loglik), "kl": np.asarray(kl), "num_tokens": int(tokens.shape[1] - 1)}
 
+    def check_draws(self):
+        inf = self.cfg.inference
+        if inf.chains * inf.draws < 2:
+            raise LtmError("langevin bound needs at least 2 draws (--chains x --draws)")
+        return inf
+
+    def log_weights(self, batch: np.ndarray, steps: int, num_samples: int) -> np.ndarray:
+        """log p(x, z_k) - log q(z_k) [K, B], K = num_samples draws of the Gaussian fitted to the
+        chains (`steps` warm-up steps, then cfg.inference.draws kept draws of each chain)."""
+        inf = self.check_draws()
+        out = self.programs.log_weights(self.params, self.tensor(batch), self.next_key(), warmup=steps, draws=inf.draws,
+                                        chains=inf.chains, num_samples=num_samples)
+        return np.asarray(out)
+
     def posterior(self, batch: np.ndarray, steps: int, num_draws: int, num_chains: int = 1) -> dict:
         """`steps` warm-up steps, then num_draws kept draws of num_chains chains per sequence:
         z [C, D, B, n_z, d], log_joint and accept_prob [C, D, B], step_size [C, B] (after warm-up)."""
         out = self.programs.sample(self.params, self.tensor(batch), self.next_key(), None,
                                    warmup=steps, draws=num_draws, chains=num_chains, keep_z=True)
-        swap = lambda a: np.swapaxes(np.asarray(a), 0, 1)  # noqa: E731  [D, C, ...] -> [C, D, ...]
+        swap = lambda a: np.swapaxes(np.array(a), 0, 1)  # noqa: E731  [D, C, ...] -> [C, D, ...]
         return {"z": swap(out["draws"]), "log_joint": swap(out["draw_log_joint"]), "accept_prob": swap(out["accept"]),
-                "step_size": np.asarray(out["step_size"])}
+                "step_size": np.array(out["step_size"])}
 
     def posterior_latents(self, batch: np.ndarray, steps: int):
         """The last state of one chain after `steps` steps (the first steps // 2 adapting)."""

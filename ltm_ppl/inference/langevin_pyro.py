@@ -107,15 +107,16 @@ class PyroLangevin(PyroBackend):
         """ELBO whose q is a diagonal Gaussian fitted to each sequence's kept draws (`steps`
         warm-up steps, then `draws` draws per chain): a proposal built from the chains, so the
         reported number is a true lower bound whatever the chains did."""
+        tokens = self.tensor(batch)
+        return self.gaussian_bound(tokens, *self.proposal(tokens, steps), num_samples, noise)
+
+    def proposal(self, tokens, steps: int):
+        """A diagonal Gaussian per sequence, fitted to its kept draws (all chains)."""
         inf = self.cfg.inference
         if inf.chains * inf.draws < 2:
             raise LtmError("langevin bound needs at least 2 draws (--chains x --draws)")
-        tokens = self.tensor(batch)
-        run = self.chains(tokens, steps, inf.draws, inf.chains)
-        draws = run["z"].flatten(0, 1)  # [C * D, B, n_z, d]
-        loc = draws.mean(0)
-        log_scale = draws.std(0, unbiased=False).clamp(min=1e-4).log()
-        return self.gaussian_bound(tokens, loc, log_scale, num_samples, noise)
+        draws = self.chains(tokens, steps, inf.draws, inf.chains)["z"].flatten(0, 1)  # [C * D, B, n_z, d]
+        return draws.mean(0), draws.std(0, unbiased=False).clamp(min=1e-4).log()
 
     def posterior(self, batch: np.ndarray, steps: int, num_draws: int, num_chains: int = 1) -> dict:
         tokens = self.tensor(batch)

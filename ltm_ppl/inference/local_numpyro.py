@@ -86,6 +86,7 @@ class LocalPrograms(Programs):
         self.bound = jax.jit(self._bound, static_argnames=("num_samples",))
         self.posterior = jax.jit(self._posterior, static_argnames=("num_draws",))
         self.posterior_latents = jax.jit(self._posterior_latents)
+        self.log_weights = jax.jit(self._log_weights, static_argnames=("num_samples",))
 
     def start(self, params, tokens):
         """Where the fast steps begin: the encoder's q (semi-amortized), else the configured point."""
@@ -142,6 +143,11 @@ class LocalPrograms(Programs):
         loc, log_scale, _ = self.fit(params, tokens, lrs, fit_key)
         return self.gaussian_posterior(params, tokens, loc, log_scale, num_draws, draw_key)
 
+    def _log_weights(self, params, tokens, lrs, key, num_samples):
+        fit_key, draw_key = jax.random.split(key)
+        loc, log_scale, _ = self.fit(params, tokens, lrs, fit_key)
+        return self.gaussian_log_weights(params, tokens, loc, log_scale, num_samples, draw_key)
+
     def _posterior_latents(self, params, tokens, lrs, key):
         fit_key, draw_key = jax.random.split(key)
         loc, log_scale, _ = self.fit(params, tokens, lrs, fit_key)
@@ -187,7 +193,12 @@ class NumPyroLocal(NumPyroBackend):
         """num_draws draws from q fitted by `steps` fast steps, as one chain (a variational posterior
         has no chains: num_chains is ignored): z [1, D, B, n_z, d], log_joint and log_q [1, D, B]."""
         out = self.programs.posterior(self.params, self.tensor(batch), self.lrs(steps), self.next_key(), num_draws=num_draws)
-        return {name: np.asarray(value) for name, value in out.items()}
+        return {name: np.array(value) for name, value in out.items()}
+
+    def log_weights(self, batch: np.ndarray, steps: int, num_samples: int) -> np.ndarray:
+        """log p(x, z_k) - log q(z_k) [K, B] for K = num_samples draws of q fitted by `steps` fast steps."""
+        return np.asarray(self.programs.log_weights(self.params, self.tensor(batch), self.lrs(steps), self.next_key(),
+                                                    num_samples=num_samples))
 
     def posterior_latents(self, batch: np.ndarray, steps: int):
         """One draw of z from the fitted q per sequence (generation from a prompt)."""

@@ -129,10 +129,12 @@ class PyroLocal(PyroBackend):
             noise = eps
         return self.gaussian_bound(tokens, loc, log_scale, num_samples, noise)
 
+    def proposal(self, tokens, steps: int):
+        return self.fit_posterior(tokens, steps)[:2]
+
     def posterior(self, batch: np.ndarray, steps: int, num_draws: int, num_chains: int = 1) -> dict:
         tokens = self.tensor(batch)
-        loc, log_scale, _ = self.fit_posterior(tokens, steps)
-        return self.gaussian_posterior(tokens, loc, log_scale, num_draws)
+        return self.gaussian_posterior(tokens, *self.proposal(tokens, steps), num_draws)
 
     def posterior_latents(self, batch: np.ndarray, steps: int):
         """One draw of z from the fitted q per sequence (generation from a prompt)."""

@@ -59,6 +59,11 @@ class NumPyroNone(NumPyroBackend):
         loglik = np.asarray(self.programs.loglik(self.params, tokens))
         return {"loglik": loglik, "kl": np.zeros(len(loglik), np.float32), "num_tokens": int(tokens.shape[1] - 1)}
 
+    def log_weights(self, batch: np.ndarray, steps: int, num_samples: int) -> np.ndarray:
+        """No latent: every 'weight' is the exact log-likelihood, so IWAE = ELBO = log p(x)."""
+        loglik = self.bound(batch)["loglik"]
+        return np.broadcast_to(loglik, (num_samples, len(loglik))).copy()
+
     def posterior(self, *args, **kwargs):
         raise LtmError(NO_LATENT)
 

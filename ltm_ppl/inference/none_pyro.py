@@ -18,6 +18,11 @@ NO_LATENT = "no latent to infer: the run was trained with --inference none"
 class PyroNone(PyroBackend):
     method = "none"
 
+    def __init__(self, cfg):
+        if cfg.model.latent:
+            raise LtmError("--inference none needs a decoder without latents (model.latent = false)")
+        super().__init__(cfg)
+
     def loglik(self, tokens) -> torch.Tensor:
         """log p(x_i) per sequence [B], read off the model's observed site."""
         with pyro.validation_enabled(False):
@@ -38,6 +43,11 @@ class PyroNone(PyroBackend):
         with torch.no_grad():
             loglik = self.loglik(tokens)
         return {"loglik": loglik.cpu().numpy(), "kl": np.zeros(len(batch), np.float32), "num_tokens": tokens.shape[1] - 1}
+
+    def log_weights(self, batch: np.ndarray, steps: int, num_samples: int) -> np.ndarray:
+        """No latent: every 'weight' is the exact log-likelihood, so IWAE = ELBO = log p(x)."""
+        loglik = self.bound(batch)["loglik"]
+        return np.broadcast_to(loglik, (num_samples, len(loglik))).copy()
 
     def posterior(self, *args, **kwargs):
         raise LtmError(NO_LATENT)

@@ -163,6 +163,11 @@ class Programs:
         log_p = jax.lax.map(lambda zz: self.log_joint(params, tokens, zz), z)
         return {"z": z[None], "log_joint": log_p[None], "log_q": log_q[None]}
 
+    def gaussian_log_weights(self, params, tokens, loc, log_scale, num_samples: int, key):
+        """Importance log weights log p(x, z_k) - log q(z_k) [K, B] of K draws z_k ~ q (IWAE, PSIS)."""
+        draws = self.gaussian_posterior(params, tokens, loc, log_scale, num_samples, key)
+        return draws["log_joint"][0] - draws["log_q"][0]
+
     def update(self, params, opt_state, grads, lr, loss):
         """One clipped AdamW step, kept only if the loss is finite; returns (params, state, grad norm)."""
         new_params, new_state, grad_norm = apply_update(self.train, self.optimizer, params, opt_state, grads, lr)

@@ -4,7 +4,9 @@ The mirror of pyro_elbo.py. Works on any model with a latent site and an observe
 plate at dim -1 (the LTM, or the linear-Gaussian test model): the guide is traced (seeded, or with
 its draw of the latent substituted), the model replayed against it, the observed site's log_prob
 read off, and KL(q || p) taken analytically per latent site, as TraceMeanField_ELBO does, but kept
-per sequence rather than summed. Particles are a plate at dim -2. Pure and jit-able.
+per sequence rather than summed (or per latent vector, for free bits). Particles are a plate at
+dim -2. `log_joint` is the unscaled log p(x, z) per sequence that Langevin targets, read from a
+trace of the model with z substituted, without the plate's subsample scale. Pure and jit-able.
 """
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ from ..errors import LtmError
 from ..models.pyro_model import local_guide, ltm_model
 from ..models.torch_decoder import Decoder
 from . import needs_encoder
-from .pyro_elbo import elbo_terms, log_joint
+from .pyro_elbo import elbo_terms, log_joint, log_weights
 from .schedules import slow_lr
 
 
@@ -113,6 +113,22 @@ class PyroBackend:
         with torch.no_grad():
             loglik, kl = self.gaussian_elbo(tokens, loc, log_scale, num_samples, noise)
         return {"loglik": loglik.mean(0).cpu().numpy(), "kl": kl.cpu().numpy(), "num_tokens": tokens.shape[1] - 1}
+
+    def gaussian_log_weights(self, tokens, loc, log_scale, num_samples: int, chunk: int = 8) -> np.ndarray:
+        """log p(x, z_k) - log q(z_k) for z_k ~ q = N(loc, exp(log_scale)^2): [K, B], K in chunks."""
+        guide = functools.partial(local_guide, loc=loc, log_scale=log_scale)
+        out = []
+        with torch.no_grad(), pyro.validation_enabled(False):
+            for start in range(0, num_samples, chunk):
+                k = min(chunk, num_samples - start)
+                out.append(log_weights(self.model, guide, tokens, num_particles=k))
+        return torch.cat(out).cpu().numpy()
+
+    def log_weights(self, batch: np.ndarray, steps: int, num_samples: int) -> np.ndarray:
+        """Importance log weights [K, B] of the method's proposal q (IWAE, PSIS)."""
+        tokens = self.tensor(batch)
+        loc, log_scale = self.proposal(tokens, steps)
+        return self.gaussian_log_weights(tokens, loc, log_scale, num_samples)
 
     def log_joint(self, tokens, z):
         with pyro.validation_enabled(False):

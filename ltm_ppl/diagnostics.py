@@ -1,0 +1,250 @@
+"""Posterior quality with ArviZ: R-hat and ESS of Langevin chains, PSIS k-hat of variational
+posteriors, collapse measures, the amortization gap; InferenceData as NetCDF, PNG plots.
+
+ArviZ computes every statistic it has (rhat, ess, psislw); written here is only what it lacks:
+the collapse measures (KL per latent vector, active units) and the amortization gap.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from .errors import LtmError
+
+RHAT_LIMIT = 1.01
+MIN_KHAT_DRAWS = 100
+
+
+def _arviz():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # arviz 0.23 announces its 1.0 refactor
+        import arviz as az
+    return az
+
+
+def khat_threshold(num_draws: int) -> float:
+    """PSIS reliability threshold for S draws: min(1 - 1 / log10 S, 0.7)."""
+    return min(1.0 - 1.0 / math.log10(num_draws), 0.7)
+
+
+def psis_khat(log_weights: np.ndarray) -> dict:
+    """PSIS k-hat per sequence from log weights [S, B].
+
+    Constant weights (q equal to the posterior) make ArviZ return k = inf; they are reported as
+    exact, not as a failure.
+    """
+    az = _arviz()
+    S = log_weights.shape[0]
+    spread = log_weights.max(0) - log_weights.min(0)
+    exact = spread <= 1e-6 * np.maximum(1.0, np.abs(log_weights).max(0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _, khat = az.psislw(np.ascontiguousarray(log_weights.T, dtype=np.float64))
+    khat = np.where(exact, np.nan, np.asarray(khat, dtype=np.float64))
+    threshold = khat_threshold(S)
+    bad = ~exact & ~(khat <= threshold)  # NaN k-hat outside the exact case counts as bad
+    return {
+        "khat": khat, "exact": exact, "threshold": threshold, "num_draws": S,
+        "share_above_threshold": float(bad.mean()), "khat_max": float(np.nanmax(khat)) if (~exact).any() else None,
+        "status": ["exact" if e else ("ok" if k <= threshold else "unreliable") for e, k in zip(exact, khat)],
+    }
+
+
+def chain_diagnostics(z: np.ndarray, log_joint: np.ndarray) -> dict:
+    """R-hat (rank-normalised) and bulk/tail ESS of z [C, D, B, ...] and of the order-free log
+    joint [C, D, B]. A NaN R-hat (chains that never moved) counts as failed, never as passed."""
+    az = _arviz()
+    ds = az.convert_to_dataset({"z": z, "log_joint": log_joint})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        rhat = az.rhat(ds)
+        ess_bulk = az.ess(ds, method="bulk")
+        ess_tail = az.ess(ds, method="tail")
+    rz, rlj = rhat["z"].values, rhat["log_joint"].values
+    failed = np.isnan(rz) | (rz > RHAT_LIMIT)
+    return {
+        "rhat": rz, "rhat_log_joint": rlj, "ess_bulk": ess_bulk["z"].values, "ess_tail": ess_tail["z"].values,
+        "rhat_max": float(np.nanmax(rz)) if not np.isnan(rz).all() else float("nan"),
+        "rhat_nan": int(np.isnan(rz).sum()),
+        "share_rhat_above_limit": float(failed.mean()),
+        "rhat_log_joint_max": float(np.max(rlj)) if not np.isnan(rlj).any() else float("nan"),
+        "ess_bulk_min": float(np.nanmin(ess_bulk["z"].values)), "ess_tail_min": float(np.nanmin(ess_tail["z"].values)),
+        "converged": bool(not failed.any() and not np.isnan(rlj).any() and np.all(rlj <= RHAT_LIMIT)),
+    }
+
+
+def collapse(z: np.ndarray) -> dict:
+    """KL(q || prior) per latent vector of a Gaussian fitted to each sequence's draws, averaged over
+    sequences, and active units: coordinates whose posterior mean varies across sequences
+    (variance > 0.01, Burda et al. 2016), per latent vector."""
+    draws = z.reshape(-1, *z.shape[2:])  # [C * D, B, n_z, d]
+    mean, std = draws.mean(0), np.maximum(draws.std(0), 1e-6)
+    kl = 0.5 * (mean**2 + std**2 - 1.0 - 2.0 * np.log(std))
+    kl_per_vector = kl.sum(-1).mean(0) if kl.ndim == 3 else kl.mean(0)
+    active = mean.var(0) > 0.01 if mean.shape[0] > 1 else np.zeros(mean.shape[1:], bool)
+    return {
+        "kl_per_latent_vector": np.atleast_1d(kl_per_vector),
+        "active_units": int(active.sum()),
+        "active_units_per_latent_vector": np.atleast_1d(active.sum(-1) if active.ndim == 2 else active).astype(int),
+        "num_units": int(active.size),
+    }
+
+
+def inference_data(method: str, post: dict, log_weights: np.ndarray | None = None):
+    """ArviZ InferenceData: posterior z (chain, draw, seq, latent, dim); sample_stats with the log
+    joint, acceptance and step size for chains, log importance weights for variational methods."""
+    az = _arviz()
+    C, D = post["z"].shape[:2]
+    stats = {"log_joint": post["log_joint"]}
+    dims = {"z": ["seq", "latent", "dim"], "log_joint": ["seq"]}
+    if "accept_prob" in post:
+        stats["accept_prob"] = post["accept_prob"]
+        stats["step_size"] = np.broadcast_to(post["step_size"][:, None, :], (C, D, post["step_size"].shape[-1])).copy()
+        dims |= {"accept_prob": ["seq"], "step_size": ["seq"]}
+    if log_weights is not None:
+        stats["log_weight"] = log_weights
+        dims["log_weight"] = ["seq"]
+    return az.from_dict(posterior={"z": post["z"]}, sample_stats=stats, dims=dims, attrs={"method": method})
+
+
+def plot_method(method: str, post: dict, report: dict, out: Path) -> list[str]:
+    """PNG plots: rank plot of a few coordinates (chains), k-hat per sequence (variational), KL
+    per latent vector (all). Returns the file names written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    az = _arviz()
+    written = []
+    if post["z"].shape[0] > 1:
+        coords = {f"z[0,0,{k}]": post["z"][:, :, 0, 0, k] for k in range(min(3, post["z"].shape[-1]))}
+        coords["log_joint[0]"] = post["log_joint"][:, :, 0]
+        axes = az.plot_rank(az.convert_to_dataset(coords))
+        np.ravel(axes)[0].figure.savefig(out / f"{method}_rank.png", dpi=80)
+        plt.close("all")
+        written.append(f"{method}_rank.png")
+    if "khat" in report:
+        fig, ax = plt.subplots(figsize=(6, 3))
+        k = report["khat"]["khat"]
+        ax.scatter(np.arange(len(k)), np.nan_to_num(k, nan=-0.5), c=["green" if s == "exact" else "C0" for s in report["khat"]["status"]])
+        ax.axhline(report["khat"]["threshold"], color="red", ls="--", label="threshold")
+        ax.set(xlabel="sequence", ylabel="PSIS k-hat", title=f"{method}: k-hat per sequence (exact at -0.5)")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / f"{method}_khat.png", dpi=80)
+        plt.close(fig)
+        written.append(f"{method}_khat.png")
+    fig, ax = plt.subplots(figsize=(6, 3))
+    kl = report["collapse"]["kl_per_latent_vector"]
+    ax.bar(np.arange(len(kl)), kl)
+    ax.set(xlabel="latent vector", ylabel="KL(q || prior), nats", title=f"{method}: KL per latent vector")
+    fig.tight_layout()
+    fig.savefig(out / f"{method}_kl.png", dpi=80)
+    plt.close(fig)
+    written.append(f"{method}_kl.png")
+    return written
+
+
+def check_diagnose_options(methods: list[str], sequences: int, chains: int, draws: int) -> None:
+    for name, value in (("--sequences", sequences), ("--chains", chains), ("--draws", draws)):
+        if value < 1:
+            raise LtmError(f"{name} must be a positive integer, got {value}")
+    if draws < MIN_KHAT_DRAWS and any(m in ("local", "amortized") for m in methods):
+        raise LtmError(f"--draws {draws} is below {MIN_KHAT_DRAWS}, the draws PSIS k-hat of a variational posterior needs")
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, (np.floating, float)):
+        return None if not math.isfinite(float(value)) else float(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+SUMMARY_KEYS = ("rhat", "rhat_log_joint", "ess_bulk", "ess_tail")  # per-coordinate arrays: NetCDF only
+
+
+def diagnose_run(run, methods: list[str] | None = None, sequences: int = 8, chains: int = 4, draws: int = 100,
+                 steps: int | None = None, split: str = "val", data: str | None = None, out: str | None = None,
+                 backend: str | None = None, device: str | None = None, seed: int = 0, progress=None) -> dict:
+    """Posterior draws for the first `sequences` windows of a split with each method, their
+    diagnostics, NetCDF files and plots in a new directory. Returns the summary (also summary.json)."""
+    import datetime
+    import json
+
+    from .checkpoint import read_config
+    from .data import eval_batches, load_corpus, split_tokens
+    from .data.cache import atomic_write_text
+    from .inference import methods as known_methods
+    from .runs import open_run
+
+    run = Path(run)
+    cfg, _ = read_config(run)
+    if not cfg.model.latent:
+        raise LtmError("this run has no latent to diagnose (trained with --inference none)")
+    methods = methods or [cfg.inference.method]
+    latent_methods = [m for m in known_methods() if m != "none"]
+    for m in methods:
+        if m not in latent_methods:
+            raise LtmError(f"--inference: no latent posterior for method {m!r} (choose from {', '.join(latent_methods)})")
+    check_diagnose_options(methods, sequences, chains, draws)
+    out_dir = Path(out) if out else run / "diagnostics" / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise LtmError(f"--out {out_dir} exists and is not empty")
+    overrides = {"train.backend": backend, "train.device": device}
+    opened = {m: open_run(run, overrides | {"inference.method": m, "inference.chains": chains}) for m in methods}
+    first = next(iter(opened.values()))
+    tokens = split_tokens(load_corpus(data or first.cfg.data.data), split, first.tokenizer)
+    batch = next(eval_batches(tokens, first.cfg.model.block_size, sequences, sequences), None)
+    if batch is None or len(batch) < sequences:
+        raise LtmError(f"the {split} split has fewer than {sequences} windows (--sequences)")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = {"run": str(run), "split": split, "sequences": sequences, "methods": {}, "out": str(out_dir)}
+    for m, o in opened.items():
+        inference = o.inference
+        m_steps = steps or (200 if m == "langevin" else o.cfg.inference.eval_steps)
+        with inference.rng_scope(seed):
+            if m == "langevin":
+                post = inference.posterior(batch, m_steps, draws, chains)
+                log_w = None
+            else:
+                post = inference.posterior(batch, m_steps, draws)
+                log_w = post["log_joint"] - post["log_q"]
+        report = {"steps": m_steps, "chains": int(post["z"].shape[0]), "draws": int(post["z"].shape[1]),
+                  "collapse": collapse(post["z"])}
+        if m == "langevin":
+            report["chains_diagnostics"] = chain_diagnostics(post["z"], post["log_joint"])
+            report["accept_prob"] = float(post["accept_prob"].mean())
+            report["step_size"] = float(post["step_size"].mean())
+        else:
+            report["khat"] = psis_khat(log_w[0])
+        idata = inference_data(m, post, log_w)
+        idata.to_netcdf(str(out_dir / f"{m}.nc"))
+        report["files"] = [f"{m}.nc"] + plot_method(m, post, report, out_dir)
+        summary["methods"][m] = report
+        if progress is not None:
+            progress(1)
+    if "local" in opened and "amortized" in opened:
+        with opened["local"].inference.rng_scope(seed):
+            local = opened["local"].inference.bound(batch, steps=steps or opened["local"].cfg.inference.eval_steps * 4, num_samples=16)
+            amortized = opened["amortized"].inference.bound(batch, steps=0, num_samples=16)
+        gap = (local["loglik"] - local["kl"]) - (amortized["loglik"] - amortized["kl"])
+        summary["amortization_gap"] = {"nats_per_sequence": float(gap.mean()),
+                                       "nats_per_token": float(gap.mean() / local["num_tokens"]),
+                                       "per_sequence": gap}
+    for report in summary["methods"].values():
+        if "chains_diagnostics" in report:
+            report["chains_diagnostics"] = {k: v for k, v in report["chains_diagnostics"].items() if k not in SUMMARY_KEYS}
+    summary = _jsonable(summary)
+    atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return summary

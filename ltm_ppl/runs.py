@@ -1,0 +1,136 @@
+"""Opening a trained run for evaluation, sampling or diagnosis, with another backend or method
+if asked, and bounding it on a split: what `ltm eval` does, callable from Python."""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .config import RunConfig, apply_overrides, validate
+from .errors import LtmError
+
+
+@dataclass
+class OpenRun:
+    path: Path
+    cfg: RunConfig
+    trained_method: str
+    tokenizer: object
+    inference: object
+
+
+def open_run(run: str | Path, overrides: dict | None = None) -> OpenRun:
+    """The run at `run` with its weights loaded; overrides ("section.field": value, None skipped)
+    may switch backend, device or inference method (and its options)."""
+    from .checkpoint import read_config
+    from .inference import methods
+    from .train import check_method_fits_run, load_inference, run_tokenizer
+
+    path = Path(run)
+    cfg, _ = read_config(path)
+    trained = cfg.inference.method
+    apply_overrides(cfg, overrides or {})
+    validate(cfg, methods())
+    check_method_fits_run(cfg, trained)
+    tokenizer = run_tokenizer(path, cfg)
+    return OpenRun(path, cfg, trained, tokenizer, load_inference(path, cfg))
+
+
+def parse_steps(text: str | None, default: int) -> list[int]:
+    """`--steps 4,16,64` -> [4, 16, 64]; None -> [default]."""
+    if text is None:
+        return [default]
+    try:
+        steps = [int(part) for part in str(text).split(",")]
+    except ValueError:
+        steps = []
+    if not steps or any(s <= 0 for s in steps):
+        raise LtmError(f"--steps must be a positive integer or a comma-separated list of them, got {text!r}")
+    return steps
+
+
+FIXED_NOISE_LABEL = ("fixed noise: the published reference's evaluation (one eps reused for every fast "
+                     "step and for the reported number); not a bound")
+
+
+def evaluate_run(opened: OpenRun, split: str = "val", data: str | None = None, steps: list[int] | None = None,
+                 samples: int = 1, kind: str = "elbo", fixed_noise: bool = False, batch_size: int | None = None,
+                 max_windows: int | None = None, seed: int | None = None, progress=None) -> dict:
+    """Bounds of a run on a split, one row per number of inference steps (and, with fixed_noise,
+    the reference's fixed-noise number beside each honest row, labelled)."""
+    from .data import load_corpus, split_tokens
+    from .evaluate import PROPOSALS, corpus_bound, unigram_bound
+    from .flops import decoder_forward, training_flops_per_token
+    from .train import load_inference, require_windows
+
+    cfg = opened.cfg
+    for name, value in (("--samples", samples), ("--batch-size", batch_size), ("--max-windows", max_windows)):
+        if value is not None and value <= 0:
+            raise LtmError(f"{name} must be a positive integer, got {value}")
+    if kind not in ("elbo", "iwae"):
+        raise LtmError(f"--bound must be elbo or iwae, got {kind!r}")
+    if fixed_noise and cfg.inference.method != "local":
+        raise LtmError("--fixed-noise applies to --inference local only (the published reference's evaluation)")
+    corpus = load_corpus(data or cfg.data.data)
+    tokens = split_tokens(corpus, split, opened.tokenizer)
+    require_windows(tokens, cfg.model.block_size, split, corpus.spec)
+    steps = steps or [cfg.inference.eval_steps]
+    batch_size = batch_size or cfg.train.batch_size
+    seed = cfg.train.seed if seed is None else seed
+    rows = []
+    for T in steps:
+        row = corpus_bound(opened.inference, tokens, T, samples, batch_size, max_windows, seed=seed, progress=progress, kind=kind)
+        rows.append(row | {"label": "honest bound, fresh noise"})
+        if fixed_noise:
+            fixed_cfg = copy.deepcopy(cfg)
+            fixed_cfg.inference.fixed_noise = True
+            fixed = load_inference(opened.path, fixed_cfg)
+            row = corpus_bound(fixed, tokens, T, samples, batch_size, max_windows, seed=seed, progress=progress)
+            rows.append(row | {"label": FIXED_NOISE_LABEL, "fixed_noise": True})
+    unigram = unigram_bound(split_tokens(corpus, "train", opened.tokenizer), tokens, opened.tokenizer.vocab_size,
+                            cfg.model.block_size, max_windows)
+    honest = [r for r in rows if not r.get("fixed_noise")]
+    return {
+        **honest[-1],  # the row with the most steps, at the top level
+        "rows": rows,
+        "backend": cfg.train.backend, "inference": cfg.inference.method, "trained_with": opened.trained_method,
+        "split": split, "data": corpus.spec, "tokenizer": cfg.data.tokenizer,
+        "proposal": PROPOSALS[cfg.inference.method],
+        "unigram_nll_per_token": unigram["nll_per_token"], "unigram_perplexity": unigram["perplexity"],
+        "flops_per_token": training_flops_per_token(cfg), "decoder_flops_per_token": decoder_forward(cfg.model),
+    }
+
+
+def windows_to_bound(opened: OpenRun, split: str, data: str | None, max_windows: int | None) -> int:
+    from .data import load_corpus, num_windows, split_tokens
+
+    tokens = split_tokens(load_corpus(data or opened.cfg.data.data), split, opened.tokenizer)
+    n = num_windows(len(tokens), opened.cfg.model.block_size)
+    return min(n, max_windows) if max_windows else n
+
+
+def compare_runs(runs: list[str], split: str = "val", data: str | None = None, steps: int | None = None,
+                 samples: int = 1, max_windows: int | None = None, batch_size: int | None = None,
+                 seed: int | None = None, progress=None) -> dict:
+    """Bounds of several runs on the same split and tokens (each with its own method), with their
+    training FLOPs per token: token-matched and compute-matched comparisons in one table."""
+    if len(runs) < 2:
+        raise LtmError("ltm compare needs at least two runs")
+    opened = [open_run(run) for run in runs]
+    fingerprints = {o.tokenizer.fingerprint for o in opened}
+    if len(fingerprints) > 1:
+        raise LtmError("the runs use different tokenizers, so their bounds per token do not compare")
+    data = data or opened[0].cfg.data.data
+    rows = []
+    for o in opened:
+        record = evaluate_run(o, split, data, [steps] if steps else None, samples, "elbo", False, batch_size,
+                              max_windows, seed, progress)
+        params = sum(int(np.prod(v.shape)) for k, v in o.inference.weights().items())
+        rows.append({"run": str(o.path), "params": params} | {k: record[k] for k in (
+            "backend", "inference", "nll_per_token", "perplexity", "kl_per_sequence", "num_tokens", "steps",
+            "flops_per_token", "decoder_flops_per_token", "proposal")})
+    if len({r["num_tokens"] for r in rows}) > 1:
+        raise LtmError("the runs predict different numbers of tokens (different block sizes?): their bounds do not compare")
+    return {"split": split, "data": data, "rows": rows}
