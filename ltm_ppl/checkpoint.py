@@ -101,8 +101,10 @@ def read_config(run: Path) -> tuple[RunConfig, dict]:
     if not is_run(run):
         raise LtmError(f"{run} is not a run directory (no config.json)")
     record = _read_json(run / "config.json", "config")
-    if record.get("format_version") != FORMAT_VERSION or "config" not in record:
+    if record.get("format_version") != FORMAT_VERSION:
         raise LtmError(f"config {run / 'config.json'} has an unknown format version {record.get('format_version')!r}")
+    if not isinstance(record.get("config"), dict):
+        raise LtmError(f"config {run / 'config.json'} is damaged (no [config] object)")
     return config_from_dict(record["config"]), record
 
 
@@ -159,9 +161,20 @@ def append_metrics(run: Path, record: dict) -> None:
 
 
 def truncate_metrics(run: Path, iteration: int) -> None:
-    """Drop records logged after the checkpoint a resumed run starts from."""
+    """Drop records logged after the checkpoint a resumed run starts from. metrics.jsonl is appended
+    line by line (not renamed into place), so a torn last line from a killed run is dropped too."""
     path = run / "metrics.jsonl"
     if not path.exists():
         return
-    kept = [line for line in path.read_text().splitlines() if line and json.loads(line).get("iter", 0) <= iteration]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    kept = []
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):
+                break  # a torn final write
+            raise LtmError(f"{path} is damaged (line {number} is not JSON)") from None
+        if record.get("iter", 0) <= iteration:
+            kept.append(line)
     atomic_write_text(path, "".join(line + "\n" for line in kept))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import click
 
@@ -20,6 +21,9 @@ class LtmGroup(click.Group):
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         try:
             code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.NoArgsIsHelpError as exc:  # plain `ltm`: the help, not an error
+            click.echo(exc.ctx.get_help())
+            sys.exit(0)
         except click.ClickException as exc:
             click.echo(f"error: {exc.format_message()}", err=True)
             sys.exit(2)
@@ -30,6 +34,26 @@ class LtmGroup(click.Group):
             click.echo("error: interrupted", err=True)
             sys.exit(130)
         sys.exit(code if isinstance(code, int) else 0)
+
+
+def positive_options(*named) -> None:
+    for name, value in named:
+        if value is not None and value <= 0:
+            raise LtmError(f"{name} must be a positive integer, got {value}")
+
+
+def progress_bar(desc: str, unit: str, disable: bool):
+    """A progress factory for the library: entered with the total once every check has passed."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def factory(total: int):
+        from tqdm import tqdm
+
+        with tqdm(total=total, desc=desc, unit=unit, disable=disable) as bar:
+            yield bar.update
+
+    return factory
 
 
 def emit_json(record: dict) -> None:
@@ -106,7 +130,7 @@ def fit(config_file, backend, inference, data, tokenizer, iters, steps, batch_si
         for flag, value in (("--config", config_file), ("--tokenizer", tokenizer), ("--data", data)):
             if value is not None:
                 raise LtmError(f"{flag} cannot change a run being resumed")
-        cfg, _ = read_config(__import__("pathlib").Path(resume))
+        cfg, _ = read_config(Path(resume))
     else:
         cfg = load_toml(config_file) if config_file else RunConfig()
     apply_overrides(cfg, overrides)
@@ -139,15 +163,13 @@ def _open_run(run: str, backend, device, overrides: dict | None = None):
 @json_option
 def eval_cmd(run, split, data, steps, kind, samples, fixed_noise, batch_size, max_windows, inference, backend, seed, device, as_json, **kw):
     """Held-out bounds of a run: nats/token and perplexity, corpus-level, fresh noise."""
-    from tqdm import tqdm
+    from .runs import check_eval_options, evaluate_run, parse_steps
 
-    from .runs import evaluate_run, parse_steps, windows_to_bound
-
+    check_eval_options(samples, batch_size, max_windows)
     opened = _open_run(run, backend, device, method_overrides(kw) | {"inference.method": inference})
     steps = parse_steps(steps, opened.cfg.inference.eval_steps)
-    total = windows_to_bound(opened, split, data, max_windows) * len(steps) * (2 if fixed_noise else 1)
-    with tqdm(total=total, desc="eval", unit="seq", disable=as_json) as bar:
-        record = evaluate_run(opened, split, data, steps, samples, kind, fixed_noise, batch_size, max_windows, seed, bar.update)
+    record = evaluate_run(opened, split, data, steps, samples, kind, fixed_noise, batch_size, max_windows, seed,
+                          progress_bar("eval", "seq", as_json))
     if as_json:
         emit_json(record)
         return
@@ -184,9 +206,7 @@ def sample(run, prompt, num, max_tokens, temperature, top_k, steps, inference, b
     """Generate text: latents from the prior, or from the posterior given --prompt."""
     from .generate import generate_text
 
-    for name, value in (("--num", num), ("--max-tokens", max_tokens), ("--steps", steps)):
-        if value is not None and value <= 0:
-            raise LtmError(f"{name} must be a positive integer, got {value}")
+    positive_options(("--num", num), ("--max-tokens", max_tokens), ("--steps", steps))
     if temperature < 0 or top_k < 0:
         raise LtmError("--temperature and --top-k must not be negative")
     if prompt is not None and not prompt.strip():
@@ -221,16 +241,12 @@ def sample(run, prompt, num, max_tokens, temperature, top_k, steps, inference, b
 @json_option
 def diagnose(run, methods, sequences, chains, draws, steps, split, data, out, backend, seed, device, as_json):
     """Posterior quality: R-hat / ESS of chains, PSIS k-hat of variational posteriors, collapse."""
-    from tqdm import tqdm
-
     from .diagnostics import diagnose_run
 
-    if steps is not None and steps <= 0:
-        raise LtmError(f"--steps must be a positive integer, got {steps}")
+    positive_options(("--steps", steps))
     names = [m.strip() for m in methods.split(",")] if methods else None
-    with tqdm(total=len(names or [None]), desc="diagnose", unit="method", disable=as_json) as bar:
-        summary = diagnose_run(run, names, sequences, chains, draws, steps, split, data, out, backend, device,
-                               0 if seed is None else seed, bar.update)
+    summary = diagnose_run(run, names, sequences, chains, draws, steps, split, data, out, backend, device,
+                           0 if seed is None else seed, progress_bar("diagnose", "method", as_json))
     if as_json:
         emit_json(summary)
         return
@@ -264,15 +280,19 @@ def diagnose(run, methods, sequences, chains, draws, steps, split, data, out, ba
 @click.option("--steps", type=int, default=None, help="Inference steps (default: each run's eval_steps).")
 @click.option("--samples", type=int, default=1)
 @click.option("--max-windows", type=int, default=None)
+@click.option("--batch-size", type=int, default=None)
+@backend_option
 @seed_option
+@device_option
 @json_option
-def compare(runs, split, data, steps, samples, max_windows, seed, as_json):
+def compare(runs, split, data, steps, samples, max_windows, batch_size, backend, seed, device, as_json):
     """Bounds of several runs on the same tokens, with FLOPs per token (e.g. an LTM vs its baseline)."""
-    from .runs import compare_runs
+    from .runs import check_eval_options, compare_runs
 
-    if steps is not None and steps <= 0:
-        raise LtmError(f"--steps must be a positive integer, got {steps}")
-    table = compare_runs(list(runs), split, data, steps, samples, max_windows, seed=seed)
+    positive_options(("--steps", steps))
+    check_eval_options(samples, batch_size, max_windows)
+    table = compare_runs(list(runs), split, data, steps, samples, max_windows, batch_size, seed,
+                         overrides={"train.backend": backend, "train.device": device})
     if as_json:
         emit_json(table)
         return

@@ -185,7 +185,6 @@ FLAGS = {
     "inference.draws": "--draws", "inference.target_accept": "--target-accept", "inference.free_bits": "--free-bits",
     "inference.kl_warmup_iters": "--kl-warmup", "inference.init": "--init", "inference.method": "--inference",
     "train.iters": "--iters", "train.batch_size": "--batch-size", "train.seed": "--seed", "train.device": "--device",
-    "inference.num_samples": "--samples",
 }
 
 
@@ -194,12 +193,12 @@ def _flag(name: str) -> str:
 
 
 def _positive(name: str, value) -> None:
-    if value <= 0:
-        raise LtmError(f"config: {name}{_flag(name)} must be positive, got {value}")
+    if not value > 0 or value == float("inf"):  # NaN and inf fail too
+        raise LtmError(f"config: {name}{_flag(name)} must be positive and finite, got {value}")
 
 
 def _non_negative(name: str, value) -> None:
-    if value < 0:
+    if not value >= 0 or value == float("inf"):
         raise LtmError(f"config: {name}{_flag(name)} must not be negative, got {value}")
 
 
@@ -213,6 +212,8 @@ def validate(cfg: RunConfig, methods: tuple[str, ...] = ()) -> RunConfig:
     for name in ("n_layer", "n_head", "d_model", "block_size"):
         _positive(f"model.{name}", getattr(m, name))
     _non_negative("model.mlp_hidden", m.mlp_hidden)
+    _non_negative("model.encoder_layers", m.encoder_layers)
+    _non_negative("model.vocab_size", m.vocab_size)  # 0 until the tokenizer sets it
     _positive("model.rope_base", m.rope_base)
     _positive("model.norm_eps", m.norm_eps)
     if m.d_model % m.n_head or (m.d_model // m.n_head) % 2:

@@ -6,6 +6,7 @@ the collapse measures (KL per latent vector, active units) and the amortization 
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from pathlib import Path
@@ -16,6 +17,7 @@ from .errors import LtmError
 
 RHAT_LIMIT = 1.01
 MIN_KHAT_DRAWS = 100
+DEFAULT_WARMUP = 200  # warm-up steps of chain methods in `diagnose` unless --steps says otherwise
 
 
 def _arviz():
@@ -171,14 +173,18 @@ def _jsonable(value):
     return value
 
 
-SUMMARY_KEYS = ("rhat", "rhat_log_joint", "ess_bulk", "ess_tail")  # per-coordinate arrays: NetCDF only
+# Per-coordinate arrays are summarised (max, min, shares) in summary.json, not stored: recompute
+# them from the NetCDF posterior with az.rhat / az.ess.
+SUMMARY_KEYS = ("rhat", "rhat_log_joint", "ess_bulk", "ess_tail")
 
 
 def diagnose_run(run, methods: list[str] | None = None, sequences: int = 8, chains: int = 4, draws: int = 100,
                  steps: int | None = None, split: str = "val", data: str | None = None, out: str | None = None,
                  backend: str | None = None, device: str | None = None, seed: int = 0, progress=None) -> dict:
     """Posterior draws for the first `sequences` windows of a split with each method, their
-    diagnostics, NetCDF files and plots in a new directory. Returns the summary (also summary.json)."""
+    diagnostics, NetCDF files and plots in a new directory. Returns the summary (also summary.json).
+    Everything is checked first; then progress(number of methods) is entered and the function it
+    yields is called once per method done."""
     import datetime
     import json
 
@@ -210,30 +216,10 @@ def diagnose_run(run, methods: list[str] | None = None, sequences: int = 8, chai
         raise LtmError(f"the {split} split has fewer than {sequences} windows (--sequences)")
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = {"run": str(run), "split": split, "sequences": sequences, "methods": {}, "out": str(out_dir)}
-    for m, o in opened.items():
-        inference = o.inference
-        m_steps = steps or (200 if m == "langevin" else o.cfg.inference.eval_steps)
-        with inference.rng_scope(seed):
-            if m == "langevin":
-                post = inference.posterior(batch, m_steps, draws, chains)
-                log_w = None
-            else:
-                post = inference.posterior(batch, m_steps, draws)
-                log_w = post["log_joint"] - post["log_q"]
-        report = {"steps": m_steps, "chains": int(post["z"].shape[0]), "draws": int(post["z"].shape[1]),
-                  "collapse": collapse(post["z"])}
-        if m == "langevin":
-            report["chains_diagnostics"] = chain_diagnostics(post["z"], post["log_joint"])
-            report["accept_prob"] = float(post["accept_prob"].mean())
-            report["step_size"] = float(post["step_size"].mean())
-        else:
-            report["khat"] = psis_khat(log_w[0])
-        idata = inference_data(m, post, log_w)
-        idata.to_netcdf(str(out_dir / f"{m}.nc"))
-        report["files"] = [f"{m}.nc"] + plot_method(m, post, report, out_dir)
-        summary["methods"][m] = report
-        if progress is not None:
-            progress(1)
+    with (progress or _no_progress)(len(opened)) as advance:
+        for m, o in opened.items():
+            summary["methods"][m] = _diagnose_method(m, o, batch, steps, chains, draws, seed, out_dir)
+            advance(1)
     if "local" in opened and "amortized" in opened:
         with opened["local"].inference.rng_scope(seed):
             local = opened["local"].inference.bound(batch, steps=steps or opened["local"].cfg.inference.eval_steps * 4, num_samples=16)
@@ -248,3 +234,34 @@ def diagnose_run(run, methods: list[str] | None = None, sequences: int = 8, chai
     summary = _jsonable(summary)
     atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+@contextlib.contextmanager
+def _no_progress(total: int):
+    yield lambda n=1: None
+
+
+def _diagnose_method(m: str, o, batch, steps, chains: int, draws: int, seed: int, out_dir: Path) -> dict:
+    """Draws of one method for the batch, its diagnostics, NetCDF file and plots."""
+    inference = o.inference
+    chained = inference.posterior_kind == "chains"
+    m_steps = steps or (DEFAULT_WARMUP if chained else o.cfg.inference.eval_steps)
+    with inference.rng_scope(seed):
+        if chained:
+            post = inference.posterior(batch, m_steps, draws, chains)
+            log_w = None
+        else:
+            post = inference.posterior(batch, m_steps, draws)
+            log_w = post["log_joint"] - post["log_q"]
+    report = {"steps": m_steps, "chains": int(post["z"].shape[0]), "draws": int(post["z"].shape[1]),
+              "collapse": collapse(post["z"])}
+    if chained:
+        report["chains_diagnostics"] = chain_diagnostics(post["z"], post["log_joint"])
+        report["accept_prob"] = float(post["accept_prob"].mean())
+        report["step_size"] = float(post["step_size"].mean())
+    else:
+        report["khat"] = psis_khat(log_w[0])
+    idata = inference_data(m, post, log_w)
+    idata.to_netcdf(str(out_dir / f"{m}.nc"))
+    report["files"] = [f"{m}.nc"] + plot_method(m, post, report, out_dir)
+    return report

@@ -2,6 +2,7 @@
 if asked, and bounding it on a split: what `ltm eval` does, callable from Python."""
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,10 +16,14 @@ from .errors import LtmError
 @dataclass
 class OpenRun:
     path: Path
-    cfg: RunConfig
-    trained_method: str
+    cfg: RunConfig  # as used now (backend, method and options possibly overridden)
+    trained_cfg: RunConfig  # as trained: its FLOPs per token are the run's
     tokenizer: object
     inference: object
+
+    @property
+    def trained_method(self) -> str:
+        return self.trained_cfg.inference.method
 
 
 def open_run(run: str | Path, overrides: dict | None = None) -> OpenRun:
@@ -30,12 +35,18 @@ def open_run(run: str | Path, overrides: dict | None = None) -> OpenRun:
 
     path = Path(run)
     cfg, _ = read_config(path)
-    trained = cfg.inference.method
+    trained_cfg = copy.deepcopy(cfg)
     apply_overrides(cfg, overrides or {})
     validate(cfg, methods())
-    check_method_fits_run(cfg, trained)
+    check_method_fits_run(cfg, trained_cfg.inference.method)
     tokenizer = run_tokenizer(path, cfg)
-    return OpenRun(path, cfg, trained, tokenizer, load_inference(path, cfg))
+    return OpenRun(path, cfg, trained_cfg, tokenizer, load_inference(path, cfg))
+
+
+def check_eval_options(samples: int | None, batch_size: int | None, max_windows: int | None) -> None:
+    for name, value in (("--samples", samples), ("--batch-size", batch_size), ("--max-windows", max_windows)):
+        if value is not None and value <= 0:
+            raise LtmError(f"{name} must be a positive integer, got {value}")
 
 
 def parse_steps(text: str | None, default: int) -> list[int]:
@@ -55,20 +66,26 @@ FIXED_NOISE_LABEL = ("fixed noise: the published reference's evaluation (one eps
                      "step and for the reported number); not a bound")
 
 
+@contextlib.contextmanager
+def no_progress(total: int):
+    yield lambda n=1: None
+
+
 def evaluate_run(opened: OpenRun, split: str = "val", data: str | None = None, steps: list[int] | None = None,
                  samples: int = 1, kind: str = "elbo", fixed_noise: bool = False, batch_size: int | None = None,
-                 max_windows: int | None = None, seed: int | None = None, progress=None) -> dict:
+                 max_windows: int | None = None, seed: int | None = None, progress=no_progress) -> dict:
     """Bounds of a run on a split, one row per number of inference steps (and, with fixed_noise,
-    the reference's fixed-noise number beside each honest row, labelled)."""
-    from .data import load_corpus, split_tokens
+    the reference's fixed-noise number beside each honest row, labelled).
+
+    Everything is checked before any bound is computed; then progress(total windows) is entered
+    and the function it yields is called with the windows done."""
+    from .data import load_corpus, num_windows, split_tokens
     from .evaluate import PROPOSALS, corpus_bound, unigram_bound
     from .flops import decoder_forward, training_flops_per_token
     from .train import load_inference, require_windows
 
     cfg = opened.cfg
-    for name, value in (("--samples", samples), ("--batch-size", batch_size), ("--max-windows", max_windows)):
-        if value is not None and value <= 0:
-            raise LtmError(f"{name} must be a positive integer, got {value}")
+    check_eval_options(samples, batch_size, max_windows)
     if kind not in ("elbo", "iwae"):
         raise LtmError(f"--bound must be elbo or iwae, got {kind!r}")
     if fixed_noise and cfg.inference.method != "local":
@@ -80,15 +97,22 @@ def evaluate_run(opened: OpenRun, split: str = "val", data: str | None = None, s
     batch_size = batch_size or cfg.train.batch_size
     seed = cfg.train.seed if seed is None else seed
     rows = []
-    for T in steps:
-        row = corpus_bound(opened.inference, tokens, T, samples, batch_size, max_windows, seed=seed, progress=progress, kind=kind)
-        rows.append(row | {"label": "honest bound, fresh noise"})
-        if fixed_noise:
-            fixed_cfg = copy.deepcopy(cfg)
-            fixed_cfg.inference.fixed_noise = True
-            fixed = load_inference(opened.path, fixed_cfg)
-            row = corpus_bound(fixed, tokens, T, samples, batch_size, max_windows, seed=seed, progress=progress)
-            rows.append(row | {"label": FIXED_NOISE_LABEL, "fixed_noise": True})
+    fixed = None
+    if fixed_noise:
+        fixed_cfg = copy.deepcopy(cfg)
+        fixed_cfg.inference.fixed_noise = True
+        fixed = load_inference(opened.path, fixed_cfg)
+    windows = num_windows(len(tokens), cfg.model.block_size)
+    windows = min(windows, max_windows) if max_windows else windows
+    with progress(windows * len(steps) * (2 if fixed_noise else 1)) as advance:
+        for T in steps:
+            row = corpus_bound(opened.inference, tokens, T, samples, batch_size, max_windows, seed=seed, progress=advance, kind=kind)
+            rows.append(row | {"label": "honest bound, fresh noise"})
+            if fixed is not None:
+                # The reference reuses its one eps (num_samples draws of it) for the reported ELBO too.
+                S = cfg.inference.num_samples
+                row = corpus_bound(fixed, tokens, T, S, batch_size, max_windows, seed=seed, progress=advance)
+                rows.append(row | {"label": FIXED_NOISE_LABEL, "fixed_noise": True})
     unigram = unigram_bound(split_tokens(corpus, "train", opened.tokenizer), tokens, opened.tokenizer.vocab_size,
                             cfg.model.block_size, max_windows)
     honest = [r for r in rows if not r.get("fixed_noise")]
@@ -99,26 +123,19 @@ def evaluate_run(opened: OpenRun, split: str = "val", data: str | None = None, s
         "split": split, "data": corpus.spec, "tokenizer": cfg.data.tokenizer,
         "proposal": PROPOSALS[cfg.inference.method],
         "unigram_nll_per_token": unigram["nll_per_token"], "unigram_perplexity": unigram["perplexity"],
-        "flops_per_token": training_flops_per_token(cfg), "decoder_flops_per_token": decoder_forward(cfg.model),
+        "flops_per_token": training_flops_per_token(opened.trained_cfg),  # the run's training, as trained
+        "decoder_flops_per_token": decoder_forward(cfg.model),
     }
-
-
-def windows_to_bound(opened: OpenRun, split: str, data: str | None, max_windows: int | None) -> int:
-    from .data import load_corpus, num_windows, split_tokens
-
-    tokens = split_tokens(load_corpus(data or opened.cfg.data.data), split, opened.tokenizer)
-    n = num_windows(len(tokens), opened.cfg.model.block_size)
-    return min(n, max_windows) if max_windows else n
 
 
 def compare_runs(runs: list[str], split: str = "val", data: str | None = None, steps: int | None = None,
                  samples: int = 1, max_windows: int | None = None, batch_size: int | None = None,
-                 seed: int | None = None, progress=None) -> dict:
+                 seed: int | None = None, progress=no_progress, overrides: dict | None = None) -> dict:
     """Bounds of several runs on the same split and tokens (each with its own method), with their
     training FLOPs per token: token-matched and compute-matched comparisons in one table."""
     if len(runs) < 2:
         raise LtmError("ltm compare needs at least two runs")
-    opened = [open_run(run) for run in runs]
+    opened = [open_run(run, overrides) for run in runs]
     fingerprints = {o.tokenizer.fingerprint for o in opened}
     if len(fingerprints) > 1:
         raise LtmError("the runs use different tokenizers, so their bounds per token do not compare")

@@ -95,10 +95,23 @@ def fit(cfg: RunConfig, out: str | None = None, resume: str | None = None, progr
         from .inference import create
 
         inference = create(cfg)
-        run.mkdir(parents=True, exist_ok=True)
+        try:
+            run.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise LtmError(f"cannot create the run directory {run}: {exc.strerror}") from None
         data.tokenizer.save(run / "tokenizer.json")
         checkpoint.write_config(run, cfg, cfg.data.tokenizer)
+        _save(run, inference, cfg)  # iteration 0: a run directory is complete from the start
     return _loop(cfg, run, inference, data, progress, echo)
+
+
+def loss_is_bound(cfg: RunConfig, metrics: dict) -> bool:
+    """Is the training loss a bound on the NLL per token (so exp(loss) bounds the perplexity)?
+    Not for Langevin (the NLL at one draw z_K) or amortized with KL warm-up or free bits."""
+    method = cfg.inference.method
+    if method == "amortized":
+        return metrics.get("beta", 1.0) == 1.0 and cfg.inference.free_bits == 0
+    return method in ("local", "none")
 
 
 def _save(run: Path, inference, cfg: RunConfig) -> None:
@@ -129,8 +142,9 @@ def _loop(cfg: RunConfig, run: Path, inference, data: Data, progress: bool, echo
                 f"non-finite loss at iteration {it + 1}; training stopped, the last good checkpoint "
                 f"(iteration {last_saved}) is kept in {run}"
             )
-        record = {"iter": it + 1, **metrics, "ppl": math.exp(min(metrics["loss"], 50.0)),
-                  "elapsed_s": round(time.perf_counter() - clock, 3)}
+        record = {"iter": it + 1, **metrics, "elapsed_s": round(time.perf_counter() - clock, 3)}
+        if loss_is_bound(cfg, metrics):
+            record["ppl"] = math.exp(min(metrics["loss"], 50.0))
         checkpoint.append_metrics(run, record)
         done = it + 1
         if done % t.checkpoint_interval == 0 or done == t.iters:
@@ -139,7 +153,9 @@ def _loop(cfg: RunConfig, run: Path, inference, data: Data, progress: bool, echo
         if done % t.eval_interval == 0 or done == t.iters:
             last_eval = _evaluate(inference, data, cfg, done)
             checkpoint.append_metrics(run, {"iter": done, "split": "val", **last_eval})
-        postfix = {"loss": f"{metrics['loss']:.3f}", "ppl": f"{record['ppl']:.1f}"}
+        postfix = {"loss": f"{metrics['loss']:.3f}"}
+        if "ppl" in record:
+            postfix["ppl"] = f"{record['ppl']:.1f}"
         postfix.update({k: f"{metrics[k]:.2f}" for k in ("kl", "accept") if k in metrics})
         if last_eval is not None:
             postfix["val_ppl"] = f"{last_eval['perplexity']:.1f}"

@@ -13,12 +13,17 @@ def last_json(result) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def assert_one_line_error(result, *fragments):
+def assert_one_line_error(result, *fragments, after_progress=False):
+    """Exit code 2 and one `error:` line on stderr, nothing else; with after_progress (a failure
+    that happens while training or evaluating) a progress bar may precede it."""
     assert result.exit_code == 2, (result.exit_code, result.output)
     lines = [line for line in result.stderr.replace("\r", "\n").splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("error: ")]
-    assert len(errors) == 1 and lines[-1] == errors[0], result.stderr  # a progress bar may precede it
-    assert all(line.startswith(("fit:", "eval:", "diagnose:")) for line in lines[:-1]), result.stderr  # progress bars
+    assert len(errors) == 1 and lines[-1] == errors[0], result.stderr
+    if after_progress:
+        assert all(line.startswith(("fit:", "eval:")) for line in lines[:-1]), result.stderr
+    else:
+        assert len(lines) == 1, result.stderr
     assert "Traceback" not in result.output
     for fragment in fragments:
         assert fragment in errors[0], errors[0]
@@ -177,11 +182,39 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, fres
     config = tmp_path / "explode.toml"
     config.write_text(TINY_TOML.replace("lr = 3e-3", "lr = 1e30\nbeta1 = 0.0\nbeta2 = 0.0").replace("warmup_iters = 5", "warmup_iters = 0").replace("checkpoint_interval = 20", "checkpoint_interval = 1"))
     result = run_cli("fit", "--config", config, "--out", fresh, "--iters", "20")
-    assert_one_line_error(result, "non-finite loss at iteration", "last good checkpoint")
+    assert_one_line_error(result, "non-finite loss at iteration", "last good checkpoint", after_progress=True)
     state = json.loads((fresh / "trainer_state.json").read_text())
     assert f"(iteration {state['iteration']})" in result.stderr
     failed_at = int(result.stderr.split("non-finite loss at iteration ")[1].split(";")[0])
     assert state["iteration"] == failed_at - 1  # nothing was saved after the bad step
     # The kept checkpoint is intact (checksums match) and loads; its diverged weights give a clear
     # "not finite" error from eval rather than a NaN perplexity.
-    assert_one_line_error(run_cli("eval", fresh, "--max-windows", "2"), "not finite")
+    assert_one_line_error(run_cli("eval", fresh, "--max-windows", "2"), "not finite", after_progress=True)
+
+
+def test_failure_before_the_first_checkpoint_keeps_a_usable_run(tmp_path, fresh):
+    """Iteration 0 is saved when the run starts, so a run that fails early is still a run."""
+    config = tmp_path / "explode.toml"
+    config.write_text(TINY_TOML.replace("lr = 3e-3", "lr = 1e30\nbeta1 = 0.0\nbeta2 = 0.0").replace("warmup_iters = 5", "warmup_iters = 0"))
+    result = run_cli("fit", "--config", config, "--out", fresh, "--iters", "20")
+    assert_one_line_error(result, "non-finite loss at iteration", "(iteration 0)", after_progress=True)
+    out = run_cli("eval", fresh, "--max-windows", "2", "--json")
+    assert out.exit_code == 0 and json.loads(out.stdout.strip().splitlines()[-1])["nll_per_token"] > 0
+
+
+@pytest.mark.parametrize("toml, fragment", [("[inference]\nfast_lr = nan\n", "inference.fast_lr"), ("[train]\nlr = inf\n", "train.lr")])
+def test_nan_and_inf_settings_are_refused(tmp_path, fresh, toml, fragment):
+    config = tmp_path / "bad.toml"
+    config.write_text(toml)
+    assert_one_line_error(run_cli("fit", "--config", config, "--out", fresh), fragment, "must be positive and finite")
+    assert not fresh.exists()
+
+
+def test_unwritable_out_is_one_line(tiny_toml, text_corpus):
+    assert_one_line_error(run_cli("fit", "--config", tiny_toml, "--data", text_corpus, "--out", "/proc/no/such/run"),
+                          "cannot create the run directory")
+
+
+def test_bare_ltm_prints_help():
+    result = run_cli()
+    assert result.exit_code == 0 and "Commands:" in result.stdout and not result.stderr

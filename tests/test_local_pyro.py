@@ -114,3 +114,20 @@ def test_reference_init_starts_narrow(tiny_local):
     cfg = RunConfig().inference
     cfg.init = "reference"
     assert cfg.init_log_scale == -5.0 and InferenceConfig().init_log_scale == 0.0
+
+
+@pytest.mark.parametrize(
+    "damage, fragment",
+    [
+        (lambda w: w.pop("layers.1.mlp.up.weight"), "lacks tensor layers.1.mlp.up.weight"),
+        (lambda w: w.update({"layers.0.attn.qkv.weight": w["layers.0.attn.qkv.weight"][:-1]}), "tensor layers.0.attn.qkv.weight in weights.safetensors has shape"),
+        (lambda w: w.update({"lm_head.weight": w["tok_emb.weight"]}), "has tensor lm_head.weight"),
+    ],
+)
+def test_weights_that_do_not_match_the_config_are_refused_by_name(tiny_local, damage, fragment):
+    from ltm_ppl.errors import LtmError
+
+    weights = tiny_local.weights()
+    damage(weights)
+    with pytest.raises(LtmError, match=fragment):
+        tiny_local.load_weights(weights)

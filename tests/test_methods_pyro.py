@@ -14,7 +14,6 @@ from helpers import TINY_TOML, run_cli
 from ltm_ppl.inference.amortized_pyro import amortized_objective
 from ltm_ppl.inference.langevin_pyro import langevin_chains
 from ltm_ppl.inference.pyro_elbo import log_joint
-from ltm_ppl.models.pyro_model import amortized_guide
 
 W = torch.tensor([[1.0, 0.8, 0.0, 0.0], [0.0, 1.0, 0.7, 0.0], [0.0, 0.0, 1.0, 0.6], [0.5, 0.0, 0.0, 1.0], [1, 1, 1, 1.0]])
 SIGMA = 0.5
@@ -210,4 +209,4 @@ def test_langevin_divergence_stops_with_the_iteration(tmp_path):
     config = tmp_path / "explode.toml"
     config.write_text(TINY_TOML.replace("lr = 3e-3", "lr = 1e30\nbeta1 = 0.0\nbeta2 = 0.0").replace("warmup_iters = 5", "warmup_iters = 0"))
     result = run_cli("fit", "--config", config, "--inference", "langevin", "--out", tmp_path / "run", "--iters", "20")
-    assert_one_line_error(result, "non-finite loss at iteration")
+    assert_one_line_error(result, "non-finite loss at iteration", after_progress=True)

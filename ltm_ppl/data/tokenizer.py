@@ -56,7 +56,9 @@ class Tokenizer:
         return self.hf.decode([int(i) for i in ids], skip_special_tokens=False)
 
     def save(self, path: Path) -> None:
-        self.hf.save(str(path))
+        from .cache import atomic_write_text
+
+        atomic_write_text(Path(path), self.hf.to_str())
 
 
 def _byte_level(hf):

@@ -18,11 +18,7 @@ from ..models import jax_encoder
 from ..models.numpyro_model import amortized_guide
 from .numpyro_backend import NumPyroBackend, Programs
 from .numpyro_elbo import elbo_terms_by_vector
-
-
-def kl_weight(iteration: int, warmup_iters: int) -> float:
-    """Linear KL warm-up: 1/W, 2/W, ... 1 over the first W iterations (1 without warm-up)."""
-    return min(1.0, (iteration + 1) / warmup_iters) if warmup_iters else 1.0
+from .schedules import kl_weight
 
 
 def amortized_objective(model, encoder_fn, data, *, num_particles: int, rng_key, beta=1.0, free_bits=0.0, n_tokens=1):
@@ -82,6 +78,7 @@ class AmortizedPrograms(Programs):
 
 class NumPyroAmortized(NumPyroBackend):
     method = "amortized"
+    posterior_kind = "variational"  # independent draws from q: PSIS k-hat applies
     programs_class = AmortizedPrograms
 
     def step(self, batch: np.ndarray) -> dict:

@@ -13,12 +13,8 @@ import torch
 
 from ..models.pyro_model import amortized_guide
 from .pyro_backend import PyroBackend
-from .pyro_elbo import elbo_terms, kl_per_latent_vector
-
-
-def kl_weight(iteration: int, warmup_iters: int) -> float:
-    """Linear KL warm-up: 1/W, 2/W, ... 1 over the first W iterations (1 without warm-up)."""
-    return min(1.0, (iteration + 1) / warmup_iters) if warmup_iters else 1.0
+from .pyro_elbo import elbo_terms_by_vector
+from .schedules import kl_weight
 
 
 def amortized_objective(model, encoder, tokens, num_samples: int, beta: float, free_bits: float, n_tokens: int):
@@ -28,15 +24,15 @@ def amortized_objective(model, encoder, tokens, num_samples: int, beta: float, f
     KL_ij the analytic KL of latent vector j of sequence i. Works on any model with sites "z", "x".
     """
     guide = functools.partial(amortized_guide, encoder=encoder)
-    loglik, kl = elbo_terms(model, guide, tokens, num_particles=num_samples)
-    kl_vectors = kl_per_latent_vector(model, guide, tokens) if free_bits else kl
+    loglik, kl_vectors = elbo_terms_by_vector(model, guide, tokens, num_particles=num_samples)
     penalty = torch.clamp(kl_vectors, min=free_bits).sum()
     nll = -loglik.mean(0).sum() / n_tokens
-    return nll + beta * penalty / n_tokens, nll, kl
+    return nll + beta * penalty / n_tokens, nll, kl_vectors.sum(-1)
 
 
 class PyroAmortized(PyroBackend):
     method = "amortized"
+    posterior_kind = "variational"  # independent draws from q: PSIS k-hat applies
 
     def step(self, batch: np.ndarray) -> dict:
         tokens = self.tensor(batch)

@@ -184,6 +184,7 @@ class LangevinPrograms(Programs):
 
 class NumPyroLangevin(NumPyroBackend):
     method = "langevin"
+    posterior_kind = "chains"  # draws from Markov chains: R-hat and ESS apply
     programs_class = LangevinPrograms
 
     def step(self, batch: np.ndarray) -> dict:

@@ -29,12 +29,13 @@ def _value_and_grad(log_joint_fn, z):
 
 
 def langevin_chains(log_joint_fn, z0: torch.Tensor, warmup: int, draws: int, step_size: float,
-                    mala: bool = True, target_accept: float = 0.57) -> dict:
+                    mala: bool = True, target_accept: float = 0.57, noise=None) -> dict:
     """Run chains z0 [C, B, *event] for `warmup` adapting steps, then `draws` kept steps.
 
     log_joint_fn(z) -> log p per chain and sequence [C, B]. Returns the kept draws z [C, D, B,
     *event], their log joint and acceptance probability [C, D, B], the final state and the adapted
-    step sizes [C, B].
+    step sizes [C, B]. noise = (eps [warmup + draws, C, B, *event], log_u [warmup + draws, C, B])
+    fixes the randomness (backend parity tests).
     """
     C, B = z0.shape[:2]
     event = tuple(range(2, z0.dim()))
@@ -46,14 +47,16 @@ def langevin_chains(log_joint_fn, z0: torch.Tensor, warmup: int, draws: int, ste
     for t in range(warmup + draws):
         s2 = (2 * log_s).exp()
         mean_forward = z + 0.5 * s2.view(expand) * grad
-        proposal = mean_forward + log_s.exp().view(expand) * torch.randn_like(z)
+        eps = torch.randn_like(z) if noise is None else noise[0][t]
+        proposal = mean_forward + log_s.exp().view(expand) * eps
         lp_new, grad_new = _value_and_grad(log_joint_fn, proposal)
         if mala:
             mean_backward = proposal + 0.5 * s2.view(expand) * grad_new
             log_alpha = (lp_new - lp - ((z - mean_backward) ** 2).sum(event) / (2 * s2)
                          + ((proposal - mean_forward) ** 2).sum(event) / (2 * s2))
             alpha = torch.nan_to_num(log_alpha.clamp(max=0).exp(), nan=0.0)
-            accept = torch.rand_like(lp).log() < log_alpha
+            log_u = torch.rand_like(lp).log() if noise is None else noise[1][t]
+            accept = log_u < log_alpha
         else:
             alpha = torch.ones_like(lp)
             accept = torch.ones_like(lp, dtype=torch.bool)
@@ -73,13 +76,20 @@ def langevin_chains(log_joint_fn, z0: torch.Tensor, warmup: int, draws: int, ste
 
 class PyroLangevin(PyroBackend):
     method = "langevin"
+    posterior_kind = "chains"  # draws from Markov chains: R-hat and ESS apply
 
-    def chains(self, tokens, warmup: int, draws: int, num_chains: int) -> dict:
+    def chains(self, tokens, warmup: int, draws: int, num_chains: int, fast_noise=None) -> dict:
+        """Chains from prior draws; fast_noise = (z0 [C, B, n_z, d], eps [W + D, C, B, n_z, d],
+        log_u [W + D, C, B]) fixes all their randomness, as in the NumPyro backend."""
         inf = self.cfg.inference
-        z0 = torch.randn((num_chains, tokens.shape[0], *self.latent_shape), device=self.device)
+        noise = None
+        if fast_noise is None:
+            z0 = torch.randn((num_chains, tokens.shape[0], *self.latent_shape), device=self.device)
+        else:
+            z0, *noise = (torch.as_tensor(np.asarray(a), dtype=torch.float32, device=self.device) for a in fast_noise)
         with frozen(self.decoder):
             return langevin_chains(lambda z: self.log_joint(tokens, z), z0, warmup, draws,
-                                   inf.step_size, inf.mala, inf.target_accept)
+                                   inf.step_size, inf.mala, inf.target_accept, noise)
 
     def step(self, batch: np.ndarray) -> dict:
         """Monte Carlo EM: K Langevin steps (the first K // 2 adapt), then one slow step on
@@ -108,14 +118,14 @@ class PyroLangevin(PyroBackend):
         warm-up steps, then `draws` draws per chain): a proposal built from the chains, so the
         reported number is a true lower bound whatever the chains did."""
         tokens = self.tensor(batch)
-        return self.gaussian_bound(tokens, *self.proposal(tokens, steps), num_samples, noise)
+        return self.gaussian_bound(tokens, *self.proposal(tokens, steps, fast_noise), num_samples, noise)
 
-    def proposal(self, tokens, steps: int):
+    def proposal(self, tokens, steps: int, fast_noise=None):
         """A diagonal Gaussian per sequence, fitted to its kept draws (all chains)."""
         inf = self.cfg.inference
         if inf.chains * inf.draws < 2:
             raise LtmError("langevin bound needs at least 2 draws (--chains x --draws)")
-        draws = self.chains(tokens, steps, inf.draws, inf.chains)["z"].flatten(0, 1)  # [C * D, B, n_z, d]
+        draws = self.chains(tokens, steps, inf.draws, inf.chains, fast_noise)["z"].flatten(0, 1)  # [C * D, B, n_z, d]
         return draws.mean(0), draws.std(0, unbiased=False).clamp(min=1e-4).log()
 
     def posterior(self, batch: np.ndarray, steps: int, num_draws: int, num_chains: int = 1) -> dict:

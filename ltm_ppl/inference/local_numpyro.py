@@ -156,14 +156,13 @@ class LocalPrograms(Programs):
 
 class NumPyroLocal(NumPyroBackend):
     method = "local"
+    posterior_kind = "variational"  # independent draws from q: PSIS k-hat applies
     programs_class = LocalPrograms
 
     def lrs(self, steps: int):
         return self.array(fast_lrs(steps, self.cfg.inference))
 
     def step(self, batch: np.ndarray) -> dict:
-        if not self.cfg.model.latent:
-            raise RuntimeError("local inference needs a latent model")
         tokens = self.tensor(batch)
         lr = self.slow_lr()
         self.params, self.opt_state, out = self.programs.step(

@@ -75,6 +75,7 @@ def fit_local_posterior(model, tokens, shape, inf_cfg, steps: int, device, obser
 
 class PyroLocal(PyroBackend):
     method = "local"
+    posterior_kind = "variational"  # independent draws from q: PSIS k-hat applies
 
     def start(self, tokens):
         """Where the fast steps begin: the encoder's q (semi-amortized) or the configured point."""

@@ -35,6 +35,7 @@ class NonePrograms(Programs):
 
 class NumPyroNone(NumPyroBackend):
     method = "none"
+    posterior_kind = None  # no latent
     programs_class = NonePrograms
 
     def __init__(self, cfg):

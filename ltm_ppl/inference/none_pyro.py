@@ -17,6 +17,7 @@ NO_LATENT = "no latent to infer: the run was trained with --inference none"
 
 class PyroNone(PyroBackend):
     method = "none"
+    posterior_kind = None  # no latent
 
     def __init__(self, cfg):
         if cfg.model.latent:

@@ -48,14 +48,19 @@ def log_weights(model, guide, *args, num_particles: int, latent_value=None, late
 
 
 
-def kl_per_latent_vector(model, guide, *args, latent="z"):
-    """Analytic KL(q || p) per sequence and latent vector [B, n_z] (summed over the last event
-    dim), for free bits. Both sites must be Independent(Normal)."""
-    guide_trace, model_trace = traced(model, guide, *args, latent=latent)
+def elbo_terms_by_vector(model, guide, *args, num_particles: int = 1, latent="z", obs="x"):
+    """(log-likelihood [P, B], KL [B, V]): elbo_terms with the analytic KL kept per latent vector,
+    the elementwise KL summed over the last event dim (V = n_z for the LTM; a latent with one event
+    dim is one vector, V = 1), from the same single trace. For free bits. Both sites must be
+    Independent over a Normal."""
+    guide_trace, model_trace = traced(model, guide, *args, num_particles=num_particles, latent=latent)
+    site = model_trace.nodes[obs]
+    loglik = site["fn"].log_prob(site["value"])
+    loglik = loglik.expand(num_particles, loglik.shape[-1]) if loglik.dim() == 1 else loglik
     q, p = guide_trace.nodes[latent]["fn"], model_trace.nodes[latent]["fn"]
-    kl = kl_divergence(q.base_dist, p.base_dist)
-    kl = kl.reshape(-1, *kl.shape[-(q.event_dim + 1):])[0]  # drop the particle dim
-    return kl.sum(-1) if q.event_dim > 1 else kl
+    kl = kl_divergence(q.base_dist, p.base_dist).sum(-1)
+    kl = kl.reshape(*kl.shape[: kl.dim() - (q.event_dim - 1)], -1)  # [..., B, V]
+    return loglik, kl.reshape(-1, *kl.shape[-2:])[0]
 
 
 def log_joint(model, *args, latent_value, latent="z", obs="x"):

@@ -22,3 +22,9 @@ def slow_lr(iteration: int, train_cfg) -> float:
         return low
     progress = (iteration - train_cfg.warmup_iters) / max(1, horizon - train_cfg.warmup_iters)
     return low + 0.5 * (lr - low) * (1 + math.cos(math.pi * progress))
+
+
+def kl_weight(iteration: int, warmup_iters: int) -> float:
+    """Linear KL warm-up of the amortized objective: 1/W, 2/W, ... 1 over the first W iterations
+    (1 without warm-up). Changes the training objective only, never a reported bound."""
+    return min(1.0, (iteration + 1) / warmup_iters) if warmup_iters else 1.0

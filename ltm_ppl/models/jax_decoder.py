@@ -16,7 +16,6 @@ Nothing here imports torch.
 """
 from __future__ import annotations
 
-import math
 
 import jax
 import jax.numpy as jnp
@@ -237,6 +236,3 @@ def generate(params, cfg: ModelConfig, context, z, max_new: int, temperature: fl
             position += 1
     return np.asarray(jnp.stack(out, axis=1)).astype(np.int64)
 
-
-def num_params(cfg: ModelConfig) -> int:
-    return int(sum(math.prod(s) for s in param_shapes(cfg).values()))

@@ -12,7 +12,6 @@ Nothing here imports torch.
 """
 from __future__ import annotations
 
-import math
 
 import jax
 import jax.numpy as jnp
@@ -95,6 +94,3 @@ def encode(params, cfg: ModelConfig, tokens, dtype=jnp.float32):
     out = linear(rms_norm(h, p("out_norm.weight"), cfg.norm_eps), p("head.weight"), dtype).astype(jnp.float32)
     return out[..., :D], out[..., D:]
 
-
-def num_params(cfg: ModelConfig) -> int:
-    return int(sum(math.prod(s) for s in param_shapes(cfg).values()))

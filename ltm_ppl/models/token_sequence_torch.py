@@ -25,8 +25,9 @@ class TokenSequence(TorchDistribution):
         """log p(x_t | x_<t, z) for every position: shape batch_shape + [T], float32."""
         shape = self.batch_shape + self.event_shape
         vocab = self.logits.shape[-1]
-        # Under CUDA autocast cross_entropy runs in float32 without a separate float32 copy of
-        # the bf16 logits; on CPU the logits are float32 already.
+        # Under CUDA autocast cross_entropy computes in float32 (autocast casts its input, one
+        # float32 [tokens x vocab] copy; a fused kernel could avoid it, not done yet); on the CPU
+        # the logits are float32 already.
         low_precision = self.logits.dtype in (torch.bfloat16, torch.float16)
         with torch.autocast(self.logits.device.type, enabled=low_precision and self.logits.is_cuda):
             nll = F.cross_entropy(

@@ -171,5 +171,3 @@ class Decoder(nn.Module):
             x = layer(x, cos, sin, latent_kv[i], None if caches is None else caches[i])
         return F.linear(self.final_norm(x), self.tok_emb.weight)
 
-    def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
