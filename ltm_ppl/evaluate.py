@@ -8,7 +8,6 @@ import numpy as np
 from .data.windows import eval_batches, num_windows
 from .errors import LtmError
 
-
 # What q each method's reported ELBO uses, stated beside every number.
 PROPOSALS = {
     "local": "per-sequence Gaussian fitted by fast steps",

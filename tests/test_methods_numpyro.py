@@ -326,7 +326,7 @@ def test_encoder_methods_bound_like_pyro_on_random_weights(method, init, torch_o
 def test_load_weights_refuses_runs_without_the_encoder_and_ignores_an_unused_one():
     from ltm_ppl.errors import LtmError
     from ltm_ppl.inference import create
-    from ltm_ppl.inference.numpyro_backend import NO_ENCODER
+    from ltm_ppl.inference.weights import NO_ENCODER
 
     amortized = create(tiny_cfg("amortized"))
     full = amortized.weights()

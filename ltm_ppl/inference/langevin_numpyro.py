@@ -25,6 +25,7 @@ import numpy as np
 from ..errors import LtmError
 from .numpyro_backend import NumPyroBackend, Programs
 from .numpyro_elbo import log_joint_terms
+from .weights import TOO_FEW_DRAWS
 
 ADAPT_RATE = 2.0  # log s += ADAPT_RATE * (alpha - target) / sqrt(t + 1) during warm-up
 
@@ -220,7 +221,7 @@ class NumPyroLangevin(NumPyroBackend):
     def check_draws(self):
         inf = self.cfg.inference
         if inf.chains * inf.draws < 2:
-            raise LtmError("langevin bound needs at least 2 draws (--chains x --draws)")
+            raise LtmError(TOO_FEW_DRAWS)
         return inf
 
     def log_weights(self, batch: np.ndarray, steps: int, num_samples: int) -> np.ndarray:

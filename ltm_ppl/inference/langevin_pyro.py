@@ -19,6 +19,7 @@ import torch
 from ..errors import LtmError
 from .local_pyro import frozen
 from .pyro_backend import PyroBackend
+from .weights import TOO_FEW_DRAWS
 
 
 def _value_and_grad(log_joint_fn, z):
@@ -124,7 +125,7 @@ class PyroLangevin(PyroBackend):
         """A diagonal Gaussian per sequence, fitted to its kept draws (all chains)."""
         inf = self.cfg.inference
         if inf.chains * inf.draws < 2:
-            raise LtmError("langevin bound needs at least 2 draws (--chains x --draws)")
+            raise LtmError(TOO_FEW_DRAWS)
         draws = self.chains(tokens, steps, inf.draws, inf.chains, fast_noise)["z"].flatten(0, 1)  # [C * D, B, n_z, d]
         return draws.mean(0), draws.std(0, unbiased=False).clamp(min=1e-4).log()
 

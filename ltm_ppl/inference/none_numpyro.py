@@ -12,8 +12,7 @@ from numpyro import handlers
 
 from ..errors import LtmError
 from .numpyro_backend import NumPyroBackend, Programs
-
-NO_LATENT = "no latent to infer: the run was trained with --inference none"
+from .weights import NO_LATENT
 
 
 class NonePrograms(Programs):

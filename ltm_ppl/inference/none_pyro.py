@@ -11,8 +11,7 @@ from pyro import poutine
 
 from ..errors import LtmError
 from .pyro_backend import PyroBackend
-
-NO_LATENT = "no latent to infer: the run was trained with --inference none"
+from .weights import NO_LATENT
 
 
 class PyroNone(PyroBackend):

@@ -27,10 +27,7 @@ from ..models.numpyro_model import amortized_guide, local_guide, ltm_model
 from . import needs_encoder
 from .numpyro_elbo import elbo_terms, log_joint
 from .schedules import slow_lr
-
-NO_ENCODER = (
-    "this run has no amortized encoder (no encoder.* tensors): --inference amortized and --init amortized need one"
-)
+from .weights import checked_weights
 
 
 def resolve_device(name: str):
@@ -256,20 +253,7 @@ class NumPyroBackend:
 
     def load_weights(self, arrays: dict[str, np.ndarray]) -> None:
         expected = self.param_shapes()
-        if needs_encoder(self.cfg) and not any(k.startswith(jax_encoder.PREFIX) for k in arrays):
-            raise LtmError(NO_ENCODER)
-        # An encoder this method does not use (a run trained amortized, evaluated locally) is ignored.
-        arrays = {k: v for k, v in arrays.items() if k in expected or not k.startswith(jax_encoder.PREFIX)}
-        for name, shape in expected.items():
-            if name not in arrays:
-                raise LtmError(f"weights.safetensors lacks tensor {name}")
-            if tuple(arrays[name].shape) != tuple(shape):
-                raise LtmError(
-                    f"tensor {name} in weights.safetensors has shape {list(arrays[name].shape)}, the config needs {list(shape)}"
-                )
-        extra = sorted(set(arrays) - set(expected))
-        if extra:
-            raise LtmError(f"weights.safetensors has tensor {extra[0]}, which the config's model lacks")
+        arrays = checked_weights(arrays, expected, needs_encoder(self.cfg))
         self.params = jax.device_put({k: np.asarray(arrays[k], dtype=np.float32) for k in expected}, self.device)
 
     def optimizer_state(self) -> tuple[dict[str, np.ndarray], dict]:

@@ -19,6 +19,7 @@ from ..models.torch_decoder import Decoder
 from . import needs_encoder
 from .pyro_elbo import elbo_terms, log_joint, log_weights
 from .schedules import slow_lr
+from .weights import checked_weights
 
 
 def resolve_device(name: str) -> torch.device:
@@ -156,24 +157,8 @@ class PyroBackend:
         return {k: v.detach().cpu().float().numpy() for k, v in self.state_dict().items()}
 
     def load_weights(self, arrays: dict[str, np.ndarray]) -> None:
-        expected = self.state_dict()
-        if self.encoder is not None and not any(k.startswith("encoder.") for k in arrays):
-            raise LtmError(
-                "this run has no amortized encoder (no encoder.* tensors): "
-                "--inference amortized and --init amortized need one"
-            )
-        # An encoder this method does not use (a run trained amortized, evaluated locally) is ignored.
-        arrays = {k: v for k, v in arrays.items() if k in expected or not k.startswith("encoder.")}
-        for name, tensor in expected.items():
-            if name not in arrays:
-                raise LtmError(f"weights.safetensors lacks tensor {name}")
-            if tuple(arrays[name].shape) != tuple(tensor.shape):
-                raise LtmError(
-                    f"tensor {name} in weights.safetensors has shape {list(arrays[name].shape)}, the config needs {list(tensor.shape)}"
-                )
-        extra = sorted(set(arrays) - set(expected))
-        if extra:
-            raise LtmError(f"weights.safetensors has tensor {extra[0]}, which the config's model lacks")
+        expected = {name: tuple(t.shape) for name, t in self.state_dict().items()}
+        arrays = checked_weights(arrays, expected, self.encoder is not None)
         tensors = {k: torch.from_numpy(np.array(v)) for k, v in arrays.items()}
         self.decoder.load_state_dict({k: v for k, v in tensors.items() if not k.startswith("encoder.")})
         if self.encoder is not None:

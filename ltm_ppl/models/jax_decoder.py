@@ -16,7 +16,6 @@ Nothing here imports torch.
 """
 from __future__ import annotations
 
-
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -12,7 +12,6 @@ Nothing here imports torch.
 """
 from __future__ import annotations
 
-
 import jax
 import jax.numpy as jnp
 
