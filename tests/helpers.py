@@ -1,6 +1,14 @@
 """Configs and a CLI runner shared by the tests (importable: tests/ is on pytest's pythonpath)."""
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
+import numpy as np
+
+# jit compilations of the NumPyro tests persist here across sessions (tests/conftest.py, jax_caches).
+JAX_CACHE = Path(os.environ.get("LTM_JAX_CACHE_DIR") or Path.home() / ".cache" / "ltm-ppl" / "jax-cc")
+
 TINY_TOML = """
 [model]
 n_layer = 2
@@ -59,3 +67,39 @@ def run_cli(*args: str):
     from ltm_ppl.cli import cli
 
     return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+# The linear-Gaussian test model of both backends: z ~ N(0, I_4), y ~ N(W z, sigma^2 I_5); the
+# posterior N(m(y), Lambda^-1), Lambda = I + W^T W / sigma^2, is correlated.
+W = np.array([[1.0, 0.8, 0.0, 0.0], [0.0, 1.0, 0.7, 0.0], [0.0, 0.0, 1.0, 0.6], [0.5, 0.0, 0.0, 1.0], [1, 1, 1, 1.0]], np.float32)
+SIGMA = 0.5
+PRECISION = np.eye(4) + W.T @ W / SIGMA**2
+COVARIANCE = np.linalg.inv(PRECISION)
+
+# A tiny LTM for backend-parity tests: seconds per test on 2 cores.
+TINY_MODEL = dict(vocab_size=64, d_model=32, n_layer=2, n_head=4, n_z=4, block_size=16)
+
+
+def tiny_cfg(method: str = "local", backend: str = "numpyro", train: dict | None = None, **inference):
+    """A RunConfig of the tiny LTM on the CPU; keyword arguments set [inference] fields."""
+    from ltm_ppl.config import RunConfig
+
+    cfg = RunConfig()
+    for name, value in TINY_MODEL.items():
+        setattr(cfg.model, name, value)
+    cfg.model.latent = method != "none"
+    cfg.inference.method = method
+    for name, value in inference.items():
+        setattr(cfg.inference, name, value)
+    cfg.train.backend, cfg.train.device = backend, "cpu"
+    for name, value in (train or {}).items():
+        setattr(cfg.train, name, value)
+    return cfg
+
+
+def random_weights(names_shapes: dict, seed: int = 0) -> dict[str, np.ndarray]:
+    """Weights far from the N(0, 0.02) init (norms near 1, matrices N(0, 0.3^2)), so that z and
+    every layer matter: parity comparisons on them have teeth."""
+    rng = np.random.default_rng(seed)
+    return {name: ((1.0 if len(shape) == 1 else 0.0) + 0.3 * rng.standard_normal(shape)).astype(np.float32)
+            for name, shape in names_shapes.items()}

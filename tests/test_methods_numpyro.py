@@ -9,46 +9,14 @@ in ~/.cache/ltm-ppl/jax-cc (as in test_numpyro_backend.py).
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from helpers import run_cli
+from helpers import COVARIANCE, PRECISION, SIGMA, TINY_MODEL, W, random_weights, run_cli, tiny_cfg
 
-JAX_CACHE = Path(os.environ.get("LTM_JAX_CACHE_DIR") or Path.home() / ".cache" / "ltm-ppl" / "jax-cc")
-
-# The linear-Gaussian test model of tests/test_methods_pyro.py: z ~ N(0, I_4), y ~ N(W z, sigma^2 I_5);
-# the posterior N(m(y), Lambda^-1) with Lambda = I + W^T W / sigma^2 is correlated.
-W = np.array([[1.0, 0.8, 0.0, 0.0], [0.0, 1.0, 0.7, 0.0], [0.0, 0.0, 1.0, 0.6], [0.5, 0.0, 0.0, 1.0], [1, 1, 1, 1.0]], np.float32)
-SIGMA = 0.5
-PRECISION = np.eye(4) + W.T @ W / SIGMA**2
-COVARIANCE = np.linalg.inv(PRECISION)
-
-TINY_MODEL = dict(vocab_size=64, d_model=32, n_layer=2, n_head=4, n_z=4, block_size=16)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _caches(tmp_path_factory):
-    import jax
-
-    JAX_CACHE.mkdir(parents=True, exist_ok=True)
-    jax.config.update("jax_compilation_cache_dir", str(JAX_CACHE))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-    with pytest.MonkeyPatch.context() as mp, jax.default_device(jax.devices("cpu")[0]):
-        mp.setenv("LTM_CACHE_DIR", str(tmp_path_factory.mktemp("token-cache")))
-        yield
-
-
-@pytest.fixture(scope="module")
-def torch_one_thread():
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("jax_caches")
 
 
 def posterior_mean(y):
@@ -73,27 +41,6 @@ def exact_log_joint(y, z):
     resid = (np.asarray(y, np.float64) - z @ W.T.astype(np.float64)) / SIGMA
     prior = -0.5 * (z**2).sum(-1) - 2 * np.log(2 * np.pi)
     return prior - 0.5 * (resid**2).sum(-1) - 5 * np.log(SIGMA) - 2.5 * np.log(2 * np.pi)
-
-
-def random_weights(names_shapes: dict, seed: int) -> dict[str, np.ndarray]:
-    """Weights far from the init (norms near 1, matrices N(0, 0.3^2)): every part matters."""
-    rng = np.random.default_rng(seed)
-    return {name: ((1.0 if len(shape) == 1 else 0.0) + 0.3 * rng.standard_normal(shape)).astype(np.float32)
-            for name, shape in names_shapes.items()}
-
-
-def tiny_cfg(method: str, backend: str = "numpyro", **inference):
-    from ltm_ppl.config import RunConfig
-
-    cfg = RunConfig()
-    for name, value in TINY_MODEL.items():
-        setattr(cfg.model, name, value)
-    cfg.model.latent = method != "none"
-    cfg.inference.method = method
-    for name, value in inference.items():
-        setattr(cfg.inference, name, value)
-    cfg.train.backend, cfg.train.device = backend, "cpu"
-    return cfg
 
 
 # ----- the generic pieces on a model with a known posterior ----------------------------------

@@ -10,13 +10,14 @@ import pyro.distributions as dist
 import pytest
 import torch
 
+import helpers
 from helpers import TINY_TOML, run_cli
 from ltm_ppl.inference.amortized_pyro import amortized_objective
 from ltm_ppl.inference.langevin_pyro import langevin_chains
 from ltm_ppl.inference.pyro_elbo import log_joint
 
-W = torch.tensor([[1.0, 0.8, 0.0, 0.0], [0.0, 1.0, 0.7, 0.0], [0.0, 0.0, 1.0, 0.6], [0.5, 0.0, 0.0, 1.0], [1, 1, 1, 1.0]])
-SIGMA = 0.5
+W = torch.from_numpy(helpers.W)
+SIGMA = helpers.SIGMA
 PRECISION = torch.eye(4) + W.T @ W / SIGMA**2
 COVARIANCE = torch.linalg.inv(PRECISION)
 

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-JAX_CACHE = Path(os.environ.get("LTM_JAX_CACHE_DIR") or Path.home() / ".cache" / "ltm-ppl" / "jax-cc")
+from helpers import JAX_CACHE, TINY_MODEL, random_weights, tiny_cfg
 
-TINY_MODEL = dict(vocab_size=64, d_model=32, n_layer=2, n_head=4, n_z=4, block_size=16)
+pytestmark = pytest.mark.usefixtures("jax_caches")
 
 TOML = """
 [model]
@@ -43,58 +43,6 @@ eval_windows = 8
 checkpoint_interval = 4
 device = "cpu"
 """
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _caches(tmp_path_factory):
-    """A persistent jit compilation cache (set before this module's first compilation), a
-    temporary token cache, and jax on the CPU."""
-    import jax
-
-    JAX_CACHE.mkdir(parents=True, exist_ok=True)
-    jax.config.update("jax_compilation_cache_dir", str(JAX_CACHE))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-    with pytest.MonkeyPatch.context() as mp, jax.default_device(jax.devices("cpu")[0]):
-        # float32 on the CPU even where jax sees a GPU (whose float32 matmuls default to TF32).
-        mp.setenv("LTM_CACHE_DIR", str(tmp_path_factory.mktemp("token-cache")))
-        yield
-
-
-@pytest.fixture(scope="module")
-def torch_one_thread():
-    """torch on one intra-op thread for this module's tiny shapes (restored afterwards): with two
-    OpenMP threads on a busy 2-core machine a [10 x 32] @ [32 x 96] linear takes ~16 ms, not ~3 us."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def tiny_cfg(backend="numpyro", **train):
-    from ltm_ppl.config import RunConfig
-
-    cfg = RunConfig()
-    for name, value in TINY_MODEL.items():
-        setattr(cfg.model, name, value)
-    cfg.train.backend = backend
-    cfg.train.device = "cpu"
-    for name, value in train.items():
-        setattr(cfg.train, name, value)
-    return cfg
-
-
-def random_weights(names_shapes: dict, seed: int = 0) -> dict[str, np.ndarray]:
-    """Weights far from the N(0, 0.02) init, so that z and every layer matter to the logits."""
-    rng = np.random.default_rng(seed)
-    out = {}
-    for name, shape in names_shapes.items():
-        if len(shape) == 1:
-            out[name] = (1.0 + 0.3 * rng.standard_normal(shape)).astype(np.float32)
-        else:
-            out[name] = (0.3 * rng.standard_normal(shape)).astype(np.float32)
-    return out
 
 
 def markov_tokens(n_windows: int, block: int, vocab: int, seed: int) -> np.ndarray:
@@ -251,7 +199,7 @@ def test_bound_matches_pyro_on_random_weights(optimizer, init, torch_one_thread)
 
     inferences = {}
     for backend in ("pyro", "numpyro"):
-        cfg = tiny_cfg(backend)
+        cfg = tiny_cfg(backend=backend)
         cfg.inference.optimizer, cfg.inference.init, cfg.inference.fast_lr = optimizer, init, 0.1
         inferences[backend] = create(cfg)
     weights = random_weights({k: v.shape for k, v in inferences["pyro"].weights().items()}, seed=10)
@@ -386,7 +334,7 @@ def test_generate_from_both_backends(torch_one_thread, numpyro_run):
 def test_numpyro_training_lowers_the_heldout_bound():
     from ltm_ppl.inference import create
 
-    cfg = tiny_cfg(lr=1e-2, warmup_iters=2, iters=40, batch_size=8)
+    cfg = tiny_cfg(train=dict(lr=1e-2, warmup_iters=2, iters=40, batch_size=8))
     cfg.inference.steps = 2
     inference = create(cfg)
     train = markov_tokens(64, cfg.model.block_size, cfg.model.vocab_size, seed=0)
