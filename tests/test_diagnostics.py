@@ -156,3 +156,20 @@ def test_a_split_the_corpus_lacks(tmp_path, trained_run):
     corpus = tmp_path / "tiny.txt"
     corpus.write_text("a short text\n" * 50)  # its test split is a few lines: shorter than one window
     assert_one_line_error(run_cli("eval", trained_run, "--data", corpus, "--split", "test"), "fewer than one window")
+
+
+@pytest.mark.usefixtures("jax_caches")
+def test_diagnose_with_the_numpyro_backend(trained_run, tmp_path):
+    """The same diagnostics from JAX draws of a Pyro-trained run (and the amortization gap path
+    refuses cleanly: this run has no encoder)."""
+    out = tmp_path / "diag"
+    result = run_cli("diagnose", trained_run, "--backend", "numpyro", "--inference", "local,langevin", "--sequences", "2",
+                     "--chains", "2", "--draws", "100", "--steps", "10", "--out", out, "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert np.isfinite(summary["methods"]["langevin"]["chains_diagnostics"]["rhat_log_joint_max"])
+    assert len(summary["methods"]["local"]["khat"]["khat"]) == 2
+    assert az.from_netcdf(str(out / "langevin.nc")).posterior["z"].dims == ("chain", "draw", "seq", "latent", "dim")
+    assert_one_line_error(run_cli("diagnose", trained_run, "--inference", "local,amortized", "--out", tmp_path / "d2"),
+                          "no amortized encoder")
+    assert not (tmp_path / "d2").exists()
