@@ -89,11 +89,7 @@ class NumPyroAmortized(NumPyroBackend):
         )
         metrics = {name: float(out[name]) for name in ("loss", "nll", "kl")}
         metrics["beta"] = beta
-        if not all(np.isfinite(v) for v in metrics.values()):
-            return metrics  # weights untouched; the trainer stops before any update is kept
-        self.iteration += 1
-        metrics.update({"lr": lr, "grad_norm": float(out["grad_norm"])})
-        return metrics
+        return self.finish_step(metrics, lr, out)
 
     def bound(self, batch: np.ndarray, steps: int = 0, num_samples: int = 1, noise=None, fast_noise=None) -> dict:
         """The ELBO at the encoder's q (`steps` does not apply: nothing is fitted per sequence);

@@ -194,11 +194,7 @@ class NumPyroLangevin(NumPyroBackend):
             self.params, self.opt_state, self.tensor(batch), self.next_key(), np.float32(lr)
         )
         metrics = {name: float(out[name]) for name in ("loss", "nll", "log_prior", "accept", "step_size")}
-        if not all(np.isfinite(v) for v in metrics.values()):
-            return metrics  # weights untouched; the trainer stops before any update is kept
-        self.iteration += 1
-        metrics.update({"lr": lr, "grad_norm": float(out["grad_norm"])})
-        return metrics
+        return self.finish_step(metrics, lr, out)
 
     def bound(self, batch: np.ndarray, steps: int, num_samples: int = 1, noise=None, fast_noise=None) -> dict:
         """ELBO of the diagonal Gaussian fitted to the chains' draws, per sequence.

@@ -169,11 +169,7 @@ class NumPyroLocal(NumPyroBackend):
             self.params, self.opt_state, tokens, self.lrs(self.cfg.inference.steps), self.next_key(), np.float32(lr)
         )
         metrics = {name: float(value) for name, value in out.items() if name != "grad_norm"}
-        if not all(np.isfinite(v) for v in metrics.values()):
-            return metrics  # weights untouched; the trainer stops before any update is kept
-        self.iteration += 1
-        metrics.update({"lr": lr, "grad_norm": float(out["grad_norm"])})
-        return metrics
+        return self.finish_step(metrics, lr, out)
 
     def bound(self, batch: np.ndarray, steps: int, num_samples: int = 1, noise=None, fast_noise=None) -> dict:
         """Per-sequence ELBO terms at q fitted by `steps` fast steps, fresh noise unless injected.

@@ -47,11 +47,7 @@ class NumPyroNone(NumPyroBackend):
         self.params, self.opt_state, out = self.programs.step(self.params, self.opt_state, self.tensor(batch), np.float32(lr))
         loss = float(out["loss"])
         metrics = {"loss": loss, "nll": loss, "kl": 0.0}
-        if not np.isfinite(loss):
-            return metrics  # weights untouched; the trainer stops before any update is kept
-        self.iteration += 1
-        metrics.update({"lr": lr, "grad_norm": float(out["grad_norm"])})
-        return metrics
+        return self.finish_step(metrics, lr, out)
 
     def bound(self, batch: np.ndarray, steps: int = 0, num_samples: int = 1, noise=None, fast_noise=None) -> dict:
         """The exact log-likelihood per sequence (nothing to bound: no latent); kl is zero."""

@@ -229,6 +229,14 @@ class NumPyroBackend:
     def array(self, values):
         return None if values is None else jax.device_put(np.asarray(values, dtype=np.float32), self.device)
 
+    def finish_step(self, metrics: dict, lr: float, out: dict) -> dict:
+        """Count the iteration and add lr / grad_norm, unless a metric is not finite: then the
+        compiled step kept the old weights and the trainer stops, naming the iteration."""
+        if not all(np.isfinite(v) for v in metrics.values()):
+            return metrics
+        self.iteration += 1
+        return metrics | {"lr": lr, "grad_norm": float(out["grad_norm"])}
+
     def slow_lr(self) -> float:
         return slow_lr(self.iteration, self.cfg.train)
 
