@@ -16,6 +16,9 @@ Nothing here imports torch.
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -202,6 +205,18 @@ def sample_next(logits, temperature: float, top_k: int, key):
     return jax.random.categorical(key, logits, axis=-1)
 
 
+@functools.lru_cache(maxsize=8)
+def _generation_programs(cfg_fields: tuple, dtype, temperature: float, top_k: int):
+    """The jitted pieces of generation for one config, built once per process (then shared)."""
+    cfg = ModelConfig(*cfg_fields)
+    return (
+        jax.jit(lambda p, zz: latent_kv(p, cfg, zz, dtype)),
+        jax.jit(lambda p, t, kv: prefill(p, cfg, t, kv, dtype)),
+        jax.jit(lambda p, c, t, pos, kv: decode_step(p, cfg, c, t, pos, kv, dtype)),
+        jax.jit(lambda lg, k: sample_next(lg, temperature, top_k, k)),
+    )
+
+
 def generate(params, cfg: ModelConfig, context, z, max_new: int, temperature: float = 1.0, top_k: int = 0,
              key=None, dtype=jnp.float32):
     """New tokens [B, max_new] after context [B, P] (torch_generate.generate's semantics: when the
@@ -212,10 +227,9 @@ def generate(params, cfg: ModelConfig, context, z, max_new: int, temperature: fl
         return np.zeros((context.shape[0], 0), dtype=np.int64)
     if key is None:
         key = jax.random.PRNGKey(0)
-    lkv = jax.jit(lambda p, zz: latent_kv(p, cfg, zz, dtype))(params, z) if cfg.latent else [None] * cfg.n_layer
-    run_prefill = jax.jit(lambda p, t, kv: prefill(p, cfg, t, kv, dtype))
-    run_decode = jax.jit(lambda p, c, t, pos, kv: decode_step(p, cfg, c, t, pos, kv, dtype))
-    run_sample = jax.jit(lambda lg, k: sample_next(lg, temperature, top_k, k))
+    run_lkv, run_prefill, run_decode, run_sample = _generation_programs(
+        dataclasses.astuple(cfg), dtype, float(temperature), int(top_k))
+    lkv = run_lkv(params, z) if cfg.latent else [None] * cfg.n_layer
 
     history = context[:, -block:]
     cache, logits = run_prefill(params, history, lkv)
