@@ -56,6 +56,11 @@ def progress_bar(desc: str, unit: str, disable: bool):
     return factory
 
 
+def _num(value) -> str:
+    """A diagnostic for the table: 3 decimals; NaN (stored as null in JSON) shown as nan."""
+    return "nan" if value is None else f"{value:.3f}"
+
+
 def emit_json(record: dict) -> None:
     click.echo(json.dumps(record))
 
@@ -256,15 +261,15 @@ def diagnose(run, methods, sequences, chains, draws, steps, split, data, out, ba
         if "chains_diagnostics" in r:
             c = r["chains_diagnostics"]
             verdict = "converged" if c["converged"] else "NOT converged"
-            click.echo(f"  R-hat max {c['rhat_max']}, share above 1.01 (NaN counted) {c['share_rhat_above_limit']:.3f}, "
-                       f"R-hat of the log joint max {c['rhat_log_joint_max']}: {verdict}")
+            click.echo(f"  R-hat max {_num(c['rhat_max'])}, share above 1.01 (NaN counted) {c['share_rhat_above_limit']:.3f}, "
+                       f"R-hat of the log joint max {_num(c['rhat_log_joint_max'])}: {verdict}")
             click.echo(f"  ESS bulk min {c['ess_bulk_min']:.1f}, tail min {c['ess_tail_min']:.1f}; "
                        f"acceptance {r['accept_prob']:.3f}, step size {r['step_size']:.4f}")
         if "khat" in r:
             k = r["khat"]
             exact = sum(s == "exact" for s in k["status"])
-            click.echo(f"  PSIS k-hat max {k['khat_max']}, share above {k['threshold']:.3f}: {k['share_above_threshold']:.3f}"
-                       f" ({exact} exact)")
+            click.echo(f"  PSIS k-hat max {_num(k['khat_max'])}, share above {k['threshold']:.3f}: "
+                       f"{k['share_above_threshold']:.3f} ({exact} of {len(k['status'])} exact)")
         col = r["collapse"]
         kl = ", ".join(f"{v:.2f}" for v in col["kl_per_latent_vector"])
         click.echo(f"  KL per latent vector [{kl}]; active units {col['active_units']} / {col['num_units']}")
