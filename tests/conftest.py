@@ -10,7 +10,6 @@ import tempfile
 from pathlib import Path
 
 import pytest
-
 from helpers import JAX_CACHE, TINY_TOML, TRAIN_TOML, run_cli
 
 os.environ.setdefault("LTM_CACHE_DIR", tempfile.mkdtemp(prefix="ltm-test-cache-"))

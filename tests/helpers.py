@@ -103,3 +103,20 @@ def random_weights(names_shapes: dict, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     return {name: ((1.0 if len(shape) == 1 else 0.0) + 0.3 * rng.standard_normal(shape)).astype(np.float32)
             for name, shape in names_shapes.items()}
+
+
+def twin_decoders(seed: int):
+    """The tiny decoder in both backends with the same random weights: (cfg, weights, torch
+    Decoder, JAX params)."""
+    import jax.numpy as jnp
+    import torch
+
+    from ltm_ppl.config import ModelConfig
+    from ltm_ppl.models import jax_decoder
+    from ltm_ppl.models.torch_decoder import Decoder
+
+    cfg = ModelConfig(**TINY_MODEL)
+    weights = random_weights(jax_decoder.param_shapes(cfg), seed=seed)
+    decoder = Decoder(cfg)
+    decoder.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
+    return cfg, weights, decoder, {k: jnp.asarray(v) for k, v in weights.items()}

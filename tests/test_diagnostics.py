@@ -7,14 +7,14 @@ import arviz as az
 import numpy as np
 import pytest
 import torch
-
 from helpers import run_cli
+from test_cli import assert_one_line_error
+from test_methods_pyro import COVARIANCE, linear_gaussian, posterior_mean
+
 from ltm_ppl.diagnostics import chain_diagnostics, khat_threshold, psis_khat
 from ltm_ppl.evaluate import iwae_terms
 from ltm_ppl.inference.langevin_pyro import langevin_chains
 from ltm_ppl.inference.pyro_elbo import log_joint
-from test_cli import assert_one_line_error
-from test_methods_pyro import COVARIANCE, linear_gaussian, posterior_mean
 
 Y = torch.tensor([[1.0, -0.5, 2.0, 0.3, 1.5]])
 
@@ -69,8 +69,8 @@ def test_khat_separates_wide_narrow_and_exact_proposals():
 
 
 def test_iwae_is_above_the_sampled_elbo_on_the_same_draws_and_equal_at_one(trained_run):
-    from ltm_ppl.runs import open_run
     from ltm_ppl.data import eval_batches, load_corpus, split_tokens
+    from ltm_ppl.runs import open_run
 
     opened = open_run(trained_run)
     tokens = split_tokens(load_corpus(opened.cfg.data.data), "val", opened.tokenizer)

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from helpers import COVARIANCE, PRECISION, SIGMA, TINY_MODEL, W, random_weights, run_cli, tiny_cfg
+from helpers import COVARIANCE, PRECISION, SIGMA, TINY_MODEL, W, random_weights, run_cli, tiny_cfg, twin_decoders
 
 pytestmark = pytest.mark.usefixtures("jax_caches")
 
@@ -203,22 +202,17 @@ def test_ltm_log_joint_matches_pyro(torch_one_thread):
     import jax.numpy as jnp
     import torch
 
-    from ltm_ppl.config import ModelConfig
     from ltm_ppl.inference import numpyro_elbo, pyro_elbo
-    from ltm_ppl.models import jax_decoder, numpyro_model, pyro_model
-    from ltm_ppl.models.torch_decoder import Decoder
+    from ltm_ppl.models import numpyro_model, pyro_model
 
-    cfg = ModelConfig(**TINY_MODEL)
-    weights = random_weights(jax_decoder.param_shapes(cfg), seed=6)
-    decoder = Decoder(cfg)
-    decoder.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
+    cfg, weights, decoder, params = twin_decoders(6)
     rng = np.random.default_rng(7)
     tokens = rng.integers(0, cfg.vocab_size, (3, cfg.block_size + 1))
     z = rng.standard_normal((2, 3, cfg.n_z, cfg.d_model)).astype(np.float32)
     with torch.no_grad():
         expected = pyro_elbo.log_joint(functools.partial(pyro_model.ltm_model, decoder), torch.from_numpy(tokens),
                                        latent_value=torch.from_numpy(z)).numpy()
-    model = functools.partial(numpyro_model.ltm_model, {k: jnp.asarray(v) for k, v in weights.items()}, cfg)
+    model = functools.partial(numpyro_model.ltm_model, params, cfg)
     got = np.asarray(numpyro_elbo.log_joint(model, (jnp.asarray(tokens),), jnp.asarray(z)))
     assert got.shape == expected.shape == (2, 3)
     np.testing.assert_allclose(got, expected, rtol=1e-5)

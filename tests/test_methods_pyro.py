@@ -4,14 +4,14 @@ import functools
 import json
 
 import arviz as az
+import helpers
 import numpy as np
 import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-
-import helpers
 from helpers import TINY_TOML, run_cli
+
 from ltm_ppl.inference.amortized_pyro import amortized_objective
 from ltm_ppl.inference.langevin_pyro import langevin_chains
 from ltm_ppl.inference.pyro_elbo import log_joint

@@ -16,8 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from helpers import JAX_CACHE, TINY_MODEL, random_weights, tiny_cfg
+from helpers import JAX_CACHE, TINY_MODEL, random_weights, tiny_cfg, twin_decoders
 
 pytestmark = pytest.mark.usefixtures("jax_caches")
 
@@ -96,22 +95,16 @@ def test_kv_cached_generation_matches_torch(torch_one_thread):
     import jax.numpy as jnp
     import torch
 
-    from ltm_ppl.config import ModelConfig
     from ltm_ppl.models import jax_decoder
-    from ltm_ppl.models.torch_decoder import Decoder
     from ltm_ppl.models.torch_generate import generate as torch_generate
 
-    cfg = ModelConfig(**TINY_MODEL)
-    weights = random_weights(jax_decoder.param_shapes(cfg), seed=3)
-    decoder = Decoder(cfg)
-    decoder.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
+    cfg, weights, decoder, params = twin_decoders(3)
     rng = np.random.default_rng(4)
     context = rng.integers(0, cfg.vocab_size, (2, 5))
     z = rng.standard_normal((2, cfg.n_z, cfg.d_model)).astype(np.float32)
     new = 2 * cfg.block_size  # fills the window, refills from its last half, fills again
     with torch.no_grad():
         expected = torch_generate(decoder, torch.from_numpy(context), torch.from_numpy(z), new, temperature=0).numpy()
-    params = {k: jnp.asarray(v) for k, v in weights.items()}
     got = jax_decoder.generate(params, cfg, context, jnp.asarray(z), new, temperature=0)
     np.testing.assert_array_equal(got, expected)
     # Without the cache: the first new token past the prompt is the argmax of a full forward.
@@ -126,16 +119,11 @@ def test_elbo_terms_match_pyro(torch_one_thread):
     import jax.numpy as jnp
     import torch
 
-    from ltm_ppl.config import ModelConfig
     from ltm_ppl.inference.numpyro_elbo import elbo_terms as jax_elbo
     from ltm_ppl.inference.pyro_elbo import elbo_terms as pyro_elbo
-    from ltm_ppl.models import jax_decoder, numpyro_model, pyro_model
-    from ltm_ppl.models.torch_decoder import Decoder
+    from ltm_ppl.models import numpyro_model, pyro_model
 
-    cfg = ModelConfig(**TINY_MODEL)
-    weights = random_weights(jax_decoder.param_shapes(cfg), seed=5)
-    decoder = Decoder(cfg)
-    decoder.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
+    cfg, weights, decoder, params = twin_decoders(5)
     rng = np.random.default_rng(6)
     B, S = 3, 2
     tokens = rng.integers(0, cfg.vocab_size, (B, cfg.block_size + 1))
@@ -149,7 +137,6 @@ def test_elbo_terms_match_pyro(torch_one_thread):
             functools.partial(pyro_model.ltm_model, decoder), functools.partial(pyro_model.local_guide, loc=t["loc"], log_scale=t["log_scale"]),
             torch.from_numpy(tokens), num_particles=S, latent_value=t["loc"] + t["log_scale"].exp() * t["eps"],
         )
-    params = {k: jnp.asarray(v) for k, v in weights.items()}
     j = {k: jnp.asarray(v) for k, v in dict(loc=loc, log_scale=log_scale, eps=eps).items()}
     ll_j, kl_j = jax_elbo(
         functools.partial(numpyro_model.ltm_model, params, cfg), functools.partial(numpyro_model.local_guide, loc=j["loc"], log_scale=j["log_scale"]),
