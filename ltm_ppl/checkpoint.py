@@ -1,29 +1,40 @@
-"""The run directory: config, tokenizer, weights, optimiser state and metrics, all without pickle.
+"""The run directory: config, tokenizer, checkpoints and metrics, all without pickle.
 
-    config.json            full config, seeds, library versions, git revision, format version
-    tokenizer.json         the tokenizer (any kind), so a run needs nothing else to be read
-    weights.safetensors    decoder weights in canonical torch names, tied embedding stored once
-    optimizer.safetensors  optimiser moments and RNG state of the backend that trained
-    trainer_state.json     iteration and the checksums of the two safetensors files (written last)
-    metrics.jsonl          one JSON object per logged iteration or evaluation
+    config.json             full config, seeds, library versions, git revision, format version
+    tokenizer.json          the tokenizer (any kind), so a run needs nothing else to be read
+    metrics.jsonl           one JSON object per logged iteration or evaluation (appended)
+    checkpoints/00000040/   one committed checkpoint, named by its iteration:
+        weights.safetensors    decoder weights in canonical torch names, tied embedding stored once
+        optimizer.safetensors  optimiser moments and RNG state of the backend that trained
+        trainer_state.json     iteration, backend and the checksums of the two safetensors files
 
-Every file is written to a temporary name and renamed into place; the checksums in
-trainer_state.json catch a checkpoint whose files come from different iterations.
+Commit protocol (crash safety): a checkpoint is built in checkpoints/<iter>.tmp/, every file and
+the directory fsynced, then renamed to checkpoints/<iter>/ (the one atomic commit step) and the
+parent fsynced. Only then are older checkpoints pruned (renamed aside first, so a committed name
+never holds a half-deleted directory). Readers take the highest committed <iter> and ignore
+anything else (".tmp", hidden temporaries): debris that only `fit` removes. A new run is built
+under a hidden sibling name with its iteration-0 checkpoint and renamed into place, so a kill
+before that leaves no run at all.
+
+Format 1 runs (before the checkpoints/ folder) keep the three checkpoint files at the top of the
+run; they are read in place, and `fit --resume` migrates them into checkpoints/ first.
 """
 from __future__ import annotations
 
 import datetime
 import hashlib
 import json
+import os
 import platform
+import shutil
 import subprocess
 from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 
-from .config import FORMAT_VERSION, RunConfig, config_from_dict
-from .data.cache import atomic_write_bytes, atomic_write_text
+from . import durable
+from .config import FORMAT_VERSION, READABLE_FORMATS, RunConfig, config_from_dict
 from .errors import LtmError
 
 LIBRARIES = ("torch", "pyro-ppl", "jax", "jaxlib", "numpyro", "optax", "numpy", "tokenizers", "safetensors")
@@ -80,7 +91,11 @@ def write_config(run: Path, cfg: RunConfig, tokenizer_name: str) -> None:
         "git_revision": git_revision(),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    atomic_write_text(run / "config.json", json.dumps(record, indent=2) + "\n")
+    data = (json.dumps(record, indent=2) + "\n").encode()
+    if (run / "config.json").exists():
+        durable.atomic_replace(run / "config.json", data)
+    else:  # a run being built out of sight
+        durable.write_file(run / "config.json", data)
 
 
 def _read_json(path: Path, what: str) -> dict:
@@ -101,26 +116,185 @@ def read_config(run: Path) -> tuple[RunConfig, dict]:
     if not is_run(run):
         raise LtmError(f"{run} is not a run directory (no config.json)")
     record = _read_json(run / "config.json", "config")
-    if record.get("format_version") != FORMAT_VERSION:
+    if record.get("format_version") not in READABLE_FORMATS:
         raise LtmError(f"config {run / 'config.json'} has an unknown format version {record.get('format_version')!r}")
     if not isinstance(record.get("config"), dict):
         raise LtmError(f"config {run / 'config.json'} is damaged (no [config] object)")
-    return config_from_dict(record["config"]), record
+    cfg = config_from_dict(record["config"])
+    if record["format_version"] == 1 and cfg.train.lr_decay_iters == 0:
+        # Format 1 stored 0 for "the current --iters": the horizon its last stretch was trained to.
+        cfg.train.lr_decay_iters = cfg.train.iters
+    return cfg, record
 
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def save_checkpoint(run: Path, weights: dict, opt_tensors: dict, scalars: dict) -> None:
+CHECKPOINTS = "checkpoints"
+STATE = "trainer_state.json"
+CHECKPOINT_FILES = ("weights.safetensors", "optimizer.safetensors", STATE)
+
+
+def checkpoint_name(iteration: int) -> str:
+    return f"{iteration:08d}"
+
+
+def committed_checkpoints(run: Path) -> list[tuple[int, Path]]:
+    """The committed checkpoints of a run, oldest first: checkpoints/<digits>/ and nothing else."""
+    folder = run / CHECKPOINTS
+    if not folder.is_dir():
+        return []
+    found = [(int(p.name), p) for p in folder.iterdir() if p.name.isdigit() and p.is_dir()]
+    return sorted(found)
+
+
+def latest_checkpoint(run: Path) -> Path:
+    """The folder holding the run's newest committed checkpoint (the run itself for format 1)."""
+    found = committed_checkpoints(run)
+    if found:
+        return found[-1][1]
+    if (run / STATE).exists():  # format 1: the checkpoint files at the top of the run
+        return run
+    raise LtmError(f"{run} has no committed checkpoint ({CHECKPOINTS}/<iteration>/{STATE}): not a complete run")
+
+
+def _remove_tree(path: Path) -> None:
+    """Delete a directory that no reader looks at any more (renamed aside first by the caller)."""
+    durable.fault_point(f"remove {path.name}")
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _retire(path: Path) -> None:
+    """Take a directory out of the committed set by one rename, then delete it."""
+    aside = durable.temporary_name(path, "old")
+    durable.rename(path, aside)
+    durable.fsync_dir(path.parent)
+    _remove_tree(aside)
+
+
+def save_checkpoint(run: Path, weights: dict, opt_tensors: dict, scalars: dict) -> Path:
+    """Commit a checkpoint of iteration scalars["iteration"] (see the module's commit protocol);
+    the previous one stays readable until this one is committed, and is pruned after."""
     from safetensors.numpy import save
 
     weight_bytes = save({k: np.require(v, requirements="C") for k, v in weights.items()})
     opt_bytes = save({k: np.require(v, requirements="C") for k, v in opt_tensors.items()})
-    atomic_write_bytes(run / "weights.safetensors", weight_bytes)
-    atomic_write_bytes(run / "optimizer.safetensors", opt_bytes)
     state = dict(scalars, weights_sha256=_sha256(weight_bytes), optimizer_sha256=_sha256(opt_bytes))
-    atomic_write_text(run / "trainer_state.json", json.dumps(state, indent=2) + "\n")
+    if (run / "metrics.jsonl").exists():  # the log up to this checkpoint is durable before it is
+        durable.fsync_file(run / "metrics.jsonl")
+    folder = run / CHECKPOINTS
+    if not folder.is_dir():
+        folder.mkdir()
+        durable.fsync_dir(run)
+    final = folder / checkpoint_name(int(scalars["iteration"]))
+    building = final.with_name(final.name + ".tmp")
+    if building.exists():  # debris of a killed save of the same iteration
+        _remove_tree(building)
+    building.mkdir()
+    durable.write_file(building / "weights.safetensors", weight_bytes)
+    durable.write_file(building / "optimizer.safetensors", opt_bytes)
+    durable.write_file(building / STATE, (json.dumps(state, indent=2) + "\n").encode())
+    durable.fsync_dir(building)
+    if final.exists():  # never reached by `fit` (it saves each iteration once); keep the name free
+        _retire(final)
+    durable.rename(building, final)  # the commit
+    durable.fsync_dir(folder)
+    for _, older in committed_checkpoints(run)[:-1]:
+        _retire(older)
+    for name in CHECKPOINT_FILES:  # a migrated format-1 run's old copy, unread since the commit
+        if (run / name).exists():
+            durable.fault_point(f"remove {name}")
+            (run / name).unlink()
+    return final
+
+
+def migrate_format_1(run: Path) -> None:
+    """Move a format-1 run's top-level checkpoint into checkpoints/<iter>/ by the commit protocol
+    (bytes copied unchanged); `fit --resume` does this before it writes anything else."""
+    if committed_checkpoints(run) or not (run / STATE).exists():
+        return
+    iteration = trainer_state(run)["iteration"]
+    folder = run / CHECKPOINTS
+    folder.mkdir(exist_ok=True)
+    building = folder / (checkpoint_name(iteration) + ".tmp")
+    if building.exists():
+        _remove_tree(building)
+    building.mkdir()
+    for name in CHECKPOINT_FILES:
+        durable.write_file(building / name, (run / name).read_bytes())
+    durable.fsync_dir(building)
+    durable.rename(building, folder / checkpoint_name(iteration))
+    durable.fsync_dir(folder)
+    durable.fsync_dir(run)
+    for name in CHECKPOINT_FILES:
+        (run / name).unlink()
+
+
+def remove_debris(run: Path) -> None:
+    """What killed saves leave behind: unfinished checkpoints/<iter>.tmp, pruned folders renamed
+    aside, committed checkpoints older than the newest, hidden temporaries. Only `fit` calls this."""
+    folder = run / CHECKPOINTS
+    keep = latest_checkpoint(run) if committed_checkpoints(run) else None
+    if folder.is_dir():
+        for path in folder.iterdir():
+            if path != keep:
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+    for path in run.iterdir():
+        if path.name.startswith(".") and (path.name.endswith(".tmp") or ".tmp-" in path.name):
+            path.unlink(missing_ok=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_unborn_runs(parent: Path) -> None:
+    """Delete the hidden .NAME.incomplete-PID-* folders that killed `fit`s left in `parent`
+    (their process is gone; a live one is still building its run)."""
+    if not parent.is_dir():
+        return
+    for path in parent.iterdir():
+        name = path.name
+        if name.startswith(".") and ".incomplete-" in name and path.is_dir():
+            pid = name.rsplit(".incomplete-", 1)[1].split("-")[0]
+            if pid.isdigit() and not _pid_alive(int(pid)):
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def stage_run(path: Path) -> Path:
+    """An empty hidden folder beside `path` in which a new run is built (see commit_run)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_unborn_runs(path.parent)
+        stage = durable.temporary_name(path, "incomplete")
+        stage.mkdir()
+    except OSError as exc:
+        raise LtmError(f"cannot create the run directory {path}: {exc.strerror}") from None
+    return stage
+
+
+def commit_run(stage: Path, path: Path) -> None:
+    """Make a fully built run (config, tokenizer, iteration-0 checkpoint) appear at `path` at once."""
+    for name in ("tokenizer.json",):
+        durable.fsync_file(stage / name)
+    durable.fsync_dir(stage)
+    durable.rename(stage, path)  # onto nothing, or onto an empty directory the user made
+    durable.fsync_dir(path.parent)
+
+
+def trainer_state(where: Path) -> dict:
+    """trainer_state.json of a checkpoint folder (or of a format-1 run)."""
+    state = _read_json(where / STATE, "trainer state")
+    if not isinstance(state.get("iteration"), int):
+        raise LtmError(f"trainer state {where / STATE} is damaged (no iteration)")
+    return state
 
 
 def _load_safetensors(path: Path, checksum: str | None) -> dict[str, np.ndarray]:
@@ -131,29 +305,22 @@ def _load_safetensors(path: Path, checksum: str | None) -> dict[str, np.ndarray]
     except FileNotFoundError:
         raise LtmError(f"{path.parent} has no {path.name}: not a complete run") from None
     if checksum is not None and _sha256(data) != checksum:
-        raise LtmError(f"{path} is damaged or truncated (checksum does not match trainer_state.json)")
+        raise LtmError(f"{path} is damaged or truncated (checksum does not match {STATE})")
     try:
         return load(data)
     except Exception:  # safetensors raises its own SafetensorError for truncated headers/data
         raise LtmError(f"{path} is damaged or truncated (not a safetensors file)") from None
 
 
-def trainer_state(run: Path) -> dict:
-    state = _read_json(run / "trainer_state.json", "trainer state")
-    if not isinstance(state.get("iteration"), int):
-        raise LtmError(f"trainer state {run / 'trainer_state.json'} is damaged (no iteration)")
-    return state
+def load_weights(where: Path) -> dict[str, np.ndarray]:
+    """Weights of a checkpoint folder from latest_checkpoint."""
+    state = trainer_state(where)
+    return _load_safetensors(where / "weights.safetensors", state.get("weights_sha256"))
 
 
-def load_weights(run: Path) -> dict[str, np.ndarray]:
-    state = trainer_state(run)
-    return _load_safetensors(run / "weights.safetensors", state.get("weights_sha256"))
-
-
-def load_optimizer(run: Path) -> tuple[dict[str, np.ndarray], dict]:
-    state = trainer_state(run)
-    return _load_safetensors(run / "optimizer.safetensors", state.get("optimizer_sha256")), state
-
+def load_optimizer(where: Path) -> tuple[dict[str, np.ndarray], dict]:
+    state = trainer_state(where)
+    return _load_safetensors(where / "optimizer.safetensors", state.get("optimizer_sha256")), state
 
 def append_metrics(run: Path, record: dict) -> None:
     with open(run / "metrics.jsonl", "a") as fh:
@@ -177,4 +344,4 @@ def truncate_metrics(run: Path, iteration: int) -> None:
             raise LtmError(f"{path} is damaged (line {number} is not JSON)") from None
         if record.get("iter", 0) <= iteration:
             kept.append(line)
-    atomic_write_text(path, "".join(line + "\n" for line in kept))
+    durable.atomic_replace(path, "".join(line + "\n" for line in kept).encode())

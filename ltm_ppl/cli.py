@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from .config import RunConfig, apply_overrides, load_toml
-from .errors import LtmError
+from .errors import Interrupted, LtmError
 
 
 class LtmGroup(click.Group):
@@ -27,6 +27,9 @@ class LtmGroup(click.Group):
         except click.ClickException as exc:
             click.echo(f"error: {exc.format_message()}", err=True)
             sys.exit(2)
+        except Interrupted as exc:  # a checkpoint was committed; the message says how to resume
+            click.echo(str(exc), err=True)
+            sys.exit(exc.exit_code)
         except LtmError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
@@ -111,6 +114,9 @@ def method_overrides(kw: dict) -> dict:
 @click.option("--data", default=None, help="builtin:kjv, a .txt file, a directory of .txt files, or .jsonl with a 'text' field.")
 @click.option("--tokenizer", default=None, help="gpt2, bytes or bpe:N (trained on the corpus).")
 @click.option("--iters", type=int, default=None, help="Total training iterations (with --resume: continue up to this).")
+@click.option("--lr-decay-iters", type=int, default=None,
+              help="Iteration where the cosine learning rate reaches its minimum (0: --iters). Stored with the run; "
+                   "with --resume it moves the horizon.")
 @click.option("--steps", type=int, default=None, help="Fast inner steps per iteration (T).")
 @click.option("--batch-size", type=int, default=None, help="Windows per batch.")
 @click.option("--out", default=None, help="Directory of the new run (default: runs/<timestamp>).")
@@ -119,14 +125,14 @@ def method_overrides(kw: dict) -> dict:
 @seed_option
 @device_option
 @json_option
-def fit(config_file, backend, inference, data, tokenizer, iters, steps, batch_size, out, resume, compile_, seed, device, as_json, **kw):
+def fit(config_file, backend, inference, data, tokenizer, iters, lr_decay_iters, steps, batch_size, out, resume, compile_, seed, device, as_json, **kw):
     """Train an LTM; a new run directory unless --resume."""
     from .checkpoint import read_config
     from .train import fit as fit_run
 
     overrides = method_overrides(kw) | {
         "train.backend": backend, "inference.method": inference, "data.data": data, "data.tokenizer": tokenizer,
-        "train.iters": iters, "inference.steps": steps, "train.batch_size": batch_size, "train.compile": compile_,
+        "train.iters": iters, "train.lr_decay_iters": lr_decay_iters, "inference.steps": steps, "train.batch_size": batch_size, "train.compile": compile_,
         "train.seed": seed, "train.device": device,
     }
     if resume is not None:

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from .errors import LtmError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: checkpoints/<iter>/ folders, train.lr_decay_iters stored resolved
+READABLE_FORMATS = (1, 2)
 BACKENDS = ("pyro", "numpyro")
 DEVICES = ("auto", "cpu", "cuda")
 LOCAL_INITS = ("prior", "reference", "amortized")
@@ -184,7 +185,7 @@ FLAGS = {
     "inference.steps": "--steps", "inference.step_size": "--step-size", "inference.chains": "--chains",
     "inference.draws": "--draws", "inference.target_accept": "--target-accept", "inference.free_bits": "--free-bits",
     "inference.kl_warmup_iters": "--kl-warmup", "inference.init": "--init", "inference.method": "--inference",
-    "train.iters": "--iters", "train.batch_size": "--batch-size", "train.seed": "--seed", "train.device": "--device",
+    "train.iters": "--iters", "train.lr_decay_iters": "--lr-decay-iters", "train.batch_size": "--batch-size", "train.seed": "--seed", "train.device": "--device",
 }
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,9 +12,10 @@ import numpy as np
 from . import checkpoint
 from .config import RunConfig, validate
 from .data import build_tokenizer, load_corpus, load_tokenizer, num_windows, split_tokens, train_batch
-from .errors import LtmError
+from .errors import Interrupted, LtmError
 from .evaluate import corpus_bound, unigram_bound
 from .flops import training_flops_per_token
+from .stop_signals import StopRequest
 
 
 @dataclass
@@ -55,21 +57,30 @@ def check_method_fits_run(cfg: RunConfig, trained_method: str) -> None:
 
 
 def load_inference(run: Path, cfg: RunConfig, with_optimizer: bool = False):
-    """The inference object of a run with its saved weights (and optimiser state)."""
+    """The inference object of a run with its newest committed checkpoint's weights (and optimiser state)."""
     from .inference import create
 
+    where = checkpoint.latest_checkpoint(run)
     inference = create(cfg)
-    inference.load_weights(checkpoint.load_weights(run))
+    inference.load_weights(checkpoint.load_weights(where))
     if with_optimizer:
-        tensors, state = checkpoint.load_optimizer(run)
+        tensors, state = checkpoint.load_optimizer(where)
         if state.get("backend", cfg.train.backend) != cfg.train.backend:
             raise LtmError(f"{run} was trained with --backend {state['backend']}; resume it with that backend")
         inference.load_optimizer_state(tensors, state)
     return inference
 
 
+def resolve_horizon(cfg: RunConfig) -> None:
+    """train.lr_decay_iters = 0 means "the --iters of this fit"; stored resolved, so that a resumed
+    run follows the schedule the run was started with."""
+    if cfg.train.lr_decay_iters == 0:
+        cfg.train.lr_decay_iters = cfg.train.iters
+
+
 def fit(cfg: RunConfig, out: str | None = None, resume: str | None = None, progress: bool = True, echo=print) -> dict:
-    """Train a new run (into `out`) or continue `resume` up to cfg.train.iters. Returns a summary."""
+    """Train a new run (into `out`) or continue `resume` up to cfg.train.iters. Returns a summary.
+    Raises Interrupted after SIGINT / SIGTERM, with a checkpoint committed."""
     from .inference import methods
 
     if resume is not None:
@@ -81,13 +92,24 @@ def fit(cfg: RunConfig, out: str | None = None, resume: str | None = None, progr
             raise LtmError(f"resuming {run} cannot change its [model] or [data] settings")
         if cfg.inference.method != stored.inference.method:
             raise LtmError(f"{run} was trained with --inference {stored.inference.method}; resume it with that method")
-        data = load_data(cfg, run_tokenizer(run, cfg))
+        resolve_horizon(cfg)
         validate(cfg, methods())
+        done = checkpoint.trainer_state(checkpoint.latest_checkpoint(run))["iteration"]
+        if cfg.train.iters <= done:
+            raise LtmError(f"{run} has done {done} iterations already; --iters {cfg.train.iters} must be larger to train on")
+        data = load_data(cfg, run_tokenizer(run, cfg))
         inference = load_inference(run, cfg, with_optimizer=True)
+        # Every check has passed: from here on the run is written.
+        checkpoint.migrate_format_1(run)
+        checkpoint.remove_debris(run)
         checkpoint.truncate_metrics(run, inference.iteration)
         checkpoint.write_config(run, cfg, cfg.data.tokenizer)
+        if cfg.train.iters > cfg.train.lr_decay_iters:
+            echo(f"notice: the learning-rate schedule of {run} ends at iteration {cfg.train.lr_decay_iters}; iterations "
+                 f"after it run at the minimum rate (lr x min_lr_ratio); --lr-decay-iters N moves the horizon")
     else:
         run = checkpoint.new_run_dir(out)
+        resolve_horizon(cfg)
         validate(cfg, methods())
         data = load_data(cfg)
         cfg.model.vocab_size = data.tokenizer.vocab_size
@@ -95,13 +117,15 @@ def fit(cfg: RunConfig, out: str | None = None, resume: str | None = None, progr
         from .inference import create
 
         inference = create(cfg)
-        try:
-            run.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise LtmError(f"cannot create the run directory {run}: {exc.strerror}") from None
-        data.tokenizer.save(run / "tokenizer.json")
-        checkpoint.write_config(run, cfg, cfg.data.tokenizer)
-        _save(run, inference, cfg)  # iteration 0: a run directory is complete from the start
+        stage = checkpoint.stage_run(run)
+        try:  # built out of sight, then renamed into place with its iteration-0 checkpoint
+            data.tokenizer.save(stage / "tokenizer.json")
+            checkpoint.write_config(stage, cfg, cfg.data.tokenizer)
+            _save(stage, inference, cfg)
+            checkpoint.commit_run(stage, run)
+        except BaseException:
+            shutil.rmtree(stage, ignore_errors=True)
+            raise
     return _loop(cfg, run, inference, data, progress, echo)
 
 
@@ -133,34 +157,42 @@ def _loop(cfg: RunConfig, run: Path, inference, data: Data, progress: bool, echo
     last_eval = None
     bar = tqdm(total=t.iters, initial=start, disable=not progress, desc="fit", unit="it", dynamic_ncols=True)
     clock = time.perf_counter()
-    for it in range(start, t.iters):
-        batch = train_batch(data.train, cfg.model.block_size, t.batch_size, t.seed, it)
-        metrics = inference.step(batch)
-        if not all(math.isfinite(v) for v in metrics.values()):
-            bar.close()
-            raise LtmError(
-                f"non-finite loss at iteration {it + 1}; training stopped, the last good checkpoint "
-                f"(iteration {last_saved}) is kept in {run}"
-            )
-        record = {"iter": it + 1, **metrics, "elapsed_s": round(time.perf_counter() - clock, 3)}
-        if loss_is_bound(cfg, metrics):
-            record["ppl"] = math.exp(min(metrics["loss"], 50.0))
-        checkpoint.append_metrics(run, record)
-        done = it + 1
-        if done % t.checkpoint_interval == 0 or done == t.iters:
-            _save(run, inference, cfg)
-            last_saved = done
-        if done % t.eval_interval == 0 or done == t.iters:
-            last_eval = _evaluate(inference, data, cfg, done)
-            checkpoint.append_metrics(run, {"iter": done, "split": "val", **last_eval})
-        postfix = {"loss": f"{metrics['loss']:.3f}"}
-        if "ppl" in record:
-            postfix["ppl"] = f"{record['ppl']:.1f}"
-        postfix.update({k: f"{metrics[k]:.2f}" for k in ("kl", "accept") if k in metrics})
-        if last_eval is not None:
-            postfix["val_ppl"] = f"{last_eval['perplexity']:.1f}"
-        bar.set_postfix(postfix, refresh=False)
-        bar.update(1)
+    with StopRequest() as stop:
+        for it in range(start, t.iters):
+            batch = train_batch(data.train, cfg.model.block_size, t.batch_size, t.seed, it)
+            metrics = inference.step(batch)
+            if not all(math.isfinite(v) for v in metrics.values()):
+                bar.close()
+                raise LtmError(
+                    f"non-finite loss at iteration {it + 1}; training stopped, the last good checkpoint "
+                    f"(iteration {last_saved}) is kept in {run}"
+                )
+            record = {"iter": it + 1, **metrics, "elapsed_s": round(time.perf_counter() - clock, 3)}
+            if loss_is_bound(cfg, metrics):
+                record["ppl"] = math.exp(min(metrics["loss"], 50.0))
+            checkpoint.append_metrics(run, record)
+            done = it + 1
+            if stop.signum is not None:  # skip the evaluation (it never changes the training state)
+                if last_saved != done:
+                    _save(run, inference, cfg)
+                bar.close()
+                raise Interrupted(f"{stop.name}: stopped after iteration {done} with a checkpoint committed; "
+                                  f"resume with: ltm fit --resume {run}", stop.signum)
+            # Evaluate before saving, so a checkpoint is committed after every record of its iteration.
+            if done % t.eval_interval == 0 or done == t.iters:
+                last_eval = _evaluate(inference, data, cfg, done)
+                checkpoint.append_metrics(run, {"iter": done, "split": "val", **last_eval})
+            if done % t.checkpoint_interval == 0 or done == t.iters:
+                _save(run, inference, cfg)
+                last_saved = done
+            postfix = {"loss": f"{metrics['loss']:.3f}"}
+            if "ppl" in record:
+                postfix["ppl"] = f"{record['ppl']:.1f}"
+            postfix.update({k: f"{metrics[k]:.2f}" for k in ("kl", "accept") if k in metrics})
+            if last_eval is not None:
+                postfix["val_ppl"] = f"{last_eval['perplexity']:.1f}"
+            bar.set_postfix(postfix, refresh=False)
+            bar.update(1)
     bar.close()
     if last_eval is None:  # nothing left to train: report the run as it stands
         last_eval = _evaluate(inference, data, cfg, inference.iteration)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
 import numpy as np
@@ -19,15 +19,29 @@ def cache_dir() -> Path:
     return root
 
 
+def _create_temporary(path: Path):
+    """An open, new, hidden sibling of `path`, created mode 0666 minus the umask (mkstemp's 0600
+    would make run and cache files unreadable to the group where the umask allows it)."""
+    while True:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+        try:
+            return tmp, os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb")
+        except FileExistsError:
+            continue
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `path` as a whole or not at all: a synced temporary sibling renamed into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    tmp, fh = _create_temporary(path)
     try:
-        with os.fdopen(fd, "wb") as fh:
+        with fh:
             fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -47,8 +61,12 @@ def split_tokens(corpus, split: str, tokenizer) -> np.ndarray:
         stream.append(np.asarray(ids, dtype=dtype))
         stream.append(np.array([tokenizer.eot_id], dtype=dtype))
     tokens = np.concatenate(stream)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npy")
-    os.close(fd)
-    np.save(tmp, tokens)
-    os.replace(tmp, path)
+    tmp, fh = _create_temporary(path)
+    try:
+        with fh:
+            np.save(fh, tokens)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return np.load(path, mmap_mode="r")

@@ -1,0 +1,78 @@
+"""Durable file steps (write, fsync, rename) with a fault-injection hook between every two of them.
+
+Each step first passes `fault_point(label)`. With LTM_FAULT_KILL_AT=n in the environment the n-th
+step (counted from 1 over the whole process) kills the process with SIGKILL before it runs, which
+is how tests/test_crash_safety.py proves a kill at any point leaves a usable run. With
+LTM_FAULT_TRACE=FILE every step appends "n label" to FILE, so a test can count the steps.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+from pathlib import Path
+
+_count = 0
+
+
+def fault_point(label: str) -> None:
+    global _count
+    _count += 1
+    trace = os.environ.get("LTM_FAULT_TRACE")
+    if trace:
+        with open(trace, "a") as fh:
+            fh.write(f"{_count} {label}\n")
+    if os.environ.get("LTM_FAULT_KILL_AT") == str(_count):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def write_file(path: Path, data: bytes) -> None:
+    """Create `path` (which must not exist; mode 0666 minus the umask), write it and fsync it."""
+    fault_point(f"write {path.name}")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        fault_point(f"fsync {path.name}")
+        os.fsync(fh.fileno())
+
+
+def fsync_file(path: Path) -> None:
+    fault_point(f"fsync {path.name}")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make the names in a directory (renames, new files) durable."""
+    fault_point(f"fsync dir {path.name or path}")
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def rename(src: Path, dst: Path) -> None:
+    fault_point(f"rename {src.name} -> {dst.name}")
+    os.replace(src, dst)
+
+
+def temporary_name(path: Path, tag: str) -> Path:
+    """A sibling name for building `path` out of sight: .NAME.TAG-PID-RANDOM (hidden, never a run)."""
+    return path.with_name(f".{path.name}.{tag}-{os.getpid()}-{secrets.token_hex(4)}")
+
+
+def atomic_replace(path: Path, data: bytes) -> None:
+    """Replace `path` by one rename of a complete, synced temporary sibling; then sync the directory."""
+    tmp = temporary_name(path, "tmp")
+    try:
+        write_file(tmp, data)
+        rename(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)

@@ -1,0 +1,130 @@
+"""A run survives a kill at any point of a save (issue 9): SIGKILL injected before each write,
+fsync, rename and removal of the save path (ltm_ppl/durable.py, LTM_FAULT_KILL_AT), then the run
+either does not exist (killed before its first commit) or opens, evaluates without being written,
+and resumes to final weights and metrics bit-identical to an unbroken run."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import TINY_TOML, run_cli
+
+from ltm_ppl import checkpoint
+
+ITERS = 3  # checkpoints at 0 (creation), 2 (periodic, prunes 0) and 3 (final: the same steps again)
+CONFIG = (TINY_TOML.replace("checkpoint_interval = 20", "checkpoint_interval = 2")
+          .replace("eval_interval = 60", "eval_interval = 2").replace("eval_windows = 16", "eval_windows = 2"))
+
+
+def fit_process(config: Path, out: Path, *args: str, env: dict | None = None, **kwargs) -> subprocess.Popen:
+    """`python -m ltm_ppl fit` as its own process, on one CPU thread like the test process."""
+    full_env = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))
+    return subprocess.Popen([sys.executable, "-m", "ltm_ppl", "fit", "--config", str(config), "--out", str(out),
+                             "--iters", str(ITERS), *args], env=full_env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def snapshot(run: Path) -> dict:
+    return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+def final_state(run: Path) -> tuple[dict, dict, list]:
+    where = checkpoint.latest_checkpoint(run)
+    optimizer, state = checkpoint.load_optimizer(where)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return checkpoint.load_weights(where), optimizer, [{k: v for k, v in r.items() if k != "elapsed_s"} for r in records] + [state["iteration"]]
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    (wa, oa, ma), (wb, ob, mb) = final_state(a), final_state(b)
+    for name, x, y in (("weights", wa, wb), ("optimizer", oa, ob)):
+        assert x.keys() == y.keys(), name
+        for key in x:
+            np.testing.assert_array_equal(x[key], y[key], err_msg=f"{name}: {key}")
+    assert ma == mb
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("crash") / "every2.toml"
+    path.write_text(CONFIG)
+    return path
+
+
+@pytest.fixture(scope="module")
+def unbroken(config, tmp_path_factory, torch_one_thread):
+    """The reference run (in this process, one thread) and the labels of its save steps."""
+    folder = tmp_path_factory.mktemp("unbroken")
+    trace = folder / "trace.txt"
+    proc = fit_process(config, folder / "run", env={"LTM_FAULT_TRACE": str(trace)})
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    steps = [line.split(" ", 1)[1] for line in trace.read_text().splitlines()]
+    periodic_save_ends = max(i for i, label in enumerate(steps, 1) if label.startswith("remove .00000000.old"))
+    return folder / "run", steps[:periodic_save_ends]
+
+
+def kill_and_recover(config: Path, folder: Path, kill_at: int, reference: Path, backend_args=()) -> str:
+    """Kill `fit` at save step `kill_at`; check what is left; return "no run" or "resumed from N"."""
+    run = folder / "run"
+    proc = fit_process(config, run, *backend_args, env={"LTM_FAULT_KILL_AT": str(kill_at)})
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == -signal.SIGKILL, (kill_at, proc.returncode, err)
+    if not run.exists():
+        assert not any(p.name.startswith("run") for p in folder.iterdir())  # only hidden debris
+        return "no run"
+    before = snapshot(run)
+    result = run_cli("eval", run, "--max-windows", "2", "--steps", "2", "--json")
+    assert result.exit_code == 0, (kill_at, result.output)
+    assert snapshot(run) == before, "eval wrote into the run"
+    start = checkpoint.trainer_state(checkpoint.latest_checkpoint(run))["iteration"]
+    resumed = run_cli("fit", "--resume", run)
+    assert resumed.exit_code == 0, (kill_at, resumed.output)
+    assert_same_run(run, reference)
+    assert [p.name for p in (run / "checkpoints").iterdir()] == [checkpoint.checkpoint_name(ITERS)]  # debris gone
+    return f"resumed from {start}"
+
+
+def test_a_kill_at_the_commit_of_a_checkpoint_resumes_exactly(config, unbroken, tmp_path, torch_one_thread):
+    reference, steps = unbroken
+    commit = steps.index("rename 00000002.tmp -> 00000002") + 1
+    assert kill_and_recover(config, tmp_path, commit, reference) == "resumed from 0"
+    assert kill_and_recover(config, tmp_path / "after", commit + 1, reference) == "resumed from 2"
+
+
+@pytest.mark.slow
+def test_a_kill_at_every_save_step_leaves_no_run_or_a_run_that_resumes_exactly(config, unbroken, tmp_path, torch_one_thread):
+    reference, steps = unbroken
+    outcomes = {}
+    for n, label in enumerate(steps, 1):
+        outcomes[f"{n:2d} {label}"] = kill_and_recover(config, tmp_path / str(n), n, reference)
+    print("\n".join(f"{k}: {v}" for k, v in outcomes.items()))
+    created = steps.index(next(s for s in steps if s.startswith("rename .run.incomplete"))) + 1
+    assert all(v == "no run" for v in list(outcomes.values())[:created - 1])
+    assert all(v.startswith("resumed") for v in list(outcomes.values())[created:])
+
+
+@pytest.mark.slow
+def test_a_kill_during_a_numpyro_save_resumes_exactly(config, tmp_path, jax_caches):
+    reference = tmp_path / "reference"
+    proc = fit_process(config, reference, "--backend", "numpyro")
+    assert proc.wait(timeout=600) == 0, proc.stderr.read()
+    trace = tmp_path / "trace.txt"
+    proc = fit_process(config, tmp_path / "traced", "--backend", "numpyro", env={"LTM_FAULT_TRACE": str(trace)})
+    assert proc.wait(timeout=600) == 0
+    steps = [line.split(" ", 1)[1] for line in trace.read_text().splitlines()]
+    commit = steps.index("rename 00000002.tmp -> 00000002") + 1
+    run = tmp_path / "killed" / "run"
+    proc = fit_process(config, run, "--backend", "numpyro", env={"LTM_FAULT_KILL_AT": str(commit)})
+    assert proc.wait(timeout=600) == -signal.SIGKILL
+    assert checkpoint.trainer_state(checkpoint.latest_checkpoint(run))["iteration"] == 0
+    proc = subprocess.run([sys.executable, "-m", "ltm_ppl", "fit", "--resume", str(run), "--backend", "numpyro"],
+                          env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert_same_run(run, reference)
