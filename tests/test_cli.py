@@ -1,11 +1,14 @@
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from helpers import TINY_TOML, run_cli
+
+from ltm_ppl.checkpoint import latest_checkpoint
 
 
 def last_json(result) -> dict:
@@ -30,10 +33,10 @@ def assert_one_line_error(result, *fragments, after_progress=False):
 
 def test_fit_eval_sample_end_to_end(trained_run):
     files = {p.name for p in trained_run.iterdir()}
-    assert {"config.json", "tokenizer.json", "weights.safetensors", "optimizer.safetensors",
-            "trainer_state.json", "metrics.jsonl"} <= files
+    assert {"config.json", "tokenizer.json", "checkpoints", "metrics.jsonl"} <= files
+    assert {p.name for p in latest_checkpoint(trained_run).iterdir()} == {"weights.safetensors", "optimizer.safetensors", "trainer_state.json"}
     record = json.loads((trained_run / "config.json").read_text())
-    assert record["format_version"] == 1 and record["versions"]["torch"] and record["seeds"]["train"] == 0
+    assert record["format_version"] == 2 and record["versions"]["torch"] and record["seeds"]["train"] == 0
 
     result = run_cli("eval", trained_run, "--json", "--max-windows", "32", "--steps", "4")
     assert result.exit_code == 0, result.output
@@ -147,19 +150,18 @@ def test_missing_argument_and_not_a_run(tmp_path):
 
 
 def copy_run(src: Path, dst: Path) -> Path:
-    dst.mkdir()
-    for p in src.iterdir():
-        (dst / p.name).write_bytes(p.read_bytes())
+    shutil.copytree(src, dst)
     return dst
 
 
 @pytest.mark.parametrize(
     "damage, fragments",
     [
-        (lambda run: (run / "weights.safetensors").write_bytes((run / "weights.safetensors").read_bytes()[:1000]), ["weights.safetensors", "damaged or truncated"]),
+        (lambda run: (latest_checkpoint(run) / "weights.safetensors").write_bytes((latest_checkpoint(run) / "weights.safetensors").read_bytes()[:1000]), ["weights.safetensors", "damaged or truncated"]),
         (lambda run: (run / "config.json").write_text('{"format_version": 1, "config": '), ["config.json", "damaged"]),
         (lambda run: (run / "tokenizer.json").write_text("{}"), ["tokenizer", "damaged"]),
-        (lambda run: (run / "trainer_state.json").unlink(), ["trainer_state.json", "not a complete run"]),
+        (lambda run: (latest_checkpoint(run) / "trainer_state.json").unlink(), ["trainer_state.json", "not a complete run"]),
+        (lambda run: shutil.rmtree(run / "checkpoints"), ["no committed checkpoint", "not a complete run"]),
     ],
 )
 def test_damaged_runs_are_refused_by_eval_and_sample(trained_run, tmp_path, damage, fragments):
@@ -182,7 +184,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, fres
     config.write_text(TINY_TOML.replace("lr = 3e-3", "lr = 1e30\nbeta1 = 0.0\nbeta2 = 0.0").replace("warmup_iters = 5", "warmup_iters = 0").replace("checkpoint_interval = 20", "checkpoint_interval = 1"))
     result = run_cli("fit", "--config", config, "--out", fresh, "--iters", "20")
     assert_one_line_error(result, "non-finite loss at iteration", "last good checkpoint", after_progress=True)
-    state = json.loads((fresh / "trainer_state.json").read_text())
+    state = json.loads((latest_checkpoint(fresh) / "trainer_state.json").read_text())
     assert f"(iteration {state['iteration']})" in result.stderr
     failed_at = int(result.stderr.split("non-finite loss at iteration ")[1].split(";")[0])
     assert state["iteration"] == failed_at - 1  # nothing was saved after the bad step

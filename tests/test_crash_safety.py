@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -128,3 +129,49 @@ def test_a_kill_during_a_numpyro_save_resumes_exactly(config, tmp_path, jax_cach
                           env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert_same_run(run, reference)
+
+
+def interrupt_training(tmp_path, config: Path, signum: int) -> tuple[Path, subprocess.CompletedProcess]:
+    """Start a long `fit`, send `signum` once it has trained a few iterations, wait for it."""
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "ltm_ppl", "fit", "--config", str(config), "--out", str(run),
+                             "--iters", "100000"], env=dict(os.environ, OMP_NUM_THREADS="1"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        metrics = run / "metrics.jsonl"
+        deadline = time.monotonic() + 300
+        while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() is not None else "timeout"
+            time.sleep(0.05)
+        proc.send_signal(signum)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    return run, subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), pytest.param(signal.SIGTERM, 143, marks=pytest.mark.slow)])
+def test_a_signal_commits_a_checkpoint_says_how_to_resume_and_resumes_exactly(tmp_path, config, signum, code, torch_one_thread):
+    run, result = interrupt_training(tmp_path, config, signum)
+    assert result.returncode == code, result.stderr
+    lines = [part for line in result.stderr.splitlines() for part in line.split("\r") if part.strip()]
+    assert lines[-1] == (f"{signal.Signals(signum).name}: stopped after iteration {len(train_lines(run))} with a "
+                         f"checkpoint committed; resume with: ltm fit --resume {run}"), result.stderr
+    assert not any(line.startswith("fit:") for line in result.stderr.split(lines[-1])[1:])  # no bar after it
+    done = checkpoint.trainer_state(checkpoint.latest_checkpoint(run))["iteration"]
+    assert done == len(train_lines(run)) >= 3
+    # Resumed two iterations further it equals an unbroken run of the same settings (horizon 100000).
+    resumed = run_cli("fit", "--resume", run, "--iters", done + 2)
+    assert resumed.exit_code == 0, resumed.output
+    reference = run_cli("fit", "--config", config, "--out", tmp_path / "reference", "--iters", done + 2,
+                        "--lr-decay-iters", "100000")
+    assert reference.exit_code == 0, reference.output
+    (wa, oa, ma), (wb, ob, mb) = final_state(run), final_state(tmp_path / "reference")
+    for key in wa:
+        np.testing.assert_array_equal(wa[key], wb[key], err_msg=key)
+    train = [r for r in ma[:-1] if "split" not in r]
+    assert train == [r for r in mb[:-1] if "split" not in r]
+
+
+def train_lines(run: Path) -> list[str]:
+    return [line for line in (run / "metrics.jsonl").read_text().splitlines() if '"split"' not in line]

@@ -397,6 +397,8 @@ def numpyro_runs(tmp_path_factory, corpus):
 def test_each_numpyro_method_fits_evaluates_and_samples(numpyro_runs, name):
     from safetensors.numpy import load_file
 
+    from ltm_ppl.checkpoint import latest_checkpoint
+
     run = numpyro_runs[name]
     config = json.loads((run / "config.json").read_text())["config"]
     assert config["model"]["latent"] == (name != "none") and config["train"]["backend"] == "numpyro"
@@ -410,7 +412,7 @@ def test_each_numpyro_method_fits_evaluates_and_samples(numpyro_runs, name):
         assert [r["beta"] for r in train] == [0.5, 1.0]
     if name == "langevin":
         assert 0 <= train[0]["accept"] <= 1 and train[0]["step_size"] > 0
-    has_encoder = any(k.startswith("encoder.") for k in load_file(str(run / "weights.safetensors")))
+    has_encoder = any(k.startswith("encoder.") for k in load_file(str(latest_checkpoint(run) / "weights.safetensors")))
     assert has_encoder == (name in ("amortized", "semi"))
 
     out = _last_json(run_cli("eval", run, "--json", "--max-windows", "4", "--steps", "2"))

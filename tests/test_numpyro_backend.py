@@ -401,7 +401,7 @@ def test_numpyro_resume_is_exact(tmp_path, corpus, config_file):
     """N iterations in one go == N/2, resume, N/2: same weights, optimiser state and metrics."""
     from safetensors.numpy import load_file
 
-    from ltm_ppl.checkpoint import read_config
+    from ltm_ppl.checkpoint import latest_checkpoint, read_config
     from ltm_ppl.config import load_toml
     from ltm_ppl.train import fit
 
@@ -419,7 +419,7 @@ def test_numpyro_resume_is_exact(tmp_path, corpus, config_file):
     fit(resumed, resume=str(tmp_path / "twice"), **quiet)
 
     for name in ("weights.safetensors", "optimizer.safetensors"):
-        once, twice = load_file(tmp_path / "once" / name), load_file(tmp_path / "twice" / name)
+        once, twice = (load_file(latest_checkpoint(tmp_path / run) / name) for run in ("once", "twice"))
         assert set(once) == set(twice) and once
         for key in once:
             np.testing.assert_array_equal(once[key], twice[key], err_msg=f"{name}:{key}")
