@@ -60,15 +60,15 @@ def config(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def unbroken(config, tmp_path_factory, torch_one_thread):
-    """The reference run (in this process, one thread) and the labels of its save steps."""
+    """The reference run (its own process, one thread) and the labels of its save steps up to the final save."""
     folder = tmp_path_factory.mktemp("unbroken")
     trace = folder / "trace.txt"
     proc = fit_process(config, folder / "run", env={"LTM_FAULT_TRACE": str(trace)})
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err
     steps = [line.split(" ", 1)[1] for line in trace.read_text().splitlines()]
-    periodic_save_ends = max(i for i, label in enumerate(steps, 1) if label.startswith("remove .00000000.old"))
-    return folder / "run", steps[:periodic_save_ends]
+    final_save = [i for i, label in enumerate(steps) if label == "fsync metrics.jsonl"][1]
+    return folder / "run", steps[:final_save]  # creation and the periodic save (the final one repeats it)
 
 
 def kill_and_recover(config: Path, folder: Path, kill_at: int, reference: Path, backend_args=()) -> str:
