@@ -134,7 +134,7 @@ def test_bad_config_values(tmp_path, fresh, toml, fragments):
 
 
 def snapshot(run: Path) -> dict:
-    return {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in run.iterdir()}
+    return {str(p.relative_to(run)): (p.stat().st_mtime_ns, p.read_bytes()) for p in run.rglob("*") if p.is_file()}
 
 
 def test_out_pointing_at_an_existing_run_is_refused(trained_run):
