@@ -95,8 +95,9 @@ def fit(cfg: RunConfig, out: str | None = None, resume: str | None = None, progr
         resolve_horizon(cfg)
         validate(cfg, methods())
         done = checkpoint.trainer_state(checkpoint.latest_checkpoint(run))["iteration"]
-        if cfg.train.iters <= done:
-            raise LtmError(f"{run} has done {done} iterations already; --iters {cfg.train.iters} must be larger to train on")
+        if cfg.train.iters <= done:  # refused before anything is written (config.json included)
+            asked = f"--iters {cfg.train.iters} trains nothing" if cfg.train.iters != stored.train.iters else "it is finished"
+            raise LtmError(f"{run} has done {done} iterations already, so {asked}; pass --iters N with N > {done} to train on")
         data = load_data(cfg, run_tokenizer(run, cfg))
         inference = load_inference(run, cfg, with_optimizer=True)
         # Every check has passed: from here on the run is written.
@@ -175,6 +176,7 @@ def _loop(cfg: RunConfig, run: Path, inference, data: Data, progress: bool, echo
             if stop.signum is not None:  # skip the evaluation (it never changes the training state)
                 if last_saved != done:
                     _save(run, inference, cfg)
+                bar.update(1)
                 bar.close()
                 raise Interrupted(f"{stop.name}: stopped after iteration {done} with a checkpoint committed; "
                                   f"resume with: ltm fit --resume {run}", stop.signum)
