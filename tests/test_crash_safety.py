@@ -150,7 +150,8 @@ def interrupt_training(tmp_path, config: Path, signum: int) -> tuple[Path, subpr
     return run, subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
-@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), pytest.param(signal.SIGTERM, 143, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("signum, code", [pytest.param(signal.SIGINT, 130, id="SIGINT"),
+                                          pytest.param(signal.SIGTERM, 143, id="SIGTERM", marks=pytest.mark.slow)])
 def test_a_signal_commits_a_checkpoint_says_how_to_resume_and_resumes_exactly(tmp_path, config, signum, code, torch_one_thread):
     run, result = interrupt_training(tmp_path, config, signum)
     assert result.returncode == code, result.stderr
