@@ -349,7 +349,7 @@ class NumPyroBackend:
         return self.programs.proposal_program(self.params, self.tensor(batch), self.next_key(), self.array(fast_noise),
                                               fit, static=static)
 
-    def bound(self, batch: np.ndarray, steps: int, num_samples: int = 1, noise=None, fast_noise=None) -> dict:
+    def bound(self, batch: np.ndarray, steps: int = 0, num_samples: int = 1, noise=None, fast_noise=None) -> dict:
         """Per-sequence ELBO terms at the method's q after `steps` inner steps, fresh noise unless
         injected: noise [S, B, *event] is the eps of the reported estimate, fast_noise that of the
         inner steps (the method's own format): injecting both makes two backends agree number for

@@ -26,7 +26,7 @@ class Inference(Protocol):
         """One training iteration (inner inference, then one slow step): floats `loss nll` and,
         when the loss is finite, `lr grad_norm`, plus method extras."""
 
-    def bound(self, batch: np.ndarray, steps: int, num_samples: int = 1, noise=None, fast_noise=None) -> dict:
+    def bound(self, batch: np.ndarray, steps: int = 0, num_samples: int = 1, noise=None, fast_noise=None) -> dict:
         """Per-sequence ELBO terms at the method's q: `loglik` [B] (mean over num_samples draws, or
         over the injected noise [S, B, *event]), analytic `kl` [B], `num_tokens` predicted per sequence."""
 

@@ -199,7 +199,7 @@ class PyroBackend:
         q = tuple(self.proposal(data, steps, fast_noise=fast_noise))
         return q[0], q[1], (q[2] if len(q) > 2 else None)
 
-    def bound(self, batch: np.ndarray, steps: int, num_samples: int = 1, noise=None, fast_noise=None) -> dict:
+    def bound(self, batch: np.ndarray, steps: int = 0, num_samples: int = 1, noise=None, fast_noise=None) -> dict:
         """Per-sequence ELBO terms at the method's q after `steps` inner steps, fresh noise unless
         injected: noise [S, B, *event] is the eps of the reported estimate, fast_noise that of the
         inner steps (the method's own format): injecting both makes two backends agree number for
