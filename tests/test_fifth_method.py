@@ -55,3 +55,19 @@ def test_a_method_registered_from_outside_runs_fit_eval_sample(prior_registered,
     assert len(sampled["samples"]) == 2 and sampled["inference"] == "prior"
     prompted = last_json(run_cli("sample", run, "--prompt", "In the", "--max-tokens", "8", "--json"))
     assert prompted["latents"] == "posterior" and prompted["samples"][0].startswith("In the")
+
+
+@pytest.mark.parametrize("backend", ["pyro", "numpyro"])
+def test_every_registered_class_implements_the_protocol(backend, prior_registered):
+    """Each method's object has every member the rest of the code uses (protocol.Inference), and
+    states the posterior kind its descriptor declares."""
+    from helpers import tiny_cfg
+
+    from ltm_ppl.inference import create, descriptor, methods
+    from ltm_ppl.inference.protocol import Inference
+
+    for method in methods():
+        inference = create(tiny_cfg(method, backend))
+        assert isinstance(inference, Inference), method
+        assert (inference.method, inference.backend) == (method, backend)
+        assert inference.posterior_kind == descriptor(method).posterior_kind, method

@@ -33,9 +33,13 @@ class Inference(Protocol):
     def log_weights(self, batch: np.ndarray, steps: int, num_samples: int) -> np.ndarray:
         """log p(x, z_k) - log q(z_k) [K, B] for K draws of the method's q (IWAE, PSIS)."""
 
+    def tensor(self, batch: np.ndarray):
+        """A batch as the backend's array on its device (what `proposal` takes)."""
+
     def proposal(self, data, steps: int, fast_noise=None):
-        """The method's q on backend data: (loc, log_scale) [B, *event], or (loc, log_scale, eps)
-        where the method fixes the reported estimate's noise (local with fixed_noise)."""
+        """The method's q for data = tensor(batch): (loc, log_scale) [B, *event], or (loc,
+        log_scale, eps) where the method fixes the reported estimate's noise (local with
+        fixed_noise); backend arrays. Latent methods only."""
 
     def posterior(self, batch: np.ndarray, steps: int, num_draws: int, num_chains: int = 1) -> dict:
         """Draws `z` [C, D, B, *event] and `log_joint` [C, D, B]; variational methods (C = 1) add
