@@ -229,7 +229,8 @@ def sample(run, prompt, num, max_tokens, temperature, top_k, steps, inference, b
 
 @cli.command()
 @click.argument("run")
-@click.option("--inference", "methods", default=None, help="Methods, comma-separated (default: the run's): local, amortized, langevin.")
+@click.option("--inference", "methods", default=None, help="Methods, comma-separated (default: the run's): "
+              + ", ".join(m for m in registry.methods() if registry.descriptor(m).posterior_kind) + ".")
 @click.option("--sequences", type=int, default=8, help="Held-out windows to diagnose.")
 @click.option("--chains", type=int, default=4, help="Chains per sequence (langevin).")
 @click.option("--draws", type=int, default=100, help="Draws per chain (at least 100 for k-hat of variational methods).")
