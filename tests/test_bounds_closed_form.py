@@ -135,3 +135,21 @@ def test_analytic_kl_equals_a_monte_carlo_estimate(linear_gaussian):
     diff = log_q - log_prior  # [draws, B]
     mc, mc_se = diff.mean(0), diff.std(0, ddof=1) / np.sqrt(len(diff))
     assert np.all(np.abs(kl - mc) <= 4 * mc_se + 1e-3), (kl, mc, mc_se)
+
+
+def test_posterior_reports_the_draws_of_q_and_its_parameters(linear_gaussian):
+    """Variational `posterior`: z [1, D, B, 4] drawn from N(loc, exp(log_scale)^2), log_q their
+    density under it, and log_joint the model's, in both backends (diagnostics read loc, log_scale)."""
+    inference, y, _ = linear_gaussian
+    with inference.rng_scope(3):
+        post = inference.posterior(y, STEPS, 400)
+    z, loc, log_scale = post["z"].astype(np.float64), post["loc"], post["log_scale"]
+    assert z.shape == (1, 400, B, 4) and loc.shape == log_scale.shape == (B, 4)
+    eps = (z[0] - loc) / np.exp(log_scale)
+    log_q = (-0.5 * eps**2 - log_scale - 0.5 * np.log(2 * np.pi)).sum(-1)
+    np.testing.assert_allclose(post["log_q"][0], log_q, rtol=1e-4, atol=1e-3)
+    assert np.abs(eps.mean(0)).max() < 4 / np.sqrt(400) * 1.5 and np.abs(eps.std(0) - 1).max() < 0.15
+    resid = (y - z[0] @ helpers.W.T.astype(np.float64)) / helpers.SIGMA
+    log_joint = (-0.5 * z[0] ** 2).sum(-1) - 2 * np.log(2 * np.pi) - 0.5 * (resid**2).sum(-1) - 5 * np.log(helpers.SIGMA) \
+        - 2.5 * np.log(2 * np.pi)
+    np.testing.assert_allclose(post["log_joint"][0], log_joint, rtol=1e-4, atol=1e-3)

@@ -173,7 +173,7 @@ class PyroBackend:
 
     def gaussian_posterior(self, tokens, loc, log_scale, num_draws: int) -> dict:
         """Draws from q as one chain, with log p(x, z) and log q(z) of each draw."""
-        q = torch.distributions.Independent(torch.distributions.Normal(loc, log_scale.exp()), 2)
+        q = torch.distributions.Independent(torch.distributions.Normal(loc, log_scale.exp()), loc.dim() - 1)
         with torch.no_grad():
             z = q.sample((num_draws,))  # [D, B, n_z, d]
             log_q = q.log_prob(z)
