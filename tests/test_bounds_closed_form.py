@@ -153,3 +153,35 @@ def test_posterior_reports_the_draws_of_q_and_its_parameters(linear_gaussian):
     log_joint = (-0.5 * z[0] ** 2).sum(-1) - 2 * np.log(2 * np.pi) - 0.5 * (resid**2).sum(-1) - 5 * np.log(helpers.SIGMA) \
         - 2.5 * np.log(2 * np.pi)
     np.testing.assert_allclose(post["log_joint"][0], log_joint, rtol=1e-4, atol=1e-3)
+
+
+def linear_gaussian_log_joint(y, z):
+    resid = (y - z @ helpers.W.T.astype(np.float64)) / helpers.SIGMA
+    return ((-0.5 * z**2).sum(-1) - 2 * np.log(2 * np.pi) - 0.5 * (resid**2).sum(-1) - 5 * np.log(helpers.SIGMA)
+            - 2.5 * np.log(2 * np.pi))
+
+
+@pytest.mark.parametrize("backend", ["pyro", "numpyro"])
+def test_langevin_chains_and_bound_on_the_injected_model(backend):
+    """The chains hook of both backends: posterior z [C, D, B, 4] are the kept draws (their log
+    joint is the model's at those z), and the bound of the Gaussian fitted to them is below the
+    evidence, through corpus_bound."""
+    from ltm_ppl.config import RunConfig
+    from ltm_ppl.inference import create
+    from ltm_ppl.inference.latent_model import LatentModel
+
+    cfg = RunConfig()
+    cfg.train.backend, cfg.train.device = backend, "cpu"
+    cfg.inference.method, cfg.inference.chains, cfg.inference.draws, cfg.inference.step_size = "langevin", 2, 30, 0.3
+    inference = create(cfg, model=LatentModel(pyro_model() if backend == "pyro" else numpyro_model(), event_shape=(4,)))
+    rng = np.random.default_rng(0)
+    y = (rng.standard_normal((B, 4)) @ helpers.W.T + helpers.SIGMA * rng.standard_normal((B, 5))).astype(np.float32)
+    with inference.rng_scope(0):
+        post = inference.posterior(y, 50, 40, 3)
+    assert post["z"].shape == (3, 40, B, 4) and post["log_joint"].shape == post["accept_prob"].shape == (3, 40, B)
+    assert post["step_size"].shape == (3, B) and 0.2 < post["accept_prob"].mean() < 1.0
+    np.testing.assert_allclose(post["log_joint"], linear_gaussian_log_joint(y, post["z"].astype(np.float64)), rtol=1e-4, atol=1e-3)
+    totals = np.asarray([-r["nll_per_token"] * r["num_tokens"]
+                         for r in (corpus_bound(inference, [y], 50, 4, seed=s) for s in range(6))])
+    evidence = float(exact_log_evidence(y.astype(np.float64)).sum())
+    assert evidence - 4.0 * B < totals.mean() <= evidence + 4 * se(totals), (totals, evidence)
