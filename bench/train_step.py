@@ -25,6 +25,7 @@ import numpy as np
 from ltm_ppl.checkpoint import library_versions
 from ltm_ppl.config import RunConfig
 from ltm_ppl.flops import decoder_forward, training_flops_per_token
+from ltm_ppl.inference import descriptor, methods
 
 SHAPES = {  # name: (n_layer, n_head, d_model, n_z, block_size, vocab, T)
     "tiny": (2, 2, 64, 4, 64, 257, 4),
@@ -45,7 +46,7 @@ def config(args) -> RunConfig:
     cfg.train.compile = args.compile
     cfg.inference.method = args.method
     cfg.inference.chains = args.chains
-    cfg.model.latent = args.method != "none"
+    cfg.model.latent = descriptor(args.method).latent
     return cfg
 
 
@@ -59,7 +60,7 @@ def timed(fn, sync) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backend", choices=("pyro", "numpyro"), default="pyro")
-    parser.add_argument("--method", choices=("local", "amortized", "langevin", "none"), default="local")
+    parser.add_argument("--method", choices=methods(), default="local")
     parser.add_argument("--chains", type=int, default=1, help="langevin chains")
     parser.add_argument("--shape", choices=tuple(SHAPES), default="small")
     parser.add_argument("--batch", type=int, default=16)

@@ -13,6 +13,7 @@ import click
 
 from .config import RunConfig, apply_overrides, load_toml
 from .errors import Interrupted, LtmError
+from .inference import registry
 
 
 class LtmGroup(click.Group):
@@ -73,37 +74,33 @@ def cli():
     """Latent-Thought Language Models as probabilistic programs (Pyro / NumPyro)."""
 
 
-backend_option = click.option("--backend", type=click.Choice(["pyro", "numpyro"]), default=None, help="PPL backend.")
+backend_option = click.option("--backend", type=click.Choice(list(registry.backends())), default=None, help="PPL backend.")
 device_option = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="Where the decoder runs.")
 seed_option = click.option("--seed", type=int, default=None, help="Random seed.")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object last on stdout.")
-inference_option = click.option("--inference", default=None, help="Inference method: local, amortized, langevin or none.")
+inference_option = click.option(
+    "--inference", default=None,
+    help=f"Inference method: {', '.join(registry.methods())}.")
+
+
+def _method_flag(option):
+    """The click option of a method option (descriptor.Option) that has a flag."""
+    if option.type is bool:
+        name = option.flag.removeprefix("--")
+        return click.option(f"{option.flag}/--no-{name}", option.field, default=None, help=option.help)
+    return click.option(option.flag, option.field, type=option.type, default=None, help=option.help)
 
 
 def method_options(command):
-    """Options of the inference methods, the same in every command."""
-    options = [
-        click.option("--init", default=None, help="local: start at prior, reference (log sigma -5) or amortized (the encoder's q)."),
-        click.option("--step-size", type=float, default=None, help="langevin: initial step size."),
-        click.option("--mala/--no-mala", default=None, help="langevin: Metropolis adjustment (default on)."),
-        click.option("--target-accept", type=float, default=None, help="langevin: acceptance the warm-up adapts toward."),
-        click.option("--chains", type=int, default=None, help="langevin: chains per sequence."),
-        click.option("--draws", type=int, default=None, help="langevin: kept draws per chain for bounds."),
-        click.option("--kl-warmup", type=int, default=None, help="amortized: KL weight warm-up iterations."),
-        click.option("--free-bits", type=float, default=None, help="amortized: minimum KL per latent vector (nats)."),
-    ]
-    for option in reversed(options):
-        command = option(command)
+    """The flags of every registered method's options (their descriptors), the same in every command."""
+    for option in reversed([o for o in registry.options() if o.flag]):
+        command = _method_flag(option)(command)
     return command
 
 
 def method_overrides(kw: dict) -> dict:
-    return {
-        "inference.init": kw.pop("init"), "inference.step_size": kw.pop("step_size"), "inference.mala": kw.pop("mala"),
-        "inference.target_accept": kw.pop("target_accept"), "inference.chains": kw.pop("chains"),
-        "inference.draws": kw.pop("draws"), "inference.kl_warmup_iters": kw.pop("kl_warmup"),
-        "inference.free_bits": kw.pop("free_bits"),
-    }
+    """The method flags' values as config overrides ("inference.<field>"), taken out of kw."""
+    return {f"inference.{o.field}": kw.pop(o.field) for o in registry.options() if o.flag and o.field in kw}
 
 
 @cli.command()
@@ -238,7 +235,8 @@ def sample(run, prompt, num, max_tokens, temperature, top_k, steps, inference, b
 
 @cli.command()
 @click.argument("run")
-@click.option("--inference", "methods", default=None, help="Methods, comma-separated (default: the run's): local, amortized, langevin.")
+@click.option("--inference", "methods", default=None, help="Methods, comma-separated (default: the run's): "
+              + ", ".join(m for m in registry.methods() if registry.descriptor(m).posterior_kind) + ".")
 @click.option("--sequences", type=int, default=8, help="Held-out windows to diagnose.")
 @click.option("--chains", type=int, default=4, help="Chains per sequence (langevin).")
 @click.option("--draws", type=int, default=100, help="Draws per chain (at least 100 for k-hat of variational methods).")

@@ -16,10 +16,7 @@ from .errors import LtmError
 
 FORMAT_VERSION = 2  # 2: checkpoints/<iter>/ folders, train.lr_decay_iters stored resolved
 READABLE_FORMATS = (1, 2)
-BACKENDS = ("pyro", "numpyro")
 DEVICES = ("auto", "cpu", "cuda")
-LOCAL_INITS = ("prior", "reference", "amortized")
-LOCAL_OPTIMIZERS = ("adam", "sgd")
 
 
 @dataclass
@@ -47,30 +44,28 @@ class ModelConfig:
         return self.n_z // self.n_layer
 
 
-@dataclass
-class InferenceConfig:
-    method: str = "local"
-    steps: int = 4  # fast steps per training iteration (T)
-    eval_steps: int = 16  # fast steps when a bound is reported
-    fast_lr: float = 0.03  # paper: 0.34; 0.03 gave the best honest bound here (docs/design.md)
-    final_lr_ratio: float = 0.1
-    num_samples: int = 1  # noise samples per fast step
-    init: str = "prior"  # "prior": mu 0, log sigma 0; "reference": mu 0, log sigma -5; "amortized": the encoder's q
-    optimizer: str = "adam"  # local optimiser: "adam" (paper) or "sgd"
-    fixed_noise: bool = False  # the published reference's single eps; comparison only
-    # langevin: `steps` steps per training iteration (the first half adapt the step size)
-    step_size: float = 0.1  # initial Langevin step size s
-    mala: bool = True  # Metropolis-adjusted (accept/reject per sequence and chain)
-    target_accept: float = 0.57  # acceptance the warm-up adapts the step size toward
-    chains: int = 1  # chains per sequence, vectorised as a batch dimension
-    draws: int = 16  # kept draws per chain when a bound or posterior is asked of langevin
-    # amortized: options against posterior collapse; they change the training objective only
-    kl_warmup_iters: int = 0  # KL weight rises linearly from 0 to 1 over these iterations
-    free_bits: float = 0.0  # nats: each latent vector's KL counts as at least this much
+def _init_log_scale(self) -> float:
+    """local's starting log sigma: -5 for init "reference", else 0 ("amortized" starts at the encoder's q)."""
+    return -5.0 if self.init == "reference" else 0.0
 
-    @property
-    def init_log_scale(self) -> float:
-        return -5.0 if self.init == "reference" else 0.0  # "amortized" starts at the encoder's q
+
+def _inference_config_class():
+    """[inference]: the settings every method reads, then each registered method's options (their
+    fields, types and defaults come from the method descriptors: an option is declared once)."""
+    from .inference.registry import options
+
+    common = [
+        ("method", str, field(default="local")),
+        ("steps", int, field(default=4)),  # inner steps per training iteration: fast steps (local), Langevin steps
+        ("eval_steps", int, field(default=16)),  # inner steps when a bound is reported
+        ("num_samples", int, field(default=1)),  # noise samples per ELBO estimate in training
+    ]
+    own = [(o.field, o.type, field(default=o.default)) for o in options()]
+    return dataclasses.make_dataclass("InferenceConfig", common + own, namespace={
+        "init_log_scale": property(_init_log_scale), "__module__": __name__})
+
+
+InferenceConfig = _inference_config_class()
 
 
 @dataclass
@@ -180,17 +175,18 @@ def apply_overrides(cfg: RunConfig, overrides: dict[str, object]) -> RunConfig:
     return cfg
 
 
-# The command-line flag of a setting, named in its error message too.
+# The command-line flag of a setting, named in its error message too (methods' flags: their descriptors).
 FLAGS = {
-    "inference.steps": "--steps", "inference.step_size": "--step-size", "inference.chains": "--chains",
-    "inference.draws": "--draws", "inference.target_accept": "--target-accept", "inference.free_bits": "--free-bits",
-    "inference.kl_warmup_iters": "--kl-warmup", "inference.init": "--init", "inference.method": "--inference",
+    "inference.steps": "--steps", "inference.method": "--inference",
     "train.iters": "--iters", "train.lr_decay_iters": "--lr-decay-iters", "train.batch_size": "--batch-size", "train.seed": "--seed", "train.device": "--device",
 }
 
 
 def _flag(name: str) -> str:
-    return f" ({FLAGS[name]})" if name in FLAGS else ""
+    from .inference.registry import options
+
+    flags = FLAGS | {f"inference.{o.field}": o.flag for o in options() if o.flag}
+    return f" ({flags[name]})" if name in flags else ""
 
 
 def _positive(name: str, value) -> None:
@@ -208,7 +204,17 @@ def _one_of(name: str, value, choices) -> None:
         raise LtmError(f"config: {name}{_flag(name)} must be one of {', '.join(choices)}, got {value!r}")
 
 
+def _open_unit(name: str, value) -> None:
+    if not 0 < value < 1:
+        raise LtmError(f"config: {name}{_flag(name)} must be in (0, 1), got {value}")
+
+
+CHECKS = {"positive": _positive, "non_negative": _non_negative, "open_unit": _open_unit}
+
+
 def validate(cfg: RunConfig, methods: tuple[str, ...] = ()) -> RunConfig:
+    from .inference.registry import backends, options
+
     m, inf, t = cfg.model, cfg.inference, cfg.train
     for name in ("n_layer", "n_head", "d_model", "block_size"):
         _positive(f"model.{name}", getattr(m, name))
@@ -227,16 +233,14 @@ def validate(cfg: RunConfig, methods: tuple[str, ...] = ()) -> RunConfig:
             raise LtmError(f"config: model.n_z ({m.n_z}) must be divisible by model.n_layer ({m.n_layer})")
     if methods:
         _one_of("inference.method", inf.method, methods)
-    for name in ("steps", "eval_steps", "num_samples", "chains", "draws", "step_size"):
+    for name in ("steps", "eval_steps", "num_samples"):
         _positive(f"inference.{name}", getattr(inf, name))
-    _non_negative("inference.free_bits", inf.free_bits)
-    _non_negative("inference.kl_warmup_iters", inf.kl_warmup_iters)
-    if not 0 < inf.target_accept < 1:
-        raise LtmError(f"config: inference.target_accept{_flag('inference.target_accept')} must be in (0, 1), got {inf.target_accept}")
-    _positive("inference.fast_lr", inf.fast_lr)
-    _positive("inference.final_lr_ratio", inf.final_lr_ratio)
-    _one_of("inference.init", inf.init, LOCAL_INITS)
-    _one_of("inference.optimizer", inf.optimizer, LOCAL_OPTIMIZERS)
+    for option in options():  # every method's options, whichever method runs (a run may switch method)
+        name = f"inference.{option.field}"
+        if option.check:
+            CHECKS[option.check](name, getattr(inf, option.field))
+        if option.choices:
+            _one_of(name, getattr(inf, option.field), option.choices)
     for name in ("iters", "batch_size", "lr", "eval_interval", "eval_windows", "checkpoint_interval"):
         _positive(f"train.{name}", getattr(t, name))
     for name in ("warmup_iters", "lr_decay_iters", "weight_decay", "grad_clip", "seed"):
@@ -247,5 +251,5 @@ def validate(cfg: RunConfig, methods: tuple[str, ...] = ()) -> RunConfig:
         if not 0 <= getattr(t, name) < 1:
             raise LtmError(f"config: train.{name} must be in [0, 1), got {getattr(t, name)}")
     _one_of("train.device", t.device, DEVICES)
-    _one_of("train.backend", t.backend, BACKENDS)
+    _one_of("train.backend", t.backend, backends())
     return cfg

@@ -2,20 +2,12 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import numpy as np
 
 from .data.windows import eval_batches, num_windows
 from .errors import LtmError
-
-# What q each method's reported ELBO uses, stated beside every number.
-PROPOSALS = {
-    "local": "per-sequence Gaussian fitted by fast steps",
-    "amortized": "the encoder's Gaussian",
-    "langevin": "diagonal Gaussian fitted to each sequence's Langevin draws",
-    "none": "none (exact log-likelihood, no latent)",
-}
-
 
 def iwae_terms(log_weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(IWAE_K, sampled-KL ELBO) per sequence from log weights [K, B] of the same draws.
@@ -28,21 +20,22 @@ def iwae_terms(log_weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return iwae, log_weights.mean(0)
 
 
-def corpus_bound(inference, tokens: np.ndarray, steps: int, num_samples: int, batch_size: int,
-                 max_windows: int | None = None, seed: int = 0, progress=None, kind: str = "elbo") -> dict:
-    """A bound with fresh noise over the split's windows (the first `max_windows` when given).
+def corpus_bound(inference, batches: Iterable[np.ndarray], steps: int, num_samples: int, seed: int = 0,
+                 progress=None, kind: str = "elbo") -> dict:
+    """A bound with fresh noise over the sequences of `batches` ([B, T + 1] each: T predicted
+    items per sequence), for any object implementing protocol.Inference (the LTM's methods, or a
+    method on an injected model).
 
     kind "elbo": the mean-field ELBO with analytic KL, estimated with `num_samples` draws.
     kind "iwae": IWAE_K with K = num_samples draws of the method's q, and the sampled-KL ELBO of the
     same draws beside it. nll_per_token is the corpus-level bound -sum_i B_i / sum_i T_i; the
     per-sequence mean of exp(-B_i / T_i) (the paper's figure) is reported under its own name.
     """
-    block = inference.cfg.model.block_size
     total = loglik = kl = sampled_elbo = 0.0
     n_tokens = n_seq = 0
     per_seq_ppl = []
     with inference.rng_scope(seed):
-        for batch in eval_batches(tokens, block, batch_size, max_windows):
+        for batch in batches:
             T = batch.shape[1] - 1
             if kind == "iwae":
                 iwae, elbo = iwae_terms(inference.log_weights(batch, steps=steps, num_samples=num_samples))
@@ -79,6 +72,13 @@ def corpus_bound(inference, tokens: np.ndarray, steps: int, num_samples: int, ba
         result["reconstruction_nll_per_token"] = -loglik / n_tokens
         result["kl_per_sequence"] = kl / n_seq
     return result
+
+
+def windows_bound(inference, tokens: np.ndarray, steps: int, num_samples: int, batch_size: int,
+                  max_windows: int | None = None, seed: int = 0, progress=None, kind: str = "elbo") -> dict:
+    """corpus_bound over a token split's windows (the first `max_windows` when given)."""
+    batches = eval_batches(tokens, inference.cfg.model.block_size, batch_size, max_windows)
+    return corpus_bound(inference, batches, steps, num_samples, seed=seed, progress=progress, kind=kind)
 
 
 def unigram_bound(train_tokens: np.ndarray, eval_tokens: np.ndarray, vocab_size: int, block_size: int,

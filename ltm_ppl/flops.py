@@ -1,7 +1,8 @@
 """Matmul FLOPs per predicted token, from the config alone (2 FLOPs per multiply-add).
 
 So runs can be compared token-matched (the paper's) or compute-matched: `training_flops_per_token`
-counts the whole training iteration of a method per training token. A backward pass costs two
+counts the whole training iteration of a method per training token (the method's descriptor says
+how many forwards and backwards that is). A backward pass costs two
 forwards when it computes weight and activation gradients, one when it computes activation
 gradients only (the fast steps, the Langevin steps: the decoder is frozen there).
 """
@@ -32,17 +33,8 @@ def encoder_forward(m: ModelConfig) -> float:
 
 
 def training_flops_per_token(cfg: RunConfig) -> float:
-    """FLOPs of one training iteration divided by the predicted tokens it trains on."""
-    m, inf = cfg.model, cfg.inference
-    F = decoder_forward(m)
-    method, S = inf.method, inf.num_samples
-    if method == "none":
-        return 3 * F
-    if method == "amortized":
-        return 3 * F * S + 3 * encoder_forward(m)
-    if method == "langevin":
-        return 2 * F * inf.steps * inf.chains + 3 * F * inf.chains
-    flops = 2 * F * inf.steps * S + 3 * F * S  # local: fast steps, then the slow step
-    if inf.init == "amortized":  # the encoder's own ELBO: decoder forward, backward into the encoder
-        flops += 2 * F * S + 3 * encoder_forward(m)
-    return flops
+    """FLOPs of one training iteration divided by the predicted tokens it trains on (each method's
+    count is in its descriptor, built from decoder_forward and encoder_forward)."""
+    from .inference.registry import descriptor
+
+    return descriptor(cfg.inference.method).flops_per_token(cfg)

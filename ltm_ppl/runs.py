@@ -80,16 +80,18 @@ def evaluate_run(opened: OpenRun, split: str = "val", data: str | None = None, s
     Everything is checked before any bound is computed; then progress(total windows) is entered
     and the function it yields is called with the windows done."""
     from .data import load_corpus, num_windows, split_tokens
-    from .evaluate import PROPOSALS, corpus_bound, unigram_bound
+    from .evaluate import unigram_bound, windows_bound
     from .flops import decoder_forward, training_flops_per_token
+    from .inference import descriptor, methods
     from .train import load_inference, require_windows
 
     cfg = opened.cfg
     check_eval_options(samples, batch_size, max_windows)
     if kind not in ("elbo", "iwae"):
         raise LtmError(f"--bound must be elbo or iwae, got {kind!r}")
-    if fixed_noise and cfg.inference.method != "local":
-        raise LtmError("--fixed-noise applies to --inference local only (the published reference's evaluation)")
+    if fixed_noise and "fixed_noise" not in descriptor(cfg.inference.method).reference_numbers:
+        with_it = [m for m in methods() if "fixed_noise" in descriptor(m).reference_numbers]
+        raise LtmError(f"--fixed-noise applies to --inference {' and '.join(with_it)} only (the published reference's evaluation)")
     corpus = load_corpus(data or cfg.data.data)
     tokens = split_tokens(corpus, split, opened.tokenizer)
     require_windows(tokens, cfg.model.block_size, split, corpus.spec)
@@ -106,12 +108,12 @@ def evaluate_run(opened: OpenRun, split: str = "val", data: str | None = None, s
     windows = min(windows, max_windows) if max_windows else windows
     with progress(windows * len(steps) * (2 if fixed_noise else 1)) as advance:
         for T in steps:
-            row = corpus_bound(opened.inference, tokens, T, samples, batch_size, max_windows, seed=seed, progress=advance, kind=kind)
+            row = windows_bound(opened.inference, tokens, T, samples, batch_size, max_windows, seed=seed, progress=advance, kind=kind)
             rows.append(row | {"label": "honest bound, fresh noise"})
             if fixed is not None:
                 # The reference reuses its one eps (num_samples draws of it) for the reported ELBO too.
                 S = cfg.inference.num_samples
-                row = corpus_bound(fixed, tokens, T, S, batch_size, max_windows, seed=seed, progress=advance)
+                row = windows_bound(fixed, tokens, T, S, batch_size, max_windows, seed=seed, progress=advance)
                 rows.append(row | {"label": FIXED_NOISE_LABEL, "fixed_noise": True})
     unigram = unigram_bound(split_tokens(corpus, "train", opened.tokenizer), tokens, opened.tokenizer.vocab_size,
                             cfg.model.block_size, max_windows)
@@ -121,7 +123,7 @@ def evaluate_run(opened: OpenRun, split: str = "val", data: str | None = None, s
         "rows": rows,
         "backend": cfg.train.backend, "inference": cfg.inference.method, "trained_with": opened.trained_method,
         "split": split, "data": corpus.spec, "tokenizer": cfg.data.tokenizer,
-        "proposal": PROPOSALS[cfg.inference.method],
+        "proposal": descriptor(cfg.inference.method).proposal,
         "unigram_nll_per_token": unigram["nll_per_token"], "unigram_perplexity": unigram["perplexity"],
         "flops_per_token": training_flops_per_token(opened.trained_cfg),  # the run's training, as trained
         "decoder_flops_per_token": decoder_forward(cfg.model),

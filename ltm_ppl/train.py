@@ -13,7 +13,7 @@ from . import checkpoint
 from .config import RunConfig, validate
 from .data import build_tokenizer, load_corpus, load_tokenizer, num_windows, split_tokens, train_batch
 from .errors import Interrupted, LtmError
-from .evaluate import corpus_bound, unigram_bound
+from .evaluate import unigram_bound, windows_bound
 from .flops import training_flops_per_token
 from .stop_signals import StopRequest
 
@@ -50,10 +50,13 @@ def run_tokenizer(run: Path, cfg: RunConfig):
 
 def check_method_fits_run(cfg: RunConfig, trained_method: str) -> None:
     """A run's decoder either reads latents or not; refuse a method that needs the other kind."""
-    if not cfg.model.latent and cfg.inference.method != "none":
-        raise LtmError(f"this run has no latent (trained with --inference none); --inference {cfg.inference.method} needs one")
-    if cfg.model.latent and cfg.inference.method == "none":
-        raise LtmError(f"--inference none needs a decoder without latents; this run's decoder reads them (trained with --inference {trained_method})")
+    from .inference import descriptor
+
+    method = cfg.inference.method
+    if not cfg.model.latent and descriptor(method).latent:
+        raise LtmError(f"this run has no latent (trained with --inference {trained_method}); --inference {method} needs one")
+    if cfg.model.latent and not descriptor(method).latent:
+        raise LtmError(f"--inference {method} needs a decoder without latents; this run's decoder reads them (trained with --inference {trained_method})")
 
 
 def load_inference(run: Path, cfg: RunConfig, with_optimizer: bool = False):
@@ -114,8 +117,9 @@ def fit(cfg: RunConfig, out: str | None = None, resume: str | None = None, progr
         validate(cfg, methods())
         data = load_data(cfg)
         cfg.model.vocab_size = data.tokenizer.vocab_size
-        cfg.model.latent = cfg.inference.method != "none"
-        from .inference import create
+        from .inference import create, descriptor
+
+        cfg.model.latent = descriptor(cfg.inference.method).latent
 
         inference = create(cfg)
         stage = checkpoint.stage_run(run)
@@ -132,11 +136,10 @@ def fit(cfg: RunConfig, out: str | None = None, resume: str | None = None, progr
 
 def loss_is_bound(cfg: RunConfig, metrics: dict) -> bool:
     """Is the training loss a bound on the NLL per token (so exp(loss) bounds the perplexity)?
-    Not for Langevin (the NLL at one draw z_K) or amortized with KL warm-up or free bits."""
-    method = cfg.inference.method
-    if method == "amortized":
-        return metrics.get("beta", 1.0) == 1.0 and cfg.inference.free_bits == 0
-    return method in ("local", "none")
+    The method's descriptor says (not for Langevin's NLL at one draw, nor a shaped objective)."""
+    from .inference import descriptor
+
+    return descriptor(cfg.inference.method).loss_is_bound(cfg, metrics)
 
 
 def _save(run: Path, inference, cfg: RunConfig) -> None:
@@ -146,7 +149,7 @@ def _save(run: Path, inference, cfg: RunConfig) -> None:
 
 def _evaluate(inference, data: Data, cfg: RunConfig, iteration: int) -> dict:
     t = cfg.train
-    return corpus_bound(inference, data.val, cfg.inference.eval_steps, 1, t.batch_size, t.eval_windows, seed=t.seed + iteration)
+    return windows_bound(inference, data.val, cfg.inference.eval_steps, 1, t.batch_size, t.eval_windows, seed=t.seed + iteration)
 
 
 def _loop(cfg: RunConfig, run: Path, inference, data: Data, progress: bool, echo) -> dict:

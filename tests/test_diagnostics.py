@@ -13,7 +13,7 @@ from test_methods_pyro import COVARIANCE, linear_gaussian, posterior_mean
 
 from ltm_ppl.diagnostics import chain_diagnostics, khat_threshold, psis_khat
 from ltm_ppl.evaluate import iwae_terms
-from ltm_ppl.inference.langevin_pyro import langevin_chains
+from ltm_ppl.inference.langevin.pyro import langevin_chains
 from ltm_ppl.inference.pyro_elbo import log_joint
 
 Y = torch.tensor([[1.0, -0.5, 2.0, 0.3, 1.5]])

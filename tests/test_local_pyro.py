@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ltm_ppl.config import InferenceConfig, RunConfig, load_toml
-from ltm_ppl.inference.local_pyro import PyroLocal, fit_local_posterior
+from ltm_ppl.inference.local.pyro import PyroLocal, fit_local_posterior
 from ltm_ppl.inference.pyro_elbo import elbo_terms
 from ltm_ppl.inference.schedules import fast_lr
 from ltm_ppl.models.pyro_model import local_guide

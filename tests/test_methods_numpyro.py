@@ -73,7 +73,7 @@ def _mala(y, z0, key, **kw):
     import jax
     import jax.numpy as jnp
 
-    from ltm_ppl.inference.langevin_numpyro import langevin_sample
+    from ltm_ppl.inference.langevin.numpyro import langevin_sample
     from ltm_ppl.inference.numpyro_elbo import log_joint
 
     logp = lambda z: log_joint(linear_gaussian, (jnp.asarray(y),), z)  # noqa: E731
@@ -115,7 +115,7 @@ def test_amortized_guide_learns_the_posterior_mean_over_many_observations():
     import jax.numpy as jnp
     import optax
 
-    from ltm_ppl.inference.amortized_numpyro import amortized_objective
+    from ltm_ppl.inference.amortized.numpyro import amortized_objective
 
     def encoder_fn(phi):
         def encode(y):
@@ -151,7 +151,7 @@ def test_free_bits_and_kl_warmup_change_the_objective_not_the_reported_kl():
     import jax
     import jax.numpy as jnp
 
-    from ltm_ppl.inference.amortized_numpyro import amortized_objective
+    from ltm_ppl.inference.amortized.numpyro import amortized_objective
     from ltm_ppl.inference.schedules import kl_weight
 
     y = jnp.asarray(np.random.default_rng(3).standard_normal((6, 5)).astype(np.float32))
@@ -479,7 +479,7 @@ def test_local_fit_recovers_the_mean_field_optimum_of_the_correlated_model():
     import numpyro.distributions as dist
 
     from ltm_ppl.config import InferenceConfig
-    from ltm_ppl.inference.local_numpyro import fast_lrs, fit_local_posterior
+    from ltm_ppl.inference.local.numpyro import fast_lrs, fit_local_posterior
 
     W = np.array([[1.0, 0.8, 0.0, 0.0], [0.0, 1.0, 0.7, 0.0], [0.0, 0.0, 1.0, 0.6], [0.5, 0.0, 0.0, 1.0], [1, 1, 1, 1.0]], np.float32)
     sigma = 0.5

@@ -12,8 +12,8 @@ import pytest
 import torch
 from helpers import TINY_TOML, run_cli
 
-from ltm_ppl.inference.amortized_pyro import amortized_objective
-from ltm_ppl.inference.langevin_pyro import langevin_chains
+from ltm_ppl.inference.amortized.pyro import amortized_objective
+from ltm_ppl.inference.langevin.pyro import langevin_chains
 from ltm_ppl.inference.pyro_elbo import log_joint
 
 W = torch.from_numpy(helpers.W)
@@ -104,7 +104,7 @@ def test_amortized_guide_learns_the_posterior_mean_over_many_observations():
 
 def test_free_bits_and_kl_warmup_change_the_objective_not_the_bound(tiny_toml):
     from ltm_ppl.config import load_toml
-    from ltm_ppl.inference.amortized_pyro import PyroAmortized
+    from ltm_ppl.inference.amortized.pyro import PyroAmortized
 
     batch = np.random.default_rng(0).integers(0, 257, size=(4, 33))
     noise = np.random.default_rng(1).standard_normal((2, 4, 4, 32)).astype(np.float32)

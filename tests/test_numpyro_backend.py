@@ -157,7 +157,7 @@ def test_elbo_terms_generic_linear_gaussian():
     import numpyro.distributions as dist
 
     from ltm_ppl.config import InferenceConfig
-    from ltm_ppl.inference.local_numpyro import fast_lrs, fit_local_posterior
+    from ltm_ppl.inference.local.numpyro import fast_lrs, fit_local_posterior
 
     def model(x):
         with numpyro.plate("seq", x.shape[0]):

@@ -1,11 +1,21 @@
-"""What every NumPyro inference method shares: the JAX decoder's parameters (a flat dict in the
-canonical torch names and layouts; the amortized encoder's `encoder.*` parameters in the same dict
-where the method has one), its device and precision, the slow AdamW optimiser (optax) over every
-parameter, weights and optimiser state as numpy arrays, the PRNG key, generation, and `Programs`:
-the compiled pieces a method builds on (model, guides, ELBO, draws from a Gaussian q, the guarded
-AdamW update). Methods subclass both and add `step`, `bound`, `posterior`, `posterior_latents`.
+"""The generic NumPyro base of every inference method (protocol.Inference), the mirror of
+pyro_backend.py: the JAX decoder's parameters (a flat dict in the canonical torch names and
+layouts; the amortized encoder's `encoder.*` parameters in the same dict where the method has
+one), its device and precision, the slow AdamW optimiser (optax) over every parameter, weights and
+optimiser state as numpy arrays, the PRNG key, generation, and `Programs`: the compiled pieces
+(model, guides, ELBO, draws from a Gaussian q, the guarded AdamW update, and `bound`,
+`log_weights`, `posterior`, `posterior_latents` derived from a method's hooks):
 
-The mirror of pyro_backend.py; nothing here imports torch.
+    Programs.proposal(params, data, key, fast_noise, fit, static) -> (loc, log_scale, eps or None)
+    Programs.chains(params, data, key, fast_noise, warmup, draws, chains, keep_z) -> dict, chain
+        methods only, with the keys of the Pyro hook: z [C, D, B, *event] (when keep_z), log_joint
+        and accept_prob [C, D, B], step_size [C, B], last [C, B, *event]
+    NumPyroBackend.fit_args(steps) -> (fit, static): what the proposal needs for `steps` inner
+        steps, as an array argument (local: the fast step sizes) and a hashable static one
+    NumPyroBackend.step(batch) -> metrics
+
+A method file subclasses both; with `model=LatentModel(...)` the base runs a method on that model
+instead of the LTM (no decoder). Nothing here imports torch.
 """
 from __future__ import annotations
 
@@ -24,10 +34,11 @@ from ..config import RunConfig
 from ..errors import LtmError
 from ..models import jax_decoder, jax_encoder
 from ..models.numpyro_model import amortized_guide, local_guide, ltm_model
-from . import needs_encoder
+from .latent_model import LatentModel
 from .numpyro_elbo import elbo_terms, log_joint
+from .registry import needs_encoder
 from .schedules import slow_lr
-from .weights import checked_weights
+from .weights import NO_LATENT, checked_weights
 
 
 def resolve_device(name: str):
@@ -115,20 +126,82 @@ class Programs:
     after training, tests) reuses the traces; jit recompiles only for new shapes. Subclasses
     define `build()`, which jits their methods."""
 
-    def __init__(self, model_cfg, inf_cfg, train_cfg, dtype, platform: str):
+    def __init__(self, model_cfg, inf_cfg, train_cfg, dtype, platform: str, injected: LatentModel | None = None):
         self.model_cfg, self.inf, self.train = model_cfg, inf_cfg, train_cfg
         self.dtype = dtype
-        self.shape = (model_cfg.n_z, model_cfg.d_model)
+        self.injected = injected
+        self.shape = (model_cfg.n_z, model_cfg.d_model) if injected is None else tuple(injected.event_shape)
+        self.sites = {"latent": "z", "obs": "x"} if injected is None else {"latent": injected.latent, "obs": injected.obs}
         self.optimizer = slow_optimizer(train_cfg)
         # On accelerators the step updates weights and optimiser state in place (donated buffers).
         self.donate = (0, 1) if platform != "cpu" else ()
+        # The interface, derived from the hooks: jit compiles on first call, so unused ones cost nothing.
+        self.bound = jax.jit(self._bound, static_argnames=("num_samples", "static"))
+        self.log_weights = jax.jit(self._log_weights, static_argnames=("num_samples", "static"))
+        self.posterior = jax.jit(self._posterior, static_argnames=("num_draws", "static"))
+        self.posterior_latents = jax.jit(self._posterior_latents, static_argnames=("static",))
+        self.proposal_program = jax.jit(self.proposal, static_argnames=("static",))
+        self.run_chains = jax.jit(self.chains, static_argnames=("warmup", "draws", "chains", "keep_z"))
+        self.variational_step = jax.jit(self._variational_step, static_argnames=("static",), donate_argnums=self.donate)
         self.build()
 
     def build(self) -> None:
-        pass
+        """A method's own compiled programs (its training step)."""
 
     def model(self, params):
+        if self.injected is not None:
+            return self.injected.fn
         return functools.partial(ltm_model, params, self.model_cfg, dtype=self.dtype)
+
+    # ----- hooks ------------------------------------------------------------------------------
+    def proposal(self, params, data, key, fast_noise, fit, static):
+        """The method's Gaussian q: (loc, log_scale, eps or None) [B, *event]; eps fixes the
+        reported estimate's noise where the method has one (local with fixed_noise)."""
+        raise NotImplementedError(f"{type(self).__name__} defines no proposal")
+
+    def chains(self, params, data, key, fast_noise, warmup, draws, chains, keep_z):
+        raise NotImplementedError(f"{type(self).__name__} runs no chains")
+
+    # ----- derived from the hooks -------------------------------------------------------------
+    def _bound(self, params, data, key, fast_noise, noise, fit, num_samples, static):
+        fit_key, eval_key = jax.random.split(key)
+        loc, log_scale, fixed = self.proposal(params, data, fit_key, fast_noise, fit, static)
+        eps = noise if noise is not None else fixed
+        loglik, kl = self.elbo(params, data, loc, log_scale, num_samples, eps, eval_key)
+        return loglik.mean(0), kl
+
+    def _log_weights(self, params, data, key, fit, num_samples, static):
+        fit_key, draw_key = jax.random.split(key)
+        loc, log_scale, _ = self.proposal(params, data, fit_key, None, fit, static)
+        return self.gaussian_log_weights(params, data, loc, log_scale, num_samples, draw_key)
+
+    def _posterior(self, params, data, key, fit, num_draws, static):
+        fit_key, draw_key = jax.random.split(key)
+        loc, log_scale, _ = self.proposal(params, data, fit_key, None, fit, static)
+        return self.gaussian_posterior(params, data, loc, log_scale, num_draws, draw_key)
+
+    def _posterior_latents(self, params, data, key, fit, static):
+        fit_key, draw_key = jax.random.split(key)
+        loc, log_scale, _ = self.proposal(params, data, fit_key, None, fit, static)
+        return loc + jnp.exp(log_scale) * jax.random.normal(draw_key, loc.shape, jnp.float32)
+
+    def _variational_step(self, params, opt_state, data, key, lr, fit, static):
+        """A training iteration for a method whose q needs no gradient of its own: q from the
+        proposal (parameters constant), then one slow step on the ELBO at q with fresh noise."""
+        fit_key, slow_key = jax.random.split(key)
+        loc, log_scale, _ = self.proposal(jax.lax.stop_gradient(params), data, fit_key, None, fit, static)
+        loc, log_scale = jax.lax.stop_gradient(loc), jax.lax.stop_gradient(log_scale)
+        n_tokens = data.shape[0] * (data.shape[1] - 1)
+
+        def loss_fn(p):
+            loglik, kl = self.elbo(p, data, loc, log_scale, self.inf.num_samples, None, slow_key)
+            nll = -loglik.mean(0).sum() / n_tokens
+            loss = nll + kl.sum() / n_tokens
+            return loss, {"loss": loss, "nll": nll, "kl": kl.mean()}
+
+        (loss, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        params, opt_state, out["grad_norm"] = self.update(params, opt_state, grads, lr, loss)
+        return params, opt_state, out
 
     def encoder_fn(self, params):
         """tokens [B, L] -> (loc, log_scale) [B, n_z, d_model]: the encoder as the guide's parameter."""
@@ -139,7 +212,8 @@ class Programs:
         guide = functools.partial(local_guide, loc=loc, log_scale=log_scale)
         value = None if noise is None else loc + jnp.exp(log_scale) * noise
         particles = num_samples if noise is None else noise.shape[0]
-        return elbo_terms(self.model(params), guide, tokens, num_particles=particles, latent_value=value, rng_key=key)
+        return elbo_terms(self.model(params), guide, tokens, num_particles=particles, latent_value=value, rng_key=key,
+                          **self.sites)
 
     def encoder_elbo(self, params, tokens, num_samples, key):
         """(loglik [S, B], kl [B]) of the encoder's q through the amortized guide, fresh noise."""
@@ -148,7 +222,7 @@ class Programs:
 
     def log_joint(self, params, tokens, z):
         """log p(x, z) [*lead, B], unscaled, for z [*lead, B, n_z, d]."""
-        return log_joint(self.model(params), (tokens,), z)
+        return log_joint(self.model(params), (tokens,), z, **self.sites)
 
     def gaussian_posterior(self, params, tokens, loc, log_scale, num_draws: int, key) -> dict:
         """num_draws draws from q as one chain: z [1, D, B, ...], log p(x, z) and log q(z) [1, D, B].
@@ -158,7 +232,7 @@ class Programs:
         event = tuple(range(2, z.ndim))
         log_q = (-0.5 * eps**2 - log_scale - 0.5 * jnp.log(2 * jnp.pi)).sum(event)
         log_p = jax.lax.map(lambda zz: self.log_joint(params, tokens, zz), z)
-        return {"z": z[None], "log_joint": log_p[None], "log_q": log_q[None]}
+        return {"z": z[None], "log_joint": log_p[None], "log_q": log_q[None], "loc": loc, "log_scale": log_scale}
 
     def gaussian_log_weights(self, params, tokens, loc, log_scale, num_samples: int, key):
         """Importance log weights log p(x, z_k) - log q(z_k) [K, B] of K draws z_k ~ q (IWAE, PSIS)."""
@@ -179,29 +253,33 @@ def _frozen_copy(section) -> str:
 _PROGRAMS: dict[tuple, Programs] = {}
 
 
-def programs_for(cls, cfg, dtype, platform: str):
-    """The cached `cls` programs of cfg's setting."""
+def programs_for(cls, cfg, dtype, platform: str, injected: LatentModel | None = None):
+    """The cached `cls` programs of cfg's setting (and injected model)."""
     t = cfg.train
     key = (cls.__module__, cls.__qualname__, _frozen_copy(cfg.model), _frozen_copy(cfg.inference), t.beta1, t.beta2,
-           t.weight_decay, t.grad_clip, jnp.dtype(dtype).name, platform)
+           t.weight_decay, t.grad_clip, jnp.dtype(dtype).name, platform, injected)
     if key not in _PROGRAMS:
-        _PROGRAMS[key] = cls(copy.deepcopy(cfg.model), copy.deepcopy(cfg.inference), copy.deepcopy(t), dtype, platform)
+        _PROGRAMS[key] = cls(copy.deepcopy(cfg.model), copy.deepcopy(cfg.inference), copy.deepcopy(t), dtype, platform,
+                             injected)
     return _PROGRAMS[key]
 
 
 class NumPyroBackend:
     backend = "numpyro"
+    method: str = ""
+    posterior_kind: str | None = "variational"
     programs_class = Programs
 
-    def __init__(self, cfg: RunConfig):
+    def __init__(self, cfg: RunConfig, model: LatentModel | None = None):
         self.cfg = cfg
+        self.injected = model
         self.device = resolve_device(cfg.train.device)
         # bf16 matmuls/attention on GPU (torch's autocast); parameters, optimiser, log-probs float32.
-        self.dtype = jnp.bfloat16 if self.device.platform == "gpu" else jnp.float32
+        self.dtype = jnp.bfloat16 if self.device.platform == "gpu" and model is None else jnp.float32
         init_key, train_key = jax.random.split(jax.random.PRNGKey(cfg.train.seed))
         self.key = jax.device_put(train_key, self.device)
-        params = jax_decoder.init_params(cfg.model, init_key)
-        if needs_encoder(cfg):  # its own stream, so the decoder's init does not depend on the method
+        params = jax_decoder.init_params(cfg.model, init_key) if model is None else {}
+        if model is None and needs_encoder(cfg):  # its own stream, so the decoder's init does not depend on the method
             params.update(jax_encoder.init_encoder_params(cfg.model, jax.random.fold_in(init_key, 1)))
         self.params = jax.device_put(params, self.device)
         self.optimizer = slow_optimizer(cfg.train)
@@ -223,11 +301,18 @@ class NumPyroBackend:
         finally:
             self.key = saved
 
-    def tensor(self, tokens: np.ndarray):
-        return jax.device_put(np.asarray(tokens, dtype=np.int32), self.device)
+    def tensor(self, batch):
+        """A batch on the device: token windows as int32 (an injected model's data as its dtype)."""
+        dtype = np.int32 if self.injected is None else np.dtype(self.injected.dtype)
+        return jax.device_put(np.asarray(batch, dtype=dtype), self.device)
 
     def array(self, values):
-        return None if values is None else jax.device_put(np.asarray(values, dtype=np.float32), self.device)
+        """Injected noise on the device: None, an array, or a tuple of arrays (a method's format)."""
+        if values is None:
+            return None
+        if isinstance(values, (tuple, list)):
+            return tuple(self.array(v) for v in values)
+        return jax.device_put(np.asarray(values, dtype=np.float32), self.device)
 
     def finish_step(self, metrics: dict, lr: float, out: dict) -> dict:
         """Count the iteration and add lr / grad_norm, unless a metric is not finite: then the
@@ -242,7 +327,79 @@ class NumPyroBackend:
 
     @property
     def programs(self):
-        return programs_for(self.programs_class, self.cfg, self.dtype, self.device.platform)
+        return programs_for(self.programs_class, self.cfg, self.dtype, self.device.platform, self.injected)
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        return self.programs.shape
+
+    # ----- the interface, derived from the method's hooks ---------------------------------------
+    def fit_args(self, steps: int):
+        """(fit, static) of the proposal for `steps` inner steps. Hook; default: nothing."""
+        return None, None
+
+    def _fit(self, steps: int):
+        if self.posterior_kind is None:
+            raise LtmError(NO_LATENT)
+        return self.fit_args(steps)
+
+    def proposal(self, batch, steps: int, fast_noise=None):
+        """The method's q (loc, log_scale, eps or None) for a batch, as device arrays."""
+        fit, static = self._fit(steps)
+        return self.programs.proposal_program(self.params, self.tensor(batch), self.next_key(), self.array(fast_noise),
+                                              fit, static=static)
+
+    def bound(self, batch: np.ndarray, steps: int = 0, num_samples: int = 1, noise=None, fast_noise=None) -> dict:
+        """Per-sequence ELBO terms at the method's q after `steps` inner steps, fresh noise unless
+        injected: noise [S, B, *event] is the eps of the reported estimate, fast_noise that of the
+        inner steps (the method's own format): injecting both makes two backends agree number for
+        number."""
+        fit, static = self._fit(steps)
+        data = self.tensor(batch)
+        loglik, kl = self.programs.bound(self.params, data, self.next_key(), self.array(fast_noise), self.array(noise),
+                                         fit, num_samples=num_samples, static=static)
+        return {"loglik": np.asarray(loglik), "kl": np.asarray(kl), "num_tokens": int(data.shape[1] - 1)}
+
+    def log_weights(self, batch: np.ndarray, steps: int, num_samples: int) -> np.ndarray:
+        """Importance log weights log p(x, z_k) - log q(z_k) [K, B] of the method's q (IWAE, PSIS)."""
+        fit, static = self._fit(steps)
+        return np.asarray(self.programs.log_weights(self.params, self.tensor(batch), self.next_key(), fit,
+                                                    num_samples=num_samples, static=static))
+
+    def posterior(self, batch: np.ndarray, steps: int, num_draws: int, num_chains: int = 1) -> dict:
+        """Variational: num_draws draws of q as one chain (num_chains ignored), with log_q and q's
+        loc / log_scale. Chains: `steps` warm-up steps, then num_draws kept draws per chain."""
+        if self.posterior_kind == "chains":
+            out = self.programs.run_chains(self.params, self.tensor(batch), self.next_key(), None,
+                                           warmup=steps, draws=num_draws, chains=num_chains, keep_z=True)
+            return {k: np.array(out[k]) for k in ("z", "log_joint", "accept_prob", "step_size")}
+        fit, static = self._fit(steps)
+        out = self.programs.posterior(self.params, self.tensor(batch), self.next_key(), fit, num_draws=num_draws,
+                                      static=static)
+        return {name: np.array(value) for name, value in out.items()}
+
+    def posterior_latents(self, batch: np.ndarray, steps: int):
+        """One latent per sequence: a draw of q, or the last state of one chain after `steps` steps
+        (the first steps // 2 adapting); None without a latent."""
+        if self.posterior_kind is None:
+            return None
+        if self.posterior_kind == "chains":
+            W = steps // 2
+            out = self.programs.run_chains(self.params, self.tensor(batch), self.next_key(), None,
+                                           warmup=W, draws=steps - W, chains=1, keep_z=False)
+            return out["last"][0]
+        fit, static = self._fit(steps)
+        return self.programs.posterior_latents(self.params, self.tensor(batch), self.next_key(), fit, static=static)
+
+    def variational_step(self, batch: np.ndarray) -> dict:
+        """Programs.variational_step on a batch: q from the proposal, one slow step at it."""
+        lr = self.slow_lr()
+        fit, static = self.fit_args(self.cfg.inference.steps)
+        self.params, self.opt_state, out = self.programs.variational_step(
+            self.params, self.opt_state, self.tensor(batch), self.next_key(), np.float32(lr), fit, static=static
+        )
+        metrics = {name: float(value) for name, value in out.items() if name != "grad_norm"}
+        return self.finish_step(metrics, lr, out)
 
     def synchronize(self) -> None:
         """Wait for queued device work (benchmarks time the work, not its launch)."""
@@ -251,6 +408,8 @@ class NumPyroBackend:
     # ----- state in canonical names -----------------------------------------------------------
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         """Every parameter of this method: the decoder's, and the encoder's where it has one."""
+        if self.injected is not None:
+            return {}
         shapes = dict(jax_decoder.param_shapes(self.cfg.model))
         if needs_encoder(self.cfg):
             shapes.update(jax_encoder.param_shapes(self.cfg.model))
@@ -279,9 +438,9 @@ class NumPyroBackend:
 
     # ----- generation -------------------------------------------------------------------------
     def prior_latents(self, num: int):
-        if not self.cfg.model.latent:
+        if self.posterior_kind is None:
             return None
-        return jax.random.normal(self.next_key(), (num, self.cfg.model.n_z, self.cfg.model.d_model), jnp.float32)
+        return jax.random.normal(self.next_key(), (num, *self.latent_shape), jnp.float32)
 
     def generate(self, context: np.ndarray, z, max_new: int, temperature: float, top_k: int) -> np.ndarray:
         return jax_decoder.generate(

@@ -1,7 +1,16 @@
-"""What every Pyro inference method shares: the torch decoder (and the amortized encoder where the
-method has one), device and precision, the slow AdamW optimiser, weights and optimiser state as
-numpy arrays in canonical names, RNG state, and generation. Methods subclass it and add `step`,
-`bound`, `posterior`, `posterior_latents`.
+"""The generic Pyro base of every inference method (protocol.Inference): the torch decoder (and the
+amortized encoder where the method has one), device and precision, the slow AdamW optimiser,
+weights and optimiser state as numpy arrays in canonical names, RNG state, generation, and
+`bound`, `log_weights`, `posterior`, `posterior_latents` derived from a method's hooks:
+
+    proposal(data, steps, fast_noise=None) -> (loc, log_scale[, eps])   the method's Gaussian q
+    chains(data, warmup, draws, num_chains, fast_noise=None) -> dict     chain methods only:
+        z [C, D, B, *event] kept draws, log_joint and accept_prob [C, D, B], step_size [C, B],
+        last [C, B, *event] the final state
+    step(batch) -> metrics                                                one training iteration
+
+A method file subclasses it and defines those hooks; numpyro_backend.py is the mirror. With
+`model=LatentModel(...)` the base runs a method on that model instead of the LTM (no decoder).
 """
 from __future__ import annotations
 
@@ -16,10 +25,11 @@ from ..config import RunConfig
 from ..errors import LtmError
 from ..models.pyro_model import local_guide, ltm_model
 from ..models.torch_decoder import Decoder
-from . import needs_encoder
+from .latent_model import LatentModel
 from .pyro_elbo import elbo_terms, log_joint, log_weights
 from .schedules import slow_lr
-from .weights import checked_weights
+from .registry import needs_encoder
+from .weights import NO_LATENT, checked_weights
 
 
 def resolve_device(name: str) -> torch.device:
@@ -30,29 +40,49 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+@contextlib.contextmanager
+def frozen(module: torch.nn.Module | None):
+    """requires_grad off for every parameter inside the block, restored afterwards (None: no-op)."""
+    params = list(module.parameters()) if module is not None else []
+    flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(params, flags):
+            p.requires_grad_(flag)
+
+
 class PyroBackend:
     backend = "pyro"
+    method: str = ""
+    posterior_kind: str | None = "variational"
 
-    def __init__(self, cfg: RunConfig):
+    def __init__(self, cfg: RunConfig, model: LatentModel | None = None):
         self.cfg = cfg
         self.device = resolve_device(cfg.train.device)
-        torch.manual_seed(cfg.train.seed)
-        self.decoder = Decoder(cfg.model).to(self.device)
-        self.encoder = None
-        if needs_encoder(cfg):
-            from ..models.torch_encoder import Encoder
+        self.injected = model
+        self.decoder = self.encoder = None
+        self.autocast = False
+        if model is None:
+            torch.manual_seed(cfg.train.seed)
+            self.decoder = Decoder(cfg.model).to(self.device)
+            if needs_encoder(cfg):
+                from ..models.torch_encoder import Encoder
 
-            self.encoder = Encoder(cfg.model).to(self.device)
-        # bf16 autocast for the decoder on CUDA; weights, optimiser and log-probs stay float32.
-        self.autocast = self.device.type == "cuda"
-        self.net = torch.compile(self.decoder) if cfg.train.compile else self.decoder
+                self.encoder = Encoder(cfg.model).to(self.device)
+            # bf16 autocast for the decoder on CUDA; weights, optimiser and log-probs stay float32.
+            self.autocast = self.device.type == "cuda"
+            self.net = torch.compile(self.decoder) if cfg.train.compile else self.decoder
         self.optimizer = self._make_optimizer()
         self.iteration = 0
 
     # ----- parameters under their canonical names ----------------------------------------------
     def named_parameters(self):
         """Decoder parameters by their own names, encoder parameters prefixed `encoder.`."""
-        yield from self.decoder.named_parameters()
+        if self.decoder is not None:
+            yield from self.decoder.named_parameters()
         if self.encoder is not None:
             for name, p in self.encoder.named_parameters():
                 yield f"encoder.{name}", p
@@ -61,13 +91,15 @@ class PyroBackend:
         return [p for _, p in self.named_parameters()]
 
     def state_dict(self) -> dict:
-        state = dict(self.decoder.state_dict())
+        state = dict(self.decoder.state_dict()) if self.decoder is not None else {}
         if self.encoder is not None:
             state.update({f"encoder.{k}": v for k, v in self.encoder.state_dict().items()})
         return state
 
     # ----- the slow (global) step -------------------------------------------------------------
-    def _make_optimizer(self) -> torch.optim.AdamW:
+    def _make_optimizer(self) -> torch.optim.AdamW | None:
+        if not self.parameters():
+            return None  # an injected model has no weights to train
         t = self.cfg.train
         matrices = [p for p in self.parameters() if p.dim() >= 2]
         vectors = [p for p in self.parameters() if p.dim() < 2]
@@ -89,10 +121,20 @@ class PyroBackend:
 
     # ----- the probabilistic program ------------------------------------------------------------
     def model(self, tokens):
+        if self.injected is not None:
+            return self.injected.fn(tokens)
         return ltm_model(self.net, tokens, autocast=self.autocast)
 
     @property
-    def latent_shape(self) -> tuple[int, int]:
+    def sites(self) -> dict:
+        """The latent and observed site names, as the ELBO helpers take them."""
+        m = self.injected
+        return {"latent": "z", "obs": "x"} if m is None else {"latent": m.latent, "obs": m.obs}
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        if self.injected is not None:
+            return tuple(self.injected.event_shape)
         return (self.cfg.model.n_z, self.cfg.model.d_model)
 
     @property
@@ -104,7 +146,7 @@ class PyroBackend:
         guide = functools.partial(local_guide, loc=loc, log_scale=log_scale)
         value = None if noise is None else loc + log_scale.exp() * noise
         with pyro.validation_enabled(False):
-            return elbo_terms(self.model, guide, tokens, num_particles=num_samples, latent_value=value)
+            return elbo_terms(self.model, guide, tokens, num_particles=num_samples, latent_value=value, **self.sites)
 
     def gaussian_bound(self, tokens, loc, log_scale, num_samples: int, noise=None) -> dict:
         """The per-sequence terms of `bound` for a diagonal Gaussian q."""
@@ -122,35 +164,104 @@ class PyroBackend:
         with torch.no_grad(), pyro.validation_enabled(False):
             for start in range(0, num_samples, chunk):
                 k = min(chunk, num_samples - start)
-                out.append(log_weights(self.model, guide, tokens, num_particles=k))
+                out.append(log_weights(self.model, guide, tokens, num_particles=k, **self.sites))
         return torch.cat(out).cpu().numpy()
-
-    def log_weights(self, batch: np.ndarray, steps: int, num_samples: int) -> np.ndarray:
-        """Importance log weights [K, B] of the method's proposal q (IWAE, PSIS)."""
-        tokens = self.tensor(batch)
-        loc, log_scale = self.proposal(tokens, steps)
-        return self.gaussian_log_weights(tokens, loc, log_scale, num_samples)
 
     def log_joint(self, tokens, z):
         with pyro.validation_enabled(False):
-            return log_joint(self.model, tokens, latent_value=z)
+            return log_joint(self.model, tokens, latent_value=z, **self.sites)
 
     def gaussian_posterior(self, tokens, loc, log_scale, num_draws: int) -> dict:
         """Draws from q as one chain, with log p(x, z) and log q(z) of each draw."""
-        q = torch.distributions.Independent(torch.distributions.Normal(loc, log_scale.exp()), 2)
+        q = torch.distributions.Independent(torch.distributions.Normal(loc, log_scale.exp()), loc.dim() - 1)
         with torch.no_grad():
             z = q.sample((num_draws,))  # [D, B, n_z, d]
             log_q = q.log_prob(z)
             log_p = torch.stack([self.log_joint(tokens, z[d : d + 1])[0] for d in range(num_draws)])
-        return {"z": z[None].cpu().numpy(), "log_joint": log_p[None].cpu().numpy(), "log_q": log_q[None].cpu().numpy()}
+        return {"z": z[None].cpu().numpy(), "log_joint": log_p[None].cpu().numpy(), "log_q": log_q[None].cpu().numpy(),
+                "loc": loc.cpu().numpy(), "log_scale": log_scale.cpu().numpy()}
+
+    # ----- the interface, derived from the method's hooks ---------------------------------------
+    def proposal(self, data, steps: int, fast_noise=None):
+        """The method's Gaussian q: (loc, log_scale) [B, *event], or (loc, log_scale, eps) where
+        the method fixes the reported estimate's noise. Hook: every latent method defines it."""
+        raise NotImplementedError(f"{type(self).__name__} defines no proposal")
+
+    def chains(self, data, warmup: int, draws: int, num_chains: int, fast_noise=None) -> dict:
+        """Chain methods' hook (see the module docstring)."""
+        raise NotImplementedError(f"{type(self).__name__} runs no chains")
+
+    def _q(self, data, steps: int, fast_noise=None):
+        if self.posterior_kind is None:
+            raise LtmError(NO_LATENT)
+        if fast_noise is not None and not isinstance(fast_noise, (tuple, list)):
+            fast_noise = torch.as_tensor(np.asarray(fast_noise), dtype=torch.float32, device=self.device)
+        q = tuple(self.proposal(data, steps, fast_noise=fast_noise))
+        return q[0], q[1], (q[2] if len(q) > 2 else None)
+
+    def bound(self, batch: np.ndarray, steps: int = 0, num_samples: int = 1, noise=None, fast_noise=None) -> dict:
+        """Per-sequence ELBO terms at the method's q after `steps` inner steps, fresh noise unless
+        injected: noise [S, B, *event] is the eps of the reported estimate, fast_noise that of the
+        inner steps (the method's own format): injecting both makes two backends agree number for
+        number."""
+        tokens = self.tensor(batch)
+        loc, log_scale, fixed = self._q(tokens, steps, fast_noise)
+        return self.gaussian_bound(tokens, loc, log_scale, num_samples, fixed if noise is None else noise)
+
+    def log_weights(self, batch: np.ndarray, steps: int, num_samples: int) -> np.ndarray:
+        """Importance log weights log p(x, z_k) - log q(z_k) [K, B] of the method's q (IWAE, PSIS)."""
+        tokens = self.tensor(batch)
+        loc, log_scale, _ = self._q(tokens, steps)
+        return self.gaussian_log_weights(tokens, loc, log_scale, num_samples)
+
+    def posterior(self, batch: np.ndarray, steps: int, num_draws: int, num_chains: int = 1) -> dict:
+        """Variational: num_draws draws of q as one chain (num_chains ignored), with log_q and q's
+        loc / log_scale. Chains: `steps` warm-up steps, then num_draws kept draws per chain."""
+        tokens = self.tensor(batch)
+        if self.posterior_kind == "chains":
+            run = self.chains(tokens, steps, num_draws, num_chains)
+            return {k: run[k].cpu().numpy() for k in ("z", "log_joint", "accept_prob", "step_size")}
+        loc, log_scale, _ = self._q(tokens, steps)
+        return self.gaussian_posterior(tokens, loc, log_scale, num_draws)
+
+    def posterior_latents(self, batch: np.ndarray, steps: int):
+        """One latent per sequence: a draw of q, or the last state of one chain after `steps` steps
+        (the first steps // 2 adapting); None without a latent."""
+        if self.posterior_kind is None:
+            return None
+        tokens = self.tensor(batch)
+        if self.posterior_kind == "chains":
+            return self.chains(tokens, steps // 2, steps - steps // 2, 1)["last"][0]
+        loc, log_scale, _ = self._q(tokens, steps)
+        return loc + log_scale.exp() * torch.randn_like(loc)
+
+    def variational_step(self, batch: np.ndarray) -> dict:
+        """A training iteration for a method whose q needs no gradient of its own: q from
+        `proposal` (decoder frozen), then one slow step on the ELBO at q with fresh noise."""
+        tokens = self.tensor(batch)
+        with frozen(self.decoder):
+            loc, log_scale, _ = self._q(tokens, self.cfg.inference.steps)
+        loglik, kl = self.gaussian_elbo(tokens, loc.detach(), log_scale.detach(), self.cfg.inference.num_samples)
+        n_tokens = tokens.shape[0] * (tokens.shape[1] - 1)
+        nll = -loglik.mean(0).sum() / n_tokens
+        loss = nll + kl.sum() / n_tokens
+        metrics = {"loss": loss.item(), "nll": nll.item(), "kl": kl.mean().item()}
+        if not all(np.isfinite(v) for v in metrics.values()):
+            return metrics  # the trainer stops before any update reaches the weights
+        metrics.update(self.slow_update(loss))
+        return metrics
 
     def synchronize(self) -> None:
         """Wait for queued device work (benchmarks time the work, not its launch)."""
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def tensor(self, tokens: np.ndarray) -> torch.Tensor:
-        return torch.as_tensor(np.asarray(tokens, dtype=np.int64), device=self.device)
+    def tensor(self, batch) -> torch.Tensor:
+        """A batch on the device: token windows as int64 (an injected model's data as its dtype)."""
+        if isinstance(batch, torch.Tensor):
+            return batch
+        dtype = np.int64 if self.injected is None else np.dtype(self.injected.dtype)
+        return torch.as_tensor(np.asarray(batch, dtype=dtype), device=self.device)
 
     # ----- state in canonical names -----------------------------------------------------------
     def weights(self) -> dict[str, np.ndarray]:
@@ -197,9 +308,9 @@ class PyroBackend:
 
     # ----- generation -------------------------------------------------------------------------
     def prior_latents(self, num: int):
-        if not self.cfg.model.latent:
+        if self.posterior_kind is None:
             return None
-        return torch.randn(num, self.cfg.model.n_z, self.cfg.model.d_model, device=self.device)
+        return torch.randn(num, *self.latent_shape, device=self.device)
 
     def generate(self, context: np.ndarray, z, max_new: int, temperature: float, top_k: int) -> np.ndarray:
         from ..models.torch_generate import generate

@@ -9,9 +9,8 @@ import pyro
 import torch
 from pyro import poutine
 
-from ..errors import LtmError
-from .pyro_backend import PyroBackend
-from .weights import NO_LATENT
+from ...errors import LtmError
+from ..pyro_backend import PyroBackend
 
 
 class PyroNone(PyroBackend):
@@ -48,9 +47,3 @@ class PyroNone(PyroBackend):
         """No latent: every 'weight' is the exact log-likelihood, so IWAE = ELBO = log p(x)."""
         loglik = self.bound(batch)["loglik"]
         return np.broadcast_to(loglik, (num_samples, len(loglik))).copy()
-
-    def posterior(self, *args, **kwargs):
-        raise LtmError(NO_LATENT)
-
-    def posterior_latents(self, batch, steps):
-        return None

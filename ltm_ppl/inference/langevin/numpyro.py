@@ -22,10 +22,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..errors import LtmError
-from .numpyro_backend import NumPyroBackend, Programs
-from .numpyro_elbo import log_joint_terms
-from .weights import TOO_FEW_DRAWS
+from ...errors import LtmError
+from ..numpyro_backend import NumPyroBackend, Programs
+from ..numpyro_elbo import log_joint_terms
+from ..weights import TOO_FEW_DRAWS
 
 ADAPT_RATE = 2.0  # log s += ADAPT_RATE * (alpha - target) / sqrt(t + 1) during warm-up
 
@@ -128,16 +128,16 @@ def gaussian_fit(draws):
 class LangevinPrograms(Programs):
     def build(self):
         self.step = jax.jit(self._step, donate_argnums=self.donate)
-        self.sample = jax.jit(self._sample, static_argnames=("warmup", "draws", "chains", "keep_z"))
-        self.bound = jax.jit(self._bound, static_argnames=("warmup", "draws", "chains", "num_samples"))
-        self.log_weights = jax.jit(self._log_weights, static_argnames=("warmup", "draws", "chains", "num_samples"))
 
     def terms(self, params, tokens, z):
         """(log p(z), log p(x | z)) [C, B] at z [C, B, n_z, d], unscaled."""
-        return log_joint_terms(self.model(params), (tokens,), z)
+        return log_joint_terms(self.model(params), (tokens,), z, **self.sites)
 
-    def _sample(self, params, tokens, key, fast_noise, warmup, draws, chains, keep_z):
-        """The chains of every sequence, with the decoder's parameters as constants."""
+    def chains(self, params, tokens, key, fast_noise, warmup, draws, chains, keep_z):
+        """The chains of every sequence, with the decoder's parameters as constants, under the keys
+        of the Pyro hook: z [C, D, B, n_z, d] the kept draws (when keep_z), log_joint and
+        accept_prob [C, D, B], step_size [C, B], last [C, B, n_z, d]; and warmup_accept_prob
+        [C, W, B]. fast_noise = (z0, eps, log_u) fixes all their randomness."""
         params = jax.lax.stop_gradient(params)
         init_key, chain_key = jax.random.split(key)
         z0 = jax.random.normal(init_key, (chains, tokens.shape[0], *self.shape), jnp.float32)
@@ -145,14 +145,20 @@ class LangevinPrograms(Programs):
             z0, fast_noise = fast_noise[0], fast_noise[1:]
         logp = lambda z: sum(self.terms(params, tokens, z))  # noqa: E731
         inf = self.inf
-        return langevin_sample(logp, z0, chain_key, warmup=warmup, draws=draws, step_size=inf.step_size, mala=inf.mala,
-                               target_accept=inf.target_accept, keep_z=keep_z, noise=fast_noise)
+        out = langevin_sample(logp, z0, chain_key, warmup=warmup, draws=draws, step_size=inf.step_size, mala=inf.mala,
+                              target_accept=inf.target_accept, keep_z=keep_z, noise=fast_noise)
+        swap = lambda a: jnp.swapaxes(a, 0, 1)  # noqa: E731  the scans' [D, C, ...] -> [C, D, ...]
+        run = {"log_joint": swap(out["draw_log_joint"]), "accept_prob": swap(out["accept"]), "step_size": out["step_size"],
+               "last": out["z"], "warmup_accept_prob": swap(out["warmup_accept"])}
+        if keep_z:
+            run["z"] = swap(out["draws"])
+        return run
 
     def _step(self, params, opt_state, tokens, key, lr):
         K = self.inf.steps
         W = K // 2
-        out = self._sample(params, tokens, key, None, W, K - W, self.inf.chains, False)
-        z = jax.lax.stop_gradient(out["z"])
+        run = self.chains(params, tokens, key, None, W, K - W, self.inf.chains, False)
+        z = jax.lax.stop_gradient(run["last"])
         n_tokens = tokens.shape[0] * (tokens.shape[1] - 1)
 
         def loss_fn(p):  # Monte Carlo EM: log p(x | z_K), averaged over chains
@@ -161,26 +167,18 @@ class LangevinPrograms(Programs):
 
         (loss, log_prior), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         params, opt_state, grad_norm = self.update(params, opt_state, grads, lr, loss)
-        accept = out["accept"] if K - W > 0 else out["warmup_accept"]
+        accept = run["accept_prob"] if K - W > 0 else run["warmup_accept_prob"]
         metrics = {"loss": loss, "nll": loss, "log_prior": log_prior.mean(), "accept": accept.mean(),
-                   "step_size": out["step_size"].mean(), "grad_norm": grad_norm}
+                   "step_size": run["step_size"].mean(), "grad_norm": grad_norm}
         return params, opt_state, metrics
 
-    def proposal(self, params, tokens, key, fast_noise, warmup, draws, chains):
-        """The diagonal Gaussian q per sequence fitted to its chains' kept draws."""
-        z = self._sample(params, tokens, key, fast_noise, warmup, draws, chains, True)["draws"]  # [D, C, B, n_z, d]
-        return gaussian_fit(z.reshape(-1, *z.shape[2:]))
-
-    def _bound(self, params, tokens, key, fast_noise, noise, warmup, draws, chains, num_samples):
-        chain_key, eval_key = jax.random.split(key)
-        loc, log_scale = self.proposal(params, tokens, chain_key, fast_noise, warmup, draws, chains)
-        loglik, kl = self.elbo(params, tokens, loc, log_scale, num_samples, noise, eval_key)
-        return loglik.mean(0), kl
-
-    def _log_weights(self, params, tokens, key, warmup, draws, chains, num_samples):
-        chain_key, eval_key = jax.random.split(key)
-        loc, log_scale = self.proposal(params, tokens, chain_key, None, warmup, draws, chains)
-        return self.gaussian_log_weights(params, tokens, loc, log_scale, num_samples, eval_key)
+    def proposal(self, params, tokens, key, fast_noise, fit, static):
+        """The q of its bounds: the diagonal Gaussian per sequence fitted to its chains' kept draws;
+        static = (warmup, draws, chains)."""
+        warmup, draws, chains = static
+        z = self.chains(params, tokens, key, fast_noise, warmup, draws, chains, True)["z"]  # [C, D, B, n_z, d]
+        loc, log_scale = gaussian_fit(z.reshape(-1, *z.shape[2:]))
+        return loc, log_scale, None
 
 
 class NumPyroLangevin(NumPyroBackend):
@@ -196,51 +194,11 @@ class NumPyroLangevin(NumPyroBackend):
         metrics = {name: float(out[name]) for name in ("loss", "nll", "log_prior", "accept", "step_size")}
         return self.finish_step(metrics, lr, out)
 
-    def bound(self, batch: np.ndarray, steps: int, num_samples: int = 1, noise=None, fast_noise=None) -> dict:
-        """ELBO of the diagonal Gaussian fitted to the chains' draws, per sequence.
-
-        `steps` warm-up steps (adapting the step size), then cfg.inference.draws kept steps of
-        cfg.inference.chains chains; q = N(mean, std^2) of the chains * draws kept states; then the
-        ELBO of q with `num_samples` fresh samples, or noise [S, B, n_z, d] (z = loc + exp(log_scale)
-        * noise), analytic KL. fast_noise, if given, fixes the chains' randomness: (z0 [C, B, n_z, d],
-        eps [steps + draws, C, B, n_z, d], log_u [steps + draws, C, B]).
-        """
-        inf = self.check_draws()
-        tokens = self.tensor(batch)
-        fast = None if fast_noise is None else tuple(self.array(a) for a in fast_noise)
-        loglik, kl = self.programs.bound(
-            self.params, tokens, self.next_key(), fast, self.array(noise),
-            warmup=steps, draws=inf.draws, chains=inf.chains, num_samples=num_samples,
-        )
-        return {"loglik": np.asarray(loglik), "kl": np.asarray(kl), "num_tokens": int(tokens.shape[1] - 1)}
-
-    def check_draws(self):
+    def fit_args(self, steps: int):
+        """The proposal's chains: `steps` warm-up steps (adapting the step size), then
+        cfg.inference.draws kept steps of cfg.inference.chains chains. Its fast_noise is (z0 [C, B,
+        n_z, d], eps [steps + draws, C, B, n_z, d], log_u [steps + draws, C, B])."""
         inf = self.cfg.inference
         if inf.chains * inf.draws < 2:
             raise LtmError(TOO_FEW_DRAWS)
-        return inf
-
-    def log_weights(self, batch: np.ndarray, steps: int, num_samples: int) -> np.ndarray:
-        """log p(x, z_k) - log q(z_k) [K, B], K = num_samples draws of the Gaussian fitted to the
-        chains (`steps` warm-up steps, then cfg.inference.draws kept draws of each chain)."""
-        inf = self.check_draws()
-        out = self.programs.log_weights(self.params, self.tensor(batch), self.next_key(), warmup=steps, draws=inf.draws,
-                                        chains=inf.chains, num_samples=num_samples)
-        return np.asarray(out)
-
-    def posterior(self, batch: np.ndarray, steps: int, num_draws: int, num_chains: int = 1) -> dict:
-        """`steps` warm-up steps, then num_draws kept draws of num_chains chains per sequence:
-        z [C, D, B, n_z, d], log_joint and accept_prob [C, D, B], step_size [C, B] (after warm-up)."""
-        out = self.programs.sample(self.params, self.tensor(batch), self.next_key(), None,
-                                   warmup=steps, draws=num_draws, chains=num_chains, keep_z=True)
-        swap = lambda a: np.swapaxes(np.array(a), 0, 1)  # noqa: E731  [D, C, ...] -> [C, D, ...]
-        return {"z": swap(out["draws"]), "log_joint": swap(out["draw_log_joint"]), "accept_prob": swap(out["accept"]),
-                "step_size": np.array(out["step_size"])}
-
-    def posterior_latents(self, batch: np.ndarray, steps: int):
-        """The last state of one chain after `steps` steps (the first steps // 2 adapting)."""
-        W = steps // 2
-        out = self.programs.sample(self.params, self.tensor(batch), self.next_key(), None,
-                                   warmup=W, draws=steps - W, chains=1, keep_z=False)
-        return out["z"][0]
-
+        return None, (steps, inf.draws, inf.chains)

@@ -21,11 +21,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ..models import jax_encoder
-from ..models.numpyro_model import local_guide
-from .numpyro_backend import NumPyroBackend, Programs
-from .numpyro_elbo import elbo_terms
-from .schedules import fast_lr
+from ...models import jax_encoder
+from ...models.numpyro_model import local_guide
+from ..numpyro_backend import NumPyroBackend, Programs
+from ..numpyro_elbo import elbo_terms
+from ..schedules import fast_lr
 
 
 def fast_lrs(steps: int, inf_cfg) -> np.ndarray:
@@ -83,10 +83,6 @@ class LocalPrograms(Programs):
     def build(self):
         self.semi_amortized = self.inf.init == "amortized"
         self.step = jax.jit(self._step, donate_argnums=self.donate)
-        self.bound = jax.jit(self._bound, static_argnames=("num_samples",))
-        self.posterior = jax.jit(self._posterior, static_argnames=("num_draws",))
-        self.posterior_latents = jax.jit(self._posterior_latents)
-        self.log_weights = jax.jit(self._log_weights, static_argnames=("num_samples",))
 
     def start(self, params, tokens):
         """Where the fast steps begin: the encoder's q (semi-amortized), else the configured point."""
@@ -105,6 +101,11 @@ class LocalPrograms(Programs):
             self.model(params), tokens, self.shape, self.inf, lrs, fit_key, fast_noise, fixed, start=self.start(params, tokens)
         )
         return loc, log_scale, fixed
+
+    def proposal(self, params, tokens, key, fast_noise, lrs, static=None):
+        """q fitted by len(lrs) fast steps: (loc, log_scale, eps), eps the reused noise with
+        inference.fixed_noise (the reported estimate reuses it too), else None."""
+        return self.fit(params, tokens, lrs, key, fast_noise)
 
     def _step(self, params, opt_state, tokens, lrs, key, lr):
         fit_key, slow_key = jax.random.split(key)
@@ -131,28 +132,6 @@ class LocalPrograms(Programs):
         params, opt_state, out["grad_norm"] = self.update(params, opt_state, grads, lr, total)
         return params, opt_state, out
 
-    def _bound(self, params, tokens, lrs, key, fast_noise, noise, num_samples):
-        fit_key, eval_key = jax.random.split(key)
-        loc, log_scale, fixed = self.fit(params, tokens, lrs, fit_key, fast_noise)
-        eps = noise if noise is not None else fixed
-        loglik, kl = self.elbo(params, tokens, loc, log_scale, num_samples, eps, eval_key)
-        return loglik.mean(0), kl
-
-    def _posterior(self, params, tokens, lrs, key, num_draws):
-        fit_key, draw_key = jax.random.split(key)
-        loc, log_scale, _ = self.fit(params, tokens, lrs, fit_key)
-        return self.gaussian_posterior(params, tokens, loc, log_scale, num_draws, draw_key)
-
-    def _log_weights(self, params, tokens, lrs, key, num_samples):
-        fit_key, draw_key = jax.random.split(key)
-        loc, log_scale, _ = self.fit(params, tokens, lrs, fit_key)
-        return self.gaussian_log_weights(params, tokens, loc, log_scale, num_samples, draw_key)
-
-    def _posterior_latents(self, params, tokens, lrs, key):
-        fit_key, draw_key = jax.random.split(key)
-        loc, log_scale, _ = self.fit(params, tokens, lrs, fit_key)
-        return loc + jnp.exp(log_scale) * jax.random.normal(draw_key, loc.shape, jnp.float32)
-
 
 class NumPyroLocal(NumPyroBackend):
     method = "local"
@@ -162,6 +141,10 @@ class NumPyroLocal(NumPyroBackend):
     def lrs(self, steps: int):
         return self.array(fast_lrs(steps, self.cfg.inference))
 
+    def fit_args(self, steps: int):
+        """The fast step sizes of `steps` steps (their number fixes the compiled loop's length)."""
+        return self.lrs(steps), None
+
     def step(self, batch: np.ndarray) -> dict:
         tokens = self.tensor(batch)
         lr = self.slow_lr()
@@ -170,31 +153,3 @@ class NumPyroLocal(NumPyroBackend):
         )
         metrics = {name: float(value) for name, value in out.items() if name != "grad_norm"}
         return self.finish_step(metrics, lr, out)
-
-    def bound(self, batch: np.ndarray, steps: int, num_samples: int = 1, noise=None, fast_noise=None) -> dict:
-        """Per-sequence ELBO terms at q fitted by `steps` fast steps, fresh noise unless injected.
-
-        noise [S, B, n_z, d_z] is the eps of the reported estimate, fast_noise [steps, S', B, n_z,
-        d_z] that of the fast steps: injecting both makes two backends agree number for number.
-        """
-        tokens = self.tensor(batch)
-        loglik, kl = self.programs.bound(
-            self.params, tokens, self.lrs(steps), self.next_key(), self.array(fast_noise), self.array(noise),
-            num_samples=num_samples,
-        )
-        return {"loglik": np.asarray(loglik), "kl": np.asarray(kl), "num_tokens": int(tokens.shape[1] - 1)}
-
-    def posterior(self, batch: np.ndarray, steps: int, num_draws: int, num_chains: int = 1) -> dict:
-        """num_draws draws from q fitted by `steps` fast steps, as one chain (a variational posterior
-        has no chains: num_chains is ignored): z [1, D, B, n_z, d], log_joint and log_q [1, D, B]."""
-        out = self.programs.posterior(self.params, self.tensor(batch), self.lrs(steps), self.next_key(), num_draws=num_draws)
-        return {name: np.array(value) for name, value in out.items()}
-
-    def log_weights(self, batch: np.ndarray, steps: int, num_samples: int) -> np.ndarray:
-        """log p(x, z_k) - log q(z_k) [K, B] for K = num_samples draws of q fitted by `steps` fast steps."""
-        return np.asarray(self.programs.log_weights(self.params, self.tensor(batch), self.lrs(steps), self.next_key(),
-                                                    num_samples=num_samples))
-
-    def posterior_latents(self, batch: np.ndarray, steps: int):
-        """One draw of z from the fitted q per sequence (generation from a prompt)."""
-        return self.programs.posterior_latents(self.params, self.tensor(batch), self.lrs(steps), self.next_key())

@@ -9,7 +9,6 @@ from the refined q.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 
@@ -17,23 +16,10 @@ import numpy as np
 import pyro
 import torch
 
-from ..models.pyro_model import amortized_guide, local_guide
-from .pyro_backend import PyroBackend
-from .pyro_elbo import elbo_terms
-from .schedules import fast_lr
-
-
-@contextlib.contextmanager
-def frozen(module: torch.nn.Module):
-    """requires_grad off for every parameter inside the block, restored afterwards."""
-    flags = [p.requires_grad for p in module.parameters()]
-    for p in module.parameters():
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, flag in zip(module.parameters(), flags):
-            p.requires_grad_(flag)
+from ...models.pyro_model import amortized_guide, local_guide
+from ..pyro_backend import PyroBackend, frozen
+from ..pyro_elbo import elbo_terms
+from ..schedules import fast_lr
 
 
 def fit_local_posterior(model, tokens, shape, inf_cfg, steps: int, device, observe_step=None, fast_noise=None, start=None):
@@ -118,27 +104,8 @@ class PyroLocal(PyroBackend):
         metrics.update(self.slow_update(objective))
         return metrics
 
-    def bound(self, batch: np.ndarray, steps: int, num_samples: int = 1, noise=None, fast_noise=None) -> dict:
-        """Per-sequence ELBO terms at q fitted by `steps` fast steps, fresh noise unless injected.
-
-        noise [S, B, n_z, d_z] is the eps of the reported estimate, fast_noise [steps, S', B, n_z,
-        d_z] that of the fast steps: injecting both makes two backends agree number for number.
-        """
-        tokens = self.tensor(batch)
-        loc, log_scale, eps = self.fit_posterior(tokens, steps, fast_noise=fast_noise)
-        if noise is None and self.cfg.inference.fixed_noise:
-            noise = eps
-        return self.gaussian_bound(tokens, loc, log_scale, num_samples, noise)
-
-    def proposal(self, tokens, steps: int):
-        return self.fit_posterior(tokens, steps)[:2]
-
-    def posterior(self, batch: np.ndarray, steps: int, num_draws: int, num_chains: int = 1) -> dict:
-        tokens = self.tensor(batch)
-        return self.gaussian_posterior(tokens, *self.proposal(tokens, steps), num_draws)
-
-    def posterior_latents(self, batch: np.ndarray, steps: int):
-        """One draw of z from the fitted q per sequence (generation from a prompt)."""
-        tokens = self.tensor(batch)
-        loc, log_scale, _ = self.fit_posterior(tokens, steps)
-        return loc + log_scale.exp() * torch.randn_like(loc)
+    def proposal(self, tokens, steps: int, fast_noise=None):
+        """q fitted by `steps` fast steps: (loc, log_scale, eps), eps the reused noise with
+        inference.fixed_noise (the reported estimate reuses it too), else None. fast_noise
+        [steps, S, B, n_z, d_z] fixes every fast step's eps."""
+        return self.fit_posterior(tokens, steps, fast_noise=fast_noise)

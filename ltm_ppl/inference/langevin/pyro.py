@@ -16,10 +16,9 @@ import math
 import numpy as np
 import torch
 
-from ..errors import LtmError
-from .local_pyro import frozen
-from .pyro_backend import PyroBackend
-from .weights import TOO_FEW_DRAWS
+from ...errors import LtmError
+from ..pyro_backend import PyroBackend, frozen
+from ..weights import TOO_FEW_DRAWS
 
 
 def _value_and_grad(log_joint_fn, z):
@@ -80,7 +79,9 @@ class PyroLangevin(PyroBackend):
     posterior_kind = "chains"  # draws from Markov chains: R-hat and ESS apply
 
     def chains(self, tokens, warmup: int, draws: int, num_chains: int, fast_noise=None) -> dict:
-        """Chains from prior draws; fast_noise = (z0 [C, B, n_z, d], eps [W + D, C, B, n_z, d],
+        """Chains from prior draws: z [C, D, B, n_z, d] the kept draws, log_joint and accept_prob
+        [C, D, B], step_size [C, B], last [C, B, n_z, d] (langevin_chains' own keys, which both
+        backends' hooks return). fast_noise = (z0 [C, B, n_z, d], eps [W + D, C, B, n_z, d],
         log_u [W + D, C, B]) fixes all their randomness, as in the NumPyro backend."""
         inf = self.cfg.inference
         noise = None
@@ -114,27 +115,12 @@ class PyroLangevin(PyroBackend):
     def log_prior(z):
         return torch.distributions.Normal(0.0, 1.0).log_prob(z).sum((-1, -2))
 
-    def bound(self, batch: np.ndarray, steps: int, num_samples: int = 1, noise=None, fast_noise=None) -> dict:
-        """ELBO whose q is a diagonal Gaussian fitted to each sequence's kept draws (`steps`
-        warm-up steps, then `draws` draws per chain): a proposal built from the chains, so the
-        reported number is a true lower bound whatever the chains did."""
-        tokens = self.tensor(batch)
-        return self.gaussian_bound(tokens, *self.proposal(tokens, steps, fast_noise), num_samples, noise)
-
     def proposal(self, tokens, steps: int, fast_noise=None):
-        """A diagonal Gaussian per sequence, fitted to its kept draws (all chains)."""
+        """The q of its bounds: a diagonal Gaussian per sequence fitted to its kept draws (`steps`
+        warm-up steps, then `draws` draws of each chain), so the reported number is a true lower
+        bound whatever the chains did."""
         inf = self.cfg.inference
         if inf.chains * inf.draws < 2:
             raise LtmError(TOO_FEW_DRAWS)
         draws = self.chains(tokens, steps, inf.draws, inf.chains, fast_noise)["z"].flatten(0, 1)  # [C * D, B, n_z, d]
         return draws.mean(0), draws.std(0, unbiased=False).clamp(min=1e-4).log()
-
-    def posterior(self, batch: np.ndarray, steps: int, num_draws: int, num_chains: int = 1) -> dict:
-        tokens = self.tensor(batch)
-        run = self.chains(tokens, steps, num_draws, num_chains)
-        return {"z": run["z"].cpu().numpy(), "log_joint": run["log_joint"].cpu().numpy(),
-                "accept_prob": run["accept_prob"].cpu().numpy(), "step_size": run["step_size"].cpu().numpy()}
-
-    def posterior_latents(self, batch: np.ndarray, steps: int):
-        run = self.chains(self.tensor(batch), steps // 2, steps - steps // 2, 1)
-        return run["last"][0]

@@ -10,9 +10,8 @@ import jax
 import numpy as np
 from numpyro import handlers
 
-from ..errors import LtmError
-from .numpyro_backend import NumPyroBackend, Programs
-from .weights import NO_LATENT
+from ...errors import LtmError
+from ..numpyro_backend import NumPyroBackend, Programs
 
 
 class NonePrograms(Programs):
@@ -59,13 +58,3 @@ class NumPyroNone(NumPyroBackend):
         """No latent: every 'weight' is the exact log-likelihood, so IWAE = ELBO = log p(x)."""
         loglik = self.bound(batch)["loglik"]
         return np.broadcast_to(loglik, (num_samples, len(loglik))).copy()
-
-    def posterior(self, *args, **kwargs):
-        raise LtmError(NO_LATENT)
-
-    def posterior_latents(self, batch: np.ndarray, steps: int):
-        return None
-
-    def prior_latents(self, num: int):
-        return None
-

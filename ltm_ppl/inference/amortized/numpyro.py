@@ -14,11 +14,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..models import jax_encoder
-from ..models.numpyro_model import amortized_guide
-from .numpyro_backend import NumPyroBackend, Programs
-from .numpyro_elbo import elbo_terms_by_vector
-from .schedules import kl_weight
+from ...models import jax_encoder
+from ...models.numpyro_model import amortized_guide
+from ..numpyro_backend import NumPyroBackend, Programs
+from ..numpyro_elbo import elbo_terms_by_vector
+from ..schedules import kl_weight
 
 
 def amortized_objective(model, encoder_fn, data, *, num_particles: int, rng_key, beta=1.0, free_bits=0.0, n_tokens=1):
@@ -38,13 +38,11 @@ def amortized_objective(model, encoder_fn, data, *, num_particles: int, rng_key,
 class AmortizedPrograms(Programs):
     def build(self):
         self.step = jax.jit(self._step, donate_argnums=self.donate)
-        self.bound = jax.jit(self._bound, static_argnames=("num_samples",))
-        self.posterior = jax.jit(self._posterior, static_argnames=("num_draws",))
-        self.posterior_latents = jax.jit(self._posterior_latents)
-        self.log_weights = jax.jit(self._log_weights, static_argnames=("num_samples",))
 
-    def encode(self, params, tokens):
-        return jax_encoder.encode(params, self.model_cfg, tokens, self.dtype)
+    def proposal(self, params, tokens, key=None, fast_noise=None, fit=None, static=None):
+        """The encoder's q (nothing is fitted per sequence)."""
+        loc, log_scale = jax_encoder.encode(params, self.model_cfg, tokens, self.dtype)
+        return loc, log_scale, None
 
     def _step(self, params, opt_state, tokens, key, lr, beta):
         n_tokens = tokens.shape[0] * (tokens.shape[1] - 1)
@@ -58,22 +56,6 @@ class AmortizedPrograms(Programs):
         (objective, (nll, kl)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         params, opt_state, grad_norm = self.update(params, opt_state, grads, lr, objective)
         return params, opt_state, {"loss": objective, "nll": nll, "kl": kl.mean(), "grad_norm": grad_norm}
-
-    def _bound(self, params, tokens, key, noise, num_samples):
-        loc, log_scale = self.encode(params, tokens)
-        loglik, kl = self.elbo(params, tokens, loc, log_scale, num_samples, noise, key)
-        return loglik.mean(0), kl
-
-    def _posterior(self, params, tokens, key, num_draws):
-        loc, log_scale = self.encode(params, tokens)
-        return self.gaussian_posterior(params, tokens, loc, log_scale, num_draws, key)
-
-    def _log_weights(self, params, tokens, key, num_samples):
-        return self.gaussian_log_weights(params, tokens, *self.encode(params, tokens), num_samples, key)
-
-    def _posterior_latents(self, params, tokens, key):
-        loc, log_scale = self.encode(params, tokens)
-        return loc + jnp.exp(log_scale) * jax.random.normal(key, loc.shape, jnp.float32)
 
 
 class NumPyroAmortized(NumPyroBackend):
@@ -90,22 +72,3 @@ class NumPyroAmortized(NumPyroBackend):
         metrics = {name: float(out[name]) for name in ("loss", "nll", "kl")}
         metrics["beta"] = beta
         return self.finish_step(metrics, lr, out)
-
-    def bound(self, batch: np.ndarray, steps: int = 0, num_samples: int = 1, noise=None, fast_noise=None) -> dict:
-        """The ELBO at the encoder's q (`steps` does not apply: nothing is fitted per sequence);
-        noise [S, B, n_z, d] fixes z = loc + exp(log_scale) * noise."""
-        tokens = self.tensor(batch)
-        loglik, kl = self.programs.bound(self.params, tokens, self.next_key(), self.array(noise), num_samples=num_samples)
-        return {"loglik": np.asarray(loglik), "kl": np.asarray(kl), "num_tokens": int(tokens.shape[1] - 1)}
-
-    def posterior(self, batch: np.ndarray, steps: int, num_draws: int, num_chains: int = 1) -> dict:
-        """num_draws draws from the encoder's q as one chain: z [1, D, B, n_z, d], log_joint and log_q [1, D, B]."""
-        out = self.programs.posterior(self.params, self.tensor(batch), self.next_key(), num_draws=num_draws)
-        return {name: np.array(value) for name, value in out.items()}
-
-    def log_weights(self, batch: np.ndarray, steps: int, num_samples: int) -> np.ndarray:
-        """log p(x, z_k) - log q(z_k) [K, B] for K = num_samples draws of the encoder's q."""
-        return np.asarray(self.programs.log_weights(self.params, self.tensor(batch), self.next_key(), num_samples=num_samples))
-
-    def posterior_latents(self, batch: np.ndarray, steps: int):
-        return self.programs.posterior_latents(self.params, self.tensor(batch), self.next_key())

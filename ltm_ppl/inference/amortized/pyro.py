@@ -11,10 +11,10 @@ import numpy as np
 import pyro
 import torch
 
-from ..models.pyro_model import amortized_guide
-from .pyro_backend import PyroBackend
-from .pyro_elbo import elbo_terms_by_vector
-from .schedules import kl_weight
+from ...models.pyro_model import amortized_guide
+from ..pyro_backend import PyroBackend
+from ..pyro_elbo import elbo_terms_by_vector
+from ..schedules import kl_weight
 
 
 def amortized_objective(model, encoder, tokens, num_samples: int, beta: float, free_bits: float, n_tokens: int):
@@ -49,23 +49,7 @@ class PyroAmortized(PyroBackend):
         metrics.update(self.slow_update(objective))
         return metrics
 
-    def encode(self, tokens):
+    def proposal(self, tokens, steps: int = 0, fast_noise=None):
+        """The encoder's q (`steps` does not apply: nothing is fitted per sequence)."""
         with torch.no_grad():
             return self.encoder(tokens)
-
-    def proposal(self, tokens, steps: int = 0):
-        return self.encode(tokens)
-
-    def bound(self, batch: np.ndarray, steps: int = 0, num_samples: int = 1, noise=None, fast_noise=None) -> dict:
-        """The ELBO at the encoder's q (`steps` does not apply: nothing is fitted per sequence)."""
-        tokens = self.tensor(batch)
-        loc, log_scale = self.encode(tokens)
-        return self.gaussian_bound(tokens, loc, log_scale, num_samples, noise)
-
-    def posterior(self, batch: np.ndarray, steps: int, num_draws: int, num_chains: int = 1) -> dict:
-        tokens = self.tensor(batch)
-        return self.gaussian_posterior(tokens, *self.encode(tokens), num_draws)
-
-    def posterior_latents(self, batch: np.ndarray, steps: int):
-        loc, log_scale = self.encode(self.tensor(batch))
-        return loc + log_scale.exp() * torch.randn_like(loc)

@@ -1,0 +1,41 @@
+"""`local`: the paper's dual-rate variational Bayes (fast per-sequence q, slow decoder step),
+semi-amortized with `init = "amortized"`. Pyro in pyro.py, NumPyro in numpyro.py."""
+from __future__ import annotations
+
+from ..descriptor import MethodDescriptor, Option
+
+
+def flops_per_token(cfg) -> float:
+    """Fast steps (forward + activation-only backward), then the slow step (forward + full backward)."""
+    from ...flops import decoder_forward, encoder_forward
+
+    m, inf = cfg.model, cfg.inference
+    F, S = decoder_forward(m), inf.num_samples
+    flops = 2 * F * inf.steps * S + 3 * F * S
+    if inf.init == "amortized":  # the encoder's own ELBO: decoder forward, backward into the encoder
+        flops += 2 * F * S + 3 * encoder_forward(m)
+    return flops
+
+
+METHOD = MethodDescriptor(
+    name="local",
+    summary="per-sequence Gaussian q fitted by fast steps, slow AdamW step on the decoder",
+    classes={"pyro": "ltm_ppl.inference.local.pyro:PyroLocal", "numpyro": "ltm_ppl.inference.local.numpyro:NumPyroLocal"},
+    proposal="per-sequence Gaussian fitted by fast steps",
+    posterior_kind="variational",
+    flops_per_token=flops_per_token,
+    needs_encoder=lambda cfg: cfg.inference.init == "amortized",
+    loss_is_bound=lambda cfg, metrics: True,  # the negative ELBO per token
+    options=(
+        Option("init", str, "prior", "local: start at prior, reference (log sigma -5) or amortized (the encoder's q).",
+               flag="--init", choices=("prior", "reference", "amortized")),
+        Option("fast_lr", float, 0.03, "local: fast step size (paper: 0.34; 0.03 gave the best honest bound here)",
+               check="positive"),
+        Option("final_lr_ratio", float, 0.1, "local: fast step size at the last step, as a share of fast_lr",
+               check="positive"),
+        Option("optimizer", str, "adam", "local: fast optimiser", choices=("adam", "sgd")),
+        Option("fixed_noise", bool, False, "local: the published reference's single eps; comparison only"),
+    ),
+    reference_numbers=("fixed_noise",),
+    gap_against="amortized",
+)
