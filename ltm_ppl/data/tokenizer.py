@@ -55,6 +55,44 @@ class Tokenizer:
     def decode(self, ids) -> str:
         return self.hf.decode([int(i) for i in ids], skip_special_tokens=False)
 
+    def token_bytes(self) -> list[bytes | None]:
+        """Each token's bytes (None: the end-of-text token), read through the ByteLevel alphabet."""
+        if getattr(self, "_token_bytes", None) is None:
+            to_byte = {char: byte for byte, char in _bytes_to_unicode().items()}
+            table = []
+            for i in range(self.vocab_size):
+                token = self.hf.id_to_token(i)
+                if i == self.eot_id or token is None:
+                    table.append(None)
+                else:
+                    table.append(bytes(to_byte[c] for c in token) if all(c in to_byte for c in token) else token.encode())
+            self._token_bytes = table
+        return self._token_bytes
+
+    def utf8_tables(self):
+        """(allowed, next_state) of data.utf8 for this vocabulary, built once."""
+        from .utf8 import utf8_tables
+
+        if getattr(self, "_utf8_tables", None) is None:
+            self._utf8_tables = utf8_tables(self.token_bytes())
+        return self._utf8_tables
+
+    def decode_text(self, ids) -> str:
+        """Text of sampled ids: bytes joined and decoded strictly, a trailing incomplete character
+        dropped; each end-of-text token shows as <|endoftext|>."""
+        from .utf8 import complete_prefix
+
+        table = self.token_bytes()
+        parts, current = [], bytearray()
+        for i in ids:
+            b = table[int(i)]
+            if b is None:
+                parts.append(complete_prefix(bytes(current)) + EOT)
+                current = bytearray()
+            else:
+                current += b
+        return "".join(parts) + complete_prefix(bytes(current))
+
     def save(self, path: Path) -> None:
         from .cache import atomic_write_text
 
