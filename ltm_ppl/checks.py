@@ -21,9 +21,11 @@ def require_positive(name: str, value, integer: bool = True) -> None:
         raise LtmError(f"{name} must be positive and finite, got {value!r}")
 
 
-def require_non_negative(name: str, value) -> None:
+def require_non_negative(name: str, value, integer: bool = False) -> None:
     if value is None:
         return
+    if integer and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+        raise LtmError(f"{name} must be a non-negative integer, got {value!r}")
     if not _finite_number(value) or value < 0:
         raise LtmError(f"{name} must not be negative, got {value!r}")
 

@@ -12,6 +12,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .checks import require_non_negative, require_positive
 from .errors import LtmError
 
 FORMAT_VERSION = 1
@@ -193,13 +194,11 @@ def _flag(name: str) -> str:
 
 
 def _positive(name: str, value) -> None:
-    if not value > 0 or value == float("inf"):  # NaN and inf fail too
-        raise LtmError(f"config: {name}{_flag(name)} must be positive and finite, got {value}")
+    require_positive(f"config: {name}{_flag(name)}", value, integer=False)  # NaN and inf fail too
 
 
 def _non_negative(name: str, value) -> None:
-    if not value >= 0 or value == float("inf"):
-        raise LtmError(f"config: {name}{_flag(name)} must not be negative, got {value}")
+    require_non_negative(f"config: {name}{_flag(name)}", value)
 
 
 def _one_of(name: str, value, choices) -> None:

@@ -35,11 +35,8 @@ class SampleSettings:
         require_at_most("--max-tokens", self.max_tokens, MAX_NEW_TOKENS)
         require_positive("--steps", self.steps)
         require_non_negative("--temperature", self.temperature)
-        if not isinstance(self.top_k, int) or isinstance(self.top_k, bool):
-            raise LtmError(f"--top-k must be an integer, got {self.top_k!r}")
-        require_non_negative("--top-k", self.top_k)
-        if self.seed is not None and (not isinstance(self.seed, int) or self.seed < 0):
-            raise LtmError(f"--seed must be a non-negative integer, got {self.seed!r}")
+        require_non_negative("--top-k", self.top_k, integer=True)
+        require_non_negative("--seed", self.seed, integer=True)
         if self.prompt is not None and not self.prompt.strip():
             raise LtmError("--prompt is empty")
 

@@ -11,6 +11,7 @@ import numpy as np
 from . import checkpoint
 from .config import RunConfig, validate
 from .data import build_tokenizer, load_corpus, load_tokenizer, num_windows, split_tokens, train_batch
+from .destination import check_creatable
 from .errors import LtmError
 from .evaluate import corpus_bound, unigram_bound
 from .flops import training_flops_per_token
@@ -88,6 +89,7 @@ def fit(cfg: RunConfig, out: str | None = None, resume: str | None = None, progr
         checkpoint.write_config(run, cfg, cfg.data.tokenizer)
     else:
         run = checkpoint.new_run_dir(out)
+        check_creatable(run)  # before the corpus is read: an unwritable --out fails at once
         validate(cfg, methods())
         data = load_data(cfg)
         cfg.model.vocab_size = data.tokenizer.vocab_size
