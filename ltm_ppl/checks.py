@@ -33,3 +33,11 @@ def require_non_negative(name: str, value, integer: bool = False) -> None:
 def require_at_most(name: str, value, limit) -> None:
     if value is not None and value > limit:
         raise LtmError(f"{name} must be at most {limit}, got {value!r}")
+
+
+MAX_SEED = 2**32 - 1  # what every random generator here (numpy, torch, jax) accepts
+
+
+def require_seed(name: str, value) -> None:
+    require_non_negative(name, value, integer=True)
+    require_at_most(name, value, MAX_SEED)

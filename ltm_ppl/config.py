@@ -12,7 +12,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .checks import require_non_negative, require_positive
+from .checks import MAX_SEED, require_non_negative, require_positive
 from .errors import LtmError
 
 FORMAT_VERSION = 1
@@ -126,9 +126,14 @@ def _check_type(name: str, value, annotation):
         if h is bool and isinstance(value, bool):
             return value
         if h is int and isinstance(value, int) and not isinstance(value, bool):
+            if abs(value) >= 2**63:  # numpy, torch and jax take 64-bit integers at most
+                raise LtmError(f"config: {name} is out of range, got {value}")
             return value
         if h is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            try:
+                return float(value)
+            except OverflowError:  # an integer beyond the largest float
+                raise LtmError(f"config: {name} is out of range, got {value}") from None
         if h is str and isinstance(value, str):
             return value
     expected = " or ".join(getattr(h, "__name__", str(h)) for h in hints)
@@ -239,6 +244,8 @@ def validate(cfg: RunConfig, methods: tuple[str, ...] = ()) -> RunConfig:
         _positive(f"train.{name}", getattr(t, name))
     for name in ("warmup_iters", "lr_decay_iters", "weight_decay", "grad_clip", "seed"):
         _non_negative(f"train.{name}", getattr(t, name))
+    if t.seed > MAX_SEED:
+        raise LtmError(f"config: train.seed{_flag('train.seed')} must be at most {MAX_SEED}, got {t.seed}")
     if not 0 < t.min_lr_ratio <= 1:
         raise LtmError(f"config: train.min_lr_ratio must be in (0, 1], got {t.min_lr_ratio}")
     for name in ("beta1", "beta2"):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .checks import require_non_negative, require_positive
+from .checks import require_positive, require_seed
 from .errors import LtmError
 
 RHAT_LIMIT = 1.01
@@ -173,7 +173,7 @@ class DiagnoseSettings:
         for name, value in (("--sequences", self.sequences), ("--chains", self.chains), ("--draws", self.draws),
                             ("--steps", self.steps)):
             require_positive(name, value)
-        require_non_negative("--seed", self.seed, integer=True)
+        require_seed("--seed", self.seed)
 
 
 def check_diagnose_options(methods: list[str], draws: int) -> None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .checks import require_at_most, require_non_negative, require_positive
+from .checks import require_at_most, require_non_negative, require_positive, require_seed
 from .errors import LtmError
 
 # New tokens per sample at most: generation is one decoder step per token (a few ms on a CPU), so
@@ -36,7 +36,7 @@ class SampleSettings:
         require_positive("--steps", self.steps)
         require_non_negative("--temperature", self.temperature)
         require_non_negative("--top-k", self.top_k, integer=True)
-        require_non_negative("--seed", self.seed, integer=True)
+        require_seed("--seed", self.seed)
         if self.prompt is not None and not self.prompt.strip():
             raise LtmError("--prompt is empty")
 

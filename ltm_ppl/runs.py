@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .checks import require_positive
+from .checks import require_positive, require_seed
 from .config import RunConfig, apply_overrides, validate
 from .errors import LtmError
 
@@ -49,6 +49,10 @@ def check_eval_options(samples: int | None, batch_size: int | None, max_windows:
         require_positive(name, value)
 
 
+def check_seed(seed: int | None) -> None:
+    require_seed("--seed", seed)
+
+
 def parse_steps(text: str | None, default: int) -> list[int]:
     """`--steps 4,16,64` -> [4, 16, 64]; None -> [default]."""
     if text is None:
@@ -86,6 +90,7 @@ def evaluate_run(opened: OpenRun, split: str = "val", data: str | None = None, s
 
     cfg = opened.cfg
     check_eval_options(samples, batch_size, max_windows)
+    check_seed(seed)
     if kind not in ("elbo", "iwae"):
         raise LtmError(f"--bound must be elbo or iwae, got {kind!r}")
     if fixed_noise and cfg.inference.method != "local":
@@ -137,6 +142,7 @@ def compare_runs(runs: list[str], split: str = "val", data: str | None = None, s
         raise LtmError("ltm compare needs at least two runs")
     require_positive("--steps", steps)
     check_eval_options(samples, batch_size, max_windows)
+    check_seed(seed)
     opened = [open_run(run, overrides) for run in runs]
     fingerprints = {o.tokenizer.fingerprint for o in opened}
     if len(fingerprints) > 1:
