@@ -44,7 +44,11 @@ def load_data(cfg: RunConfig, tokenizer=None) -> Data:
 
 
 def run_tokenizer(run: Path, cfg: RunConfig):
-    return load_tokenizer(run / "tokenizer.json", cfg.data.tokenizer)
+    tokenizer = load_tokenizer(run / "tokenizer.json", cfg.data.tokenizer)
+    if cfg.model.vocab_size and tokenizer.vocab_size != cfg.model.vocab_size:  # token ids would overrun the embedding
+        raise LtmError(f"{run / 'tokenizer.json'} is damaged: {tokenizer.vocab_size} tokens where the model has "
+                       f"{cfg.model.vocab_size} (config.json)")
+    return tokenizer
 
 
 def check_method_fits_run(cfg: RunConfig, trained_method: str) -> None:

@@ -132,3 +132,13 @@ def test_eval_json_shows_progress_unless_quiet(trained_run):
     assert result.exit_code == 0 and "eval:" in result.stderr
     assert json.loads(result.stdout.strip().splitlines()[-1])["num_sequences"] == 4
     assert run_cli("eval", trained_run, "--max-windows", "4", "--json", "-q").stderr == ""
+
+
+def test_run_files_respect_the_umask(trained_run):
+    """Every file of a run has the mode open() gives under the umask (mkstemp alone gives 0600)."""
+    import stat
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in trained_run.iterdir() if p.is_file()}
+    assert set(modes.values()) == {0o666 & ~mask}, modes

@@ -19,10 +19,23 @@ def cache_dir() -> Path:
     return root
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def mode_like_open(fd: int) -> None:
+    """mkstemp makes files 0600; give them what open() would (0666 less the umask), so every file
+    of a run gets the same permissions as metrics.jsonl."""
+    os.fchmod(fd, 0o666 & ~_umask())
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
+        mode_like_open(fd)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
         os.replace(tmp, path)
@@ -48,6 +61,7 @@ def split_tokens(corpus, split: str, tokenizer) -> np.ndarray:
         stream.append(np.array([tokenizer.eot_id], dtype=dtype))
     tokens = np.concatenate(stream)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npy")
+    mode_like_open(fd)
     os.close(fd)
     np.save(tmp, tokens)
     os.replace(tmp, path)
