@@ -149,3 +149,18 @@ def test_decode_text_of_the_byte_tokenizer():
     ids = list("é".encode()) + [tok.eot_id] + list("ab€".encode())[:-1]  # the euro sign cut short
     assert tok.decode_text(ids) == "é<|endoftext|>ab"
     assert tok.decode(ids[:1]) == "\ufffd"  # what the plain decoder shows for the same byte
+
+
+def test_python_api_refuses_before_touching_the_run():
+    """generate_text and diagnose_run check their numbers first, with the CLI's lines."""
+    from ltm_ppl.diagnostics import DiagnoseSettings
+    from ltm_ppl.generate import generate_text
+
+    with pytest.raises(LtmError, match="--max-tokens must be at most 100000"):
+        generate_text(object(), object(), None, max_tokens=10**12)
+    with pytest.raises(LtmError, match="--seed must be at most"):
+        generate_text(object(), object(), "x", seed=2**40)
+    with pytest.raises(LtmError, match="--chains must be a positive integer"):
+        DiagnoseSettings(chains=0)
+    with pytest.raises(LtmError, match="--steps must be a positive integer"):
+        DiagnoseSettings(steps=-3)
