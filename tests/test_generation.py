@@ -136,7 +136,7 @@ def test_sample_settings_refuse_what_the_cli_refuses():
                           ({"max_tokens": 0}, "--max-tokens must be a positive integer"),
                           ({"num": -1}, "--num must be a positive integer"),
                           ({"temperature": float("nan")}, "--temperature must not be negative"),
-                          ({"top_k": -2}, "--top-k must not be negative"),
+                          ({"top_k": -2}, "--top-k must be a non-negative integer"),
                           ({"prompt": "  "}, "--prompt is empty")]:
         with pytest.raises(LtmError, match=fragment):
             SampleSettings(**bad)
