@@ -1,9 +1,9 @@
 """CPU threads of torch and XLA, set before either is imported.
 
 Default: OMP_NUM_THREADS when set, else the cores this process may run on. Idle OpenMP threads
-sleep instead of spinning (OMP_WAIT_POLICY=PASSIVE unless set): two jobs sharing the cores then
-slow each other about by their share, instead of ~9x from threads spinning against each other
-(issue 9). `--threads N` (or `configure_threads(N)`) overrides both.
+sleep instead of spinning (OMP_WAIT_POLICY=PASSIVE unless set), so jobs sharing the cores wait
+rather than spin against each other (two default `ltm fit` on 2 cores ran 9x slower, issue 9).
+`--threads N` (or `configure_threads(N)`) overrides both.
 """
 from __future__ import annotations
 
