@@ -176,7 +176,8 @@ def _loop(cfg: RunConfig, run: Path, inference, data: Data, progress: bool, echo
                "flops_per_token": training_flops_per_token(cfg)}
     echo(
         f"val bound: {last_eval['nll_per_token']:.4f} nats/token, perplexity <= {last_eval['perplexity']:.2f} "
-        f"(KL {last_eval['kl_per_sequence']:.2f} nats/sequence, {last_eval['num_tokens']} tokens, "
+        f"(KL {last_eval['kl_per_sequence']:.2f} nats/sequence, {last_eval['num_tokens']} tokens: the first "
+        f"{last_eval['num_sequences']} val windows; `ltm eval` bounds all; "
         f"{cfg.inference.eval_steps} steps, {cfg.train.backend}/{cfg.inference.method})"
     )
     echo(f"unigram:   {unigram['nll_per_token']:.4f} nats/token, perplexity {unigram['perplexity']:.2f} (same tokens)")
