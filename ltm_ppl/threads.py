@@ -2,7 +2,8 @@
 
 Default: OMP_NUM_THREADS when set, else the cores this process may run on. Idle OpenMP threads
 sleep instead of spinning (OMP_WAIT_POLICY=PASSIVE unless set), so jobs sharing the cores wait
-rather than spin against each other (two default `ltm fit` on 2 cores ran 9x slower, issue 9).
+rather than spin against each other (two tiny fits at once on 2 busy cores: 189 s spinning,
+21 s passive; docs/design.md).
 `--threads N` (or `configure_threads(N)`) overrides both.
 """
 from __future__ import annotations
