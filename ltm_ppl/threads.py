@@ -39,8 +39,9 @@ def _xla_flags(current: str, threads: int) -> str:
 
 def configure_threads(threads: int | None = None) -> int:
     """Use `threads` CPU threads (None: the default above) in torch and in XLA. Environment first,
-    so libraries imported later read it; torch, if already imported, is set directly. XLA reads
-    XLA_FLAGS once, when jax starts: set too late it is left as it is. Returns the count."""
+    so libraries imported later read it; torch, if already imported, is set directly when
+    `threads` is given. XLA reads XLA_FLAGS once, when jax starts: set too late it is left as it
+    is. Returns the count."""
     require_positive("--threads", threads)
     explicit = threads is not None
     threads = threads or default_threads()
@@ -51,7 +52,7 @@ def configure_threads(threads: int | None = None) -> int:
     if explicit or not has_thread_flags:
         if "jax" not in sys.modules:
             os.environ["XLA_FLAGS"] = _xla_flags(os.environ.get("XLA_FLAGS", ""), threads)
-    if "torch" in sys.modules:
+    if explicit and "torch" in sys.modules:  # the default leaves a torch already set up alone
         import torch
 
         if torch.get_num_threads() != threads:
