@@ -11,7 +11,8 @@ from pathlib import Path
 
 import click
 
-from .config import RunConfig, apply_overrides, load_toml
+from . import __version__
+from .config import FLAGS, RunConfig, apply_overrides, load_toml
 from .errors import Interrupted, LtmError
 from .inference import registry
 
@@ -40,24 +41,87 @@ class LtmGroup(click.Group):
         sys.exit(code if isinstance(code, int) else 0)
 
 
-def positive_options(*named) -> None:
-    for name, value in named:
-        if value is not None and value <= 0:
-            raise LtmError(f"{name} must be a positive integer, got {value}")
+def _set_threads(ctx, param, value):
+    """Eager: the thread settings reach the environment before torch or jax is imported."""
+    from .threads import configure_threads
+
+    configure_threads(value)
 
 
-def progress_bar(desc: str, unit: str, disable: bool):
-    """A progress factory for the library: entered with the total once every check has passed."""
+def _set_quiet(ctx, param, value):
+    ctx.meta["ltm.quiet"] = value
+
+
+def quiet() -> bool:
+    return click.get_current_context().meta.get("ltm.quiet", False)
+
+
+def common_options(command):
+    """--threads and --quiet, the same on every command."""
+    command = click.option("--quiet", "-q", is_flag=True, callback=_set_quiet, expose_value=False,
+                           help="No progress bars (they go to stderr; --json output is unaffected).")(command)
+    return click.option("--threads", type=int, default=None, callback=_set_threads, expose_value=False, is_eager=True,
+                        show_default="$OMP_NUM_THREADS, else the cores available",
+                        help="CPU threads of torch and XLA.")(command)
+
+
+def progress_bar(desc: str, unit: str):
+    """A progress factory for the library, on stderr unless --quiet: entered with the total once
+    every check has passed."""
     import contextlib
+
+    disable = quiet()
 
     @contextlib.contextmanager
     def factory(total: int):
         from tqdm import tqdm
 
-        with tqdm(total=total, desc=desc, unit=unit, disable=disable) as bar:
+        with tqdm(total=total, desc=desc, unit=unit, disable=disable, dynamic_ncols=True) as bar:
             yield bar.update
 
     return factory
+
+
+# Settings behind options whose value stays None when not given (so a --config file's value is
+# kept); --help shows the value a run gets instead of nothing.
+OPTION_SETTINGS = {flag.removeprefix("--").replace("-", "_"): dotted for dotted, flag in FLAGS.items()} | {
+    "backend": "train.backend", "data": "data.data", "tokenizer": "data.tokenizer", "mala": "inference.mala",
+    "compile_": "train.compile", "kl_warmup": "inference.kl_warmup_iters", "inference": "inference.method",
+}
+
+
+def _unbracketed(option: click.Option) -> None:
+    """Show a stated default as `[default: 300]`, not click's `[default: (300)]`."""
+    stated = option.get_help_extra
+
+    def get_help_extra(ctx):
+        extra = stated(ctx)
+        if isinstance(option.show_default, str):
+            extra["default"] = option.show_default
+        return extra
+
+    option.get_help_extra = get_help_extra
+
+
+def effective_defaults(source: str, **stated):
+    """Fill in --help defaults of options left at None: RunConfig's values ("config", for fit)
+    or the run's own ("run", for commands that open a run); `stated` names an option's own text.
+    Options that state their own keep it."""
+    def decorate(command):
+        cfg = RunConfig()
+        for param in command.params:
+            if not isinstance(param, click.Option):
+                continue
+            dotted = OPTION_SETTINGS.get(param.name)
+            if param.name in stated:
+                param.show_default = stated[param.name]
+            elif param.default is None and not isinstance(param.show_default, str) and dotted is not None:
+                section, name = dotted.split(".")
+                param.show_default = str(getattr(getattr(cfg, section), name)) if source == "config" else "the run's"
+            _unbracketed(param)
+        return command
+
+    return decorate
 
 
 def _num(value) -> str:
@@ -69,7 +133,8 @@ def emit_json(record: dict) -> None:
     click.echo(json.dumps(record))
 
 
-@click.group(cls=LtmGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=LtmGroup, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.version_option(__version__, "--version", "-V", prog_name="ltm", message="%(prog)s %(version)s")
 def cli():
     """Latent-Thought Language Models as probabilistic programs (Pyro / NumPyro)."""
 
@@ -103,12 +168,14 @@ def method_overrides(kw: dict) -> dict:
     return {f"inference.{o.field}": kw.pop(o.field) for o in registry.options() if o.flag and o.field in kw}
 
 
+@effective_defaults("config")
 @cli.command()
+@common_options
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None, help="Settings (TOML); flags override it.")
 @backend_option
 @inference_option
 @method_options
-@click.option("--data", default=None, help="builtin:kjv, a .txt file, a directory of .txt files, or .jsonl with a 'text' field.")
+@click.option("--data", default=None, help="builtin:kjv, builtin:ptb (extra [ptb]), a .txt file, a directory of .txt files, or .jsonl with a 'text' field.")
 @click.option("--tokenizer", default=None, help="gpt2, bytes or bpe:N (trained on the corpus).")
 @click.option("--iters", type=int, default=None, help="Total training iterations (with --resume: continue up to this).")
 @click.option("--lr-decay-iters", type=int, default=None,
@@ -116,7 +183,7 @@ def method_overrides(kw: dict) -> dict:
                    "with --resume it moves the horizon.")
 @click.option("--steps", type=int, default=None, help="Fast inner steps per iteration (T).")
 @click.option("--batch-size", type=int, default=None, help="Windows per batch.")
-@click.option("--out", default=None, help="Directory of the new run (default: runs/<timestamp>).")
+@click.option("--out", default=None, show_default="runs/<timestamp>", help="Directory of the new run.")
 @click.option("--resume", default=None, help="Continue this run from its last checkpoint.")
 @click.option("--compile", "compile_", is_flag=True, default=None, help="torch.compile the decoder.")
 @seed_option
@@ -142,7 +209,8 @@ def fit(config_file, backend, inference, data, tokenizer, iters, lr_decay_iters,
     else:
         cfg = load_toml(config_file) if config_file else RunConfig()
     apply_overrides(cfg, overrides)
-    summary = fit_run(cfg, out=out, resume=resume, echo=(lambda s: click.echo(s, err=True)) if as_json else click.echo)
+    summary = fit_run(cfg, out=out, resume=resume, progress=not quiet(),
+                      echo=(lambda s: click.echo(s, err=True)) if as_json else click.echo)
     if as_json:
         emit_json(summary)
 
@@ -153,16 +221,18 @@ def _open_run(run: str, backend, device, overrides: dict | None = None):
     return open_run(run, {"train.backend": backend, "train.device": device, **(overrides or {})})
 
 
+@effective_defaults("run")
 @cli.command(name="eval")
+@common_options
 @click.argument("run")
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="val", help="Which split to bound.")
-@click.option("--data", default=None, help="Evaluate on another corpus (default: the run's).")
-@click.option("--steps", default=None, help="Inference steps per sequence, or a list 4,16,64 (one row each).")
+@click.option("--data", default=None, help="Evaluate on another corpus.")
+@click.option("--steps", default=None, show_default="the run's eval_steps", help="Inference steps per sequence, or a list 4,16,64 (one row each).")
 @click.option("--bound", "kind", type=click.Choice(["elbo", "iwae"]), default="elbo", help="ELBO (analytic KL) or IWAE_K.")
 @click.option("--samples", type=int, default=1, help="Draws per sequence: the ELBO estimate's, or K of IWAE_K.")
 @click.option("--fixed-noise", is_flag=True, help="Also the published reference's fixed-noise number (not a bound), labelled.")
 @click.option("--batch-size", type=int, default=None, help="Windows per batch.")
-@click.option("--max-windows", type=int, default=None, help="Bound only the first N windows of the split.")
+@click.option("--max-windows", type=int, default=None, show_default="all", help="Bound only the first N windows of the split.")
 @inference_option
 @method_options
 @backend_option
@@ -177,7 +247,7 @@ def eval_cmd(run, split, data, steps, kind, samples, fixed_noise, batch_size, ma
     opened = _open_run(run, backend, device, method_overrides(kw) | {"inference.method": inference})
     steps = parse_steps(steps, opened.cfg.inference.eval_steps)
     record = evaluate_run(opened, split, data, steps, samples, kind, fixed_noise, batch_size, max_windows, seed,
-                          progress_bar("eval", "seq", as_json))
+                          progress_bar("eval", "seq"))
     if as_json:
         emit_json(record)
         return
@@ -196,66 +266,67 @@ def eval_cmd(run, split, data, steps, kind, samples, fixed_noise, batch_size, ma
     click.echo(f"training FLOPs per token: {record['flops_per_token']:.4g} (decoder forward {record['decoder_flops_per_token']:.4g})")
 
 
+@effective_defaults("run")
 @cli.command()
+@common_options
 @click.argument("run")
 @click.option("--prompt", default=None, help="Continue this text; z is inferred from it (fast local inference).")
 @click.option("--num", type=int, default=1, help="How many samples.")
-@click.option("--max-tokens", type=int, default=100, help="New tokens per sample.")
+@click.option("--max-tokens", type=int, default=100, help="New tokens per sample (at most 100000).")
 @click.option("--temperature", type=float, default=1.0, help="Softmax temperature (0: greedy).")
 @click.option("--top-k", type=int, default=0, help="Sample among the k likeliest tokens (0: all).")
-@click.option("--steps", type=int, default=None, help="Fast steps inferring z from the prompt (default: the run's eval_steps).")
+@click.option("--steps", type=int, default=None, show_default="the run's eval_steps", help="Fast steps inferring z from the prompt.")
+@click.option("--stop-at-eos/--no-stop-at-eos", default=True,
+              help="Stop at end-of-text; --no-stop-at-eos goes on, documents separated by <|endoftext|>.")
 @inference_option
 @method_options
 @backend_option
 @seed_option
 @device_option
 @json_option
-def sample(run, prompt, num, max_tokens, temperature, top_k, steps, inference, backend, seed, device, as_json, **kw):
-    """Generate text: latents from the prior, or from the posterior given --prompt."""
-    from .generate import generate_text
+def sample(run, prompt, num, max_tokens, temperature, top_k, steps, stop_at_eos, inference, backend, seed, device, as_json, **kw):
+    """Generate text: latents from the prior, or from the posterior given --prompt. Tokens whose
+    bytes cannot continue valid UTF-8 are never sampled."""
+    from .generate import SampleSettings, sample_run
 
-    positive_options(("--num", num), ("--max-tokens", max_tokens), ("--steps", steps))
-    if temperature < 0 or top_k < 0:
-        raise LtmError("--temperature and --top-k must not be negative")
-    if prompt is not None and not prompt.strip():
-        raise LtmError("--prompt is empty")
+    settings = SampleSettings(prompt, num, max_tokens, temperature, top_k, steps, seed, stop_at_eos)  # checks first
     opened = _open_run(run, backend, device, method_overrides(kw) | {"inference.method": inference})
-    cfg = opened.cfg
-    texts = generate_text(opened.inference, opened.tokenizer, prompt, num, max_tokens, temperature, top_k,
-                          steps or cfg.inference.eval_steps, cfg.train.seed if seed is None else seed)
+    record = sample_run(opened, settings, progress_bar("sample", "tok"))
     if as_json:
-        emit_json({"samples": texts, "prompt": prompt, "latents": "posterior" if prompt else "prior",
-                   "backend": cfg.train.backend, "inference": cfg.inference.method})
+        emit_json(record)
         return
-    for i, text in enumerate(texts):
+    for i, text in enumerate(record["samples"]):
         if num > 1:
             click.echo(f"--- sample {i + 1} ---")
         click.echo(text)
 
 
+@effective_defaults("run", seed="0")
 @cli.command()
+@common_options
 @click.argument("run")
-@click.option("--inference", "methods", default=None, help="Methods, comma-separated (default: the run's): "
+@click.option("--inference", "methods", default=None, show_default="the run's", help="Methods, comma-separated: "
               + ", ".join(m for m in registry.methods() if registry.descriptor(m).posterior_kind) + ".")
 @click.option("--sequences", type=int, default=8, help="Held-out windows to diagnose.")
 @click.option("--chains", type=int, default=4, help="Chains per sequence (langevin).")
 @click.option("--draws", type=int, default=100, help="Draws per chain (at least 100 for k-hat of variational methods).")
-@click.option("--steps", type=int, default=None, help="Fitting steps (local) or warm-up steps (langevin; default 200).")
+@click.option("--steps", type=int, default=None, show_default="the run's eval_steps; langevin: 200 warm-up",
+              help="Fitting steps (local, amortized) or warm-up steps (langevin).")
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="val")
-@click.option("--data", default=None, help="Another corpus (default: the run's).")
-@click.option("--out", default=None, help="New directory for NetCDF, plots and summary (default: RUN/diagnostics/<timestamp>).")
+@click.option("--data", default=None, help="Another corpus.")
+@click.option("--out", default=None, show_default="diagnostics/<run name>-<timestamp>", help="New directory for NetCDF, plots and summary (never inside the run).")
 @backend_option
 @seed_option
 @device_option
 @json_option
 def diagnose(run, methods, sequences, chains, draws, steps, split, data, out, backend, seed, device, as_json):
     """Posterior quality: R-hat / ESS of chains, PSIS k-hat of variational posteriors, collapse."""
-    from .diagnostics import diagnose_run
+    from .diagnostics import DiagnoseSettings, diagnose_run
 
-    positive_options(("--steps", steps))
     names = [m.strip() for m in methods.split(",")] if methods else None
-    summary = diagnose_run(run, names, sequences, chains, draws, steps, split, data, out, backend, device,
-                           0 if seed is None else seed, progress_bar("diagnose", "method", as_json))
+    settings = DiagnoseSettings(names, sequences, chains, draws, steps, split, data, out, backend, device,
+                                0 if seed is None else seed)
+    summary = diagnose_run(run, settings, progress_bar("diagnose", "part"))
     if as_json:
         emit_json(summary)
         return
@@ -282,26 +353,26 @@ def diagnose(run, methods, sequences, chains, draws, steps, split, data, out, ba
         click.echo(f"amortization gap (local - amortized ELBO): {g['nats_per_sequence']:.3f} nats/sequence, {g['nats_per_token']:.4f} nats/token")
 
 
+@effective_defaults("run")
 @cli.command()
+@common_options
 @click.argument("runs", nargs=-1, required=True)
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="val")
-@click.option("--data", default=None, help="Corpus (default: the first run's).")
-@click.option("--steps", type=int, default=None, help="Inference steps (default: each run's eval_steps).")
-@click.option("--samples", type=int, default=1)
-@click.option("--max-windows", type=int, default=None)
-@click.option("--batch-size", type=int, default=None)
+@click.option("--data", default=None, show_default="the first run's", help="Corpus.")
+@click.option("--steps", type=int, default=None, show_default="each run's eval_steps", help="Inference steps.")
+@click.option("--samples", type=int, default=1, help="Draws per sequence of the ELBO estimate.")
+@click.option("--max-windows", type=int, default=None, show_default="all", help="Bound only the first N windows of the split.")
+@click.option("--batch-size", type=int, default=None, show_default="each run's", help="Windows per batch.")
 @backend_option
 @seed_option
 @device_option
 @json_option
 def compare(runs, split, data, steps, samples, max_windows, batch_size, backend, seed, device, as_json):
     """Bounds of several runs on the same tokens, with FLOPs per token (e.g. an LTM vs its baseline)."""
-    from .runs import check_eval_options, compare_runs
+    from .runs import compare_runs
 
-    positive_options(("--steps", steps))
-    check_eval_options(samples, batch_size, max_windows)
     table = compare_runs(list(runs), split, data, steps, samples, max_windows, batch_size, seed,
-                         overrides={"train.backend": backend, "train.device": device})
+                         progress=progress_bar("compare", "seq"), overrides={"train.backend": backend, "train.device": device})
     if as_json:
         emit_json(table)
         return

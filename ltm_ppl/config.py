@@ -12,6 +12,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .checks import MAX_SEED, require_non_negative, require_positive
 from .errors import LtmError
 
 FORMAT_VERSION = 2  # 2: checkpoints/<iter>/ folders, train.lr_decay_iters stored resolved
@@ -121,9 +122,14 @@ def _check_type(name: str, value, annotation):
         if h is bool and isinstance(value, bool):
             return value
         if h is int and isinstance(value, int) and not isinstance(value, bool):
+            if abs(value) >= 2**63:  # numpy, torch and jax take 64-bit integers at most
+                raise LtmError(f"config: {name} is out of range, got {value}")
             return value
         if h is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            try:
+                return float(value)
+            except OverflowError:  # an integer beyond the largest float
+                raise LtmError(f"config: {name} is out of range, got {value}") from None
         if h is str and isinstance(value, str):
             return value
     expected = " or ".join(getattr(h, "__name__", str(h)) for h in hints)
@@ -190,13 +196,11 @@ def _flag(name: str) -> str:
 
 
 def _positive(name: str, value) -> None:
-    if not value > 0 or value == float("inf"):  # NaN and inf fail too
-        raise LtmError(f"config: {name}{_flag(name)} must be positive and finite, got {value}")
+    require_positive(f"config: {name}{_flag(name)}", value, integer=False)  # NaN and inf fail too
 
 
 def _non_negative(name: str, value) -> None:
-    if not value >= 0 or value == float("inf"):
-        raise LtmError(f"config: {name}{_flag(name)} must not be negative, got {value}")
+    require_non_negative(f"config: {name}{_flag(name)}", value)
 
 
 def _one_of(name: str, value, choices) -> None:
@@ -245,6 +249,8 @@ def validate(cfg: RunConfig, methods: tuple[str, ...] = ()) -> RunConfig:
         _positive(f"train.{name}", getattr(t, name))
     for name in ("warmup_iters", "lr_decay_iters", "weight_decay", "grad_clip", "seed"):
         _non_negative(f"train.{name}", getattr(t, name))
+    if t.seed > MAX_SEED:
+        raise LtmError(f"config: train.seed{_flag('train.seed')} must be at most {MAX_SEED}, got {t.seed}")
     if not 0 < t.min_lr_ratio <= 1:
         raise LtmError(f"config: train.min_lr_ratio must be in (0, 1], got {t.min_lr_ratio}")
     for name in ("beta1", "beta2"):

@@ -9,10 +9,12 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .checks import require_positive, require_seed
 from .errors import LtmError
 
 RHAT_LIMIT = 1.01
@@ -151,10 +153,30 @@ def plot_method(method: str, post: dict, report: dict, out: Path) -> list[str]:
     return written
 
 
-def check_diagnose_options(methods: list[str], sequences: int, chains: int, draws: int) -> None:
-    for name, value in (("--sequences", sequences), ("--chains", chains), ("--draws", draws)):
-        if value < 1:
-            raise LtmError(f"{name} must be a positive integer, got {value}")
+@dataclass
+class DiagnoseSettings:
+    """What `ltm diagnose` asks for; None takes the run's value (methods: the run's own; steps:
+    eval_steps for variational methods, DEFAULT_WARMUP for chains). Numbers are checked here."""
+    methods: list[str] | None = None
+    sequences: int = 8
+    chains: int = 4
+    draws: int = 100
+    steps: int | None = None
+    split: str = "val"
+    data: str | None = None
+    out: str | None = None  # new directory (default diagnostics/<run name>-<timestamp>, never inside the run)
+    backend: str | None = None
+    device: str | None = None
+    seed: int = 0
+
+    def __post_init__(self):
+        for name, value in (("--sequences", self.sequences), ("--chains", self.chains), ("--draws", self.draws),
+                            ("--steps", self.steps)):
+            require_positive(name, value)
+        require_seed("--seed", self.seed)
+
+
+def check_diagnose_options(methods: list[str], draws: int) -> None:
     from .inference import descriptor
 
     if draws < MIN_KHAT_DRAWS and any(descriptor(m).posterior_kind == "variational" for m in methods):
@@ -180,58 +202,63 @@ def _jsonable(value):
 SUMMARY_KEYS = ("rhat", "rhat_log_joint", "ess_bulk", "ess_tail")
 
 
-def diagnose_run(run, methods: list[str] | None = None, sequences: int = 8, chains: int = 4, draws: int = 100,
-                 steps: int | None = None, split: str = "val", data: str | None = None, out: str | None = None,
-                 backend: str | None = None, device: str | None = None, seed: int = 0, progress=None) -> dict:
+def diagnose_run(run, settings: DiagnoseSettings | None = None, progress=None) -> dict:
     """Posterior draws for the first `sequences` windows of a split with each method, their
     diagnostics, NetCDF files and plots in a new directory. Returns the summary (also summary.json).
-    Everything is checked first; then progress(number of methods) is entered and the function it
-    yields is called once per method done."""
+    Everything is checked first; then progress(2 per method, 1 more for the amortization gap) is
+    entered and advanced after each method's draws and after its statistics and files."""
     import datetime
     import json
 
     from .checkpoint import read_config
     from .data import eval_batches, load_corpus, split_tokens
     from .data.cache import atomic_write_text
+    from .destination import check_creatable
     from .inference import descriptor
     from .inference import methods as known_methods
     from .runs import open_run
 
+    s = settings or DiagnoseSettings()
+    sequences, chains, draws, steps, split, seed = s.sequences, s.chains, s.draws, s.steps, s.split, s.seed
     run = Path(run)
     cfg, _ = read_config(run)
     if not cfg.model.latent:
         raise LtmError(f"this run has no latent to diagnose (trained with --inference {cfg.inference.method})")
-    methods = methods or [cfg.inference.method]
+    methods = s.methods or [cfg.inference.method]
     latent_methods = [m for m in known_methods() if descriptor(m).posterior_kind is not None]
     for m in methods:
         if m not in latent_methods:
             raise LtmError(f"--inference: no latent posterior for method {m!r} (choose from {', '.join(latent_methods)})")
-    check_diagnose_options(methods, sequences, chains, draws)
-    out_dir = Path(out) if out else run / "diagnostics" / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise LtmError(f"--out {out_dir} exists and is not empty")
-    overrides = {"train.backend": backend, "train.device": device}
+    check_diagnose_options(methods, draws)
+    # Never inside the run: eval, sample and diagnose only read a run (its checkpoints stay as fit left them).
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out_dir = Path(s.out) if s.out else Path("diagnostics") / f"{run.resolve().name}-{stamp}"
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise LtmError(f"--out {out_dir} exists and is not an empty directory")
+    check_creatable(out_dir, "the diagnostics directory")
+    overrides = {"train.backend": s.backend, "train.device": s.device}
     opened = {m: open_run(run, overrides | {"inference.method": m, "inference.chains": chains}) for m in methods}
     first = next(iter(opened.values()))
-    tokens = split_tokens(load_corpus(data or first.cfg.data.data), split, first.tokenizer)
+    tokens = split_tokens(load_corpus(s.data or first.cfg.data.data), split, first.tokenizer)
     batch = next(eval_batches(tokens, first.cfg.model.block_size, sequences, sequences), None)
     if batch is None or len(batch) < sequences:
         raise LtmError(f"the {split} split has fewer than {sequences} windows (--sequences)")
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = {"run": str(run), "split": split, "sequences": sequences, "methods": {}, "out": str(out_dir)}
-    with (progress or _no_progress)(len(opened)) as advance:
+    # The amortization gap: a refining method against the encoder it starts from (descriptors say which).
+    gaps = [(m, descriptor(m).gap_against) for m in opened if descriptor(m).gap_against in opened][:1]
+    with (progress or _no_progress)(2 * len(opened) + len(gaps)) as advance:
         for m, o in opened.items():
-            summary["methods"][m] = _diagnose_method(m, o, batch, steps, chains, draws, seed, out_dir)
+            summary["methods"][m] = _diagnose_method(m, o, batch, steps, chains, draws, seed, out_dir, advance)
+        for refined, encoder in gaps:  # e.g. local against amortized: the ELBO the refinement gains
+            with opened[refined].inference.rng_scope(seed):
+                fine = opened[refined].inference.bound(batch, steps=steps or opened[refined].cfg.inference.eval_steps * 4, num_samples=16)
+                coarse = opened[encoder].inference.bound(batch, steps=0, num_samples=16)
+            gap = (fine["loglik"] - fine["kl"]) - (coarse["loglik"] - coarse["kl"])
+            summary["amortization_gap"] = {"nats_per_sequence": float(gap.mean()),
+                                           "nats_per_token": float(gap.mean() / fine["num_tokens"]),
+                                           "per_sequence": gap}
             advance(1)
-    gaps = [(m, descriptor(m).gap_against) for m in opened if descriptor(m).gap_against in opened]
-    for refined, encoder in gaps[:1]:  # e.g. local against amortized: the ELBO the refinement gains
-        with opened[refined].inference.rng_scope(seed):
-            fine = opened[refined].inference.bound(batch, steps=steps or opened[refined].cfg.inference.eval_steps * 4, num_samples=16)
-            coarse = opened[encoder].inference.bound(batch, steps=0, num_samples=16)
-        gap = (fine["loglik"] - fine["kl"]) - (coarse["loglik"] - coarse["kl"])
-        summary["amortization_gap"] = {"nats_per_sequence": float(gap.mean()),
-                                       "nats_per_token": float(gap.mean() / fine["num_tokens"]),
-                                       "per_sequence": gap}
     for report in summary["methods"].values():
         if "chains_diagnostics" in report:
             report["chains_diagnostics"] = {k: v for k, v in report["chains_diagnostics"].items() if k not in SUMMARY_KEYS}
@@ -245,7 +272,7 @@ def _no_progress(total: int):
     yield lambda n=1: None
 
 
-def _diagnose_method(m: str, o, batch, steps, chains: int, draws: int, seed: int, out_dir: Path) -> dict:
+def _diagnose_method(m: str, o, batch, steps, chains: int, draws: int, seed: int, out_dir: Path, advance) -> dict:
     """Draws of one method for the batch, its diagnostics, NetCDF file and plots."""
     inference = o.inference
     chained = inference.posterior_kind == "chains"
@@ -257,6 +284,7 @@ def _diagnose_method(m: str, o, batch, steps, chains: int, draws: int, seed: int
         else:
             post = inference.posterior(batch, m_steps, draws)
             log_w = post["log_joint"] - post["log_q"]
+    advance(1)
     report = {"steps": m_steps, "chains": int(post["z"].shape[0]), "draws": int(post["z"].shape[1]),
               "collapse": collapse(post["z"])}
     if chained:
@@ -268,4 +296,5 @@ def _diagnose_method(m: str, o, batch, steps, chains: int, draws: int, seed: int
     idata = inference_data(m, post, log_w)
     idata.to_netcdf(str(out_dir / f"{m}.nc"))
     report["files"] = [f"{m}.nc"] + plot_method(m, post, report, out_dir)
+    advance(1)
     return report

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .checks import require_positive, require_seed
 from .config import RunConfig, apply_overrides, validate
 from .errors import LtmError
 
@@ -45,8 +46,11 @@ def open_run(run: str | Path, overrides: dict | None = None) -> OpenRun:
 
 def check_eval_options(samples: int | None, batch_size: int | None, max_windows: int | None) -> None:
     for name, value in (("--samples", samples), ("--batch-size", batch_size), ("--max-windows", max_windows)):
-        if value is not None and value <= 0:
-            raise LtmError(f"{name} must be a positive integer, got {value}")
+        require_positive(name, value)
+
+
+def check_seed(seed: int | None) -> None:
+    require_seed("--seed", seed)
 
 
 def parse_steps(text: str | None, default: int) -> list[int]:
@@ -87,6 +91,7 @@ def evaluate_run(opened: OpenRun, split: str = "val", data: str | None = None, s
 
     cfg = opened.cfg
     check_eval_options(samples, batch_size, max_windows)
+    check_seed(seed)
     if kind not in ("elbo", "iwae"):
         raise LtmError(f"--bound must be elbo or iwae, got {kind!r}")
     if fixed_noise and "fixed_noise" not in descriptor(cfg.inference.method).reference_numbers:
@@ -137,6 +142,9 @@ def compare_runs(runs: list[str], split: str = "val", data: str | None = None, s
     training FLOPs per token: token-matched and compute-matched comparisons in one table."""
     if len(runs) < 2:
         raise LtmError("ltm compare needs at least two runs")
+    require_positive("--steps", steps)
+    check_eval_options(samples, batch_size, max_windows)
+    check_seed(seed)
     opened = [open_run(run, overrides) for run in runs]
     fingerprints = {o.tokenizer.fingerprint for o in opened}
     if len(fingerprints) > 1:

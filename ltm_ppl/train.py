@@ -12,6 +12,7 @@ import numpy as np
 from . import checkpoint
 from .config import RunConfig, validate
 from .data import build_tokenizer, load_corpus, load_tokenizer, num_windows, split_tokens, train_batch
+from .destination import check_creatable
 from .errors import Interrupted, LtmError
 from .evaluate import unigram_bound, windows_bound
 from .flops import training_flops_per_token
@@ -45,7 +46,11 @@ def load_data(cfg: RunConfig, tokenizer=None) -> Data:
 
 
 def run_tokenizer(run: Path, cfg: RunConfig):
-    return load_tokenizer(run / "tokenizer.json", cfg.data.tokenizer)
+    tokenizer = load_tokenizer(run / "tokenizer.json", cfg.data.tokenizer)
+    if cfg.model.vocab_size and tokenizer.vocab_size != cfg.model.vocab_size:  # token ids would overrun the embedding
+        raise LtmError(f"{run / 'tokenizer.json'} is damaged: {tokenizer.vocab_size} tokens where the model has "
+                       f"{cfg.model.vocab_size} (config.json)")
+    return tokenizer
 
 
 def check_method_fits_run(cfg: RunConfig, trained_method: str) -> None:
@@ -114,6 +119,7 @@ def fit(cfg: RunConfig, out: str | None = None, resume: str | None = None, progr
     else:
         run = checkpoint.new_run_dir(out)
         resolve_horizon(cfg)
+        check_creatable(run)  # before the corpus is read: an unwritable --out fails at once
         validate(cfg, methods())
         data = load_data(cfg)
         cfg.model.vocab_size = data.tokenizer.vocab_size
@@ -207,7 +213,8 @@ def _loop(cfg: RunConfig, run: Path, inference, data: Data, progress: bool, echo
                "flops_per_token": training_flops_per_token(cfg)}
     echo(
         f"val bound: {last_eval['nll_per_token']:.4f} nats/token, perplexity <= {last_eval['perplexity']:.2f} "
-        f"(KL {last_eval['kl_per_sequence']:.2f} nats/sequence, {last_eval['num_tokens']} tokens, "
+        f"(KL {last_eval['kl_per_sequence']:.2f} nats/sequence, {last_eval['num_tokens']} tokens: the first "
+        f"{last_eval['num_sequences']} val windows; `ltm eval` bounds all; "
         f"{cfg.inference.eval_steps} steps, {cfg.train.backend}/{cfg.inference.method})"
     )
     echo(f"unigram:   {unigram['nll_per_token']:.4f} nats/token, perplexity {unigram['perplexity']:.2f} (same tokens)")

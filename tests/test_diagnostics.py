@@ -2,6 +2,7 @@
 PSIS k-hat that tells good, bad and exact proposals apart, IWAE against the ELBO, the NetCDF
 layout, and `ltm eval --bound/--fixed-noise`, `ltm diagnose`, `ltm compare` end to end."""
 import json
+from pathlib import Path
 
 import arviz as az
 import numpy as np
@@ -173,3 +174,16 @@ def test_diagnose_with_the_numpyro_backend(trained_run, tmp_path):
     assert_one_line_error(run_cli("diagnose", trained_run, "--inference", "local,amortized", "--out", tmp_path / "d2"),
                           "no amortized encoder")
     assert not (tmp_path / "d2").exists()
+
+
+def test_diagnose_by_default_writes_beside_not_into_the_run(trained_run, tmp_path, monkeypatch):
+    """Issue 9: eval, sample and diagnose only read a run; diagnose's default output is
+    diagnostics/<run name>-<timestamp> in the current directory."""
+    before = sorted((p.relative_to(trained_run), p.stat().st_mtime_ns) for p in trained_run.rglob("*"))
+    monkeypatch.chdir(tmp_path)
+    result = run_cli("diagnose", trained_run, "--inference", "local", "--sequences", "2", "--steps", "2", "--json", "-q")
+    assert result.exit_code == 0, result.output
+    out = Path(json.loads(result.stdout.strip().splitlines()[-1])["out"])
+    assert out.parent == Path("diagnostics") and out.name.startswith(trained_run.name + "-")
+    assert (tmp_path / out / "summary.json").is_file()
+    assert sorted((p.relative_to(trained_run), p.stat().st_mtime_ns) for p in trained_run.rglob("*")) == before

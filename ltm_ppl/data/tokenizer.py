@@ -10,6 +10,7 @@ EOS of the one before, as in GPT-2).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from importlib import resources
@@ -33,6 +34,21 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(range(256), chars))
 
 
+@contextlib.contextmanager
+def tokenizer_errors(what: str):
+    """A failure inside the tokenizers library, where a user's file or text reaches it, as one
+    LtmError. Its Rust panics arrive as pyo3's PanicException, a BaseException, not an Exception."""
+    try:
+        yield
+    except LtmError:
+        raise
+    except BaseException as exc:
+        if not isinstance(exc, Exception) and type(exc).__name__ != "PanicException":
+            raise  # KeyboardInterrupt, SystemExit
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise LtmError(f"{what}: {detail}") from None
+
+
 class Tokenizer:
     def __init__(self, hf, name: str):
         self.hf = hf
@@ -47,13 +63,54 @@ class Tokenizer:
         return hashlib.sha256(self.hf.to_str().encode()).hexdigest()
 
     def encode(self, text: str) -> list[int]:
-        return self.hf.encode(text).ids
+        with tokenizer_errors(f"tokenizer {self.name} failed on the text"):
+            return self.hf.encode(text).ids
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        return [e.ids for e in self.hf.encode_batch(texts)]
+        with tokenizer_errors(f"tokenizer {self.name} failed on the corpus"):
+            return [e.ids for e in self.hf.encode_batch(texts)]
 
     def decode(self, ids) -> str:
-        return self.hf.decode([int(i) for i in ids], skip_special_tokens=False)
+        with tokenizer_errors(f"tokenizer {self.name} failed to decode"):
+            return self.hf.decode([int(i) for i in ids], skip_special_tokens=False)
+
+    def token_bytes(self) -> list[bytes | None]:
+        """Each token's bytes (None: the end-of-text token), read through the ByteLevel alphabet."""
+        if getattr(self, "_token_bytes", None) is None:
+            to_byte = {char: byte for byte, char in _bytes_to_unicode().items()}
+            table = []
+            for i in range(self.vocab_size):
+                token = self.hf.id_to_token(i)
+                if i == self.eot_id or token is None:
+                    table.append(None)
+                else:
+                    table.append(bytes(to_byte[c] for c in token) if all(c in to_byte for c in token) else token.encode())
+            self._token_bytes = table
+        return self._token_bytes
+
+    def utf8_tables(self):
+        """(allowed, next_state) of data.utf8 for this vocabulary, built once."""
+        from .utf8 import utf8_tables
+
+        if getattr(self, "_utf8_tables", None) is None:
+            self._utf8_tables = utf8_tables(self.token_bytes())
+        return self._utf8_tables
+
+    def decode_text(self, ids) -> str:
+        """Text of sampled ids: bytes joined and decoded strictly, a trailing incomplete character
+        dropped; each end-of-text token shows as <|endoftext|>."""
+        from .utf8 import complete_prefix
+
+        table = self.token_bytes()
+        parts, current = [], bytearray()
+        for i in ids:
+            b = table[int(i)]
+            if b is None:
+                parts.append(complete_prefix(bytes(current)) + EOT)
+                current = bytearray()
+            else:
+                current += b
+        return "".join(parts) + complete_prefix(bytes(current))
 
     def save(self, path: Path) -> None:
         from .cache import atomic_write_text
@@ -107,7 +164,8 @@ def _trained_bpe(size: int, texts: list[str], cache_key: str) -> Tokenizer:
     trainer = BpeTrainer(
         vocab_size=size, special_tokens=[EOT], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
     )
-    hf.train_from_iterator(texts, trainer=trainer)
+    with tokenizer_errors(f"training the tokenizer bpe:{size} on the corpus failed"):
+        hf.train_from_iterator(texts, trainer=trainer)
     atomic_write_text(cached, hf.to_str())
     return Tokenizer(hf, f"bpe:{size}")
 
@@ -131,10 +189,13 @@ def build_tokenizer(spec: str, train_texts: list[str] | None = None, corpus_fing
 def load_tokenizer(path: Path, name: str) -> Tokenizer:
     from tokenizers import Tokenizer as HF
 
-    try:
-        return Tokenizer(HF.from_file(str(path)), name)
-    except Exception as exc:  # tokenizers raises a bare Exception on a damaged file
-        raise LtmError(f"tokenizer file {path} is damaged: {str(exc).splitlines()[0]}") from None
+    with tokenizer_errors(f"tokenizer file {path} is damaged"):  # a bare Exception, or a panic
+        hf = HF.from_file(str(path))
+        # Ours never truncate or pad; a file that says so is damaged, and a stride above the
+        # length makes encode panic (with a Rust message on stderr that no handler can catch).
+        hf.no_truncation()
+        hf.no_padding()
+        return Tokenizer(hf, name)
 
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # no fork warnings from DataLoader-free code

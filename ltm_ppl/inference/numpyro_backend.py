@@ -442,7 +442,9 @@ class NumPyroBackend:
             return None
         return jax.random.normal(self.next_key(), (num, *self.latent_shape), jnp.float32)
 
-    def generate(self, context: np.ndarray, z, max_new: int, temperature: float, top_k: int) -> np.ndarray:
+    def generate(self, context: np.ndarray, z, max_new: int, temperature: float, top_k: int, **options) -> np.ndarray:
+        """options: stop_id, utf8, progress of models.jax_decoder.generate."""
         return jax_decoder.generate(
-            self.params, self.cfg.model, self.tensor(context), z, max_new, temperature, top_k, self.next_key(), self.dtype
+            self.params, self.cfg.model, self.tensor(context), z, max_new, temperature, top_k, self.next_key(), self.dtype,
+            **options,
         )

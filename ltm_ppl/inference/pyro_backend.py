@@ -312,10 +312,11 @@ class PyroBackend:
             return None
         return torch.randn(num, *self.latent_shape, device=self.device)
 
-    def generate(self, context: np.ndarray, z, max_new: int, temperature: float, top_k: int) -> np.ndarray:
+    def generate(self, context: np.ndarray, z, max_new: int, temperature: float, top_k: int, **options) -> np.ndarray:
+        """options: stop_id, utf8, progress of models.torch_generate.generate."""
         from ..models.torch_generate import generate
 
         self.decoder.eval()
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
-            out = generate(self.decoder, self.tensor(context), z, max_new, temperature, top_k)
+            out = generate(self.decoder, self.tensor(context), z, max_new, temperature, top_k, **options)
         return out.cpu().numpy()

@@ -218,9 +218,10 @@ def _generation_programs(cfg_fields: tuple, dtype, temperature: float, top_k: in
 
 
 def generate(params, cfg: ModelConfig, context, z, max_new: int, temperature: float = 1.0, top_k: int = 0,
-             key=None, dtype=jnp.float32):
-    """New tokens [B, max_new] after context [B, P] (torch_generate.generate's semantics: when the
-    window fills, the last half of it is encoded afresh, positions restarting at 0)."""
+             key=None, dtype=jnp.float32, stop_id: int | None = None, utf8=None, progress=None):
+    """New tokens [B, <= max_new] after context [B, P] (torch_generate.generate's semantics: when
+    the window fills, the last half of it is encoded afresh, positions restarting at 0; stop_id,
+    utf8 and progress as there)."""
     block = cfg.block_size
     context = jnp.asarray(context, jnp.int32)
     if max_new <= 0:
@@ -231,14 +232,28 @@ def generate(params, cfg: ModelConfig, context, z, max_new: int, temperature: fl
         dataclasses.astuple(cfg), dtype, float(temperature), int(top_k))
     lkv = run_lkv(params, z) if cfg.latent else [None] * cfg.n_layer
 
+    if utf8 is not None:
+        allowed, next_state = (jnp.asarray(t) for t in utf8)
+        state = jnp.zeros(context.shape[0], jnp.int32)
+    done = np.zeros(context.shape[0], dtype=bool)
     history = context[:, -block:]
     cache, logits = run_prefill(params, history, lkv)
     position = history.shape[1]
     out = []
     for _ in range(max_new):
         key, sub = jax.random.split(key)
+        if utf8 is not None:
+            logits = jnp.where(allowed[state], logits.astype(jnp.float32), -jnp.inf)
         token = run_sample(logits, sub).astype(jnp.int32)
         out.append(token)
+        if progress is not None:
+            progress(1)
+        if utf8 is not None:
+            state = next_state[state, token]
+        if stop_id is not None:
+            done |= np.asarray(token) == stop_id
+            if done.all():
+                break
         history = jnp.concatenate([history, token[:, None]], axis=1)
         if position >= block:
             history = history[:, -(block // 2):]
@@ -248,4 +263,3 @@ def generate(params, cfg: ModelConfig, context, z, max_new: int, temperature: fl
             cache, logits = run_decode(params, cache, token, jnp.int32(position), lkv)
             position += 1
     return np.asarray(jnp.stack(out, axis=1)).astype(np.int64)
-

@@ -18,9 +18,14 @@ def sample_next(logits: torch.Tensor, temperature: float, top_k: int, generator)
 
 
 @torch.no_grad()
-def generate(decoder, context: torch.Tensor, z, max_new: int, temperature: float = 1.0, top_k: int = 0, generator=None):
-    """New tokens [B, max_new] after context [B, P]. When the window fills, the last half of it is
-    encoded afresh (positions restart at 0) and generation goes on."""
+def generate(decoder, context: torch.Tensor, z, max_new: int, temperature: float = 1.0, top_k: int = 0, generator=None,
+             stop_id: int | None = None, utf8=None, progress=None):
+    """New tokens [B, <= max_new] after context [B, P]. When the window fills, the last half of it
+    is encoded afresh (positions restart at 0) and generation goes on.
+
+    stop_id: stop once every row has sampled it (rows keep their tokens after it; callers cut).
+    utf8: (allowed [S, V], next_state [S, V]) of data.utf8; tokens that cannot continue valid
+    UTF-8 are masked before sampling. progress: called with 1 per new token."""
     block = decoder.cfg.block_size
     latent_kv = decoder.latent_kv(z) if decoder.cfg.latent else [None] * decoder.cfg.n_layer
 
@@ -29,12 +34,26 @@ def generate(decoder, context: torch.Tensor, z, max_new: int, temperature: float
         logits = decoder(tokens, start=0, caches=caches, latent_kv=latent_kv)[:, -1]
         return caches, logits, tokens.shape[1]
 
+    if utf8 is not None:
+        allowed, next_state = (torch.as_tensor(t, device=context.device) for t in utf8)
+        state = torch.zeros(context.shape[0], dtype=torch.long, device=context.device)
+    done = torch.zeros(context.shape[0], dtype=torch.bool, device=context.device)
     history = context[:, -block:]
     caches, logits, position = prefill(history)
     out = []
     for _ in range(max_new):
+        if utf8 is not None:
+            logits = logits.float().masked_fill(~allowed[state], float("-inf"))
         token = sample_next(logits, temperature, top_k, generator)
         out.append(token)
+        if progress is not None:
+            progress(1)
+        if utf8 is not None:
+            state = next_state[state, token].long()
+        if stop_id is not None:
+            done |= token == stop_id
+            if bool(done.all()):
+                break
         history = torch.cat([history, token[:, None]], dim=1)
         if position >= block:
             caches, logits, position = prefill(history[:, -(block // 2):])

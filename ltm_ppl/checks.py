@@ -1,0 +1,43 @@
+"""The one range checker of user numbers, shared by the CLI, the config and the library, so a
+flag and its Python argument fail with the same line."""
+from __future__ import annotations
+
+import math
+
+from .errors import LtmError
+
+
+def _finite_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def require_positive(name: str, value, integer: bool = True) -> None:
+    """`value` must be > 0 (an int when `integer`) and finite; None means "not given" and passes."""
+    if value is None:
+        return
+    if integer and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
+        raise LtmError(f"{name} must be a positive integer, got {value!r}")
+    if not _finite_number(value) or value <= 0:
+        raise LtmError(f"{name} must be positive and finite, got {value!r}")
+
+
+def require_non_negative(name: str, value, integer: bool = False) -> None:
+    if value is None:
+        return
+    if integer and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+        raise LtmError(f"{name} must be a non-negative integer, got {value!r}")
+    if not _finite_number(value) or value < 0:
+        raise LtmError(f"{name} must not be negative, got {value!r}")
+
+
+def require_at_most(name: str, value, limit) -> None:
+    if value is not None and value > limit:
+        raise LtmError(f"{name} must be at most {limit}, got {value!r}")
+
+
+MAX_SEED = 2**32 - 1  # what every random generator here (numpy, torch, jax) accepts
+
+
+def require_seed(name: str, value) -> None:
+    require_non_negative(name, value, integer=True)
+    require_at_most(name, value, MAX_SEED)
