@@ -1,0 +1,209 @@
+"""Tests that protect the numbers `ltm fit/eval` report: the step-size schedules at interior steps,
+one slow AdamW step after another agreeing across the two backends, and the reported ELBO equal
+to each PPL's own TraceMeanField_ELBO on the same draws. Each fails when the mathematics is wrong
+(a linear schedule, weight decay on norm gains, a KL added instead of subtracted).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from helpers import random_weights, tiny_cfg
+
+pytestmark = pytest.mark.usefixtures("jax_caches", "torch_one_thread")
+
+
+# ----- schedules -----------------------------------------------------------------------------
+def cosine(step, start_step, end_step, high, low):
+    """high at start_step, low at end_step, the half cosine between (written out independently)."""
+    progress = (step - start_step) / (end_step - start_step)
+    return low + (high - low) * (1 + math.cos(math.pi * progress)) / 2
+
+
+@pytest.mark.parametrize("steps", [5, 16])
+def test_fast_lr_follows_the_cosine_at_every_interior_step(steps):
+    from ltm_ppl.inference.schedules import fast_lr
+
+    lr, ratio = 0.3, 0.1
+    for t in range(steps):
+        assert fast_lr(t, steps, lr, ratio) == pytest.approx(cosine(t, 0, steps - 1, lr, lr * ratio), rel=1e-12)
+    # A quarter of the way, the cosine is well above the linear interpolation (teeth vs linear).
+    quarter = fast_lr((steps - 1) / 4, steps, lr, ratio)
+    assert quarter - (lr - (lr - lr * ratio) / 4) > 0.01
+
+
+def test_slow_lr_warms_up_linearly_then_follows_the_cosine_to_its_floor():
+    from ltm_ppl.config import TrainConfig
+    from ltm_ppl.inference.schedules import slow_lr
+
+    t = TrainConfig(lr=2e-3, warmup_iters=4, iters=100, lr_decay_iters=40, min_lr_ratio=0.1)
+    assert [slow_lr(i, t) for i in range(4)] == pytest.approx([5e-4, 1e-3, 1.5e-3, 2e-3], rel=1e-12)
+    for i in range(4, 41):
+        assert slow_lr(i, t) == pytest.approx(cosine(i, 4, 40, 2e-3, 2e-4), rel=1e-12), i
+    assert slow_lr(60, t) == pytest.approx(2e-4, rel=1e-12)
+    assert slow_lr(13, t) - (2e-3 - 1.8e-3 / 4) > 1e-4  # above the linear decay a quarter in
+    t.lr_decay_iters = 0  # 0: the horizon is `iters`
+    assert slow_lr(52, t) == pytest.approx(cosine(52, 4, 100, 2e-3, 2e-4), rel=1e-12)
+
+
+# ----- slow-step parity ----------------------------------------------------------------------
+# AdamW with weight decay on matrices only, clipping, betas and the slow schedule, all away from
+# their defaults so that a backend using a default instead of the configured value disagrees.
+SLOW = dict(lr=2e-2, warmup_iters=2, iters=20, lr_decay_iters=12, min_lr_ratio=0.2, weight_decay=0.5,
+            beta1=0.7, beta2=0.9, grad_clip=0.05)
+START = 5  # the loaded state's iteration and Adam step count: 3 past warm-up, inside the cosine
+PARITY_ATOL = 1e-5  # float32, 3 AdamW steps of size <= 0.02 on weights of norm ~1
+
+
+def shared_moments(shapes: dict, seed: int) -> dict:
+    """Adam moments with second moments at the clipped gradients' scale (~3e-4 per element):
+    the update depends on the clipped gradient, and tiny float differences of near-zero gradients
+    are not blown up to +-lr as they are from an empty state."""
+    rng = np.random.default_rng(seed)
+    return {name: (3e-4 * rng.standard_normal(shape), (2e-4 + 4e-4 * np.abs(rng.standard_normal(shape))) ** 2)
+            for name, shape in shapes.items()}
+
+
+def load_moments(inference, moments: dict, iteration: int) -> None:
+    """The same optimiser state (moments, step count, iteration) in either backend's own names."""
+    tensors, _ = inference.optimizer_state()
+    f32 = lambda a: np.asarray(a, np.float32)  # noqa: E731
+    for name, (m, v) in moments.items():
+        if inference.backend == "pyro":
+            tensors |= {f"exp_avg/{name}": f32(m), f"exp_avg_sq/{name}": f32(v), f"step/{name}": f32(iteration)}
+        else:
+            tensors |= {f"opt/0/mu/{name}": f32(m), f"opt/0/nu/{name}": f32(v), "opt/0/count": np.int32(iteration)}
+    inference.load_optimizer_state(tensors, {"iteration": iteration})
+
+
+def test_three_slow_steps_from_a_loaded_state_give_the_same_weights_in_pyro_and_numpyro():
+    """`none` (the decoder alone, no noise): three iterations past warm-up, each clipped, from the
+    same weights and the same non-zero Adam moments. The weights agree within PARITY_ATOL; with
+    weight decay on the norm gains, no clip, other betas or another schedule they differ by >> it."""
+    from ltm_ppl.inference import create
+    from ltm_ppl.inference.schedules import slow_lr
+
+    backends = {b: create(tiny_cfg("none", backend=b, train=SLOW)) for b in ("pyro", "numpyro")}
+    shapes = {k: v.shape for k, v in backends["pyro"].weights().items()}
+    weights, moments = random_weights(shapes, seed=21), shared_moments(shapes, seed=23)
+    for inference in backends.values():
+        inference.load_weights(weights)
+        load_moments(inference, moments, START)
+    rng = np.random.default_rng(22)
+    for i in range(START, START + 3):
+        batch = rng.integers(0, 64, (3, 17))
+        metrics = {b: inference.step(batch) for b, inference in backends.items()}
+        for m in metrics.values():
+            assert m["lr"] == pytest.approx(slow_lr(i, backends["pyro"].cfg.train))
+            assert m["grad_norm"] > 10 * SLOW["grad_clip"]  # the clip is active at every step
+        assert metrics["numpyro"]["loss"] == pytest.approx(metrics["pyro"]["loss"], rel=1e-5)
+    got, expected = backends["numpyro"].weights(), backends["pyro"].weights()
+    moved = 0.0
+    for name in expected:
+        np.testing.assert_allclose(got[name], expected[name], rtol=0, atol=PARITY_ATOL, err_msg=name)
+        moved = max(moved, float(np.abs(expected[name] - weights[name]).max()))
+    assert moved > 0.02  # the steps did move the weights
+    assert backends["pyro"].iteration == backends["numpyro"].iteration == START + 3
+
+
+# ----- the reported ELBO against each PPL's TraceMeanField_ELBO -------------------------------
+class InjectedNoise:
+    """An inference object whose `bound` draws the given eps (reported and fast), so that the
+    number corpus_bound reports can be recomputed independently. Everything else is the real one."""
+
+    def __init__(self, inference, noise, fast_noise):
+        self.inference, self.noise, self.fast_noise = inference, noise, fast_noise
+        self.cfg, self.rng_scope = inference.cfg, inference.rng_scope
+
+    def bound(self, batch, steps, num_samples):
+        return self.inference.bound(batch, steps, noise=self.noise, fast_noise=self.fast_noise)
+
+
+def fitted_q(inference, batch, steps, fast_noise):
+    """(loc, log_scale) as numpy: the q that `bound` fits with the same fast noise."""
+    if inference.backend == "pyro":
+        loc, log_scale, _ = inference.fit_posterior(inference.tensor(batch), steps, fast_noise=fast_noise)
+        return loc.numpy(), log_scale.numpy()
+    import jax.numpy as jnp
+
+    from ltm_ppl.inference.local_numpyro import fast_lrs, fit_local_posterior
+
+    loc, log_scale = fit_local_posterior(
+        inference.programs.model(inference.params), inference.tensor(batch), inference.programs.shape,
+        inference.cfg.inference, jnp.asarray(fast_lrs(steps, inference.cfg.inference)), fast_noise=jnp.asarray(fast_noise),
+    )
+    return np.asarray(loc), np.asarray(log_scale)
+
+
+def pyro_trace_mean_field_elbo(inference, batch, loc, log_scale, z):
+    """-TraceMeanField_ELBO loss of Pyro with the guide replayed at z (summed over sequences)."""
+    import functools
+
+    import pyro
+    import torch
+    from pyro import poutine
+
+    from ltm_ppl.models.pyro_model import local_guide
+
+    tokens = inference.tensor(batch)
+    guide = functools.partial(local_guide, loc=torch.from_numpy(loc), log_scale=torch.from_numpy(log_scale))
+    at_z = poutine.trace(guide).get_trace(tokens)
+    at_z.nodes["z"]["value"] = torch.from_numpy(z)
+    with torch.no_grad(), pyro.validation_enabled(False):
+        loss = pyro.infer.TraceMeanField_ELBO(max_plate_nesting=1).differentiable_loss(
+            inference.model, poutine.replay(guide, trace=at_z), tokens)
+    return -float(loss)
+
+
+def numpyro_trace_mean_field_elbo(inference, batch, loc, log_scale, z):
+    """-TraceMeanField_ELBO loss of NumPyro with the guide's z substituted (summed over sequences)."""
+    import functools
+
+    import jax
+    import jax.numpy as jnp
+    import numpyro
+    from numpyro import handlers
+
+    from ltm_ppl.models.numpyro_model import local_guide
+
+    guide = functools.partial(local_guide, loc=jnp.asarray(loc), log_scale=jnp.asarray(log_scale))
+    guide = handlers.substitute(guide, data={"z": jnp.asarray(z)})
+    model = inference.programs.model(inference.params)
+    loss = numpyro.infer.TraceMeanField_ELBO().loss(jax.random.PRNGKey(0), {}, model, guide, inference.tensor(batch))
+    return -float(loss)
+
+
+RECOMPUTE = {"pyro": pyro_trace_mean_field_elbo, "numpyro": numpyro_trace_mean_field_elbo}
+ELBO_RTOL = 2e-5  # float32 sums of ~100 token log-probs and 128 KL terms per sequence
+
+
+@pytest.mark.parametrize("backend", ["pyro", "numpyro"])
+def test_reported_elbo_is_the_ppls_trace_mean_field_elbo_on_the_same_draws(backend):
+    """corpus_bound's total (-nll_per_token * tokens), its reconstruction term and its KL per
+    sequence equal the PPL's own TraceMeanField_ELBO, log-likelihood and analytic KL of the same q
+    at the same z, summed over the sequences. Fails if the KL is added rather than subtracted."""
+    from ltm_ppl.evaluate import corpus_bound
+    from ltm_ppl.inference import create
+
+    inference = create(tiny_cfg("local", backend=backend, fast_lr=0.2))
+    inference.load_weights(random_weights({k: v.shape for k, v in inference.weights().items()}, seed=31))
+    rng = np.random.default_rng(32)
+    B, steps, block = 3, 3, inference.cfg.model.block_size
+    tokens = rng.integers(0, 64, B * block + 1)
+    batch = np.stack([tokens[i * block : (i + 1) * block + 1] for i in range(B)])
+    shape = (B, *inference.latent_shape) if backend == "pyro" else (B, *inference.programs.shape)
+    noise = rng.standard_normal((1, *shape)).astype(np.float32)
+    fast_noise = rng.standard_normal((steps, 1, *shape)).astype(np.float32)
+
+    reported = corpus_bound(InjectedNoise(inference, noise, fast_noise), tokens, steps=steps, num_samples=1, batch_size=B)
+    assert reported["num_sequences"] == B and reported["num_tokens"] == B * block
+    loc, log_scale = fitted_q(inference, batch, steps, fast_noise)
+    z = loc + np.exp(log_scale) * noise[0]
+    expected_elbo = RECOMPUTE[backend](inference, batch, loc, log_scale, z)
+    expected_kl = 0.5 * (loc**2 + np.exp(2.0 * log_scale) - 1 - 2 * log_scale).sum()
+    assert expected_kl > 1.0  # a KL large enough for a sign error to show
+    assert -reported["nll_per_token"] * reported["num_tokens"] == pytest.approx(expected_elbo, rel=ELBO_RTOL)
+    assert reported["kl_per_sequence"] * B == pytest.approx(expected_kl, rel=ELBO_RTOL)
+    assert -reported["reconstruction_nll_per_token"] * reported["num_tokens"] == pytest.approx(
+        expected_elbo + expected_kl, rel=ELBO_RTOL)
