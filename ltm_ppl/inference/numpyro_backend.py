@@ -151,14 +151,15 @@ class Programs:
         return log_joint(self.model(params), (tokens,), z)
 
     def gaussian_posterior(self, params, tokens, loc, log_scale, num_draws: int, key) -> dict:
-        """num_draws draws from q as one chain: z [1, D, B, ...], log p(x, z) and log q(z) [1, D, B].
+        """num_draws draws from q as one chain: z [1, D, B, ...], log p(x, z) and log q(z) [1, D, B],
+        and q's own loc and log_scale [B, ...] (diagnostics measure q from them).
         The log joints are computed one draw at a time (lax.map), so memory does not grow with D."""
         eps = jax.random.normal(key, (num_draws, *loc.shape), jnp.float32)
         z = loc + jnp.exp(log_scale) * eps
         event = tuple(range(2, z.ndim))
         log_q = (-0.5 * eps**2 - log_scale - 0.5 * jnp.log(2 * jnp.pi)).sum(event)
         log_p = jax.lax.map(lambda zz: self.log_joint(params, tokens, zz), z)
-        return {"z": z[None], "log_joint": log_p[None], "log_q": log_q[None]}
+        return {"z": z[None], "log_joint": log_p[None], "log_q": log_q[None], "loc": loc, "log_scale": log_scale}
 
     def gaussian_log_weights(self, params, tokens, loc, log_scale, num_samples: int, key):
         """Importance log weights log p(x, z_k) - log q(z_k) [K, B] of K draws z_k ~ q (IWAE, PSIS)."""
