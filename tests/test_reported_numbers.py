@@ -207,3 +207,126 @@ def test_reported_elbo_is_the_ppls_trace_mean_field_elbo_on_the_same_draws(backe
     assert reported["kl_per_sequence"] * B == pytest.approx(expected_kl, rel=ELBO_RTOL)
     assert -reported["reconstruction_nll_per_token"] * reported["num_tokens"] == pytest.approx(
         expected_elbo + expected_kl, rel=ELBO_RTOL)
+
+
+# ----- the aggregation in evaluate.py, on numbers known exactly --------------------------------
+def test_iwae_terms_are_log_mean_exp_and_mean_of_the_same_weights():
+    from ltm_ppl.evaluate import iwae_terms
+
+    rng = np.random.default_rng(41)
+    w = rng.normal(-50.0, 3.0, (16, 5))
+    iwae, elbo = iwae_terms(w)
+    np.testing.assert_allclose(iwae, np.log(np.mean(np.exp(w + 50.0), axis=0)) - 50.0, rtol=1e-12)
+    np.testing.assert_allclose(elbo, w.mean(0), rtol=1e-12)
+    assert np.all(iwae > elbo)  # Jensen, strict for unequal weights
+    one_iwae, one_elbo = iwae_terms(w[:1])
+    np.testing.assert_allclose(one_iwae, w[0], rtol=1e-12)  # K = 1: IWAE is the ELBO of that draw
+    big, _ = iwae_terms(w - 5000.0)  # stable far from 0: shifts through unchanged
+    np.testing.assert_allclose(big, iwae - 5000.0, rtol=1e-12)
+
+
+def test_unigram_bound_by_hand():
+    from ltm_ppl.evaluate import unigram_bound
+
+    train = np.array([0, 0, 1, 0, 2])  # counts 3, 1, 1 (+1 each, vocab 4): p = 4/9, 2/9, 2/9, 1/9
+    eval_tokens = np.array([3, 0, 1, 2, 0, 3, 1])  # block 2: 3 windows predict eval[1:7]
+    got = unigram_bound(train, eval_tokens, vocab_size=4, block_size=2)
+    p = np.array([4, 2, 2, 1]) / 9
+    expected = -np.mean(np.log(p[[0, 1, 2, 0, 3, 1]]))
+    assert got["nll_per_token"] == pytest.approx(expected, rel=1e-12)
+    assert got["perplexity"] == pytest.approx(np.exp(expected), rel=1e-12)
+    assert got["num_tokens"] == 6
+    first = unigram_bound(train, eval_tokens, vocab_size=4, block_size=2, max_windows=1)
+    assert first["num_tokens"] == 2 and first["nll_per_token"] == pytest.approx(-np.mean(np.log(p[[0, 1]])), rel=1e-12)
+
+
+class KnownTerms:
+    """An inference object whose per-sequence terms are fixed numbers (the aggregation under test
+    is plain arithmetic in corpus_bound; the PPL paths are tested above)."""
+
+    def __init__(self, block):
+        import contextlib
+
+        from ltm_ppl.config import RunConfig
+
+        self.cfg = RunConfig()
+        self.cfg.model.block_size = block
+        self.rng_scope = lambda seed: contextlib.nullcontext()
+        self.calls = []
+
+    @staticmethod
+    def terms(batch):
+        first = batch[:, 0].astype(np.float64)  # a number per window: its first token
+        return -3.0 * first - 1.0, 0.5 + 0.1 * first
+
+    def bound(self, batch, steps, num_samples):
+        self.calls.append((len(batch), steps, num_samples))
+        loglik, kl = self.terms(batch)
+        return {"loglik": loglik, "kl": kl, "num_tokens": batch.shape[1] - 1}
+
+    def log_weights(self, batch, steps, num_samples):
+        self.calls.append((len(batch), steps, num_samples))
+        loglik, kl = self.terms(batch)
+        spread = np.linspace(-1.0, 1.0, num_samples)[:, None]
+        return loglik - kl + spread  # [K, B]
+
+
+def test_corpus_bound_sums_bounds_and_tokens_over_every_window():
+    from ltm_ppl.evaluate import corpus_bound, iwae_terms
+
+    block = 4
+    tokens = np.arange(5 * block + 1) % 7  # 5 windows starting with tokens 0, 4, 1, 5, 2
+    firsts = np.array([0, 4, 1, 5, 2], float)
+    loglik, kl = -3.0 * firsts - 1.0, 0.5 + 0.1 * firsts
+    inference = KnownTerms(block)
+    got = corpus_bound(inference, tokens, steps=3, num_samples=2, batch_size=2)
+    assert inference.calls == [(2, 3, 2), (2, 3, 2), (1, 3, 2)]
+    assert got["num_tokens"] == 5 * block and got["num_sequences"] == 5
+    assert got["nll_per_token"] == pytest.approx(-(loglik - kl).sum() / (5 * block), rel=1e-12)
+    assert got["perplexity"] == pytest.approx(np.exp(got["nll_per_token"]), rel=1e-12)
+    assert got["reconstruction_nll_per_token"] == pytest.approx(-loglik.sum() / (5 * block), rel=1e-12)
+    assert got["kl_per_sequence"] == pytest.approx(kl.mean(), rel=1e-12)
+    assert got["per_sequence_mean_perplexity"] == pytest.approx(np.mean(np.exp(-(loglik - kl) / block)), rel=1e-12)
+    assert (got["bound"], got["steps"], got["samples"]) == ("elbo", 3, 2)
+    three = corpus_bound(KnownTerms(block), tokens, steps=3, num_samples=2, batch_size=2, max_windows=3)
+    assert three["num_sequences"] == 3 and three["nll_per_token"] == pytest.approx(
+        -(loglik - kl)[:3].sum() / (3 * block), rel=1e-12)
+
+    got = corpus_bound(KnownTerms(block), tokens, steps=3, num_samples=8, batch_size=2, kind="iwae")
+    iwae, elbo = iwae_terms((loglik - kl) + np.linspace(-1.0, 1.0, 8)[:, None])
+    assert got["nll_per_token"] == pytest.approx(-iwae.sum() / (5 * block), rel=1e-12)
+    assert got["sampled_elbo_nll_per_token"] == pytest.approx(-elbo.sum() / (5 * block), rel=1e-12)
+    assert got["per_sequence_mean_perplexity"] == pytest.approx(np.mean(np.exp(-iwae / block)), rel=1e-12)
+    assert got["kl_per_sequence"] is None and got["bound"] == "iwae" and got["samples"] == 8
+
+
+def test_corpus_bound_refuses_a_bound_that_is_not_finite():
+    from ltm_ppl.errors import LtmError
+    from ltm_ppl.evaluate import corpus_bound
+
+    inference = KnownTerms(4)
+    inference.terms = lambda batch: (np.full(len(batch), -np.inf), np.zeros(len(batch)))
+    with pytest.raises(LtmError, match="not finite"):
+        corpus_bound(inference, np.zeros(9, int), steps=1, num_samples=1, batch_size=2)
+
+
+@pytest.mark.parametrize("backend", ["pyro", "numpyro"])
+def test_log_weights_average_to_the_elbo_of_the_same_q(backend):
+    """E_q[log p(x, z) - log q(z)] = ELBO: the mean of K importance log weights matches the
+    reported bound's loglik - KL of the same q (the reference init, no fast steps: q = N(0,
+    e^-10 I), KL ~ 576 nats per sequence) within Monte Carlo error. A log q or log p term dropped
+    or of the wrong sign moves the mean by hundreds of nats."""
+    from ltm_ppl.inference import create
+
+    inference = create(tiny_cfg("local", backend=backend, init="reference"))
+    inference.load_weights(random_weights({k: v.shape for k, v in inference.weights().items()}, seed=51))
+    batch = np.random.default_rng(52).integers(0, 64, (3, 17))
+    K = 16
+    with inference.rng_scope(0):
+        log_w = inference.log_weights(batch, steps=0, num_samples=K)
+        terms = inference.bound(batch, steps=0, num_samples=K)
+    assert log_w.shape == (K, 3)
+    elbo = terms["loglik"] - terms["kl"]
+    assert np.all(terms["kl"] > 500)
+    error = 4 * log_w.std(0) / np.sqrt(K) + 1e-3 * np.abs(elbo)
+    assert np.all(np.abs(log_w.mean(0) - elbo) < error), (log_w.mean(0), elbo, error)
