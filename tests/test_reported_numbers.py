@@ -223,6 +223,8 @@ def test_iwae_terms_are_log_mean_exp_and_mean_of_the_same_weights():
     np.testing.assert_allclose(one_iwae, w[0], rtol=1e-12)  # K = 1: IWAE is the ELBO of that draw
     big, _ = iwae_terms(w - 5000.0)  # stable far from 0: shifts through unchanged
     np.testing.assert_allclose(big, iwae - 5000.0, rtol=1e-12)
+    apart, _ = iwae_terms(w + np.array([0.0, -3000.0, 0.0, 2000.0, 0.0]))  # each sequence its own scale
+    np.testing.assert_allclose(apart, iwae + np.array([0.0, -3000.0, 0.0, 2000.0, 0.0]), rtol=1e-12)
 
 
 def test_unigram_bound_by_hand():
@@ -330,3 +332,41 @@ def test_log_weights_average_to_the_elbo_of_the_same_q(backend):
     assert np.all(terms["kl"] > 500)
     error = 4 * log_w.std(0) / np.sqrt(K) + 1e-3 * np.abs(elbo)
     assert np.all(np.abs(log_w.mean(0) - elbo) < error), (log_w.mean(0), elbo, error)
+
+
+def test_log_weights_of_both_elbo_modules_are_log_p_minus_log_q_at_the_same_draws():
+    """pyro_elbo.log_weights and numpyro_elbo.log_weights at injected z: log p(x | z) (the
+    elbo_terms log-likelihood of the same z) + log N(z; 0, I) - log q(z), written out here."""
+    import functools
+
+    import jax.numpy as jnp
+    import torch
+    from helpers import twin_decoders
+
+    from ltm_ppl.inference import numpyro_elbo, pyro_elbo
+    from ltm_ppl.models import numpyro_model, pyro_model
+
+    cfg, _, decoder, params = twin_decoders(61)
+    rng = np.random.default_rng(62)
+    B, K = 3, 2
+    tokens = rng.integers(0, cfg.vocab_size, (B, cfg.block_size + 1))
+    loc = (0.5 * rng.standard_normal((B, cfg.n_z, cfg.d_model))).astype(np.float32)
+    log_scale = (0.3 * rng.standard_normal((B, cfg.n_z, cfg.d_model)) - 0.5).astype(np.float32)
+    z = (loc + np.exp(log_scale) * rng.standard_normal((K, B, cfg.n_z, cfg.d_model))).astype(np.float32)
+    normal = lambda x, m, ls: (-0.5 * ((x - m) / np.exp(ls)) ** 2 - ls - 0.5 * np.log(2 * np.pi)).sum((-1, -2))  # noqa: E731
+    log_prior, log_q = normal(z, 0.0, 0.0), normal(z, loc, log_scale)
+
+    t = {k: torch.from_numpy(v) for k, v in dict(loc=loc, log_scale=log_scale, z=z).items()}
+    model = functools.partial(pyro_model.ltm_model, decoder)
+    guide = functools.partial(pyro_model.local_guide, loc=t["loc"], log_scale=t["log_scale"])
+    with torch.no_grad():
+        got_p = pyro_elbo.log_weights(model, guide, torch.from_numpy(tokens), num_particles=K, latent_value=t["z"]).numpy()
+        loglik, _ = pyro_elbo.elbo_terms(model, guide, torch.from_numpy(tokens), num_particles=K, latent_value=t["z"])
+    np.testing.assert_allclose(got_p, loglik.numpy() + log_prior - log_q, rtol=1e-5)
+
+    j = {k: jnp.asarray(v) for k, v in dict(loc=loc, log_scale=log_scale, z=z).items()}
+    got_j = numpyro_elbo.log_weights(
+        functools.partial(numpyro_model.ltm_model, params, cfg),
+        functools.partial(numpyro_model.local_guide, loc=j["loc"], log_scale=j["log_scale"]),
+        jnp.asarray(tokens), num_particles=K, latent_value=j["z"])
+    np.testing.assert_allclose(np.asarray(got_j), got_p, rtol=1e-5)
