@@ -90,6 +90,21 @@ def test_khat_is_arviz_psislw_on_the_same_weights():
     np.testing.assert_allclose(report["khat"], expected, rtol=1e-12)
     assert report["threshold"] == pytest.approx(min(1 - 1 / np.log10(200), 0.7))
     assert report["share_above_threshold"] == pytest.approx(np.mean(expected > report["threshold"]))
+    assert report["khat_max"] == pytest.approx(expected.max()) and report["num_draws"] == 200
+    assert report["status"] == ["ok" if k <= report["threshold"] else "unreliable" for k in expected]
+
+
+def test_constant_weights_are_exact_whatever_the_other_sequences_do():
+    """q = posterior gives the same log weight for every draw of that sequence: reported exact
+    (k-hat NaN), not unreliable, even beside sequences at other levels with spread weights."""
+    rng = np.random.default_rng(8)
+    log_w = np.stack([np.full(150, -120.0), rng.standard_normal(150) * 0.5, np.full(150, 3.0)], axis=1)
+    report = psis_khat(log_w)
+    assert report["exact"].tolist() == [True, False, True]
+    assert report["status"][0] == report["status"][2] == "exact" and np.isnan(report["khat"][[0, 2]]).all()
+    assert report["share_above_threshold"] == 0.0 and report["khat_max"] == pytest.approx(report["khat"][1])
+    none_exact = psis_khat(log_w[:, 1:2])
+    assert none_exact["exact"].tolist() == [False]
 
 
 def test_rhat_and_ess_are_arvizs_own():
