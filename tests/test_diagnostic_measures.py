@@ -105,6 +105,19 @@ def test_constant_weights_are_exact_whatever_the_other_sequences_do():
     assert report["share_above_threshold"] == 0.0 and report["khat_max"] == pytest.approx(report["khat"][1])
     none_exact = psis_khat(log_w[:, 1:2])
     assert none_exact["exact"].tolist() == [False]
+    # the tolerance is relative to each sequence's own scale: 1e-3 nats of spread near 0 is not
+    # exact even beside a sequence at -1e5
+    mixed = np.stack([1e-3 * rng.standard_normal(150), np.full(150, -1e5)], axis=1)
+    assert psis_khat(mixed)["exact"].tolist() == [False, True]
+
+
+def test_khat_of_float32_weights_is_computed_in_float64():
+    """The backends hand float32 log weights; k-hat is ArviZ's on their float64 values."""
+    import arviz as az
+
+    log_w = (np.random.default_rng(9).standard_t(2.0, (120, 4)) * 3 - 400).astype(np.float32)
+    _, expected = az.psislw(log_w.T.astype(np.float64))
+    np.testing.assert_allclose(psis_khat(log_w)["khat"], expected, rtol=1e-12)
 
 
 def test_rhat_and_ess_are_arvizs_own():
