@@ -84,12 +84,13 @@ def test_khat_is_arviz_psislw_on_the_same_weights():
     import arviz as az
 
     rng = np.random.default_rng(6)
-    log_w = np.concatenate([rng.standard_normal((200, 3)) * 0.3, rng.standard_t(1.5, (200, 3)) * 2], axis=1)
+    log_w = np.concatenate([rng.standard_normal((200, 4)) * 0.3, rng.standard_t(1.5, (200, 2)) * 2], axis=1)
     report = psis_khat(log_w)
     _, expected = az.psislw(log_w.T.copy())
     np.testing.assert_allclose(report["khat"], expected, rtol=1e-12)
     assert report["threshold"] == pytest.approx(min(1 - 1 / np.log10(200), 0.7))
     assert report["share_above_threshold"] == pytest.approx(np.mean(expected > report["threshold"]))
+    assert 0 < report["share_above_threshold"] < 0.5  # the heavy-tailed two of six, not the other four
     assert report["khat_max"] == pytest.approx(expected.max()) and report["num_draws"] == 200
     assert report["status"] == ["ok" if k <= report["threshold"] else "unreliable" for k in expected]
 
