@@ -108,6 +108,8 @@ def test_constant_weights_are_exact_whatever_the_other_sequences_do():
     assert none_exact["exact"].tolist() == [False]
     # the tolerance is relative to each sequence's own scale: 1e-3 nats of spread near 0 is not
     # exact even beside a sequence at -1e5
+    all_exact = psis_khat(log_w[:, [0, 2]])
+    assert all_exact["khat_max"] is None and all_exact["share_above_threshold"] == 0.0
     mixed = np.stack([1e-3 * rng.standard_normal(150), np.full(150, -1e5)], axis=1)
     assert psis_khat(mixed)["exact"].tolist() == [False, True]
 
