@@ -139,3 +139,32 @@ def test_rhat_and_ess_are_arvizs_own():
     assert report["share_rhat_above_limit"] == pytest.approx(np.mean(az.rhat(ds)["z"].values > 1.01))
     assert not report["converged"]
     assert ACTIVE_THRESHOLD == 0.01
+
+
+def test_collapse_report_shapes_types_and_counts():
+    rng = np.random.default_rng(10)
+    loc, log_scale = rng.standard_normal((6, 3, 5)).astype(np.float32), (0.2 * rng.standard_normal((6, 3, 5))).astype(np.float32)
+    report = collapse_from_q(loc, log_scale)
+    assert report["num_units"] == 15 and report["active_sequences"] == 6
+    assert report["active_units_per_latent_vector"].dtype.kind == "i"
+    assert report["active_units_per_latent_vector"].shape == (3,)
+    # float32 parameters: the KL is computed in float64
+    exact = (0.5 * (loc.astype(np.float64) ** 2 + np.exp(2.0 * log_scale.astype(np.float64)) - 1.0
+                    - 2.0 * log_scale.astype(np.float64))).sum(-1)
+    np.testing.assert_allclose(gaussian_kl_per_vector(loc, log_scale), exact, rtol=1e-12)
+    # a latent with one event dim: one vector, active units per coordinate
+    flat = collapse_from_q(loc[:, 0], log_scale[:, 0])
+    assert flat["kl_per_latent_vector"].shape == (1,) and flat["active_units_per_latent_vector"].shape == (5,)
+    # two sequences are enough for a variance; one is not
+    two = np.stack([np.zeros((2, 2)), np.ones((2, 2))])
+    assert active_units(two).all()
+    assert active_units(two[:1]).shape == (2, 2) and not active_units(two[:1]).any()
+    draws = collapse(rng.standard_normal((2, 30, 6, 3, 5)))
+    assert draws["active_sequences"] == 6 and draws["num_units"] == 15
+
+
+def test_noise_floor_is_reproducible():
+    a, b = collapse_noise_floor((1, 50, 4, 2, 8)), collapse_noise_floor((1, 50, 4, 2, 8))
+    np.testing.assert_array_equal(a["kl_per_latent_vector"], b["kl_per_latent_vector"])
+    c = collapse_noise_floor((1, 50, 4, 2, 8), seed=1)
+    assert not np.array_equal(a["kl_per_latent_vector"], c["kl_per_latent_vector"])
