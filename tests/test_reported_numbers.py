@@ -198,6 +198,7 @@ def test_reported_elbo_is_the_ppls_trace_mean_field_elbo_on_the_same_draws(backe
     fast_noise = rng.standard_normal((steps, 1, *shape)).astype(np.float32)
 
     reported = corpus_bound(InjectedNoise(inference, noise, fast_noise), tokens, steps=steps, num_samples=1, batch_size=B)
+    assert inference.bound(batch, steps, noise=noise, fast_noise=fast_noise)["num_tokens"] == block  # per-token gaps
     assert reported["num_sequences"] == B and reported["num_tokens"] == B * block
     loc, log_scale = fitted_q(inference, batch, steps, fast_noise)
     # the reported estimate averages the log-likelihood over the draws: so does the recomputation
