@@ -347,7 +347,13 @@ def diagnose(run, methods, sequences, chains, draws, steps, split, data, out, ba
                        f"{k['share_above_threshold']:.3f} ({exact} of {len(k['status'])} exact)")
         col = r["collapse"]
         kl = ", ".join(f"{v:.2f}" for v in col["kl_per_latent_vector"])
-        click.echo(f"  KL per latent vector [{kl}]; active units {col['active_units']} / {col['num_units']}")
+        source = "from q's parameters" if col.get("source") == "q" else "from the draws"
+        click.echo(f"  KL per latent vector [{kl}] ({source}); active units {col['active_units']} / {col['num_units']} "
+                   f"over {col.get('active_sequences')} sequences")
+        if "collapse_noise_floor" in r:  # what the same estimator gives on as many prior draws
+            floor = r["collapse_noise_floor"]
+            click.echo(f"  noise floor (as many prior draws): KL per latent vector up to {max(floor['kl_per_latent_vector']):.2f}; "
+                       f"active units {floor['active_units']}")
     if "amortization_gap" in summary:
         g = summary["amortization_gap"]
         click.echo(f"amortization gap (local - amortized ELBO): {g['nats_per_sequence']:.3f} nats/sequence, {g['nats_per_token']:.4f} nats/token")

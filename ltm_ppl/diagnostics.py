@@ -2,7 +2,9 @@
 posteriors, collapse measures, the amortization gap; InferenceData as NetCDF, PNG plots.
 
 ArviZ computes every statistic it has (rhat, ess, psislw); written here is only what it lacks:
-the collapse measures (KL per latent vector, active units) and the amortization gap.
+the collapse measures (KL per latent vector, active units) and the amortization gap. A variational
+q is measured from its own parameters (analytic KL, variance of its means over many windows);
+MCMC draws are measured from the draws, beside the same estimator's value on prior draws.
 """
 from __future__ import annotations
 
@@ -80,21 +82,60 @@ def chain_diagnostics(z: np.ndarray, log_joint: np.ndarray) -> dict:
     }
 
 
-def collapse(z: np.ndarray) -> dict:
-    """KL(q || prior) per latent vector of a Gaussian fitted to each sequence's draws, averaged over
-    sequences, and active units: coordinates whose posterior mean varies across sequences
-    (variance > 0.01, Burda et al. 2016), per latent vector."""
-    draws = z.reshape(-1, *z.shape[2:])  # [C * D, B, n_z, d]
-    mean, std = draws.mean(0), np.maximum(draws.std(0), 1e-6)
-    kl = 0.5 * (mean**2 + std**2 - 1.0 - 2.0 * np.log(std))
-    kl_per_vector = kl.sum(-1).mean(0) if kl.ndim == 3 else kl.mean(0)
-    active = mean.var(0) > 0.01 if mean.shape[0] > 1 else np.zeros(mean.shape[1:], bool)
+ACTIVE_THRESHOLD = 0.01  # Burda et al. 2016: a unit is active when Var_x(E_q[z_u]) > 0.01
+ACTIVE_SEQUENCES = 64  # windows whose q means give the active units of a variational posterior
+
+
+def gaussian_kl_per_vector(loc: np.ndarray, log_scale: np.ndarray) -> np.ndarray:
+    """Analytic KL(N(loc, exp(log_scale)^2) || N(0, I)) per sequence and latent vector [B, n_z]
+    (the elementwise KL summed over the last dim)."""
+    loc, log_scale = np.asarray(loc, np.float64), np.asarray(log_scale, np.float64)
+    return (0.5 * (loc**2 + np.exp(2.0 * log_scale) - 1.0 - 2.0 * log_scale)).sum(-1)
+
+
+def active_units(means: np.ndarray) -> np.ndarray:
+    """Which coordinates' posterior means vary across sequences: Var over sequences of means
+    [N, n_z, d] > ACTIVE_THRESHOLD, as a bool array [n_z, d] (none with one sequence)."""
+    means = np.asarray(means, np.float64)
+    if means.shape[0] < 2:
+        return np.zeros(means.shape[1:], bool)
+    return means.var(0) > ACTIVE_THRESHOLD
+
+
+def _collapse_report(kl_per_vector: np.ndarray, active: np.ndarray, source: str, active_sequences: int) -> dict:
     return {
         "kl_per_latent_vector": np.atleast_1d(kl_per_vector),
         "active_units": int(active.sum()),
         "active_units_per_latent_vector": np.atleast_1d(active.sum(-1) if active.ndim == 2 else active).astype(int),
         "num_units": int(active.size),
+        "source": source,
+        "active_sequences": int(active_sequences),
     }
+
+
+def collapse_from_q(loc: np.ndarray, log_scale: np.ndarray, means: np.ndarray | None = None) -> dict:
+    """Collapse measures of a variational posterior from q's own parameters, free of sampling
+    noise: the analytic KL(q || prior) per latent vector averaged over the sequences of loc /
+    log_scale [B, n_z, d], and active units from the variance across sequences of q's mean,
+    over `means` [N, n_z, d] (more sequences than B; loc itself when not given)."""
+    means = loc if means is None else means
+    return _collapse_report(gaussian_kl_per_vector(loc, log_scale).mean(0), active_units(means), "q", len(means))
+
+
+def collapse(z: np.ndarray) -> dict:
+    """KL(q || prior) per latent vector of a Gaussian fitted to each sequence's draws z [C, D, B,
+    n_z, d], averaged over sequences, and active units from the draws' means (variance across
+    sequences > 0.01, Burda et al. 2016), per latent vector. Both carry sampling noise: compare
+    them with collapse_noise_floor of the same shape."""
+    draws = z.reshape(-1, *z.shape[2:])  # [C * D, B, n_z, d]
+    mean, std = draws.mean(0), np.maximum(draws.std(0), 1e-6)
+    return _collapse_report(gaussian_kl_per_vector(mean, np.log(std)).mean(0), active_units(mean), "draws", mean.shape[0])
+
+
+def collapse_noise_floor(shape: tuple, seed: int = 0) -> dict:
+    """What `collapse` reports for draws of the prior N(0, I) itself, of the same shape [C, D, B,
+    n_z, d]: an estimate from draws means little unless it stands clear of this."""
+    return collapse(np.random.default_rng(seed).standard_normal(shape))
 
 
 def inference_data(method: str, post: dict, log_weights: np.ndarray | None = None):
@@ -243,13 +284,16 @@ def diagnose_run(run, settings: DiagnoseSettings | None = None, progress=None) -
     batch = next(eval_batches(tokens, first.cfg.model.block_size, sequences, sequences), None)
     if batch is None or len(batch) < sequences:
         raise LtmError(f"the {split} split has fewer than {sequences} windows (--sequences)")
+    # Active units of a variational q need many windows (8 q means give a variance too noisy to
+    # compare with 0.01): up to ACTIVE_SEQUENCES windows, the first `sequences` being the batch.
+    more_batches = list(eval_batches(tokens, first.cfg.model.block_size, sequences, max(sequences, ACTIVE_SEQUENCES)))[1:]
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = {"run": str(run), "split": split, "sequences": sequences, "methods": {}, "out": str(out_dir)}
     # The amortization gap: a refining method against the encoder it starts from (descriptors say which).
     gaps = [(m, descriptor(m).gap_against) for m in opened if descriptor(m).gap_against in opened][:1]
     with (progress or _no_progress)(2 * len(opened) + len(gaps)) as advance:
         for m, o in opened.items():
-            summary["methods"][m] = _diagnose_method(m, o, batch, steps, chains, draws, seed, out_dir, advance)
+            summary["methods"][m] = _diagnose_method(m, o, batch, steps, chains, draws, seed, out_dir, advance, more_batches)
         for refined, encoder in gaps:  # e.g. local against amortized: the ELBO the refinement gains
             with opened[refined].inference.rng_scope(seed):
                 fine = opened[refined].inference.bound(batch, steps=steps or opened[refined].cfg.inference.eval_steps * 4, num_samples=16)
@@ -272,8 +316,15 @@ def _no_progress(total: int):
     yield lambda n=1: None
 
 
-def _diagnose_method(m: str, o, batch, steps, chains: int, draws: int, seed: int, out_dir: Path, advance) -> dict:
-    """Draws of one method for the batch, its diagnostics, NetCDF file and plots."""
+def q_means(inference, batch, steps: int) -> np.ndarray:
+    """q's mean [B, n_z, d] for each window of the batch (one draw taken, unused)."""
+    return np.asarray(inference.posterior(batch, steps, 1)["loc"])
+
+
+def _diagnose_method(m: str, o, batch, steps, chains: int, draws: int, seed: int, out_dir: Path,
+                     advance=lambda n=1: None, more_batches=()) -> dict:
+    """Draws of one method for the batch, its diagnostics, NetCDF file and plots. more_batches:
+    further windows whose q means join the active-unit measure of a variational method."""
     inference = o.inference
     chained = inference.posterior_kind == "chains"
     m_steps = steps or (DEFAULT_WARMUP if chained else o.cfg.inference.eval_steps)
@@ -285,8 +336,14 @@ def _diagnose_method(m: str, o, batch, steps, chains: int, draws: int, seed: int
             post = inference.posterior(batch, m_steps, draws)
             log_w = post["log_joint"] - post["log_q"]
     advance(1)
-    report = {"steps": m_steps, "chains": int(post["z"].shape[0]), "draws": int(post["z"].shape[1]),
-              "collapse": collapse(post["z"])}
+    report = {"steps": m_steps, "chains": int(post["z"].shape[0]), "draws": int(post["z"].shape[1])}
+    if "loc" in post:  # a variational q: measured from its own parameters, no sampling noise
+        with inference.rng_scope(seed + 1):
+            means = np.concatenate([post["loc"]] + [q_means(inference, b, m_steps) for b in more_batches])
+        report["collapse"] = collapse_from_q(post["loc"], post["log_scale"], means)
+    else:
+        report["collapse"] = collapse(post["z"])
+        report["collapse_noise_floor"] = collapse_noise_floor(post["z"].shape, seed)
     if chained:
         report["chains_diagnostics"] = chain_diagnostics(post["z"], post["log_joint"])
         report["accept_prob"] = float(post["accept_prob"].mean())

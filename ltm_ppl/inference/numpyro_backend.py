@@ -225,7 +225,8 @@ class Programs:
         return log_joint(self.model(params), (tokens,), z, **self.sites)
 
     def gaussian_posterior(self, params, tokens, loc, log_scale, num_draws: int, key) -> dict:
-        """num_draws draws from q as one chain: z [1, D, B, ...], log p(x, z) and log q(z) [1, D, B].
+        """num_draws draws from q as one chain: z [1, D, B, ...], log p(x, z) and log q(z) [1, D, B],
+        and q's own loc and log_scale [B, ...] (diagnostics measure q from them).
         The log joints are computed one draw at a time (lax.map), so memory does not grow with D."""
         eps = jax.random.normal(key, (num_draws, *loc.shape), jnp.float32)
         z = loc + jnp.exp(log_scale) * eps

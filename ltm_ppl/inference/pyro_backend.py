@@ -172,14 +172,15 @@ class PyroBackend:
             return log_joint(self.model, tokens, latent_value=z, **self.sites)
 
     def gaussian_posterior(self, tokens, loc, log_scale, num_draws: int) -> dict:
-        """Draws from q as one chain, with log p(x, z) and log q(z) of each draw."""
+        """Draws from q as one chain, with log p(x, z) and log q(z) of each draw, and q's loc and
+        log_scale [B, *event]."""
         q = torch.distributions.Independent(torch.distributions.Normal(loc, log_scale.exp()), loc.dim() - 1)
         with torch.no_grad():
             z = q.sample((num_draws,))  # [D, B, n_z, d]
             log_q = q.log_prob(z)
             log_p = torch.stack([self.log_joint(tokens, z[d : d + 1])[0] for d in range(num_draws)])
         return {"z": z[None].cpu().numpy(), "log_joint": log_p[None].cpu().numpy(), "log_q": log_q[None].cpu().numpy(),
-                "loc": loc.cpu().numpy(), "log_scale": log_scale.cpu().numpy()}
+                "loc": loc.detach().cpu().numpy(), "log_scale": log_scale.detach().cpu().numpy()}
 
     # ----- the interface, derived from the method's hooks ---------------------------------------
     def proposal(self, data, steps: int, fast_noise=None):
