@@ -14,6 +14,7 @@ import hashlib
 import os
 from importlib import resources
 from pathlib import Path
+from typing import Iterable
 
 from ..errors import LtmError
 
@@ -92,7 +93,7 @@ def _bytes() -> Tokenizer:
     return Tokenizer(hf, "bytes")
 
 
-def _trained_bpe(size: int, texts: list[str], cache_key: str) -> Tokenizer:
+def _trained_bpe(size: int, texts: Iterable[str], cache_key: str) -> Tokenizer:
     from tokenizers import Tokenizer as HF
     from tokenizers import pre_tokenizers
     from tokenizers.models import BPE
@@ -107,12 +108,19 @@ def _trained_bpe(size: int, texts: list[str], cache_key: str) -> Tokenizer:
     trainer = BpeTrainer(
         vocab_size=size, special_tokens=[EOT], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
     )
-    hf.train_from_iterator(texts, trainer=trainer)
+    try:
+        hf.train_from_iterator(texts, trainer=trainer)
+    except LtmError:
+        raise
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # pyo3's PanicException derives from BaseException
+        raise LtmError(f"training the {size}-token BPE on the corpus failed: {(str(exc).splitlines() or [type(exc).__name__])[0]}") from None
     atomic_write_text(cached, hf.to_str())
     return Tokenizer(hf, f"bpe:{size}")
 
 
-def build_tokenizer(spec: str, train_texts: list[str] | None = None, corpus_fingerprint: str = "") -> Tokenizer:
+def build_tokenizer(spec: str, train_texts: Iterable[str] | None = None, corpus_fingerprint: str = "") -> Tokenizer:
     """A tokenizer from its name; `bpe:N` trains on `train_texts`."""
     if spec == "gpt2":
         return _gpt2()
