@@ -99,6 +99,6 @@ def unigram_bound(train_tokens: np.ndarray, eval_tokens: np.ndarray, vocab_size:
     return {"nll_per_token": nll, "perplexity": math.exp(nll), "num_tokens": n * block_size}
 
 
-def _chunks(length: int, offset: int = 0, size: int = 1 << 22):
+def _chunks(length: int, offset: int = 0, size: int = 1 << 20):
     for start in range(offset, offset + length, size):
         yield start, min(offset + length, start + size)

@@ -367,3 +367,67 @@ def test_cli_bad_shard_is_one_error_line_and_no_run(tmp_path, cache, tiny_toml):
     empty.mkdir()
     assert_one_line_error(run_cli("fit", "--config", tiny_toml, "--data", empty, "--out", out), "holds no")
     assert not out.exists()
+
+
+# ---- a corpus larger than what the loader holds --------------------------------------------------
+
+
+def kjv_shards(folder, megabytes):
+    """jsonl shards of KJV chapters, about 1 MB each, `megabytes` MB in all."""
+    chapters = load_corpus("builtin:kjv").splits["train"]
+    folder.mkdir()
+    written = k = 0
+    while written < megabytes << 20:
+        lines = "".join(json.dumps({"text": c}) + "\n" for c in chapters[(k * 7) % 900:][:250])
+        (folder / f"shard-{k:04d}.jsonl").write_text(lines)
+        written, k = written + len(lines), k + 1
+    return written
+
+
+def traced_peaks(root, tokenizer, monkeypatch, batch_chars):
+    """Peak Python/NumPy memory (tracemalloc) of indexing, tokenising and reading batches."""
+    import tracemalloc
+
+    from ltm_ppl.data import tokenise
+    from ltm_ppl.evaluate import unigram_bound
+
+    monkeypatch.setattr(tokenise, "BATCH_CHARS", batch_chars)
+    warm = root.parent / "warm.txt"
+    warm.write_text("imports and first-use costs, outside the measurement\n" * 20)
+    split_tokens(load_corpus(str(warm)), "val", tokenizer, workers=1, progress=False)
+    peaks = {}
+    tracemalloc.start()
+    try:
+        corpus = load_corpus(str(root))
+        peaks["index"] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.reset_peak()
+        train = split_tokens(corpus, "train", tokenizer, workers=1, progress=False)
+        val = split_tokens(corpus, "val", tokenizer)
+        peaks["tokenise"] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.reset_peak()
+        for it in range(20):
+            train_batch(train, 64, 16, seed=0, iteration=it)
+        peaks["batches"] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.reset_peak()
+        unigram_bound(train, val, tokenizer.vocab_size, 64)
+        peaks["unigram"] = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    return peaks, len(train)
+
+
+def test_loading_streams_a_small_corpus(tmp_path, cache, tok, monkeypatch):
+    size = kjv_shards(tmp_path / "corpus", 1)
+    peaks, _ = traced_peaks(tmp_path / "corpus", tok, monkeypatch, batch_chars=16 << 10)
+    assert peaks["index"] < size / 8 and peaks["tokenise"] < size / 3, (size, peaks)
+
+
+@pytest.mark.slow
+def test_a_50mb_corpus_is_never_held_whole(tmp_path, cache, monkeypatch):
+    """GPT-2 BPE over ~50 MB of shards: every phase stays far below the corpus (or its ids, which
+    as one int64 array would take ~100 MB)."""
+    size = kjv_shards(tmp_path / "corpus", 50)
+    peaks, tokens = traced_peaks(tmp_path / "corpus", build_tokenizer("gpt2"), monkeypatch, batch_chars=1 << 20)
+    assert tokens > 10_000_000
+    assert peaks["index"] < 4 << 20 and peaks["tokenise"] < 16 << 20, peaks
+    assert peaks["batches"] < 4 << 20 and peaks["unigram"] < 24 << 20, peaks
