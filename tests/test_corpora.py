@@ -131,6 +131,7 @@ def test_parallel_tokenising_writes_the_same_stream_as_one_process(tmp_path, mon
     for workers in (1, 2):
         monkeypatch.setenv("LTM_CACHE_DIR", str(tmp_path / f"cache-{workers}"))
         corpus = load_corpus(str(root))
+        assert all(len(shard["pieces"]) > 2 for shard in corpus.index["shards"])  # workers start mid-file
         streams[workers] = {s: np.asarray(split_tokens(corpus, s, tok, workers=workers)) for s in ("train", "val", "test")}
         folder, manifest = C.token_cache(corpus, tok)
         assert len(manifest["splits"]["train"]["shards"]) > 3  # head + one per job
