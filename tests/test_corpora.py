@@ -142,6 +142,26 @@ def test_parallel_tokenising_writes_the_same_stream_as_one_process(tmp_path, mon
         assert np.array_equal(streams[1][split], expected_stream(docs, split, tok))
 
 
+def test_tokenize_workers_from_the_environment(tmp_path, cache, monkeypatch, tok):
+    from ltm_ppl.data import tokenise
+
+    path = tmp_path / "c.jsonl"
+    write_jsonl(path, [doc(i) for i in range(25)])
+    monkeypatch.setattr(I, "PIECE_BYTES", 300)
+    monkeypatch.setattr(C, "JOB_BYTES", 500)  # several jobs
+    monkeypatch.setenv("LTM_TOKENIZE_WORKERS", "0")
+    with pytest.raises(LtmError, match="LTM_TOKENIZE_WORKERS must be a positive integer"):
+        split_tokens(load_corpus(str(path)), "train", tok)
+    monkeypatch.setenv("LTM_TOKENIZE_WORKERS", "2")  # a pool even for a tiny corpus: nothing runs here
+
+    def not_here(*args):
+        raise AssertionError("tokenised in the parent process")
+
+    monkeypatch.setattr(tokenise, "run_job", not_here)
+    stream = np.asarray(split_tokens(load_corpus(str(path)), "train", tok))
+    assert np.array_equal(stream, expected_stream([doc(i) for i in range(25)], "train", tok))
+
+
 def test_manifest_checksums_catch_damage_and_a_short_shard_is_rebuilt(tmp_path, cache, tok):
     path = tmp_path / "c.jsonl"
     write_jsonl(path, [doc(i) for i in range(25)])
@@ -330,7 +350,7 @@ BAD = [
     (_bad_json_in_gzip, "a.jsonl.gz line 2 has no string field 'text'"),
     (_parquet_without_text, "a.parquet has no column 'text' (columns: body, n)"),
     (_parquet_int_text, "a.parquet: column 'text' holds int64, not strings"),
-    (_parquet_null_row, "a.parquet row 1 has no text (null)"),
+    (_parquet_null_row, "a.parquet row 1 (counted from 0) has no text (null)"),
     (_not_parquet, "a.parquet is not a Parquet file"),
     (_empty_txt_shard, "b.txt is empty"),
 ]

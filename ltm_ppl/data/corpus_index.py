@@ -103,7 +103,7 @@ def scan(root: Path, files: list[Path]) -> dict:
         size = file.stat().st_size
         if kind == "txt":
             raw = file.read_bytes()
-            S.read_txt(file)
+            S.read_txt(file, raw)
             digest.update(raw)
             docs, pieces = 1, [[0, size, total, 1, size]]
         elif kind == "parquet":

@@ -46,8 +46,8 @@ def check_text(path: Path, raw: bytes, where: str = "") -> str:
         raise LtmError(f"corpus file {path}{where} is not UTF-8 text (byte {exc.start})") from None
 
 
-def read_txt(path: Path) -> str:
-    raw = path.read_bytes()
+def read_txt(path: Path, raw: bytes | None = None) -> str:
+    raw = path.read_bytes() if raw is None else raw
     if not raw.strip():
         raise LtmError(f"corpus file {path} is empty")
     return check_text(path, raw)
@@ -128,6 +128,6 @@ def parquet_documents(path: Path, start: int = 0, stop: int | None = None) -> It
             raise LtmError(f"corpus file {path} row group {group} cannot be read ({str(exc).splitlines()[0]})") from None
         for value in values:
             if value is None:
-                raise LtmError(f"corpus file {path} row {row} has no text (null)")
+                raise LtmError(f"corpus file {path} row {row} (counted from 0) has no text (null)")
             yield value
             row += 1

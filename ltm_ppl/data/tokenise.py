@@ -155,13 +155,14 @@ def default_workers() -> int:
 
 
 def run_jobs(jobs: list[Job], tokenizer, out_dir: Path, dtype, workers: int | None = None, progress: bool | None = None) -> list[dict]:
-    """Every job's result, in job order. workers=None: a process per core for corpora of
-    POOL_MIN_BYTES or more, else this process; 1: this process."""
+    """Every job's result, in job order. workers=None: $LTM_TOKENIZE_WORKERS processes if set,
+    else a process per core for corpora of POOL_MIN_BYTES or more and this process below; 1: this process."""
     from tqdm import tqdm
 
     total = sum(j.num_bytes for j in jobs)
     if workers is None:
-        workers = default_workers() if total >= POOL_MIN_BYTES else 1
+        chosen = "LTM_TOKENIZE_WORKERS" in os.environ
+        workers = default_workers() if chosen or total >= POOL_MIN_BYTES else 1
     workers = max(1, min(workers, len(jobs)))
     bar = tqdm(total=total, unit="B", unit_scale=True, desc="tokenise", disable=None if progress is None else not progress,
                dynamic_ncols=True)
