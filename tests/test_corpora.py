@@ -413,6 +413,7 @@ def traced_peaks(root, tokenizer, monkeypatch, batch_chars):
     from ltm_ppl.evaluate import unigram_bound
 
     monkeypatch.setattr(tokenise, "BATCH_CHARS", batch_chars)
+    monkeypatch.setattr(O, "IN_MEMORY_MAX", 0)  # the order of large corpora (below it an epoch's permutation is kept)
     warm = root.parent / "warm.txt"
     warm.write_text("imports and first-use costs, outside the measurement\n" * 20)
     split_tokens(load_corpus(str(warm)), "val", tokenizer, workers=1, progress=False)
@@ -440,7 +441,7 @@ def traced_peaks(root, tokenizer, monkeypatch, batch_chars):
 def test_loading_streams_a_small_corpus(tmp_path, cache, tok, monkeypatch):
     size = kjv_shards(tmp_path / "corpus", 1)
     peaks, _ = traced_peaks(tmp_path / "corpus", tok, monkeypatch, batch_chars=16 << 10)
-    assert peaks["index"] < size / 8 and peaks["tokenise"] < size / 3, (size, peaks)
+    assert peaks["index"] < size / 8 and peaks["tokenise"] < size / 3 and peaks["batches"] < size / 4, (size, peaks)
 
 
 @pytest.mark.slow
@@ -449,6 +450,7 @@ def test_a_50mb_corpus_is_never_held_whole(tmp_path, cache, monkeypatch):
     as one int64 array would take ~100 MB)."""
     size = kjv_shards(tmp_path / "corpus", 50)
     peaks, tokens = traced_peaks(tmp_path / "corpus", build_tokenizer("gpt2"), monkeypatch, batch_chars=1 << 20)
+    print(f"\n{size} bytes, {tokens} train tokens, traced peaks (MB):", {k: round(v / 2**20, 2) for k, v in peaks.items()})
     assert tokens > 10_000_000
     assert peaks["index"] < 4 << 20 and peaks["tokenise"] < 16 << 20, peaks
-    assert peaks["batches"] < 4 << 20 and peaks["unigram"] < 24 << 20, peaks
+    assert peaks["batches"] < 1 << 20 and peaks["unigram"] < 24 << 20, peaks
