@@ -312,6 +312,10 @@ def _bad_json(d):
     (d / "a.jsonl").write_bytes(b'{"text": "ok"}\n{"text": \n')
 
 
+def _deeply_nested_json(d):
+    (d / "a.jsonl").write_text('{"text": "ok"}\n' + "[" * 100_000 + "\n")
+
+
 def _bad_json_in_gzip(d):
     (d / "a.jsonl.gz").write_bytes(gzip.compress(b'{"text": "ok"}\n{"txt": "no text field"}\n'))
 
@@ -347,6 +351,7 @@ BAD = [
     (_truncated_gzip, "a.jsonl.gz is not valid gzip data"),
     (_bad_utf8, "a.jsonl line 3 is not UTF-8 text"),
     (_bad_json, "a.jsonl line 2 is not JSON"),
+    (_deeply_nested_json, "a.jsonl line 2 is not JSON"),
     (_bad_json_in_gzip, "a.jsonl.gz line 2 has no string field 'text'"),
     (_parquet_without_text, "a.parquet has no column 'text' (columns: body, n)"),
     (_parquet_int_text, "a.parquet: column 'text' holds int64, not strings"),

@@ -58,7 +58,7 @@ def jsonl_text(path: Path, number: int, line: bytes) -> str:
     where = f" line {number}"
     try:
         record = json.loads(check_text(path, line, where))
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # JSONDecodeError; over-long integers; deep nesting
         raise LtmError(f"corpus file {path}{where} is not JSON") from None
     if not isinstance(record, dict) or not isinstance(record.get("text"), str):
         raise LtmError(f"corpus file {path}{where} has no string field 'text'")
