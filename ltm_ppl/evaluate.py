@@ -85,11 +85,20 @@ def unigram_bound(train_tokens: np.ndarray, eval_tokens: np.ndarray, vocab_size:
                   max_windows: int | None = None) -> dict:
     """NLL per token of an add-one-smoothed unigram model of the train split, on exactly the tokens
     that corpus_bound predicts."""
-    counts = np.bincount(np.asarray(train_tokens), minlength=vocab_size).astype(np.float64) + 1.0
+    counts = np.ones(vocab_size, dtype=np.float64)
+    for start, stop in _chunks(len(train_tokens)):  # chunked: a split may exceed memory
+        counts += np.bincount(np.asarray(train_tokens[start:stop]), minlength=vocab_size)
     log_p = np.log(counts / counts.sum())
     n = num_windows(len(eval_tokens), block_size)
     if max_windows is not None:
         n = min(n, max_windows)
-    predicted = np.asarray(eval_tokens[1 : n * block_size + 1])
-    nll = float(-log_p[predicted].mean())
-    return {"nll_per_token": nll, "perplexity": math.exp(nll), "num_tokens": int(predicted.size)}
+    total = 0.0
+    for start, stop in _chunks(n * block_size, offset=1):
+        total += float(log_p[np.asarray(eval_tokens[start:stop])].sum())
+    nll = -total / (n * block_size) if n else float("nan")
+    return {"nll_per_token": nll, "perplexity": math.exp(nll), "num_tokens": n * block_size}
+
+
+def _chunks(length: int, offset: int = 0, size: int = 1 << 20):
+    for start in range(offset, offset + length, size):
+        yield start, min(offset + length, start + size)

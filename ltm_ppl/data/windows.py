@@ -3,36 +3,33 @@
 A window holds block_size + 1 tokens: the first is conditioned on, the other block_size are
 predicted. Windows overlap by one token, so every token of the stream after the first is predicted
 exactly once. Batch order is a pure function of (seed, iteration): resuming needs no iterator state.
+`tokens` is an array or a lazily read data/stream.TokenStream: only the windows asked for are read.
 """
 from __future__ import annotations
 
 import numpy as np
+
+from .order import window_order
 
 
 def num_windows(n_tokens: int, block_size: int) -> int:
     return max(0, (n_tokens - 1) // block_size)
 
 
-def windows(tokens: np.ndarray, indices, block_size: int) -> np.ndarray:
+def windows(tokens, indices, block_size: int) -> np.ndarray:
     out = np.stack([tokens[i * block_size : i * block_size + block_size + 1] for i in indices])
     return out.astype(np.int64)
 
 
-def train_batch(tokens: np.ndarray, block_size: int, batch_size: int, seed: int, iteration: int) -> np.ndarray:
-    """Windows for one iteration: each epoch visits every window once in a seeded order."""
+def train_batch(tokens, block_size: int, batch_size: int, seed: int, iteration: int) -> np.ndarray:
+    """Windows for one iteration: each epoch visits every window once in a seeded order
+    (data/order.py), computed for this batch alone."""
     n = num_windows(len(tokens), block_size)
-    picked = []
-    position = iteration * batch_size
-    while len(picked) < batch_size:
-        epoch, offset = divmod(position, n)
-        order = np.random.default_rng([seed, epoch]).permutation(n)
-        take = min(batch_size - len(picked), n - offset)
-        picked.extend(order[offset : offset + take])
-        position += take
-    return windows(tokens, picked, block_size)
+    positions = iteration * batch_size + np.arange(batch_size, dtype=np.int64)
+    return windows(tokens, window_order(positions, n, seed), block_size)
 
 
-def eval_batches(tokens: np.ndarray, block_size: int, batch_size: int, max_windows: int | None = None):
+def eval_batches(tokens, block_size: int, batch_size: int, max_windows: int | None = None):
     """The first `max_windows` windows in order (all when None), in batches."""
     n = num_windows(len(tokens), block_size)
     if max_windows is not None:
