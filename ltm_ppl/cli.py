@@ -113,13 +113,15 @@ def method_overrides(kw: dict) -> dict:
 @click.option("--iters", type=int, default=None, help="Total training iterations (with --resume: continue up to this).")
 @click.option("--steps", type=int, default=None, help="Fast inner steps per iteration (T).")
 @click.option("--batch-size", type=int, default=None, help="Windows per batch.")
+@click.option("--attention-window", type=int, default=None, help="Self-attention sees the last W tokens (itself included); 0: all.")
 @click.option("--out", default=None, help="Directory of the new run (default: runs/<timestamp>).")
 @click.option("--resume", default=None, help="Continue this run from its last checkpoint.")
 @click.option("--compile", "compile_", is_flag=True, default=None, help="torch.compile the decoder.")
 @seed_option
 @device_option
 @json_option
-def fit(config_file, backend, inference, data, tokenizer, iters, steps, batch_size, out, resume, compile_, seed, device, as_json, **kw):
+def fit(config_file, backend, inference, data, tokenizer, iters, steps, batch_size, attention_window, out, resume, compile_, seed,
+        device, as_json, **kw):
     """Train an LTM; a new run directory unless --resume."""
     from .checkpoint import read_config
     from .train import fit as fit_run
@@ -127,12 +129,13 @@ def fit(config_file, backend, inference, data, tokenizer, iters, steps, batch_si
     overrides = method_overrides(kw) | {
         "train.backend": backend, "inference.method": inference, "data.data": data, "data.tokenizer": tokenizer,
         "train.iters": iters, "inference.steps": steps, "train.batch_size": batch_size, "train.compile": compile_,
-        "train.seed": seed, "train.device": device,
+        "train.seed": seed, "train.device": device, "model.attention_window": attention_window,
     }
     if resume is not None:
         if out is not None:
             raise LtmError("--out and --resume exclude each other: --resume continues the run in place")
-        for flag, value in (("--config", config_file), ("--tokenizer", tokenizer), ("--data", data)):
+        for flag, value in (("--config", config_file), ("--tokenizer", tokenizer), ("--data", data),
+                            ("--attention-window", attention_window)):
             if value is not None:
                 raise LtmError(f"{flag} cannot change a run being resumed")
         cfg, _ = read_config(Path(resume))

@@ -34,6 +34,7 @@ class ModelConfig:
     vocab_size: int = 0  # set from the tokenizer when a run starts
     latent: bool = True  # False: the decoder without cross-attention (the `none` baseline)
     encoder_layers: int = 2  # bidirectional layers of the amortized encoder q_phi(z | x)
+    attention_window: int = 0  # causal self-attention sees the W keys ending at the token itself; 0: all
 
     @property
     def hidden(self) -> int:
@@ -184,7 +185,7 @@ FLAGS = {
     "inference.steps": "--steps", "inference.step_size": "--step-size", "inference.chains": "--chains",
     "inference.draws": "--draws", "inference.target_accept": "--target-accept", "inference.free_bits": "--free-bits",
     "inference.kl_warmup_iters": "--kl-warmup", "inference.init": "--init", "inference.method": "--inference",
-    "train.iters": "--iters", "train.batch_size": "--batch-size", "train.seed": "--seed", "train.device": "--device",
+    "model.attention_window": "--attention-window", "train.iters": "--iters", "train.batch_size": "--batch-size", "train.seed": "--seed", "train.device": "--device",
 }
 
 
@@ -219,6 +220,11 @@ def validate(cfg: RunConfig, methods: tuple[str, ...] = ()) -> RunConfig:
     if m.d_model % m.n_head or (m.d_model // m.n_head) % 2:
         raise LtmError(
             f"config: model.d_model ({m.d_model}) must split into model.n_head ({m.n_head}) heads of even size"
+        )
+    if not 0 <= m.attention_window <= m.block_size:
+        raise LtmError(
+            f"config: model.attention_window{_flag('model.attention_window')} must be 0 (full attention) or "
+            f"1..model.block_size ({m.block_size}) keys, got {m.attention_window}"
         )
     if m.latent:
         _positive("model.n_z", m.n_z)
