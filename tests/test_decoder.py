@@ -126,3 +126,18 @@ def test_windowed_generation_past_the_window_equals_uncached_argmax_decoding():
         for _ in range(10):
             seq = torch.cat([seq, d(seq, z)[:, -1].argmax(-1, keepdim=True)], dim=1)
     assert torch.equal(fast, seq[:, 3:])
+
+
+def test_flex_window_attention_equals_the_masked_path():
+    """The GPU path's numbers (FlexAttention with the window's block mask), run eagerly on the CPU."""
+    import warnings
+
+    from ltm_ppl.models.torch_decoder import attention_mask, flex_window_attention
+
+    torch.manual_seed(1)
+    q, k, v = (torch.randn(2, 2, 16, 8) for _ in range(3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        got = flex_window_attention(q, k, v, 5)
+    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask(0, 16, 16, 5, "cpu"))
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)

@@ -11,6 +11,8 @@ the safetensors files use them too).
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -54,6 +56,25 @@ def attention_mask(q_start: int, q_len: int, k_len: int, window: int, device) ->
     return allowed
 
 
+@functools.lru_cache(maxsize=8)
+def _window_block_mask(length: int, window: int, device: str):
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def sliding(b, h, q, k):
+        return (k <= q) & (k > q - window)
+
+    return create_block_mask(sliding, None, None, length, length, device=device)
+
+
+def flex_window_attention(q, k, v, window: int):
+    """Sliding-window causal attention of equal-length q, k, v [B, heads, L, head_dim] through
+    FlexAttention: a fused kernel that skips the blocks outside the window, under torch.compile.
+    (Eager, it runs a reference implementation: only the numbers are tested on the CPU.)"""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return flex_attention(q, k, v, block_mask=_window_block_mask(q.shape[2], window, str(q.device)))
+
+
 class SelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig, causal: bool = True):
         super().__init__()
@@ -74,6 +95,8 @@ class SelfAttention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v)
         elif cache is None and not self.window:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # the fused causal kernel
+        elif cache is None and x.is_cuda and torch.compiler.is_compiling():
+            y = flex_window_attention(q, k, v, self.window)  # GPU under --compile (untested here: no GPU)
         else:
             # An explicit mask: SDPA's is_causal aligns top-left when query and key lengths differ
             # (a chunk appended to a cache), and the window needs one anyway. SDPA takes the mask
