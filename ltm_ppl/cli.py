@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from .config import RunConfig, apply_overrides, load_toml
+from .config import apply_overrides
 from .errors import LtmError
 
 
@@ -105,6 +105,8 @@ def method_overrides(kw: dict) -> dict:
 
 @cli.command()
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None, help="Settings (TOML); flags override it.")
+@click.option("--preset", default=None, help="Named settings under everything else: paper (the published recipe).")
+@click.option("--size", default=None, help="The paper's model shapes: ltm-s, ltm-m or ltm-l (over --preset, under --config).")
 @backend_option
 @inference_option
 @method_options
@@ -120,7 +122,7 @@ def method_overrides(kw: dict) -> dict:
 @seed_option
 @device_option
 @json_option
-def fit(config_file, backend, inference, data, tokenizer, iters, steps, batch_size, attention_window, out, resume, compile_, seed,
+def fit(config_file, preset, size, backend, inference, data, tokenizer, iters, steps, batch_size, attention_window, out, resume, compile_, seed,
         device, as_json, **kw):
     """Train an LTM; a new run directory unless --resume."""
     from .checkpoint import read_config
@@ -135,13 +137,15 @@ def fit(config_file, backend, inference, data, tokenizer, iters, steps, batch_si
         if out is not None:
             raise LtmError("--out and --resume exclude each other: --resume continues the run in place")
         for flag, value in (("--config", config_file), ("--tokenizer", tokenizer), ("--data", data),
-                            ("--attention-window", attention_window)):
+                            ("--attention-window", attention_window), ("--preset", preset), ("--size", size)):
             if value is not None:
                 raise LtmError(f"{flag} cannot change a run being resumed")
         cfg, _ = read_config(Path(resume))
+        apply_overrides(cfg, overrides)
     else:
-        cfg = load_toml(config_file) if config_file else RunConfig()
-    apply_overrides(cfg, overrides)
+        from .presets import build_config
+
+        cfg = build_config(preset, size, config_file, overrides)
     summary = fit_run(cfg, out=out, resume=resume, echo=(lambda s: click.echo(s, err=True)) if as_json else click.echo)
     if as_json:
         emit_json(summary)

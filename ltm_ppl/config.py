@@ -17,8 +17,11 @@ from .errors import LtmError
 FORMAT_VERSION = 1
 BACKENDS = ("pyro", "numpyro")
 DEVICES = ("auto", "cpu", "cuda")
-LOCAL_INITS = ("prior", "reference", "amortized")
-LOCAL_OPTIMIZERS = ("adam", "sgd")
+LOCAL_INITS = ("prior", "narrow", "published", "amortized")
+LEGACY_INITS = {"reference": "narrow"}  # older runs and commands called "narrow" "reference"
+LOCAL_OPTIMIZERS = ("adam", "adamw", "sgd")
+SCALE_PARAMS = ("log_sigma", "log_variance")
+FAST_LR_DENOMINATORS = ("T-1", "T")
 
 
 @dataclass
@@ -55,9 +58,18 @@ class InferenceConfig:
     fast_lr: float = 0.03  # paper: 0.34; 0.03 gave the best honest bound here (docs/design.md)
     final_lr_ratio: float = 0.1
     num_samples: int = 1  # noise samples per fast step
-    init: str = "prior"  # "prior": mu 0, log sigma 0; "reference": mu 0, log sigma -5; "amortized": the encoder's q
-    optimizer: str = "adam"  # local optimiser: "adam" (paper) or "sgd"
-    fixed_noise: bool = False  # the published reference's single eps; comparison only
+    # "prior": mu 0, log sigma 0; "narrow": mu 0, log sigma -5 (called "reference" before: not the
+    # published start); "published": mu 0.01 N(0,1), log variance -5 + 0.1 N(0,1), fresh per batch;
+    # "amortized": the encoder's q
+    init: str = "prior"
+    optimizer: str = "adam"  # local optimiser: "adam", "adamw" (the published loop: weight decay 0.01) or "sgd"
+    scale_param: str = "log_sigma"  # what the fast steps move: log sigma, or log variance (the published loop)
+    fast_lr_denominator: str = "T-1"  # cosine at step s over s/(T-1) (ends at lr*ratio) or s/T (published)
+    fast_weight_decay: float = 0.01  # adamw only: torch.optim.AdamW's default, as published
+    fixed_noise: bool = False  # the fast steps reuse one eps per batch (the published loop)
+    # The reported ELBO at that same eps: the reference's per-sequence figure, not a bound. Set only
+    # on `ltm eval --fixed-noise`'s extra row; every other reported number draws fresh noise.
+    report_fixed_noise: bool = False
     # langevin: `steps` steps per training iteration (the first half adapt the step size)
     step_size: float = 0.1  # initial Langevin step size s
     mala: bool = True  # Metropolis-adjusted (accept/reject per sequence and chain)
@@ -70,7 +82,7 @@ class InferenceConfig:
 
     @property
     def init_log_scale(self) -> float:
-        return -5.0 if self.init == "reference" else 0.0  # "amortized" starts at the encoder's q
+        return -5.0 if self.init in ("narrow", "reference") else 0.0  # "published" draws; "amortized": the encoder's q
 
 
 @dataclass
@@ -146,26 +158,57 @@ def _section_from_dict(cls, values: dict, section: str):
     return cls(**kwargs)
 
 
-def config_from_dict(raw: dict) -> RunConfig:
+NAMED = ("preset", "size")  # top-level TOML keys naming settings of ltm_ppl.presets
+
+
+def _sections(raw: dict) -> dict:
+    """{section: dataclass instance} of the sections present in raw (checked, named in errors)."""
     sections = {}
     for key, value in raw.items():
         if key not in SECTIONS:
-            raise LtmError(f"config: unknown section [{key}] (known: {', '.join(SECTIONS)})")
+            raise LtmError(f"config: unknown section [{key}] (known: {', '.join(SECTIONS)}; top-level keys: {', '.join(NAMED)})")
         if not isinstance(value, dict):
             raise LtmError(f"config: [{key}] must be a table")
         sections[key] = _section_from_dict(SECTIONS[key], value, key)
-    return RunConfig(**sections)
+    return sections
 
 
-def load_toml(path: str | Path) -> RunConfig:
+def config_from_dict(raw: dict) -> RunConfig:
+    cfg = RunConfig(**_sections(raw))
+    cfg.inference.init = LEGACY_INITS.get(cfg.inference.init, cfg.inference.init)
+    return cfg
+
+
+def _parse_toml(path: str | Path) -> dict:
     path = Path(path)
     try:
-        raw = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise LtmError(f"config file not found: {path}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise LtmError(f"config file {path} is not valid TOML: {exc}") from None
-    return config_from_dict(raw)
+
+
+def load_toml(path: str | Path) -> RunConfig:
+    """The file's settings over the defaults (and over its named preset and size, if any)."""
+    from .presets import build_config
+
+    return build_config(None, None, path, {})
+
+
+def read_toml(path: str | Path) -> tuple[dict[str, object], dict[str, str]]:
+    """({"section.field": value} of the settings the file sets, {"preset"/"size": name}), so the
+    file can be layered over a preset (ltm_ppl.presets.build_config)."""
+    raw = _parse_toml(path)
+    names = {}
+    for key in NAMED:
+        if key in raw:
+            if not isinstance(raw[key], str):
+                raise LtmError(f"config: {key} must be a name (str), got {raw[key]!r}")
+            names[key] = raw.pop(key)
+    _sections(raw)  # type and name checks
+    settings = {f"{section}.{name}": value for section, table in raw.items() for name, value in table.items()}
+    return settings, names
 
 
 def apply_overrides(cfg: RunConfig, overrides: dict[str, object]) -> RunConfig:
@@ -240,8 +283,12 @@ def validate(cfg: RunConfig, methods: tuple[str, ...] = ()) -> RunConfig:
         raise LtmError(f"config: inference.target_accept{_flag('inference.target_accept')} must be in (0, 1), got {inf.target_accept}")
     _positive("inference.fast_lr", inf.fast_lr)
     _positive("inference.final_lr_ratio", inf.final_lr_ratio)
+    inf.init = LEGACY_INITS.get(inf.init, inf.init)  # `--init reference` keeps its old meaning
     _one_of("inference.init", inf.init, LOCAL_INITS)
     _one_of("inference.optimizer", inf.optimizer, LOCAL_OPTIMIZERS)
+    _one_of("inference.scale_param", inf.scale_param, SCALE_PARAMS)
+    _one_of("inference.fast_lr_denominator", inf.fast_lr_denominator, FAST_LR_DENOMINATORS)
+    _non_negative("inference.fast_weight_decay", inf.fast_weight_decay)
     for name in ("iters", "batch_size", "lr", "eval_interval", "eval_windows", "checkpoint_interval"):
         _positive(f"train.{name}", getattr(t, name))
     for name in ("warmup_iters", "lr_decay_iters", "weight_decay", "grad_clip", "seed"):

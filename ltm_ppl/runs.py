@@ -100,7 +100,7 @@ def evaluate_run(opened: OpenRun, split: str = "val", data: str | None = None, s
     fixed = None
     if fixed_noise:
         fixed_cfg = copy.deepcopy(cfg)
-        fixed_cfg.inference.fixed_noise = True
+        fixed_cfg.inference.fixed_noise = fixed_cfg.inference.report_fixed_noise = True
         fixed = load_inference(opened.path, fixed_cfg)
     windows = num_windows(len(tokens), cfg.model.block_size)
     windows = min(windows, max_windows) if max_windows else windows
