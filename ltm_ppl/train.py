@@ -169,7 +169,8 @@ def _loop(cfg: RunConfig, run: Path, inference, data: Data, progress: bool, echo
                "backend": cfg.train.backend, "inference": cfg.inference.method,
                "flops_per_token": training_flops_per_token(cfg)}
     echo(
-        f"val bound: {last_eval['nll_per_token']:.4f} nats/token, perplexity <= {last_eval['perplexity']:.2f} "
+        f"val bound on the first {last_eval['num_sequences']} val windows (train.eval_windows; `ltm eval` bounds "
+        f"the whole split): {last_eval['nll_per_token']:.4f} nats/token, perplexity <= {last_eval['perplexity']:.2f} "
         f"(KL {last_eval['kl_per_sequence']:.2f} nats/sequence, {last_eval['num_tokens']} tokens, "
         f"{cfg.inference.eval_steps} steps, {cfg.train.backend}/{cfg.inference.method})"
     )
