@@ -134,6 +134,20 @@ def test_sliding_window_decoder_matches_torch(latent, torch_one_thread):
     assert np.allclose(full[:, :5], got[:, :5], atol=1e-4) and np.abs(full[:, 6:] - got[:, 6:]).max() > 0.1
 
 
+def test_the_gpu_kernels_window_argument_is_the_masked_window():
+    """The cuDNN path passes local_window_size=(W-1, 0) with is_causal; JAX's XLA implementation of
+    the same arguments (runnable here) must equal the explicit mask the CPU uses."""
+    import jax
+    import jax.numpy as jnp
+
+    from ltm_ppl.models.jax_decoder import causal_attention
+
+    q, k, v = (jax.random.normal(jax.random.PRNGKey(i), (2, 16, 2, 8)) for i in range(3))
+    kernel_args = jax.nn.dot_product_attention(q, k, v, is_causal=True, local_window_size=(4, 0))
+    np.testing.assert_allclose(np.asarray(causal_attention(q, k, v, 5)), np.asarray(kernel_args), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(np.asarray(causal_attention(q, k, v, 4)), np.asarray(kernel_args), atol=1e-3)
+
+
 def test_windowed_kv_cache_decoding_past_the_window_matches_the_uncached_forward(torch_one_thread):
     """Every decode step's logits (positions 4..15, window 5) = the uncached forward's; greedy
     generation through window refills = torch's tokens."""
