@@ -169,9 +169,9 @@ def test_windowed_kv_cache_decoding_past_the_window_matches_the_uncached_forward
         cache, logits = jax_decoder.decode_step(params, cfg, cache, tokens[:, t], t, lkv)
         steps.append(logits)
     np.testing.assert_allclose(np.stack(steps[1:], 1), full[:, 4:], rtol=1e-4, atol=1e-4)
-    context = np.array(tokens[:, :3])
+    context = np.asarray(tokens[:, :3]).copy()
     with torch.no_grad():
-        expected = torch_generate(decoder, torch.from_numpy(context), torch.from_numpy(np.array(z)), 2 * cfg.block_size,
+        expected = torch_generate(decoder, torch.from_numpy(context), torch.from_numpy(np.asarray(z).copy()), 2 * cfg.block_size,
                                   temperature=0).numpy()
     np.testing.assert_array_equal(jax_decoder.generate(params, cfg, context, z, 2 * cfg.block_size, temperature=0), expected)
 
