@@ -11,13 +11,26 @@ from helpers import run_cli
 
 @pytest.fixture(scope="module")
 def short_runs(tmp_path_factory, tiny_toml, text_corpus):
-    runs = {}
+    runs, runs["fit_output"] = {}, {}
     for method in ("local", "none", "amortized"):
         run = tmp_path_factory.mktemp("runs") / method
         result = run_cli("fit", "--config", tiny_toml, "--data", text_corpus, "--inference", method, "--iters", "2", "--out", run)
         assert result.exit_code == 0, result.output
         runs[method] = run
+        runs["fit_output"][method] = result.stdout
     return runs
+
+
+def test_fit_closing_line_says_exact_without_a_latent_and_bound_with_one(short_runs):
+    """`none`'s number is the exact NLL: "=" and no KL; a latent method's is a bound: "<=" with KL."""
+    closing = {m: next(line for line in out.splitlines() if line.startswith("val "))
+               for m, out in short_runs["fit_output"].items()}
+    assert closing["none"].startswith("val exact NLL on the first ") and "perplexity = " in closing["none"]
+    assert "<=" not in closing["none"] and "KL" not in closing["none"] and "bound" not in closing["none"]
+    for method in ("local", "amortized"):
+        assert closing[method].startswith("val bound on the first ") and "perplexity <= " in closing[method]
+        assert "KL " in closing[method]
+    assert "4 steps" not in closing["amortized"] and "4 steps" in closing["local"]  # amortized: no inner steps
 
 
 def test_fixed_noise_figures_are_labelled_and_kept_apart_from_the_bound(short_runs):
@@ -52,6 +65,8 @@ def test_none_row_is_exact_and_unfitted_methods_show_no_steps(short_runs):
     assert row.split()[:2] == ["-", "exact"] and "exact log-likelihood" in row
     assert "bound" not in row and "fresh noise" not in row
     assert "a bound on the perplexity" not in result.stdout
+    record = json.loads(run_cli("eval", short_runs["none"], "--max-windows", "4", "--json").stdout.splitlines()[-1])
+    assert record["exact"] is True and record["fitted_steps"] is None
     amortized = run_cli("eval", short_runs["amortized"], "--max-windows", "4")
     assert amortized.stdout.splitlines()[2].split()[:2] == ["-", "elbo"]
     local = run_cli("eval", short_runs["local"], "--max-windows", "4", "--steps", "3")

@@ -1,6 +1,6 @@
 """`local` in NumPyro: the paper's dual-rate variational Bayes, the mirror of pyro.py.
 
-Fast: per-sequence q_i = N(mu_i, diag sigma_i^2) fitted by T steps of Adam (or SGD) on the ELBO,
+Fast: per-sequence q_i = N(mu_i, diag sigma_i^2) fitted by T steps of Adam (AdamW, SGD) on the ELBO,
 cosine-decayed step size (passed into the loop as an array), fresh noise at every step,
 gradients w.r.t. (mu, log sigma) only, so the decoder computes no weight gradients; the whole
 loop is one `lax.scan` under `jax.jit`.

@@ -1,6 +1,6 @@
 """`local` in Pyro: the paper's dual-rate variational Bayes.
 
-Fast: per-sequence q_i = N(mu_i, diag sigma_i^2) fitted by T steps of Adam (or SGD) on the ELBO,
+Fast: per-sequence q_i = N(mu_i, diag sigma_i^2) fitted by T steps of Adam (AdamW, SGD) on the ELBO,
 cosine-decayed step size, fresh noise at every step, decoder frozen (no weight gradients).
 Slow: one AdamW step on the decoder at the fitted q_i with fresh noise.
 Semi-amortized (`init = "amortized"`): the fast steps start from the encoder's q; the encoder
