@@ -33,6 +33,7 @@ class ModelConfig:
     vocab_size: int = 0  # set from the tokenizer when a run starts
     latent: bool = True  # False: the decoder without cross-attention (the `none` baseline)
     encoder_layers: int = 2  # bidirectional layers of the amortized encoder q_phi(z | x)
+    attention_window: int = 0  # causal self-attention sees the W keys ending at the token itself; 0: all
 
     @property
     def hidden(self) -> int:
@@ -46,8 +47,9 @@ class ModelConfig:
 
 
 def _init_log_scale(self) -> float:
-    """local's starting log sigma: -5 for init "reference", else 0 ("amortized" starts at the encoder's q)."""
-    return -5.0 if self.init == "reference" else 0.0
+    """local's starting log sigma: -5 for init "narrow" (older name "reference"), else 0 ("published"
+    draws its start, "amortized" starts at the encoder's q)."""
+    return -5.0 if self.init in ("narrow", "reference") else 0.0
 
 
 def _inference_config_class():
@@ -147,26 +149,69 @@ def _section_from_dict(cls, values: dict, section: str):
     return cls(**kwargs)
 
 
-def config_from_dict(raw: dict) -> RunConfig:
+NAMED = ("preset", "size")  # top-level TOML keys naming settings of ltm_ppl.presets
+
+
+def _sections(raw: dict) -> dict:
+    """{section: dataclass instance} of the sections present in raw (checked, named in errors)."""
     sections = {}
     for key, value in raw.items():
         if key not in SECTIONS:
-            raise LtmError(f"config: unknown section [{key}] (known: {', '.join(SECTIONS)})")
+            raise LtmError(f"config: unknown section [{key}] (known: {', '.join(SECTIONS)}; top-level keys: {', '.join(NAMED)})")
         if not isinstance(value, dict):
             raise LtmError(f"config: [{key}] must be a table")
         sections[key] = _section_from_dict(SECTIONS[key], value, key)
-    return RunConfig(**sections)
+    return sections
 
 
-def load_toml(path: str | Path) -> RunConfig:
+def config_from_dict(raw: dict) -> RunConfig:
+    cfg = RunConfig(**_sections(raw))
+    apply_aliases(cfg.inference)
+    return cfg
+
+
+def apply_aliases(inf) -> None:
+    """Older names of option values (an Option's aliases) replaced by their current names, so runs
+    and commands written before a rename keep their meaning."""
+    from .inference.registry import options
+
+    for option in options():
+        value = getattr(inf, option.field)
+        renamed = dict(option.aliases).get(value) if isinstance(value, str) else None
+        if renamed is not None:
+            setattr(inf, option.field, renamed)
+
+
+def _parse_toml(path: str | Path) -> dict:
     path = Path(path)
     try:
-        raw = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise LtmError(f"config file not found: {path}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise LtmError(f"config file {path} is not valid TOML: {exc}") from None
-    return config_from_dict(raw)
+
+
+def load_toml(path: str | Path) -> RunConfig:
+    """The file's settings over the defaults (and over its named preset and size, if any)."""
+    from .presets import build_config
+
+    return build_config(None, None, path, {})
+
+
+def read_toml(path: str | Path) -> tuple[dict[str, object], dict[str, str]]:
+    """({"section.field": value} of the settings the file sets, {"preset"/"size": name}), so the
+    file can be layered over a preset (ltm_ppl.presets.build_config)."""
+    raw = _parse_toml(path)
+    names = {}
+    for key in NAMED:
+        if key in raw:
+            if not isinstance(raw[key], str):
+                raise LtmError(f"config: {key} must be a name (str), got {raw[key]!r}")
+            names[key] = raw.pop(key)
+    _sections(raw)  # type and name checks
+    settings = {f"{section}.{name}": value for section, table in raw.items() for name, value in table.items()}
+    return settings, names
 
 
 def apply_overrides(cfg: RunConfig, overrides: dict[str, object]) -> RunConfig:
@@ -183,7 +228,7 @@ def apply_overrides(cfg: RunConfig, overrides: dict[str, object]) -> RunConfig:
 
 # The command-line flag of a setting, named in its error message too (methods' flags: their descriptors).
 FLAGS = {
-    "inference.steps": "--steps", "inference.method": "--inference",
+    "inference.steps": "--steps", "inference.method": "--inference", "model.attention_window": "--attention-window",
     "train.iters": "--iters", "train.lr_decay_iters": "--lr-decay-iters", "train.batch_size": "--batch-size", "train.seed": "--seed", "train.device": "--device",
 }
 
@@ -231,6 +276,11 @@ def validate(cfg: RunConfig, methods: tuple[str, ...] = ()) -> RunConfig:
         raise LtmError(
             f"config: model.d_model ({m.d_model}) must split into model.n_head ({m.n_head}) heads of even size"
         )
+    if not 0 <= m.attention_window <= m.block_size:
+        raise LtmError(
+            f"config: model.attention_window{_flag('model.attention_window')} must be 0 (full attention) or "
+            f"1..model.block_size ({m.block_size}) keys, got {m.attention_window}"
+        )
     if m.latent:
         _positive("model.n_z", m.n_z)
         if m.n_z % m.n_layer:
@@ -239,6 +289,7 @@ def validate(cfg: RunConfig, methods: tuple[str, ...] = ()) -> RunConfig:
         _one_of("inference.method", inf.method, methods)
     for name in ("steps", "eval_steps", "num_samples"):
         _positive(f"inference.{name}", getattr(inf, name))
+    apply_aliases(inf)  # e.g. `--init reference` keeps its old meaning ("narrow")
     for option in options():  # every method's options, whichever method runs (a run may switch method)
         name = f"inference.{option.field}"
         if option.check:

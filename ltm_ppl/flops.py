@@ -11,14 +11,22 @@ from __future__ import annotations
 from .config import ModelConfig, RunConfig
 
 
-def _layer(m: ModelConfig, d: int, L: int, causal: bool) -> float:
-    attention = 2 * 2 * L * d * (0.5 if causal else 1.0)  # scores and weighted values
+def keys_per_query(L: int, window: int, causal: bool) -> float:
+    """Keys a query attends to, averaged over the window (the area of the mask / L): L/2 causal,
+    W (1 - W / 2L) with a sliding window of W keys (L/2 again at W = L), L bidirectional."""
+    if not causal:
+        return float(L)
+    return L / 2 if not window else window * (1 - window / (2 * L))
+
+
+def _layer(m: ModelConfig, d: int, L: int, causal: bool, window: int = 0) -> float:
+    attention = 2 * 2 * d * keys_per_query(L, window, causal)  # scores and weighted values
     return 2 * 4 * d * d + 2 * 3 * d * m.hidden + attention
 
 
 def decoder_forward(m: ModelConfig) -> float:
     d, L = m.d_model, m.block_size
-    per_layer = _layer(m, d, L, causal=True)
+    per_layer = _layer(m, d, L, causal=True, window=m.attention_window)
     if m.latent:
         # query and output projections per token, the z keys/values once per window, attention to z
         per_layer += 2 * 2 * d * d + 2 * 2 * d * d * m.z_per_layer / L + 2 * 2 * m.z_per_layer * d

@@ -68,6 +68,16 @@ def parse_steps(text: str | None, default: int) -> list[int]:
 
 FIXED_NOISE_LABEL = ("fixed noise: the published reference's evaluation (one eps reused for every fast "
                      "step and for the reported number); not a bound")
+HONEST_LABEL = "honest bound, fresh noise"
+EXACT_LABEL = "exact log-likelihood (no latent)"
+
+
+def _with_perplexities(row: dict) -> dict:
+    """Adds reconstruction_perplexity: exp of the cross-entropy at the drawn z without the KL (not a
+    bound, not a likelihood: z has seen the tokens it predicts), where the row has one."""
+    if row.get("reconstruction_nll_per_token") is not None:
+        row["reconstruction_perplexity"] = float(np.exp(min(row["reconstruction_nll_per_token"], 700.0)))
+    return row
 
 
 @contextlib.contextmanager
@@ -90,6 +100,7 @@ def evaluate_run(opened: OpenRun, split: str = "val", data: str | None = None, s
     from .train import load_inference, require_windows
 
     cfg = opened.cfg
+    method = descriptor(cfg.inference.method)
     check_eval_options(samples, batch_size, max_windows)
     check_seed(seed)
     if kind not in ("elbo", "iwae"):
@@ -107,19 +118,21 @@ def evaluate_run(opened: OpenRun, split: str = "val", data: str | None = None, s
     fixed = None
     if fixed_noise:
         fixed_cfg = copy.deepcopy(cfg)
-        fixed_cfg.inference.fixed_noise = True
+        fixed_cfg.inference.fixed_noise = fixed_cfg.inference.report_fixed_noise = True
         fixed = load_inference(opened.path, fixed_cfg)
     windows = num_windows(len(tokens), cfg.model.block_size)
     windows = min(windows, max_windows) if max_windows else windows
     with progress(windows * len(steps) * (2 if fixed_noise else 1)) as advance:
         for T in steps:
             row = windows_bound(opened.inference, tokens, T, samples, batch_size, max_windows, seed=seed, progress=advance, kind=kind)
-            rows.append(row | {"label": "honest bound, fresh noise"})
+            label = HONEST_LABEL if method.latent else EXACT_LABEL
+            fitted = T if method.inner_steps else None
+            rows.append(_with_perplexities(row) | {"label": label, "fitted_steps": fitted})
             if fixed is not None:
                 # The reference reuses its one eps (num_samples draws of it) for the reported ELBO too.
                 S = cfg.inference.num_samples
                 row = windows_bound(fixed, tokens, T, S, batch_size, max_windows, seed=seed, progress=advance)
-                rows.append(row | {"label": FIXED_NOISE_LABEL, "fixed_noise": True})
+                rows.append(_with_perplexities(row) | {"label": FIXED_NOISE_LABEL, "fixed_noise": True, "fitted_steps": T})
     unigram = unigram_bound(split_tokens(corpus, "train", opened.tokenizer), tokens, opened.tokenizer.vocab_size,
                             cfg.model.block_size, max_windows)
     honest = [r for r in rows if not r.get("fixed_noise")]
@@ -128,7 +141,9 @@ def evaluate_run(opened: OpenRun, split: str = "val", data: str | None = None, s
         "rows": rows,
         "backend": cfg.train.backend, "inference": cfg.inference.method, "trained_with": opened.trained_method,
         "split": split, "data": corpus.spec, "tokenizer": cfg.data.tokenizer,
-        "proposal": descriptor(cfg.inference.method).proposal,
+        "split_windows": num_windows(len(tokens), cfg.model.block_size),  # rows cover the first num_sequences
+        "exact": not method.latent,  # the rows are the exact log-likelihood, not bounds
+        "proposal": method.proposal,
         "unigram_nll_per_token": unigram["nll_per_token"], "unigram_perplexity": unigram["perplexity"],
         "flops_per_token": training_flops_per_token(opened.trained_cfg),  # the run's training, as trained
         "decoder_flops_per_token": decoder_forward(cfg.model),

@@ -86,6 +86,20 @@ def resolve_horizon(cfg: RunConfig) -> None:
         cfg.train.lr_decay_iters = cfg.train.iters
 
 
+def closing_line(last_eval: dict, cfg: RunConfig) -> str:
+    """fit's last val line: which windows it covers, and whether its number is a bound (a latent
+    method's ELBO) or the exact likelihood (no latent: the method's descriptor says which)."""
+    from .inference import descriptor
+
+    exact = not descriptor(cfg.inference.method).latent
+    what, relation = ("exact NLL", "=") if exact else ("bound", "<=")
+    kl = "" if exact or last_eval.get("kl_per_sequence") is None else f"KL {last_eval['kl_per_sequence']:.2f} nats/sequence, "
+    steps = f"{cfg.inference.eval_steps} steps, " if descriptor(cfg.inference.method).inner_steps else ""
+    return (f"val {what} on the first {last_eval['num_sequences']} val windows (train.eval_windows; `ltm eval` covers "
+            f"the whole split): {last_eval['nll_per_token']:.4f} nats/token, perplexity {relation} {last_eval['perplexity']:.2f} "
+            f"({kl}{last_eval['num_tokens']} tokens, {steps}{cfg.train.backend}/{cfg.inference.method})")
+
+
 def fit(cfg: RunConfig, out: str | None = None, resume: str | None = None, progress: bool = True, echo=print) -> dict:
     """Train a new run (into `out`) or continue `resume` up to cfg.train.iters. Returns a summary.
     Raises Interrupted after SIGINT / SIGTERM, with a checkpoint committed."""
@@ -211,12 +225,7 @@ def _loop(cfg: RunConfig, run: Path, inference, data: Data, progress: bool, echo
     summary = {"run": str(run), "iterations": inference.iteration, "val": last_eval, "unigram": unigram,
                "backend": cfg.train.backend, "inference": cfg.inference.method,
                "flops_per_token": training_flops_per_token(cfg)}
-    echo(
-        f"val bound: {last_eval['nll_per_token']:.4f} nats/token, perplexity <= {last_eval['perplexity']:.2f} "
-        f"(KL {last_eval['kl_per_sequence']:.2f} nats/sequence, {last_eval['num_tokens']} tokens: the first "
-        f"{last_eval['num_sequences']} val windows; `ltm eval` bounds all; "
-        f"{cfg.inference.eval_steps} steps, {cfg.train.backend}/{cfg.inference.method})"
-    )
+    echo(closing_line(last_eval, cfg))
     echo(f"unigram:   {unigram['nll_per_token']:.4f} nats/token, perplexity {unigram['perplexity']:.2f} (same tokens)")
     echo(f"run: {run}")
     return summary

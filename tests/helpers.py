@@ -105,9 +105,9 @@ def random_weights(names_shapes: dict, seed: int = 0) -> dict[str, np.ndarray]:
             for name, shape in names_shapes.items()}
 
 
-def twin_decoders(seed: int):
+def twin_decoders(seed: int, **model):
     """The tiny decoder in both backends with the same random weights: (cfg, weights, torch
-    Decoder, JAX params)."""
+    Decoder, JAX params); keyword arguments set ModelConfig fields (e.g. attention_window)."""
     import jax.numpy as jnp
     import torch
 
@@ -115,7 +115,7 @@ def twin_decoders(seed: int):
     from ltm_ppl.models import jax_decoder
     from ltm_ppl.models.torch_decoder import Decoder
 
-    cfg = ModelConfig(**TINY_MODEL)
+    cfg = ModelConfig(**(TINY_MODEL | model))
     weights = random_weights(jax_decoder.param_shapes(cfg), seed=seed)
     decoder = Decoder(cfg)
     decoder.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})

@@ -59,3 +59,17 @@ def test_unknown_method_is_refused():
 def test_default_mlp_width_is_swiglu_sized():
     cfg = RunConfig().model
     assert cfg.hidden % 32 == 0 and 8 * cfg.d_model / 3 <= cfg.hidden < 8 * cfg.d_model / 3 + 32
+
+
+def test_training_flops_count_the_sliding_window():
+    from ltm_ppl.flops import decoder_forward, keys_per_query
+
+    cfg = RunConfig().model
+    cfg.vocab_size, cfg.block_size = 256, 1024
+    full = decoder_forward(cfg)
+    cfg.attention_window = 256
+    windowed = decoder_forward(cfg)
+    # Each layer's attention (scores + weighted values, 4 d FLOPs per key) shrinks from L/2 keys
+    # per query to W (1 - W / 2L): 512 -> 224 keys.
+    assert keys_per_query(1024, 256, True) == 224 and keys_per_query(1024, 1024, True) == keys_per_query(1024, 0, True) == 512
+    assert full - windowed == pytest.approx(cfg.n_layer * 4 * cfg.d_model * (512 - 224))

@@ -68,3 +68,76 @@ def test_generation_runs_past_the_window():
     d = tiny()
     out = generate(d, torch.zeros(1, 1, dtype=torch.long), torch.randn(1, 4, 32), max_new=40, temperature=1.0, top_k=5)
     assert out.shape == (1, 40) and int(out.max()) < 50
+
+
+@pytest.mark.parametrize("window", [0, 5])
+def test_chunk_appended_to_a_non_empty_cache_gives_the_uncached_logits(window):
+    # A 3-token chunk after 4 cached tokens: SDPA's is_causal would align it top-left (wrong keys).
+    d = tiny(attention_window=window)
+    idx = torch.randint(0, 50, (2, 12))
+    z = torch.randn(2, 4, 32)
+    with torch.no_grad():
+        full = d(idx, z)
+        kv = d.latent_kv(z)
+        caches = [KVCache() for _ in range(2)]
+        parts = [d(idx[:, :4], start=0, caches=caches, latent_kv=kv), d(idx[:, 4:7], start=4, caches=caches, latent_kv=kv)]
+        for t in range(7, 12):
+            parts.append(d(idx[:, t : t + 1], start=t, caches=caches, latent_kv=kv))
+    torch.testing.assert_close(torch.cat(parts, dim=1), full, rtol=1e-5, atol=1e-5)
+
+
+def test_token_log_probs_are_float32_for_bf16_logits_on_the_cpu():
+    from ltm_ppl.models.token_sequence_torch import TokenSequence
+
+    torch.manual_seed(0)
+    logits = (8 * torch.randn(3, 20, 5000)).bfloat16()
+    tokens = torch.randint(0, 5000, (3, 20))
+    reference = torch.log_softmax(logits.float(), -1).gather(-1, tokens[..., None])[..., 0]
+    got = TokenSequence(logits).token_log_probs(tokens)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, reference, rtol=0, atol=1e-4)
+
+
+def test_sliding_window_sees_exactly_the_last_w_tokens():
+    d = tiny(attention_window=4)
+    idx = torch.randint(0, 50, (1, 12))
+    z = torch.randn(1, 4, 32)
+    with torch.no_grad():
+        base = d(idx, z)
+        changed = idx.clone()
+        changed[:, 2] = (changed[:, 2] + 1) % 50
+        out = d(changed, z)
+    # Token 2 is a key of positions 2..5 (window 4: keys i-3..i) in layer 1; two layers reach 2..8.
+    assert torch.allclose(out[:, :2], base[:, :2]) and not torch.allclose(out[:, 2:6], base[:, 2:6])
+    assert torch.allclose(out[:, 9:], base[:, 9:], atol=1e-6)
+    full = tiny()
+    full.load_state_dict(d.state_dict())
+    with torch.no_grad():
+        assert not torch.allclose(full(changed, z)[:, 9:], full(idx, z)[:, 9:], atol=1e-6)
+
+
+def test_windowed_generation_past_the_window_equals_uncached_argmax_decoding():
+    d = tiny(attention_window=5)
+    z = torch.randn(2, 4, 32)
+    context = torch.randint(0, 50, (2, 3))
+    fast = generate(d, context, z, max_new=10, temperature=0)
+    seq = context
+    with torch.no_grad():
+        for _ in range(10):
+            seq = torch.cat([seq, d(seq, z)[:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(fast, seq[:, 3:])
+
+
+def test_flex_window_attention_equals_the_masked_path():
+    """The GPU path's numbers (FlexAttention with the window's block mask), run eagerly on the CPU."""
+    import warnings
+
+    from ltm_ppl.models.torch_decoder import attention_mask, flex_window_attention
+
+    torch.manual_seed(1)
+    q, k, v = (torch.randn(2, 2, 16, 8) for _ in range(3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        got = flex_window_attention(q, k, v, 5)
+    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask(0, 16, 16, 5, "cpu"))
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)

@@ -7,6 +7,7 @@ neither; jit compilations persist across sessions in ~/.cache/ltm-ppl/jax-cc.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -110,6 +111,69 @@ def test_kv_cached_generation_matches_torch(torch_one_thread):
     # Without the cache: the first new token past the prompt is the argmax of a full forward.
     full = jax_decoder.decoder_logits(params, cfg, jnp.asarray(context), jnp.asarray(z))
     np.testing.assert_array_equal(got[:, 0], np.asarray(full[:, -1].argmax(-1)))
+
+
+@pytest.mark.parametrize("latent", [True, False])
+def test_sliding_window_decoder_matches_torch(latent, torch_one_thread):
+    """attention_window 5 of block 16: the same logits in both backends, and not those of full attention."""
+    import jax.numpy as jnp
+    import torch
+
+    from ltm_ppl.models import jax_decoder
+
+    cfg, weights, decoder, params = twin_decoders(7, attention_window=5, latent=latent)
+    rng = np.random.default_rng(8)
+    tokens = rng.integers(0, cfg.vocab_size, (2, cfg.block_size))
+    z = rng.standard_normal((2, cfg.n_z, cfg.d_model)).astype(np.float32) if latent else None
+    with torch.no_grad():
+        expected = decoder(torch.from_numpy(tokens), None if z is None else torch.from_numpy(z)).numpy()
+    got = np.asarray(jax_decoder.decoder_logits(params, cfg, jnp.asarray(tokens), None if z is None else jnp.asarray(z)))
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+    full_cfg = dataclasses.replace(cfg, attention_window=0)
+    full = np.asarray(jax_decoder.decoder_logits(params, full_cfg, jnp.asarray(tokens), None if z is None else jnp.asarray(z)))
+    assert np.allclose(full[:, :5], got[:, :5], atol=1e-4) and np.abs(full[:, 6:] - got[:, 6:]).max() > 0.1
+
+
+def test_the_gpu_kernels_window_argument_is_the_masked_window():
+    """The cuDNN path passes local_window_size=(W-1, 0) with is_causal; JAX's XLA implementation of
+    the same arguments (runnable here) must equal the explicit mask the CPU uses."""
+    import jax
+    import jax.numpy as jnp
+
+    from ltm_ppl.models.jax_decoder import causal_attention
+
+    q, k, v = (jax.random.normal(jax.random.PRNGKey(i), (2, 16, 2, 8)) for i in range(3))
+    kernel_args = jax.nn.dot_product_attention(q, k, v, is_causal=True, local_window_size=(4, 0))
+    np.testing.assert_allclose(np.asarray(causal_attention(q, k, v, 5)), np.asarray(kernel_args), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(np.asarray(causal_attention(q, k, v, 4)), np.asarray(kernel_args), atol=1e-3)
+
+
+def test_windowed_kv_cache_decoding_past_the_window_matches_the_uncached_forward(torch_one_thread):
+    """Every decode step's logits (positions 4..15, window 5) = the uncached forward's; greedy
+    generation through window refills = torch's tokens."""
+    import jax.numpy as jnp
+    import torch
+
+    from ltm_ppl.models import jax_decoder
+    from ltm_ppl.models.torch_generate import generate as torch_generate
+
+    cfg, weights, decoder, params = twin_decoders(9, attention_window=5)
+    rng = np.random.default_rng(10)
+    tokens = jnp.asarray(rng.integers(0, cfg.vocab_size, (2, cfg.block_size)))
+    z = jnp.asarray(rng.standard_normal((2, cfg.n_z, cfg.d_model)).astype(np.float32))
+    full = np.asarray(jax_decoder.decoder_logits(params, cfg, tokens, z))
+    lkv = jax_decoder.latent_kv(params, cfg, z)
+    cache, logits = jax_decoder.prefill(params, cfg, tokens[:, :4], lkv)
+    steps = [logits]
+    for t in range(4, cfg.block_size):
+        cache, logits = jax_decoder.decode_step(params, cfg, cache, tokens[:, t], t, lkv)
+        steps.append(logits)
+    np.testing.assert_allclose(np.stack(steps[1:], 1), full[:, 4:], rtol=1e-4, atol=1e-4)
+    context = np.asarray(tokens[:, :3]).copy()
+    with torch.no_grad():
+        expected = torch_generate(decoder, torch.from_numpy(context), torch.from_numpy(np.asarray(z).copy()), 2 * cfg.block_size,
+                                  temperature=0).numpy()
+    np.testing.assert_array_equal(jax_decoder.generate(params, cfg, context, z, 2 * cfg.block_size, temperature=0), expected)
 
 
 def test_elbo_terms_match_pyro(torch_one_thread):

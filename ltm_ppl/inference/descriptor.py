@@ -27,6 +27,7 @@ class Option:
     flag: str | None = None  # e.g. "--step-size"; None: set in the TOML only. A bool gets --x/--no-x.
     choices: tuple[str, ...] | None = None
     check: str | None = None  # one of CHECKS
+    aliases: tuple[tuple[str, str], ...] = ()  # (old value, current value): renamed choices still load
 
     def __post_init__(self):
         if self.check is not None and self.check not in CHECKS:
@@ -51,7 +52,9 @@ class MethodDescriptor:
     # (R-hat and ESS apply); None: no latent.
     posterior_kind: str | None
     flops_per_token: Callable  # cfg -> FLOPs of one training iteration per training token
-    latent: bool = True  # does the decoder read latents (cross-attention, a "z" site)?
+    latent: bool = True  # does the decoder read latents (cross-attention, a "z" site)? False: its
+    # reported number is the exact log-likelihood, not a bound
+    inner_steps: bool = True  # does its reported q take `steps` inner steps (fast steps, chain steps)?
     needs_encoder: Callable = _no_encoder  # cfg -> does the method use the amortized encoder?
     loss_is_bound: Callable = _never  # (cfg, step metrics) -> does exp(loss) bound the perplexity?
     options: tuple[Option, ...] = ()

@@ -156,7 +156,7 @@ class Programs:
     # ----- hooks ------------------------------------------------------------------------------
     def proposal(self, params, data, key, fast_noise, fit, static):
         """The method's Gaussian q: (loc, log_scale, eps or None) [B, *event]; eps fixes the
-        reported estimate's noise where the method has one (local with fixed_noise)."""
+        reported estimate's noise where the method has one (local with report_fixed_noise)."""
         raise NotImplementedError(f"{type(self).__name__} defines no proposal")
 
     def chains(self, params, data, key, fast_noise, warmup, draws, chains, keep_z):

@@ -39,7 +39,7 @@ class Inference(Protocol):
     def proposal(self, data, steps: int, fast_noise=None):
         """The method's q for data = tensor(batch): (loc, log_scale) [B, *event], or (loc,
         log_scale, eps) where the method fixes the reported estimate's noise (local with
-        fixed_noise); backend arrays. Latent methods only."""
+        report_fixed_noise, eval --fixed-noise's row); backend arrays. Latent methods only."""
 
     def posterior(self, batch: np.ndarray, steps: int, num_draws: int, num_chains: int = 1) -> dict:
         """Draws `z` [C, D, B, *event] and `log_joint` [C, D, B]; variational methods (C = 1) add

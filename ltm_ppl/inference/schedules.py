@@ -4,12 +4,15 @@ from __future__ import annotations
 import math
 
 
-def fast_lr(step: int, steps: int, lr: float, final_ratio: float) -> float:
-    """Cosine decay from lr at step 0 to lr * final_ratio at step steps - 1 (the inner loop)."""
-    if steps <= 1:
+def fast_lr(step: int, steps: int, lr: float, final_ratio: float, denominator: str = "T-1") -> float:
+    """Cosine decay of the inner loop from lr at step 0: over step / (steps - 1), reaching
+    lr * final_ratio at the last step ("T-1"), or over step / steps as the published loop does
+    ("T": the last step stays above lr * final_ratio)."""
+    span = steps if denominator == "T" else steps - 1
+    if span <= 0:
         return lr
     final = lr * final_ratio
-    return final + 0.5 * (lr - final) * (1 + math.cos(math.pi * step / (steps - 1)))
+    return final + 0.5 * (lr - final) * (1 + math.cos(math.pi * step / span))
 
 
 def slow_lr(iteration: int, train_cfg) -> float:

@@ -6,6 +6,8 @@ the output head), so one safetensors file serves both backends without any trans
 mirrors ltm_ppl/models/torch_decoder.py line for line: pre-norm RMSNorm, causal self-attention with
 rotate-half RoPE (float32 tables, same inv_freq), cross-attention to the layer's share of z with
 RoPE on the latent keys at positions j * block_size / z_per_layer and no mask, SwiGLU, tied head.
+With `attention_window` W > 0 the self-attention sees only the W keys ending at each token (the
+published decoder's sliding window); cross-attention to z stays global.
 
 Precision: parameters and the residual stream stay float32; with `dtype=jnp.bfloat16` (the GPU
 default of the NumPyro backend, like torch's CUDA autocast) every matmul and attention runs in
@@ -109,8 +111,53 @@ def latent_kv(params, cfg: ModelConfig, z, dtype=jnp.float32):
     return out
 
 
-def _causal_attention(q, k, v):
-    return jax.nn.dot_product_attention(q, k, v, is_causal=True)
+def window_mask(q_start, q_len: int, k_len: int, window: int):
+    """Boolean [q_len, k_len]: query q_start + i sees key j when j <= its position and, with a
+    window W > 0, j > position - W (torch_decoder.attention_mask). Offset-aware: q_start may be
+    traced (a decode step at `position`)."""
+    q = q_start + jnp.arange(q_len)[:, None]
+    k = jnp.arange(k_len)[None, :]
+    allowed = k <= q
+    if window:
+        allowed &= k > q - window
+    return allowed
+
+
+def _fused_window_kernel(q, window: int) -> bool:
+    """cuDNN's sliding-window flash attention: GPU, bf16/fp16 only (not testable on the CPU)."""
+    return window > 0 and q.dtype in (jnp.bfloat16, jnp.float16) and jax.default_backend() == "gpu"
+
+
+def causal_attention(q, k, v, window: int = 0):
+    """Causal self-attention of equal-length q, k, v [B, L, heads, head_dim], optionally over a
+    sliding window of `window` keys (0: all earlier keys)."""
+    if not window:
+        return jax.nn.dot_product_attention(q, k, v, is_causal=True)
+    if _fused_window_kernel(q, window):
+        # Equal query and key lengths: the kernel's top-left alignment is the causal one here.
+        return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="cudnn",
+                                            local_window_size=(window - 1, 0))
+    mask = window_mask(0, q.shape[1], k.shape[1], window)
+    return jax.nn.dot_product_attention(q, k, v, mask=mask[None, None])
+
+
+def attention_block(params, prefix: str, x, cos, sin, cfg: ModelConfig, dtype, attend):
+    """x + SelfAttn(RMSNorm(x)) of one layer (decoder and encoder share it); returns (x, what
+    attend returned beside y). attend(q, k, v) -> (y, extra) decides the mask or cache."""
+    B, L, D = x.shape
+    H = cfg.n_head
+    h = rms_norm(x, params[prefix + "attn_norm.weight"], cfg.norm_eps)
+    qkv = linear(h, params[prefix + "attn.qkv.weight"], dtype).reshape(B, L, 3, H, D // H)
+    q, k, v = apply_rope(qkv[:, :, 0], cos, sin), apply_rope(qkv[:, :, 1], cos, sin), qkv[:, :, 2]
+    y, extra = attend(q, k, v)
+    return x + linear(y.reshape(B, L, D), params[prefix + "attn.o.weight"], dtype), extra
+
+
+def mlp_block(params, prefix: str, x, cfg: ModelConfig, dtype):
+    """x + SwiGLU(RMSNorm(x)) of one layer (decoder and encoder share it)."""
+    h = rms_norm(x, params[prefix + "mlp_norm.weight"], cfg.norm_eps)
+    gated = jax.nn.silu(linear(h, params[prefix + "mlp.gate.weight"], dtype)) * linear(h, params[prefix + "mlp.up.weight"], dtype)
+    return x + linear(gated, params[prefix + "mlp.down.weight"], dtype)
 
 
 def _forward(params, cfg: ModelConfig, idx, lkv, start, dtype, attend):
@@ -126,20 +173,14 @@ def _forward(params, cfg: ModelConfig, idx, lkv, start, dtype, attend):
     extras = []
     for i in range(cfg.n_layer):
         p = f"layers.{i}."
-        h = rms_norm(x, params[p + "attn_norm.weight"], cfg.norm_eps)
-        qkv = linear(h, params[p + "attn.qkv.weight"], dtype).reshape(B, L, 3, H, D // H)
-        q, k, v = apply_rope(qkv[:, :, 0], cos, sin), apply_rope(qkv[:, :, 1], cos, sin), qkv[:, :, 2]
-        y, extra = attend(i, q, k, v)
+        x, extra = attention_block(params, p, x, cos, sin, cfg, dtype, functools.partial(attend, i))
         extras.append(extra)
-        x = x + linear(y.reshape(B, L, D), params[p + "attn.o.weight"], dtype)
         if lkv[i] is not None:
             h = rms_norm(x, params[p + "cross_norm.weight"], cfg.norm_eps)
             q = linear(h, params[p + "cross.q.weight"], dtype).reshape(B, L, H, D // H)
             y = jax.nn.dot_product_attention(apply_rope(q, cos, sin), lkv[i][0], lkv[i][1])
             x = x + linear(y.reshape(B, L, D), params[p + "cross.o.weight"], dtype)
-        h = rms_norm(x, params[p + "mlp_norm.weight"], cfg.norm_eps)
-        gated = jax.nn.silu(linear(h, params[p + "mlp.gate.weight"], dtype)) * linear(h, params[p + "mlp.up.weight"], dtype)
-        x = x + linear(gated, params[p + "mlp.down.weight"], dtype)
+        x = mlp_block(params, p, x, cfg, dtype)
     return rms_norm(x, params["final_norm.weight"], cfg.norm_eps), extras
 
 
@@ -151,7 +192,8 @@ def decoder_logits(params, cfg: ModelConfig, idx, z=None, start=0, dtype=jnp.flo
     """Logits [B, L, vocab] (in `dtype`) for tokens idx [B, L] at positions start.. given z [B, n_z, d]."""
     if lkv is None:
         lkv = latent_kv(params, cfg, z, dtype) if cfg.latent else [None] * cfg.n_layer
-    x, _ = _forward(params, cfg, idx, lkv, start, dtype, lambda i, q, k, v: (_causal_attention(q, k, v), None))
+    x, _ = _forward(params, cfg, idx, lkv, start, dtype,
+                    lambda i, q, k, v: (causal_attention(q, k, v, cfg.attention_window), None))
     return _head(params, x, dtype)
 
 
@@ -167,7 +209,7 @@ def prefill(params, cfg: ModelConfig, tokens, lkv, dtype=jnp.float32):
 
     def attend(i, q, k, v):
         pad = ((0, 0), (0, cfg.block_size - L), (0, 0), (0, 0))
-        return _causal_attention(q, k, v), (jnp.pad(k, pad), jnp.pad(v, pad))
+        return causal_attention(q, k, v, cfg.attention_window), (jnp.pad(k, pad), jnp.pad(v, pad))
 
     x, kvs = _forward(params, cfg, tokens, lkv, 0, dtype, attend)
     cache = (jnp.stack([k for k, _ in kvs]), jnp.stack([v for _, v in kvs]))
@@ -177,11 +219,11 @@ def prefill(params, cfg: ModelConfig, tokens, lkv, dtype=jnp.float32):
 
 def decode_step(params, cfg: ModelConfig, cache, token, position, lkv, dtype=jnp.float32):
     """One new token [B] at `position` (< block_size): appends to the cache, attends to every cached
-    key up to and including itself through an explicit mask (DESIGN section 4: no is_causal when the
-    query and key lengths differ). Returns (cache, logits [B, vocab])."""
+    key up to and including itself (the last attention_window of them) through an explicit
+    offset-aware mask (DESIGN section 4: no is_causal or local_window_size when the query and key
+    lengths differ: both align top-left). Returns (cache, logits [B, vocab])."""
     keys, values = cache
-    valid = jnp.arange(cfg.block_size) <= position
-    mask = valid[None, None, None, :]  # [B, heads, q=1, keys]
+    mask = window_mask(position, 1, cfg.block_size, cfg.attention_window)[None, None]  # [B, heads, q=1, keys]
     new_k, new_v = [], []
 
     def attend(i, q, k, v):

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from ..config import ModelConfig
-from .jax_decoder import apply_rope, linear, rms_norm, rope_tables
+from .jax_decoder import apply_rope, attention_block, linear, mlp_block, rms_norm, rope_tables
 
 PREFIX = "encoder."
 
@@ -72,16 +72,11 @@ def encode(params, cfg: ModelConfig, tokens, dtype=jnp.float32):
     hd = D // H
     cos, sin = rope_tables(jnp.arange(L), hd, cfg.rope_base)
     x = p("tok_emb.weight")[tokens]
+    bidirectional = lambda q, k, v: (jax.nn.dot_product_attention(q, k, v), None)  # noqa: E731 (no mask)
     for i in range(cfg.encoder_layers):
-        pre = f"layers.{i}."
-        h = rms_norm(x, p(pre + "attn_norm.weight"), cfg.norm_eps)
-        qkv = linear(h, p(pre + "attn.qkv.weight"), dtype).reshape(B, L, 3, H, hd)
-        q, k, v = apply_rope(qkv[:, :, 0], cos, sin), apply_rope(qkv[:, :, 1], cos, sin), qkv[:, :, 2]
-        y = jax.nn.dot_product_attention(q, k, v)  # bidirectional: no mask
-        x = x + linear(y.reshape(B, L, D), p(pre + "attn.o.weight"), dtype)
-        h = rms_norm(x, p(pre + "mlp_norm.weight"), cfg.norm_eps)
-        gated = jax.nn.silu(linear(h, p(pre + "mlp.gate.weight"), dtype)) * linear(h, p(pre + "mlp.up.weight"), dtype)
-        x = x + linear(gated, p(pre + "mlp.down.weight"), dtype)
+        # The decoder's own blocks (as torch's Encoder reuses the decoder's modules).
+        x, _ = attention_block(params, f"{PREFIX}layers.{i}.", x, cos, sin, cfg, dtype, bidirectional)
+        x = mlp_block(params, f"{PREFIX}layers.{i}.", x, cfg, dtype)
     # The pool: keys/values from pool_norm(x) at token positions, n_z queries at latent positions.
     kv = linear(rms_norm(x, p("pool_norm.weight"), cfg.norm_eps), p("pool.kv.weight"), dtype).reshape(B, L, 2, H, hd)
     keys, values = apply_rope(kv[:, :, 0], cos, sin), kv[:, :, 1]

@@ -25,14 +25,10 @@ class TokenSequence(TorchDistribution):
         """log p(x_t | x_<t, z) for every position: shape batch_shape + [T], float32."""
         shape = self.batch_shape + self.event_shape
         vocab = self.logits.shape[-1]
-        # Under CUDA autocast cross_entropy computes in float32 (autocast casts its input, one
-        # float32 [tokens x vocab] copy; a fused kernel could avoid it, not done yet); on the CPU
-        # the logits are float32 already.
-        low_precision = self.logits.dtype in (torch.bfloat16, torch.float16)
-        with torch.autocast(self.logits.device.type, enabled=low_precision and self.logits.is_cuda):
-            nll = F.cross_entropy(
-                self.logits.reshape(-1, vocab), value.expand(shape).reshape(-1), reduction="none"
-            )
+        # The log-softmax in float32 on every device: bf16 logits (CUDA autocast, or a bf16 decoder
+        # on the CPU, where autocast would not upcast) would otherwise normalise in bf16. One float32
+        # [tokens x vocab] copy; a fused kernel could avoid it, not done yet.
+        nll = F.cross_entropy(self.logits.float().reshape(-1, vocab), value.expand(shape).reshape(-1), reduction="none")
         return -nll.float().view(shape)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:

@@ -11,6 +11,8 @@ the safetensors files use them too).
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -42,10 +44,43 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
 
 
+def attention_mask(q_start: int, q_len: int, k_len: int, window: int, device) -> torch.Tensor:
+    """Boolean [q_len, k_len], True where query q_start + i may see key j: causal (j <= query
+    position) and, with a window W > 0, the W keys ending at the query itself (j > position - W).
+    Offset-aware, so it holds for a chunk appended to a non-empty cache."""
+    q = torch.arange(q_start, q_start + q_len, device=device)[:, None]
+    k = torch.arange(k_len, device=device)[None, :]
+    allowed = k <= q
+    if window:
+        allowed &= k > q - window
+    return allowed
+
+
+@functools.lru_cache(maxsize=8)
+def _window_block_mask(length: int, window: int, device: str):
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def sliding(b, h, q, k):
+        return (k <= q) & (k > q - window)
+
+    return create_block_mask(sliding, None, None, length, length, device=device)
+
+
+def flex_window_attention(q, k, v, window: int):
+    """Sliding-window causal attention of equal-length q, k, v [B, heads, L, head_dim] through
+    FlexAttention: a fused kernel that skips the blocks outside the window, under torch.compile.
+    (Eager, it runs a reference implementation: only the numbers are tested on the CPU.)"""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return flex_attention(q, k, v, block_mask=_window_block_mask(q.shape[2], window, str(q.device)))
+
+
 class SelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig, causal: bool = True):
         super().__init__()
         self.causal = causal
+        # The sliding window applies to the causal decoder only; the encoder sees the whole window.
+        self.window = cfg.attention_window if causal else 0
         self.n_head = cfg.n_head
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
         self.o = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
@@ -54,13 +89,20 @@ class SelfAttention(nn.Module):
         B, L, D = x.shape
         q, k, v = self.qkv(x).view(B, L, 3, self.n_head, D // self.n_head).permute(2, 0, 3, 1, 4)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if cache is None:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
-        else:
-            # Decode steps attend to every cached key: SDPA's is_causal aligns top-left when the
-            # query and key lengths differ, so a one-token step with is_causal would see key 0 only.
+        if cache is not None:
             k, v = cache.append(k, v)
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=cache.length == L)
+        if not self.causal:
+            y = F.scaled_dot_product_attention(q, k, v)
+        elif cache is None and not self.window:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # the fused causal kernel
+        elif cache is None and x.is_cuda and torch.compiler.is_compiling():
+            y = flex_window_attention(q, k, v, self.window)  # GPU under --compile (untested here: no GPU)
+        else:
+            # An explicit mask: SDPA's is_causal aligns top-left when query and key lengths differ
+            # (a chunk appended to a cache), and the window needs one anyway. SDPA takes the mask
+            # on every device (on CUDA its memory-efficient kernel runs it).
+            mask = attention_mask(k.shape[2] - L, L, k.shape[2], self.window, x.device)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.o(y.transpose(1, 2).reshape(B, L, D))
 
 

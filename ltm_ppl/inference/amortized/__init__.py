@@ -24,6 +24,7 @@ METHOD = MethodDescriptor(
     proposal="the encoder's Gaussian",
     posterior_kind="variational",
     flops_per_token=flops_per_token,
+    inner_steps=False,  # its q takes no inference steps
     needs_encoder=lambda cfg: True,
     loss_is_bound=loss_is_bound,
     options=(

@@ -1,6 +1,6 @@
-"""`local` in NumPyro: the paper's dual-rate variational Bayes, the mirror of local_pyro.py.
+"""`local` in NumPyro: the paper's dual-rate variational Bayes, the mirror of pyro.py.
 
-Fast: per-sequence q_i = N(mu_i, diag sigma_i^2) fitted by T steps of Adam (or SGD) on the ELBO,
+Fast: per-sequence q_i = N(mu_i, diag sigma_i^2) fitted by T steps of Adam (AdamW, SGD) on the ELBO,
 cosine-decayed step size (passed into the loop as an array), fresh noise at every step,
 gradients w.r.t. (mu, log sigma) only, so the decoder computes no weight gradients; the whole
 loop is one `lax.scan` under `jax.jit`.
@@ -30,32 +30,56 @@ from ..schedules import fast_lr
 
 def fast_lrs(steps: int, inf_cfg) -> np.ndarray:
     """The fast step sizes of one inner loop (schedules.fast_lr), as a float32 array."""
-    return np.asarray([fast_lr(t, steps, inf_cfg.fast_lr, inf_cfg.final_lr_ratio) for t in range(steps)], np.float32)
+    return np.asarray([fast_lr(t, steps, inf_cfg.fast_lr, inf_cfg.final_lr_ratio, inf_cfg.fast_lr_denominator)
+                       for t in range(steps)], np.float32)
+
+
+def initial_local(B, shape, inf_cfg, key):
+    """(loc, log_scale) where the fast steps begin without an encoder: a fixed point, or the
+    published random start (mu 0.01 N(0,1), log variance -5 + 0.1 N(0,1), fresh per key)."""
+    if inf_cfg.init == "published":
+        loc_key, var_key = jax.random.split(jax.random.fold_in(key, 7))
+        loc = 0.01 * jax.random.normal(loc_key, (B, *shape), jnp.float32)
+        return loc, 0.5 * (-5.0 + 0.1 * jax.random.normal(var_key, (B, *shape), jnp.float32))
+    return jnp.zeros((B, *shape), jnp.float32), jnp.full((B, *shape), inf_cfg.init_log_scale, jnp.float32)
+
+
+def fast_optimizer(inf_cfg):
+    """The update direction u (the step is -lr u): optax's mirror of torch's Adam, AdamW
+    (decoupled weight decay: u = adam + wd p, as torch's p(1 - lr wd) - lr adam) or SGD."""
+    if inf_cfg.optimizer == "sgd":
+        return optax.identity()
+    adam = optax.scale_by_adam(b1=0.9, b2=0.999, eps=1e-8)
+    if inf_cfg.optimizer == "adamw":
+        return optax.chain(adam, optax.add_decayed_weights(inf_cfg.fast_weight_decay))
+    return adam
 
 
 def fit_local_posterior(model, tokens, shape, inf_cfg, lrs, key=None, fast_noise=None, fixed_eps=None, start=None):
     """Fit (loc, log_scale) of shape [B, *shape] by len(lrs) fast steps; model(tokens) is the joint.
 
     Starts at `start` = (loc, log_scale) when given (semi-amortized: the encoder's q), else at
-    loc 0 and log_scale inf_cfg.init_log_scale.
+    initial_local (inf_cfg.init, drawn from `key` for the published start). The steps move
+    (loc, log sigma), or (loc, log variance) with inf_cfg.scale_param = "log_variance".
 
     Minimises the negative ELBO per predicted token, summed over sequences (each sequence's
-    parameters see only their own term), differentiating w.r.t. (loc, log_scale) only. Each step
-    draws fresh noise from `key`, unless fast_noise [steps, S, B, *shape] gives every step's eps
-    (backend parity tests) or fixed_eps [S, B, *shape] is reused at every step (the published
+    parameters see only their own term), differentiating w.r.t. (loc, scale parameter) only. Each
+    step draws fresh noise from `key`, unless fast_noise [steps, S, B, *shape] gives every step's
+    eps (backend parity tests) or fixed_eps [S, B, *shape] is reused at every step (the published
     reference's mode, comparison only). Pure: call it under jit.
     """
     B = tokens.shape[0]
     if start is None:
-        loc = jnp.zeros((B, *shape), jnp.float32)
-        log_scale = jnp.full((B, *shape), inf_cfg.init_log_scale, jnp.float32)
+        loc, log_scale = initial_local(B, shape, inf_cfg, key)
     else:
         loc, log_scale = (jax.lax.stop_gradient(jnp.asarray(t, jnp.float32)) for t in start)
-    opt = optax.scale_by_adam(b1=0.9, b2=0.999, eps=1e-8) if inf_cfg.optimizer == "adam" else optax.identity()
+    factor = 2.0 if inf_cfg.scale_param == "log_variance" else 1.0  # log variance = 2 log sigma
+    opt = fast_optimizer(inf_cfg)
     n_tokens = max(1, tokens.shape[-1] - 1)
 
     def loss(local, eps, rng):
-        loc, log_scale = local
+        loc, scale_param = local
+        log_scale = scale_param / factor
         guide = functools.partial(local_guide, loc=loc, log_scale=log_scale)
         value = None if eps is None else loc + jnp.exp(log_scale) * eps
         particles = inf_cfg.num_samples if eps is None else eps.shape[0]
@@ -72,9 +96,9 @@ def fit_local_posterior(model, tokens, shape, inf_cfg, lrs, key=None, fast_noise
 
     steps = lrs.shape[0]
     keys = jax.random.split(key, steps) if fast_noise is None and fixed_eps is None else None
-    local = (loc, log_scale)
+    local = (loc, factor * log_scale)
     (local, _), _ = jax.lax.scan(body, (local, opt.init(local)), (lrs, fast_noise, keys))
-    return local
+    return local[0], local[1] / factor
 
 
 class LocalPrograms(Programs):
@@ -103,9 +127,11 @@ class LocalPrograms(Programs):
         return loc, log_scale, fixed
 
     def proposal(self, params, tokens, key, fast_noise, lrs, static=None):
-        """q fitted by len(lrs) fast steps: (loc, log_scale, eps), eps the reused noise with
-        inference.fixed_noise (the reported estimate reuses it too), else None."""
-        return self.fit(params, tokens, lrs, key, fast_noise)
+        """q fitted by len(lrs) fast steps: (loc, log_scale, eps). With inference.fixed_noise the
+        fast steps reuse one eps; the reported estimate reuses it (eps not None) only on eval
+        --fixed-noise's labelled row (inference.report_fixed_noise): the reference's number."""
+        loc, log_scale, fixed = self.fit(params, tokens, lrs, key, fast_noise)
+        return loc, log_scale, fixed if self.inf.report_fixed_noise else None
 
     def _step(self, params, opt_state, tokens, lrs, key, lr):
         fit_key, slow_key = jax.random.split(key)

@@ -1,6 +1,6 @@
 """`local` in Pyro: the paper's dual-rate variational Bayes.
 
-Fast: per-sequence q_i = N(mu_i, diag sigma_i^2) fitted by T steps of Adam (or SGD) on the ELBO,
+Fast: per-sequence q_i = N(mu_i, diag sigma_i^2) fitted by T steps of Adam (AdamW, SGD) on the ELBO,
 cosine-decayed step size, fresh noise at every step, decoder frozen (no weight gradients).
 Slow: one AdamW step on the decoder at the fitted q_i with fresh noise.
 Semi-amortized (`init = "amortized"`): the fast steps start from the encoder's q; the encoder
@@ -22,41 +22,59 @@ from ..pyro_elbo import elbo_terms
 from ..schedules import fast_lr
 
 
+def initial_local(B, shape, inf_cfg, device):
+    """(loc, log_scale) where the fast steps begin without an encoder: a fixed point, or the
+    published random start (mu 0.01 N(0,1), log variance -5 + 0.1 N(0,1), fresh per call)."""
+    if inf_cfg.init == "published":
+        loc = 0.01 * torch.randn((B, *shape), device=device)
+        log_var = -5.0 + 0.1 * torch.randn((B, *shape), device=device)
+        return loc, 0.5 * log_var
+    return torch.zeros((B, *shape), device=device), torch.full((B, *shape), inf_cfg.init_log_scale, device=device)
+
+
+def fast_optimizer(params, inf_cfg):
+    if inf_cfg.optimizer == "adamw":  # the published loop: torch's AdamW defaults
+        return torch.optim.AdamW(params, lr=inf_cfg.fast_lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=inf_cfg.fast_weight_decay)
+    if inf_cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=inf_cfg.fast_lr)
+    return torch.optim.SGD(params, lr=inf_cfg.fast_lr)
+
+
 def fit_local_posterior(model, tokens, shape, inf_cfg, steps: int, device, observe_step=None, fast_noise=None, start=None):
     """Fit (loc, log_scale) of shape [B, *shape] by `steps` fast steps; model(tokens) is the joint.
 
     Minimises the negative ELBO per predicted token, summed over sequences (each sequence's
     parameters see only their own term). Starts at `start` = (loc, log_scale) when given, else at
-    loc 0 and log_scale inf_cfg.init_log_scale. With inf_cfg.fixed_noise one eps is drawn and
-    reused (the published reference's mode, for comparison only); it is returned for the final
-    bound. fast_noise [steps, S, B, *shape], if given, is the eps of each step (parity tests).
+    initial_local (inf_cfg.init). The steps move (loc, log sigma), or (loc, log variance) with
+    inf_cfg.scale_param = "log_variance" (the published loop). With inf_cfg.fixed_noise one eps is
+    drawn (after the start) and reused (the published reference's mode, for comparison only); it
+    is returned for the final number. fast_noise [steps, S, B, *shape], if given, is the eps of
+    each step (parity tests).
     """
     B = tokens.shape[0]
-    if start is None:
-        loc = torch.zeros((B, *shape), device=device)
-        log_scale = torch.full((B, *shape), inf_cfg.init_log_scale, device=device)
-    else:
-        loc, log_scale = (t.detach().clone() for t in start)
+    loc, log_scale = initial_local(B, shape, inf_cfg, device) if start is None else (t.detach().clone() for t in start)
+    # The moved scale parameter: log sigma, or log variance = 2 log sigma.
+    factor = 2.0 if inf_cfg.scale_param == "log_variance" else 1.0
+    scale_param = (factor * log_scale).requires_grad_(True)
     loc.requires_grad_(True)
-    log_scale.requires_grad_(True)
-    opt_cls = torch.optim.Adam if inf_cfg.optimizer == "adam" else torch.optim.SGD
-    opt = opt_cls([loc, log_scale], lr=inf_cfg.fast_lr)
+    opt = fast_optimizer([loc, scale_param], inf_cfg)
     S = inf_cfg.num_samples
     eps = torch.randn((S, B, *shape), device=device) if inf_cfg.fixed_noise else None
     for t in range(steps):
         for group in opt.param_groups:
-            group["lr"] = fast_lr(t, steps, inf_cfg.fast_lr, inf_cfg.final_lr_ratio)
+            group["lr"] = fast_lr(t, steps, inf_cfg.fast_lr, inf_cfg.final_lr_ratio, inf_cfg.fast_lr_denominator)
+        log_scale = scale_param / factor
         guide = functools.partial(local_guide, loc=loc, log_scale=log_scale)
         step_eps = eps if fast_noise is None else fast_noise[t]
         value = None if step_eps is None else loc + log_scale.exp() * step_eps
         loglik, kl = elbo_terms(model, guide, tokens, num_particles=S if step_eps is None else step_eps.shape[0], latent_value=value)
         n_tokens = max(1, tokens.shape[-1] - 1)
         loss = -(loglik.mean(0) - kl).sum() / n_tokens
-        loc.grad, log_scale.grad = torch.autograd.grad(loss, [loc, log_scale])
+        loc.grad, scale_param.grad = torch.autograd.grad(loss, [loc, scale_param])
         opt.step()
         if observe_step is not None:
             observe_step(t)
-    return loc.detach(), log_scale.detach(), eps
+    return loc.detach(), (scale_param / factor).detach(), eps
 
 
 class PyroLocal(PyroBackend):
@@ -105,7 +123,9 @@ class PyroLocal(PyroBackend):
         return metrics
 
     def proposal(self, tokens, steps: int, fast_noise=None):
-        """q fitted by `steps` fast steps: (loc, log_scale, eps), eps the reused noise with
-        inference.fixed_noise (the reported estimate reuses it too), else None. fast_noise
-        [steps, S, B, n_z, d_z] fixes every fast step's eps."""
-        return self.fit_posterior(tokens, steps, fast_noise=fast_noise)
+        """q fitted by `steps` fast steps: (loc, log_scale, eps). With inference.fixed_noise the
+        fast steps reuse one eps; the reported estimate reuses it (eps not None) only on eval
+        --fixed-noise's labelled row (inference.report_fixed_noise): the reference's number, not
+        a bound. fast_noise [steps, S, B, n_z, d_z] fixes every fast step's eps."""
+        loc, log_scale, eps = self.fit_posterior(tokens, steps, fast_noise=fast_noise)
+        return loc, log_scale, eps if self.cfg.inference.report_fixed_noise else None

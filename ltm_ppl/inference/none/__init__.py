@@ -18,6 +18,7 @@ METHOD = MethodDescriptor(
     proposal="none (exact log-likelihood, no latent)",
     posterior_kind=None,
     flops_per_token=flops_per_token,
+    inner_steps=False,  # its q takes no inference steps
     latent=False,
     loss_is_bound=lambda cfg, metrics: True,  # the exact NLL
 )
