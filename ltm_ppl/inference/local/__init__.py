@@ -27,8 +27,13 @@ METHOD = MethodDescriptor(
     needs_encoder=lambda cfg: cfg.inference.init == "amortized",
     loss_is_bound=lambda cfg, metrics: True,  # the negative ELBO per token
     options=(
-        Option("init", str, "prior", "local: start at prior, reference (log sigma -5) or amortized (the encoder's q).",
-               flag="--init", choices=("prior", "reference", "amortized")),
+        # One flag, one meaning: where inference starts. local: prior, reference (log sigma -5) or
+        # amortized; langevin: prior, local (draws of a q fitted by --steps fast steps) or amortized.
+        # A value the method does not use counts as prior (a run may be evaluated with another method).
+        Option("init", str, "prior", "Where inference starts: prior; local: reference (log sigma -5) or amortized "
+               "(the encoder's q); langevin: local (a q fitted by --steps fast steps) or amortized, whose draws "
+               "start the chains and whose scale preconditions them.",
+               flag="--init", choices=("prior", "reference", "amortized", "local")),
         Option("fast_lr", float, 0.03, "local: fast step size (paper: 0.34; 0.03 gave the best honest bound here)",
                check="positive"),
         Option("final_lr_ratio", float, 0.1, "local: fast step size at the last step, as a share of fast_lr",
