@@ -256,3 +256,38 @@ def test_fit_and_diagnose_with_hmc_from_a_local_start(trained_run, train_toml, t
     assert "sequences_converged" in report["chains_diagnostics"]
     assert {"langevin_energy.png", "langevin_rank.png", "langevin.nc"} <= {p.name for p in out.iterdir()}
     assert {"energy", "diverging"} <= set(az.from_netcdf(str(out / "langevin.nc")).sample_stats.data_vars)
+
+
+@pytest.mark.parametrize("init", ["amortized", "local", "prior"])
+def test_the_chains_start_q_is_the_same_in_both_backends(init, torch_one_thread, jax_caches):
+    """The q whose draws start the chains and whose scale preconditions them: the encoder's
+    (amortized) or the prior, the same on the tiny LTM with the same random weights in both
+    backends; a local fit (its noise differs between backends) leaves the prior."""
+    import jax
+    from helpers import random_weights, tiny_cfg
+
+    from ltm_ppl.inference import create
+
+    starts = {}
+    tokens = np.random.default_rng(0).integers(0, 64, (3, 17))
+    for backend in ("pyro", "numpyro"):
+        inference = create(tiny_cfg("langevin", backend, init=init, chains=2, draws=2, fast_lr=0.1))
+        if backend == "pyro":
+            weights = random_weights({k: v.shape for k, v in inference.weights().items()}, seed=3)
+        inference.load_weights(weights)
+        if backend == "pyro":
+            loc, scale = inference.start(inference.tensor(tokens), 0 if init == "local" else 5)
+            if init == "local":  # fitted by fast steps, it leaves the prior
+                fitted_loc, fitted_scale = inference.start(inference.tensor(tokens), 5)
+                assert np.abs(fitted_loc.numpy()).max() > 0.05 and np.all(fitted_scale.numpy() != 1)
+        else:
+            loc, scale = inference.programs.start(inference.params, inference.tensor(tokens), jax.random.PRNGKey(0),
+                                                  0 if init == "local" else 5)
+        starts[backend] = np.asarray(loc), np.asarray(scale)
+    for a, b in zip(starts["pyro"], starts["numpyro"]):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    loc, scale = starts["pyro"]
+    if init == "amortized":
+        assert np.abs(loc).max() > 0.05 and np.abs(np.log(scale)).max() > 0.05  # the encoder's q, not the prior
+    else:  # prior; and local with 0 fast steps is the prior too
+        assert np.all(loc == 0) and np.all(scale == 1)
