@@ -125,18 +125,21 @@ def test_one_sequences_data_never_moves_another_sequences_draws(backend, kernel,
 @pytest.mark.parametrize("backend, kernel", [("pyro", "mala"), ("pyro", "hmc"), ("numpyro", "mala"), ("numpyro", "hmc")])
 def test_adaptation_is_frozen_after_warmup(backend, kernel, jax_caches):
     """The adapted step size is the same whether 10 or 40 draws follow the warm-up, and without
-    warm-up it stays at --step-size through every draw."""
+    warm-up (or, for HMC, one too short to adapt) it stays at --step-size through every draw."""
     inference = sampler(backend, kernel)
     sizes = []
     for draws in (10, 40):
         with inference.rng_scope(2):
-            sizes.append(inference.posterior(observations(), 20, draws, 2)["step_size"])
+            sizes.append(inference.posterior(observations(), 60, draws, 2)["step_size"])
     np.testing.assert_allclose(sizes[0], sizes[1], rtol=1e-6)
     assert not np.allclose(sizes[0], 0.3)  # the warm-up did adapt
     frozen = sampler(backend, kernel, warmup=0)
     with frozen.rng_scope(2):
         post = frozen.posterior(observations(), 0, 40, 2)
     np.testing.assert_allclose(post["step_size"], 0.3, rtol=1e-6)
+    if kernel == "hmc":
+        with inference.rng_scope(2):
+            np.testing.assert_allclose(inference.posterior(observations(), 10, 5, 2)["step_size"], 0.3, rtol=1e-6)
 
 
 def test_warmup_flag_sets_the_warmup_and_steps_fit_the_local_start(jax_caches):

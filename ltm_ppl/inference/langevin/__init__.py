@@ -7,6 +7,10 @@ from ...errors import LtmError
 from ..descriptor import MethodDescriptor, Option
 
 KERNELS = ("mala", "hmc", "nuts")
+# HMC / NUTS warm-ups shorter than this keep --step-size (and a unit mass matrix) unadapted, the
+# steps only burning in: dual averaging over a handful of steps ends far too large (measured: 20
+# steps took 0.1 to ~1.5 on a small LTM, acceptance ~0), e.g. the 2 warm-up steps of a default fit.
+MIN_ADAPT_WARMUP = 50
 FIT_KERNELS = ("mala", "hmc")  # NUTS's trajectory length varies per pair: eval / diagnose only
 
 

@@ -5,7 +5,8 @@ sequence's data), and `jax.vmap` runs them side by side: one pair's rejection, s
 matrix never touches another's, while the decoder still sees all C * B sequences at once.
 Warm-up is blackjax's Stan-style `window_adaptation` (dual-averaging step size, diagonal inverse
 mass matrix) and runs during the first `warmup` steps only; the kept draws use the adapted
-parameters unchanged (adapting while sampling would break stationarity).
+parameters unchanged (adapting while sampling would break stationarity). A warm-up shorter than
+MIN_ADAPT_WARMUP only burns in at the given step size.
 
 Nothing here imports torch.
 """
@@ -14,6 +15,8 @@ from __future__ import annotations
 import blackjax
 import jax
 import jax.numpy as jnp
+
+from . import MIN_ADAPT_WARMUP
 
 
 def _algorithm(kernel: str):
@@ -45,16 +48,22 @@ def sample_pairs(logp_pair, data, u0, key, *, kernel: str, warmup: int, draws: i
         logp = lambda flat: logp_pair(data_b, flat.reshape(event))  # noqa: E731
         warm_key, draw_key = jax.random.split(pair_key)
         position = start.reshape(-1)
-        if warmup > 0:
+        if warmup >= MIN_ADAPT_WARMUP:
             adapt = blackjax.window_adaptation(algorithm, logp, is_mass_matrix_diagonal=True, initial_step_size=step_size,
                                                target_acceptance_rate=target_accept, **extra)
             (state, params), info = adapt.run(warm_key, position, num_steps=warmup)
             warm_accept = info.info.acceptance_rate
             warm_steps = info.info.num_integration_steps.sum()
-        else:
-            state = algorithm(logp, step_size, jnp.ones(size), **extra).init(position)
+        else:  # too short to adapt (MIN_ADAPT_WARMUP): burn in at the given step size
             params = {"step_size": jnp.asarray(step_size, jnp.float32), "inverse_mass_matrix": jnp.ones(size)}
-            warm_accept, warm_steps = jnp.zeros((0,), jnp.float32), jnp.asarray(0)
+            fixed = algorithm(logp, params["step_size"], params["inverse_mass_matrix"], **extra)
+
+            def burn(state, k):
+                state, info = fixed.step(k, state)
+                return state, (info.acceptance_rate, info.num_integration_steps)
+
+            state, (warm_accept, warm_steps) = jax.lax.scan(burn, fixed.init(position), jax.random.split(warm_key, warmup))
+            warm_steps = warm_steps.sum()
         sampler = algorithm(logp, params["step_size"], params["inverse_mass_matrix"], **extra)
 
         def body(state, k):

@@ -4,7 +4,8 @@ Pyro's HMC kernel accepts or rejects the whole batch at once with one step size,
 the kernel is written here on the PPL's log joint, vectorised: the state is [C, B, *event] and
 every pair has its own step size, diagonal inverse mass matrix, momentum and accept/reject.
 
-Warm-up (first `warmup` steps only; then everything is frozen):
+Warm-up (first `warmup` steps only; then everything is frozen; a warm-up shorter than
+MIN_ADAPT_WARMUP only burns in at the given step size, as in blackjax_kernels.py):
 - step size: dual averaging (Hoffman & Gelman 2014, as Stan and blackjax: gamma 0.05, t0 10,
   kappa 0.75, mu = log(10 s)) toward `target_accept`, restarted when the mass matrix changes;
 - diagonal inverse mass matrix: the variance of the draws in the middle window (15% to 90% of
@@ -16,6 +17,8 @@ from __future__ import annotations
 import math
 
 import torch
+
+from . import MIN_ADAPT_WARMUP
 
 DIVERGENCE = 1000.0  # an energy error above this is a divergent transition (Stan, blackjax)
 
@@ -65,6 +68,7 @@ def hmc_chains(log_joint_fn, z0: torch.Tensor, warmup: int, draws: int, step_siz
     adapt = DualAveraging(torch.full((C, B), math.log(step_size), device=z0.device), target_accept)
     log_step = adapt.log_step
     window = (int(0.15 * warmup), int(0.9 * warmup))
+    adapting = warmup >= MIN_ADAPT_WARMUP
     mean = torch.zeros_like(z0)
     m2 = torch.zeros_like(z0)
     n_window = 0
@@ -91,7 +95,9 @@ def hmc_chains(log_joint_fn, z0: torch.Tensor, warmup: int, draws: int, step_siz
         grad = torch.where(expand(accept), g_new, grad)
         lp = torch.where(accept, lp_new, lp)
         energy = torch.where(accept, h1, h0)
-        if t < warmup:
+        if t < warmup and not adapting:
+            warm_alpha.append(alpha)  # a burn-in too short to adapt (MIN_ADAPT_WARMUP)
+        elif t < warmup:
             warm_alpha.append(alpha)
             adapt.update(alpha)
             log_step = adapt.log_step
