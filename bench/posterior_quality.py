@@ -21,7 +21,7 @@ from pathlib import Path
 HERE = Path(__file__).parent
 PINNED = HERE / "posterior_quality.toml"
 KERNELS = {"mala": ["--kernel", "mala", "--target-accept", "0.57"],
-           "hmc": ["--kernel", "hmc", "--leapfrog-steps", "8", "--target-accept", "0.8"],
+           "hmc": ["--kernel", "hmc", "--target-accept", "0.8"],
            "nuts": ["--kernel", "nuts", "--target-accept", "0.8"]}
 STARTS = {"prior": ["--init", "prior"], "local": ["--init", "local"]}
 
@@ -41,6 +41,7 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=400)
     parser.add_argument("--warmup", type=int, default=400)
     parser.add_argument("--local-steps", type=int, default=16, help="fast steps of the local start")
+    parser.add_argument("--leapfrog-steps", type=int, default=8, help="of HMC")
     parser.add_argument("--backend", default="numpyro", help="numpyro runs all three kernels (pyro: no nuts)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
@@ -57,7 +58,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             began = time.perf_counter()
             done = ltm("diagnose", run, "--inference", "langevin", "--backend", args.backend, *KERNELS[kernel],
-                       *STARTS[start], "--steps", str(args.local_steps), "--warmup", str(args.warmup),
+                       *STARTS[start], "--leapfrog-steps", str(args.leapfrog_steps), "--steps", str(args.local_steps), "--warmup", str(args.warmup),
                        "--sequences", str(args.sequences), "--chains", str(args.chains), "--draws", str(args.draws),
                        "--out", str(Path(tmp) / "d"), "--json")
             seconds = time.perf_counter() - began
@@ -74,6 +75,7 @@ def main() -> None:
                                "divergences": r.get("divergences")})
         print(json.dumps(rows[-1]), flush=True)
     table = {"run": str(run), "config": str(PINNED), "backend": args.backend, "sequences": args.sequences,
+             "leapfrog_steps": args.leapfrog_steps,
              "chains": args.chains, "draws": args.draws, "warmup": args.warmup, "local_steps": args.local_steps,
              "rows": rows}
     if args.out:
