@@ -5,6 +5,7 @@ Every failure a user can cause prints one line `error: ...` on stderr and exits 
 """
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from pathlib import Path
@@ -156,9 +157,10 @@ def _method_flag(option):
     return click.option(option.flag, option.field, type=option.type, default=None, help=option.help)
 
 
-def method_options(command):
-    """The flags of every registered method's options (their descriptors), the same in every command."""
-    for option in reversed([o for o in registry.options() if o.flag]):
+def method_options(command, without: tuple[str, ...] = ()):
+    """The flags of every registered method's options (their descriptors), the same in every command
+    (`without`: fields a command declares itself, with its own defaults)."""
+    for option in reversed([o for o in registry.options() if o.flag and o.field not in without]):
         command = _method_flag(option)(command)
     return command
 
@@ -338,7 +340,7 @@ def sample(run, prompt, num, max_tokens, temperature, top_k, steps, stop_at_eos,
 @click.option("--chains", type=int, default=4, help="Chains per sequence (langevin).")
 @click.option("--draws", type=int, default=100, help="Draws per chain (at least 100 for k-hat of variational methods).")
 @click.option("--steps", type=int, default=None, show_default="the run's eval_steps; langevin: 200 warm-up",
-              help="Fitting steps (local, amortized) or warm-up steps (langevin).")
+              help="Fitting steps (local, amortized); langevin: warm-up steps unless --warmup, and the fast steps of --init local.")
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="val")
 @click.option("--data", default=None, help="Another corpus.")
 @click.option("--out", default=None, show_default="diagnostics/<run name>-<timestamp>", help="New directory for NetCDF, plots and summary (never inside the run).")
@@ -346,13 +348,14 @@ def sample(run, prompt, num, max_tokens, temperature, top_k, steps, stop_at_eos,
 @seed_option
 @device_option
 @json_option
-def diagnose(run, methods, sequences, chains, draws, steps, split, data, out, backend, seed, device, as_json):
+@functools.partial(method_options, without=("chains", "draws"))
+def diagnose(run, methods, sequences, chains, draws, steps, split, data, out, backend, seed, device, as_json, **kw):
     """Posterior quality: R-hat / ESS of chains, PSIS k-hat of variational posteriors, collapse."""
     from .diagnostics import DiagnoseSettings, diagnose_run
 
     names = [m.strip() for m in methods.split(",")] if methods else None
     settings = DiagnoseSettings(names, sequences, chains, draws, steps, split, data, out, backend, device,
-                                0 if seed is None else seed)
+                                0 if seed is None else seed, overrides=method_overrides(kw))
     summary = diagnose_run(run, settings, progress_bar("diagnose", "part"))
     if as_json:
         emit_json(summary)
@@ -367,6 +370,10 @@ def diagnose(run, methods, sequences, chains, draws, steps, split, data, out, ba
                        f"R-hat of the log joint max {_num(c['rhat_log_joint_max'])}: {verdict}")
             click.echo(f"  ESS bulk min {c['ess_bulk_min']:.1f}, tail min {c['ess_tail_min']:.1f}; "
                        f"acceptance {r['accept_prob']:.3f}, step size {r['step_size']:.4f}")
+            click.echo(f"  kernel {r['kernel']}, start {r['init']}, warm-up {r['warmup']}, "
+                       f"{r['gradient_evaluations']:.0f} gradient evaluations per chain and sequence"
+                       + (f", {r['divergences']} divergent transitions" if "divergences" in r else ""))
+            click.echo(f"  {r['verdict']}")
         if "khat" in r:
             k = r["khat"]
             exact = sum(s == "exact" for s in k["status"])

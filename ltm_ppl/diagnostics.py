@@ -20,6 +20,10 @@ from .checks import require_positive, require_seed
 from .errors import LtmError
 
 RHAT_LIMIT = 1.01
+ESS_MIN = 400  # bulk ESS summed over chains
+COORDINATE_SHARE = 0.99  # of every sequence's latent coordinates
+CONVERGENCE_RULE = (f"converged: rank-normalised R-hat <= {RHAT_LIMIT} and bulk ESS >= {ESS_MIN} (summed over chains) "
+                    f"on the log joint and on at least {COORDINATE_SHARE:.0%} of the latent coordinates of every sequence")
 MIN_KHAT_DRAWS = 100
 DEFAULT_WARMUP = 200  # warm-up steps of chain methods in `diagnose` unless --steps says otherwise
 
@@ -59,6 +63,19 @@ def psis_khat(log_weights: np.ndarray) -> dict:
     }
 
 
+def converged(rhat_z: np.ndarray, ess_z: np.ndarray, rhat_log_joint: np.ndarray, ess_log_joint: np.ndarray) -> dict:
+    """The one convergence rule (CONVERGENCE_RULE), per sequence: R-hat [B, ...] and bulk ESS of
+    the latent coordinates, and [B] of the log joint. NaN fails. Returns the verdict, the share of
+    good coordinates of each sequence and whether each sequence passed."""
+    B = rhat_log_joint.shape[0]
+    good = (rhat_z <= RHAT_LIMIT) & (ess_z >= ESS_MIN)  # NaN compares False: fails
+    share = good.reshape(B, -1).mean(1)
+    joint_ok = (rhat_log_joint <= RHAT_LIMIT) & (ess_log_joint >= ESS_MIN)
+    per_sequence = joint_ok & (share >= COORDINATE_SHARE)
+    return {"converged": bool(per_sequence.all()), "sequences_converged": per_sequence,
+            "share_coordinates_converged": share, "rule": CONVERGENCE_RULE}
+
+
 def chain_diagnostics(z: np.ndarray, log_joint: np.ndarray) -> dict:
     """R-hat (rank-normalised) and bulk/tail ESS of z [C, D, B, ...] and of the order-free log
     joint [C, D, B]. A NaN R-hat (chains that never moved) counts as failed, never as passed."""
@@ -78,8 +95,9 @@ def chain_diagnostics(z: np.ndarray, log_joint: np.ndarray) -> dict:
         "share_rhat_above_limit": float(failed.mean()),
         "rhat_log_joint_max": float(np.max(rlj)) if not np.isnan(rlj).any() else float("nan"),
         "ess_bulk_min": float(np.nanmin(ess_bulk["z"].values)), "ess_tail_min": float(np.nanmin(ess_tail["z"].values)),
-        "converged": bool(not failed.any() and not np.isnan(rlj).any() and np.all(rlj <= RHAT_LIMIT)),
-    }
+        "rhat_median": float(np.nanmedian(rz)) if not np.isnan(rz).all() else float("nan"),
+        "ess_bulk_log_joint_min": float(np.nanmin(ess_bulk["log_joint"].values)),
+    } | converged(rz, ess_bulk["z"].values, rlj, ess_bulk["log_joint"].values)
 
 
 ACTIVE_THRESHOLD = 0.01  # Burda et al. 2016: a unit is active when Var_x(E_q[z_u]) > 0.01
@@ -138,17 +156,25 @@ def collapse_noise_floor(shape: tuple, seed: int = 0) -> dict:
     return collapse(np.random.default_rng(seed).standard_normal(shape))
 
 
+HMC_STATS = ("energy", "diverging", "tree_depth", "n_steps")
+
+
 def inference_data(method: str, post: dict, log_weights: np.ndarray | None = None):
     """ArviZ InferenceData: posterior z (chain, draw, seq, latent, dim); sample_stats with the log
-    joint, acceptance and step size for chains, log importance weights for variational methods."""
+    joint, acceptance and step size for chains (HMC / NUTS add energy, diverging, n_steps, NUTS
+    tree_depth), log importance weights for variational methods."""
     az = _arviz()
     C, D = post["z"].shape[:2]
     stats = {"log_joint": post["log_joint"]}
-    dims = {"z": ["seq", "latent", "dim"], "log_joint": ["seq"]}
+    dims = {"z": ["seq", "latent", "dim"][: post["z"].ndim - 2], "log_joint": ["seq"]}  # an injected model's z may be 1-d
     if "accept_prob" in post:
         stats["accept_prob"] = post["accept_prob"]
         stats["step_size"] = np.broadcast_to(post["step_size"][:, None, :], (C, D, post["step_size"].shape[-1])).copy()
         dims |= {"accept_prob": ["seq"], "step_size": ["seq"]}
+    for name in HMC_STATS:  # HMC / NUTS: ArviZ's own names, so az.plot_energy reads them
+        if name in post:
+            stats[name] = post[name]
+            dims[name] = ["seq"]
     if log_weights is not None:
         stats["log_weight"] = log_weights
         dims["log_weight"] = ["seq"]
@@ -156,8 +182,8 @@ def inference_data(method: str, post: dict, log_weights: np.ndarray | None = Non
 
 
 def plot_method(method: str, post: dict, report: dict, out: Path) -> list[str]:
-    """PNG plots: rank plot of a few coordinates (chains), k-hat per sequence (variational), KL
-    per latent vector (all). Returns the file names written."""
+    """PNG plots: rank plot of a few coordinates (chains), energy plot of sequence 0 (HMC / NUTS),
+    k-hat per sequence (variational), KL per latent vector (all). Returns the file names written."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -172,6 +198,12 @@ def plot_method(method: str, post: dict, report: dict, out: Path) -> list[str]:
         np.ravel(axes)[0].figure.savefig(out / f"{method}_rank.png", dpi=80)
         plt.close("all")
         written.append(f"{method}_rank.png")
+    if "energy" in post:  # HMC / NUTS: marginal energy against energy transitions, sequence 0
+        idata = inference_data(method, post)
+        ax = az.plot_energy(idata.sel(seq=0))
+        np.ravel(ax)[0].figure.savefig(out / f"{method}_energy.png", dpi=80)
+        plt.close("all")
+        written.append(f"{method}_energy.png")
     if "khat" in report:
         fig, ax = plt.subplots(figsize=(6, 3))
         k = report["khat"]["khat"]
@@ -209,6 +241,7 @@ class DiagnoseSettings:
     backend: str | None = None
     device: str | None = None
     seed: int = 0
+    overrides: dict | None = None  # method options, "inference.<field>": value (None skipped): kernel, warm-up, init
 
     def __post_init__(self):
         for name, value in (("--sequences", self.sequences), ("--chains", self.chains), ("--draws", self.draws),
@@ -246,6 +279,7 @@ SUMMARY_KEYS = ("rhat", "rhat_log_joint", "ess_bulk", "ess_tail")
 def diagnose_run(run, settings: DiagnoseSettings | None = None, progress=None) -> dict:
     """Posterior draws for the first `sequences` windows of a split with each method, their
     diagnostics, NetCDF files and plots in a new directory. Returns the summary (also summary.json).
+    settings.overrides ("inference.<field>": value, None skipped) set method options (kernel, warm-up, init).
     Everything is checked first; then progress(2 per method, 1 more for the amortization gap) is
     entered and advanced after each method's draws and after its statistics and files."""
     import datetime
@@ -277,7 +311,7 @@ def diagnose_run(run, settings: DiagnoseSettings | None = None, progress=None) -
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise LtmError(f"--out {out_dir} exists and is not an empty directory")
     check_creatable(out_dir, "the diagnostics directory")
-    overrides = {"train.backend": s.backend, "train.device": s.device}
+    overrides = dict(s.overrides or {}) | {"train.backend": s.backend, "train.device": s.device}
     opened = {m: open_run(run, overrides | {"inference.method": m, "inference.chains": chains}) for m in methods}
     first = next(iter(opened.values()))
     tokens = split_tokens(load_corpus(s.data or first.cfg.data.data), split, first.tokenizer)
@@ -345,9 +379,18 @@ def _diagnose_method(m: str, o, batch, steps, chains: int, draws: int, seed: int
         report["collapse"] = collapse(post["z"])
         report["collapse_noise_floor"] = collapse_noise_floor(post["z"].shape, seed)
     if chained:
+        inf = o.cfg.inference
         report["chains_diagnostics"] = chain_diagnostics(post["z"], post["log_joint"])
         report["accept_prob"] = float(post["accept_prob"].mean())
         report["step_size"] = float(post["step_size"].mean())
+        report["kernel"], report["init"] = inf.kernel, inf.init if inf.init in ("local", "amortized") else "prior"
+        report["warmup"] = inf.warmup or m_steps
+        # gradient evaluations of log p(x, z) per chain and sequence (warm-up and draws), the MCMC cost
+        report["gradient_evaluations"] = float(post["gradient_evaluations"].mean())
+        if "diverging" in post:
+            report["divergences"] = int(post["diverging"].sum())
+        report["verdict"] = ("converged" if report["chains_diagnostics"]["converged"] else "NOT converged") + \
+            f" ({CONVERGENCE_RULE.removeprefix('converged: ')})"
     else:
         report["khat"] = psis_khat(log_w[0])
     idata = inference_data(m, post, log_w)

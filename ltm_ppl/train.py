@@ -64,6 +64,13 @@ def check_method_fits_run(cfg: RunConfig, trained_method: str) -> None:
         raise LtmError(f"--inference {method} needs a decoder without latents; this run's decoder reads them (trained with --inference {trained_method})")
 
 
+def check_fit(cfg: RunConfig) -> None:
+    """What the method refuses to train with (its descriptor's check_fit), before anything is written."""
+    from .inference import descriptor
+
+    descriptor(cfg.inference.method).check_fit(cfg)
+
+
 def load_inference(run: Path, cfg: RunConfig, with_optimizer: bool = False):
     """The inference object of a run with its newest committed checkpoint's weights (and optimiser state)."""
     from .inference import create
@@ -116,6 +123,7 @@ def fit(cfg: RunConfig, out: str | None = None, resume: str | None = None, progr
             raise LtmError(f"{run} was trained with --inference {stored.inference.method}; resume it with that method")
         resolve_horizon(cfg)
         validate(cfg, methods())
+        check_fit(cfg)
         done = checkpoint.trainer_state(checkpoint.latest_checkpoint(run))["iteration"]
         if cfg.train.iters <= done:  # refused before anything is written (config.json included)
             asked = f"--iters {cfg.train.iters} trains nothing" if cfg.train.iters != stored.train.iters else "it is finished"
@@ -135,6 +143,7 @@ def fit(cfg: RunConfig, out: str | None = None, resume: str | None = None, progr
         resolve_horizon(cfg)
         check_creatable(run)  # before the corpus is read: an unwritable --out fails at once
         validate(cfg, methods())
+        check_fit(cfg)
         data = load_data(cfg)
         cfg.model.vocab_size = data.tokenizer.vocab_size
         from .inference import create, descriptor

@@ -42,6 +42,10 @@ def _no_encoder(cfg) -> bool:
     return False
 
 
+def _fits_anything(cfg) -> None:
+    return None
+
+
 @dataclass(frozen=True)
 class MethodDescriptor:
     name: str
@@ -58,6 +62,8 @@ class MethodDescriptor:
     needs_encoder: Callable = _no_encoder  # cfg -> does the method use the amortized encoder?
     loss_is_bound: Callable = _never  # (cfg, step metrics) -> does exp(loss) bound the perplexity?
     options: tuple[Option, ...] = ()
+    # cfg -> None, or raises LtmError: settings `ltm fit` refuses for this method (eval may take them)
+    check_fit: Callable = _fits_anything
     reference_numbers: tuple[str, ...] = ()  # e.g. "fixed_noise": the published reference's evaluation
     # diagnose: the method whose ELBO this one's is compared with, as the amortization gap
     gap_against: str | None = None

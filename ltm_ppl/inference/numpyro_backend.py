@@ -41,6 +41,10 @@ from .schedules import slow_lr
 from .weights import NO_LATENT, checked_weights
 
 
+# Keys of a chains hook's result that `posterior` does not report (the rest are sample stats).
+CHAIN_INTERNALS = ("last", "last_log_joint", "warmup_accept_prob")
+
+
 def resolve_device(name: str):
     if name == "cpu":
         return jax.devices("cpu")[0]
@@ -373,7 +377,7 @@ class NumPyroBackend:
         if self.posterior_kind == "chains":
             out = self.programs.run_chains(self.params, self.tensor(batch), self.next_key(), None,
                                            warmup=steps, draws=num_draws, chains=num_chains, keep_z=True)
-            return {k: np.array(out[k]) for k in ("z", "log_joint", "accept_prob", "step_size")}
+            return {k: np.array(v) for k, v in out.items() if k not in CHAIN_INTERNALS}
         fit, static = self._fit(steps)
         out = self.programs.posterior(self.params, self.tensor(batch), self.next_key(), fit, num_draws=num_draws,
                                       static=static)

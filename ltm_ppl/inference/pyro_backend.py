@@ -32,6 +32,10 @@ from .registry import needs_encoder
 from .weights import NO_LATENT, checked_weights
 
 
+# Keys of a chains hook's result that `posterior` does not report (the rest are sample stats).
+CHAIN_INTERNALS = ("last", "last_log_joint", "warmup_accept_prob")
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -221,7 +225,7 @@ class PyroBackend:
         tokens = self.tensor(batch)
         if self.posterior_kind == "chains":
             run = self.chains(tokens, steps, num_draws, num_chains)
-            return {k: run[k].cpu().numpy() for k in ("z", "log_joint", "accept_prob", "step_size")}
+            return {k: v.cpu().numpy() for k, v in run.items() if k not in CHAIN_INTERNALS}
         loc, log_scale, _ = self._q(tokens, steps)
         return self.gaussian_posterior(tokens, loc, log_scale, num_draws)
 

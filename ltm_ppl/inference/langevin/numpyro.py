@@ -1,6 +1,10 @@
-"""`langevin` in NumPyro: K steps of (Metropolis-adjusted) Langevin dynamics on log p(x, z) per
-sequence, then one slow step on the decoder at the last state (Monte Carlo EM); the mirror of
-langevin_pyro.py.
+"""`langevin` in NumPyro: MCMC on log p(x, z) per sequence and chain (kernel `mala`: the sampler
+below; `hmc` and `nuts`: blackjax, blackjax_kernels.py), then one slow step on the decoder at the
+last state (Monte Carlo EM); the mirror of pyro.py.
+
+Chains may start at draws of a fitted q (init "local": the local method's fast loop; "amortized":
+the encoder) and are then run in its standardised coordinates u = (z - loc) / scale: q's scale
+is the diagonal preconditioner (mass matrix) of every kernel, and the prior start is u = z.
 
 The sampler (`langevin_sample`) is a plain function over a log-joint function, so it runs on any
 model (tests check it on a linear-Gaussian posterior). It is not an `MCMCKernel`: NumPyro's MCMC
@@ -23,9 +27,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from ...errors import LtmError
+from ...models import jax_encoder
+from ..local.numpyro import fast_lrs, fit_local_posterior
 from ..numpyro_backend import NumPyroBackend, Programs
 from ..numpyro_elbo import log_joint_terms
 from ..weights import TOO_FEW_DRAWS
+from . import blackjax_kernels, training_schedule
 
 ADAPT_RATE = 2.0  # log s += ADAPT_RATE * (alpha - target) / sqrt(t + 1) during warm-up
 
@@ -61,8 +68,10 @@ def langevin_sample(logp_fn, z0, key=None, *, warmup: int, draws: int, step_size
     log_s0 = jnp.broadcast_to(jnp.log(jnp.asarray(step_size, jnp.float32)), batch_shape)
     total = warmup + draws
     # Each step's randomness: drawn inside the loop from its own key, or injected.
-    if noise is None:
-        xs = (jax.random.split(key, total), None, None)
+    if noise is None:  # warm-up and kept steps from separate keys: the warm-up is the same whatever `draws`
+        keys = jnp.concatenate([jax.random.split(jax.random.fold_in(key, 0), warmup),
+                                jax.random.split(jax.random.fold_in(key, 1), draws)])
+        xs = (keys, None, None)
     else:
         xs = (None, *(jnp.asarray(a, jnp.float32) for a in noise))
 
@@ -133,31 +142,69 @@ class LangevinPrograms(Programs):
         """(log p(z), log p(x | z)) [C, B] at z [C, B, n_z, d], unscaled."""
         return log_joint_terms(self.model(params), (tokens,), z, **self.sites)
 
-    def chains(self, params, tokens, key, fast_noise, warmup, draws, chains, keep_z):
-        """The chains of every sequence, with the decoder's parameters as constants, under the keys
-        of the Pyro hook: z [C, D, B, n_z, d] the kept draws (when keep_z), log_joint and
-        accept_prob [C, D, B], step_size [C, B], last [C, B, n_z, d]; and warmup_accept_prob
-        [C, W, B]. fast_noise = (z0, eps, log_u) fixes all their randomness."""
+    def start(self, params, tokens, key, fit_steps: int):
+        """(loc, scale) [B, *event] of the q whose draws start the chains and whose scale
+        preconditions them: the prior, a local q fitted by fit_steps fast steps, or the encoder's."""
+        B = tokens.shape[0]
+        init = self.inf.init
+        if init == "local" and fit_steps > 0:
+            lrs = jnp.asarray(fast_lrs(fit_steps, self.inf))
+            loc, log_scale = fit_local_posterior(self.model(params), tokens, self.shape, self.inf, lrs, key)
+            return loc, jnp.exp(log_scale)
+        if init == "amortized":
+            loc, log_scale = jax_encoder.encode(params, self.model_cfg, tokens, self.dtype)
+            return loc.astype(jnp.float32), jnp.exp(log_scale.astype(jnp.float32))
+        return jnp.zeros((B, *self.shape), jnp.float32), jnp.ones((B, *self.shape), jnp.float32)
+
+    def sample(self, params, tokens, key, fast_noise, fit_steps: int, warmup: int, draws: int, chains: int, keep_z: bool):
+        """The chains of every sequence, with the decoder's parameters as constants: z [C, D, B,
+        n_z, d] the kept draws (when keep_z), log_joint and accept_prob [C, D, B], step_size [C, B],
+        last [C, B, n_z, d], warmup_accept_prob [C, W, B], gradient_evaluations [C, B]; HMC / NUTS
+        add energy, diverging, n_steps (and NUTS tree_depth) [C, D, B]. fast_noise = (u0, eps,
+        log_u) fixes all the randomness of MALA (u0 = z0 from the prior start)."""
         params = jax.lax.stop_gradient(params)
-        init_key, chain_key = jax.random.split(key)
-        z0 = jax.random.normal(init_key, (chains, tokens.shape[0], *self.shape), jnp.float32)
+        start_key, init_key, chain_key = jax.random.split(key, 3)
+        loc, scale = self.start(params, tokens, start_key, fit_steps)
+        loc, scale = jax.lax.stop_gradient(loc), jax.lax.stop_gradient(scale)
+        u0 = jax.random.normal(init_key, (chains, tokens.shape[0], *self.shape), jnp.float32)
         if fast_noise is not None:
-            z0, fast_noise = fast_noise[0], fast_noise[1:]
-        logp = lambda z: sum(self.terms(params, tokens, z))  # noqa: E731
+            u0, fast_noise = fast_noise[0], fast_noise[1:]
         inf = self.inf
-        out = langevin_sample(logp, z0, chain_key, warmup=warmup, draws=draws, step_size=inf.step_size, mala=inf.mala,
-                              target_accept=inf.target_accept, keep_z=keep_z, noise=fast_noise)
+        to_z = lambda u: loc + scale * u  # noqa: E731  (broadcasts over leading chain / draw dims)
+        if inf.kernel == "mala":
+            logp = lambda u: sum(self.terms(params, tokens, to_z(u)))  # noqa: E731
+            out = langevin_sample(logp, u0, chain_key, warmup=warmup, draws=draws, step_size=inf.step_size, mala=inf.mala,
+                                  target_accept=inf.target_accept, keep_z=keep_z, noise=fast_noise)
+            evaluations = jnp.full(out["log_joint"].shape, 1 + warmup + draws, jnp.int32)
+        else:
+            def logp_pair(pair, u):  # one sequence: its tokens, q's loc and scale, its latent u
+                tokens_b, loc_b, scale_b = pair
+                return sum(self.terms(params, tokens_b[None], (loc_b + scale_b * u)[None, None]))[0, 0]
+
+            out = blackjax_kernels.sample_pairs(logp_pair, (tokens, loc, scale), u0, chain_key, kernel=inf.kernel,
+                                                warmup=warmup, draws=draws, step_size=inf.step_size,
+                                                target_accept=inf.target_accept, leapfrog_steps=inf.leapfrog_steps,
+                                                keep_z=keep_z)
+            evaluations = 1 + out["warmup_n_steps"] + out["n_steps"].sum(0)
         swap = lambda a: jnp.swapaxes(a, 0, 1)  # noqa: E731  the scans' [D, C, ...] -> [C, D, ...]
         run = {"log_joint": swap(out["draw_log_joint"]), "accept_prob": swap(out["accept"]), "step_size": out["step_size"],
-               "last": out["z"], "warmup_accept_prob": swap(out["warmup_accept"])}
+               "last": to_z(out["z"]), "warmup_accept_prob": swap(out["warmup_accept"]),
+               "gradient_evaluations": evaluations}
+        for name in ("energy", "diverging", "n_steps", "tree_depth"):
+            if name in out:
+                run[name] = swap(out[name])
         if keep_z:
-            run["z"] = swap(out["draws"])
+            run["z"] = to_z(swap(out["draws"]))
         return run
 
+    def chains(self, params, tokens, key, fast_noise, warmup, draws, chains, keep_z):
+        """The hook: `warmup` is the interface's inner steps: the warm-up (unless inference.warmup
+        sets it) and the fast steps of a local start."""
+        return self.sample(params, tokens, key, fast_noise, warmup, self.inf.warmup or warmup, draws, chains, keep_z)
+
     def _step(self, params, opt_state, tokens, key, lr):
-        K = self.inf.steps
-        W = K // 2
-        run = self.chains(params, tokens, key, None, W, K - W, self.inf.chains, False)
+        W, kept = training_schedule(self.inf)
+        run = self.sample(params, tokens, key, None, self.inf.steps, W, kept, self.inf.chains, False)
         z = jax.lax.stop_gradient(run["last"])
         n_tokens = tokens.shape[0] * (tokens.shape[1] - 1)
 
@@ -167,7 +214,7 @@ class LangevinPrograms(Programs):
 
         (loss, log_prior), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         params, opt_state, grad_norm = self.update(params, opt_state, grads, lr, loss)
-        accept = run["accept_prob"] if K - W > 0 else run["warmup_accept_prob"]
+        accept = run["accept_prob"] if kept > 0 else run["warmup_accept_prob"]
         metrics = {"loss": loss, "nll": loss, "log_prior": log_prior.mean(), "accept": accept.mean(),
                    "step_size": run["step_size"].mean(), "grad_norm": grad_norm}
         return params, opt_state, metrics
@@ -195,9 +242,10 @@ class NumPyroLangevin(NumPyroBackend):
         return self.finish_step(metrics, lr, out)
 
     def fit_args(self, steps: int):
-        """The proposal's chains: `steps` warm-up steps (adapting the step size), then
-        cfg.inference.draws kept steps of cfg.inference.chains chains. Its fast_noise is (z0 [C, B,
-        n_z, d], eps [steps + draws, C, B, n_z, d], log_u [steps + draws, C, B])."""
+        """The proposal's chains: `steps` inner steps (warm-up unless inference.warmup is set, and a
+        local start's fast steps), then cfg.inference.draws kept steps of cfg.inference.chains
+        chains. Its fast_noise is (z0 [C, B, n_z, d], eps [W + draws, C, B, n_z, d], log_u
+        [W + draws, C, B]), MALA only."""
         inf = self.cfg.inference
         if inf.chains * inf.draws < 2:
             raise LtmError(TOO_FEW_DRAWS)

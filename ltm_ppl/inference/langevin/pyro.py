@@ -7,7 +7,13 @@ MALA accepts z' per chain and sequence with the Metropolis-Hastings ratio of thi
 step size s of each chain and sequence adapts toward `target_accept` during warm-up only
 (log s += 2 (alpha - target) / sqrt(t + 1)); adapting while sampling would break stationarity.
 Pyro's own MCMC runner puts chains in separate processes and HMC with one leapfrog step accepts
-or rejects a whole batch jointly, so the kernel is written here on the PPL's log joint.
+or rejects a whole batch jointly, so the kernel is written here on the PPL's log joint. Kernel
+`hmc` is pyro_hmc.py (the same per-pair vectorisation); `nuts` is refused on this backend (its
+trajectories differ per pair, which a vectorised torch loop cannot batch; the NumPyro backend
+runs blackjax's NUTS).
+
+Chains may start at draws of a fitted q (init "local" or "amortized") and then run in its
+standardised coordinates u = (z - loc) / scale, so q's scale preconditions every kernel.
 """
 from __future__ import annotations
 
@@ -17,8 +23,11 @@ import numpy as np
 import torch
 
 from ...errors import LtmError
+from ..local.pyro import fit_local_posterior
 from ..pyro_backend import PyroBackend, frozen
 from ..weights import TOO_FEW_DRAWS
+from . import training_schedule
+from .pyro_hmc import hmc_chains
 
 
 def _value_and_grad(log_joint_fn, z):
@@ -71,35 +80,70 @@ def langevin_chains(log_joint_fn, z0: torch.Tensor, warmup: int, draws: int, ste
             kept_alpha.append(alpha)
     stack = (lambda xs: torch.stack(xs, dim=1)) if draws else (lambda xs: None)
     return {"z": stack(kept_z), "log_joint": stack(kept_lp), "accept_prob": stack(kept_alpha),
-            "last": z, "last_log_joint": lp, "step_size": log_s.exp()}
+            "last": z, "last_log_joint": lp, "step_size": log_s.exp(),
+            "gradient_evaluations": torch.full((C, B), 1 + warmup + draws, dtype=torch.int64, device=z0.device)}
 
 
 class PyroLangevin(PyroBackend):
     method = "langevin"
     posterior_kind = "chains"  # draws from Markov chains: R-hat and ESS apply
 
-    def chains(self, tokens, warmup: int, draws: int, num_chains: int, fast_noise=None) -> dict:
-        """Chains from prior draws: z [C, D, B, n_z, d] the kept draws, log_joint and accept_prob
-        [C, D, B], step_size [C, B], last [C, B, n_z, d] (langevin_chains' own keys, which both
-        backends' hooks return). fast_noise = (z0 [C, B, n_z, d], eps [W + D, C, B, n_z, d],
-        log_u [W + D, C, B]) fixes all their randomness, as in the NumPyro backend."""
+    def __init__(self, cfg, model=None):
+        if cfg.inference.kernel == "nuts":
+            raise LtmError("--kernel nuts runs on --backend numpyro only (blackjax); the pyro backend has mala and hmc")
+        super().__init__(cfg, model)
+
+    def start(self, tokens, fit_steps: int):
+        """(loc, scale) [B, *event] of the q whose draws start the chains and whose scale
+        preconditions them: the prior, a local q fitted by fit_steps fast steps, or the encoder's."""
+        init = self.cfg.inference.init
+        if init == "local" and fit_steps > 0:
+            loc, log_scale, _ = fit_local_posterior(self.model, tokens, self.latent_shape, self.cfg.inference, fit_steps,
+                                                    self.device)
+            return loc, log_scale.exp()
+        if init == "amortized" and self.encoder is not None:
+            with torch.no_grad():
+                loc, log_scale = self.encoder(tokens)
+            return loc.float(), log_scale.float().exp()
+        shape = (tokens.shape[0], *self.latent_shape)
+        return torch.zeros(shape, device=self.device), torch.ones(shape, device=self.device)
+
+    def sample(self, tokens, fit_steps: int, warmup: int, draws: int, num_chains: int, fast_noise=None) -> dict:
+        """Chains from draws of the start q: z [C, D, B, n_z, d] the kept draws, log_joint and
+        accept_prob [C, D, B], step_size [C, B], last [C, B, n_z, d], gradient_evaluations [C, B]
+        (hmc adds energy, diverging, n_steps [C, D, B]). fast_noise = (u0 [C, B, n_z, d], eps
+        [W + D, C, B, n_z, d], log_u [W + D, C, B]) fixes all the randomness of MALA, as in the
+        NumPyro backend."""
         inf = self.cfg.inference
         noise = None
-        if fast_noise is None:
-            z0 = torch.randn((num_chains, tokens.shape[0], *self.latent_shape), device=self.device)
-        else:
-            z0, *noise = (torch.as_tensor(np.asarray(a), dtype=torch.float32, device=self.device) for a in fast_noise)
         with frozen(self.decoder):
-            return langevin_chains(lambda z: self.log_joint(tokens, z), z0, warmup, draws,
-                                   inf.step_size, inf.mala, inf.target_accept, noise)
+            loc, scale = self.start(tokens, fit_steps)
+            if fast_noise is None:
+                u0 = torch.randn((num_chains, tokens.shape[0], *self.latent_shape), device=self.device)
+            else:
+                u0, *noise = (torch.as_tensor(np.asarray(a), dtype=torch.float32, device=self.device) for a in fast_noise)
+            log_joint = lambda u: self.log_joint(tokens, loc + scale * u)  # noqa: E731
+            if inf.kernel == "hmc":
+                run = hmc_chains(log_joint, u0, warmup, draws, inf.step_size, inf.leapfrog_steps, inf.target_accept)
+            else:
+                run = langevin_chains(log_joint, u0, warmup, draws, inf.step_size, inf.mala, inf.target_accept, noise)
+        run["last"] = loc + scale * run["last"]
+        if run["z"] is not None:
+            run["z"] = loc + scale * run["z"]
+        return run
+
+    def chains(self, tokens, warmup: int, draws: int, num_chains: int, fast_noise=None) -> dict:
+        """The hook: `warmup` is the interface's inner steps: the warm-up (unless inference.warmup
+        sets it) and the fast steps of a local start."""
+        return self.sample(tokens, warmup, self.cfg.inference.warmup or warmup, draws, num_chains, fast_noise)
 
     def step(self, batch: np.ndarray) -> dict:
-        """Monte Carlo EM: K Langevin steps (the first K // 2 adapt), then one slow step on
-        log p(x | z_K) averaged over chains."""
+        """Monte Carlo EM: the chains of training_schedule (by default K steps, the first K // 2
+        adapting), then one slow step on log p(x | z_K) averaged over chains."""
         tokens = self.tensor(batch)
         inf = self.cfg.inference
-        warmup = inf.steps // 2
-        run = self.chains(tokens, warmup, inf.steps - warmup, inf.chains)
+        warmup, kept = training_schedule(inf)
+        run = self.sample(tokens, inf.steps, warmup, kept, inf.chains)
         z = run["last"]
         site_loglik = self.log_joint(tokens, z) - self.log_prior(z)
         n_tokens = tokens.shape[0] * (tokens.shape[1] - 1)
@@ -117,7 +161,7 @@ class PyroLangevin(PyroBackend):
 
     def proposal(self, tokens, steps: int, fast_noise=None):
         """The q of its bounds: a diagonal Gaussian per sequence fitted to its kept draws (`steps`
-        warm-up steps, then `draws` draws of each chain), so the reported number is a true lower
+        inner steps, then `draws` draws of each chain), so the reported number is a true lower
         bound whatever the chains did."""
         inf = self.cfg.inference
         if inf.chains * inf.draws < 2:

@@ -27,10 +27,15 @@ METHOD = MethodDescriptor(
     needs_encoder=lambda cfg: cfg.inference.init == "amortized",
     loss_is_bound=lambda cfg, metrics: True,  # the negative ELBO per token
     options=(
+        # One flag, one meaning: where inference starts. local: prior, narrow, published or amortized;
+        # langevin: prior, local (draws of a q fitted by --steps fast steps) or amortized.
+        # A value the method does not use counts as prior (a run may be evaluated with another method).
         Option("init", str, "prior",
-               "local: start at prior (mu 0, log sigma 0), narrow (log sigma -5; formerly 'reference'), "
-               "published (mu 0.01 N(0,1), log variance -5 + 0.1 N(0,1), fresh per batch) or amortized (the encoder's q).",
-               flag="--init", choices=("prior", "narrow", "published", "amortized"), aliases=(("reference", "narrow"),)),
+               "Where inference starts. local: prior (mu 0, log sigma 0), narrow (log sigma -5; formerly 'reference'), "
+               "published (mu 0.01 N(0,1), log variance -5 + 0.1 N(0,1), fresh per batch) or amortized (the encoder's q); "
+               "langevin: local (a q fitted by --steps fast steps) or amortized, whose draws start the chains and "
+               "whose scale preconditions them.",
+               flag="--init", choices=("prior", "narrow", "published", "amortized", "local"), aliases=(("reference", "narrow"),)),
         Option("fast_lr", float, 0.03, "local: fast step size (paper: 0.34; 0.03 gave the best honest bound here)",
                check="positive"),
         Option("final_lr_ratio", float, 0.1, "local: fast step size at the last step, as a share of fast_lr",
