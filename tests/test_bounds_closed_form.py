@@ -22,33 +22,17 @@ KS = (1, 16, 256)
 
 
 def pyro_model():
-    import pyro
-    import pyro.distributions as dist
-    import torch
+    """The linear-Gaussian model of test_methods_pyro.py (the one the Langevin tests use)."""
+    from test_methods_pyro import linear_gaussian
 
-    W = torch.from_numpy(helpers.W)
-
-    def model(y):
-        with pyro.plate("seq", y.shape[0]):
-            z = pyro.sample("z", dist.Normal(torch.zeros(4), 1.0).to_event(1))
-            pyro.sample("x", dist.Normal(z @ W.T, helpers.SIGMA).to_event(1), obs=y)
-
-    return model
+    return linear_gaussian
 
 
 def numpyro_model():
-    import jax.numpy as jnp
-    import numpyro
-    import numpyro.distributions as dist
+    """Its NumPyro twin, from test_methods_numpyro.py."""
+    from test_methods_numpyro import linear_gaussian
 
-    W = jnp.asarray(helpers.W)
-
-    def model(y):
-        with numpyro.plate("seq", y.shape[0]):
-            z = numpyro.sample("z", dist.Normal(jnp.zeros(4), 1.0).to_event(1))
-            numpyro.sample("x", dist.Normal(z @ W.T, helpers.SIGMA).to_event(1), obs=y)
-
-    return model
+    return linear_gaussian
 
 
 def exact_log_evidence(y: np.ndarray) -> np.ndarray:
