@@ -58,9 +58,10 @@ def check_method_fits_run(cfg: RunConfig, trained_method: str) -> None:
     from .inference import descriptor
 
     method = cfg.inference.method
-    if not cfg.model.latent and descriptor(method).latent:
+    wants_latent = descriptor(method).latent
+    if not cfg.model.latent and wants_latent:
         raise LtmError(f"this run has no latent (trained with --inference {trained_method}); --inference {method} needs one")
-    if cfg.model.latent and not descriptor(method).latent:
+    if cfg.model.latent and not wants_latent:
         raise LtmError(f"--inference {method} needs a decoder without latents; this run's decoder reads them (trained with --inference {trained_method})")
 
 
@@ -98,10 +99,11 @@ def closing_line(last_eval: dict, cfg: RunConfig) -> str:
     method's ELBO) or the exact likelihood (no latent: the method's descriptor says which)."""
     from .inference import descriptor
 
-    exact = not descriptor(cfg.inference.method).latent
+    method = descriptor(cfg.inference.method)
+    exact = not method.latent
     what, relation = ("exact NLL", "=") if exact else ("bound", "<=")
     kl = "" if exact or last_eval.get("kl_per_sequence") is None else f"KL {last_eval['kl_per_sequence']:.2f} nats/sequence, "
-    steps = f"{cfg.inference.eval_steps} steps, " if descriptor(cfg.inference.method).inner_steps else ""
+    steps = f"{cfg.inference.eval_steps} steps, " if method.inner_steps else ""
     return (f"val {what} on the first {last_eval['num_sequences']} val windows (train.eval_windows; `ltm eval` covers "
             f"the whole split): {last_eval['nll_per_token']:.4f} nats/token, perplexity {relation} {last_eval['perplexity']:.2f} "
             f"({kl}{last_eval['num_tokens']} tokens, {steps}{cfg.train.backend}/{cfg.inference.method})")
@@ -190,6 +192,9 @@ def _loop(cfg: RunConfig, run: Path, inference, data: Data, progress: bool, echo
     last_eval = None
     bar = tqdm(total=t.iters, initial=start, disable=not progress, desc="fit", unit="it", dynamic_ncols=True)
     clock = time.perf_counter()
+    from .inference import descriptor
+
+    training_loss_is_bound = descriptor(cfg.inference.method).loss_is_bound  # fixed for the run: looked up once
     with StopRequest() as stop:
         for it in range(start, t.iters):
             batch = train_batch(data.train, cfg.model.block_size, t.batch_size, t.seed, it)
@@ -201,7 +206,7 @@ def _loop(cfg: RunConfig, run: Path, inference, data: Data, progress: bool, echo
                     f"(iteration {last_saved}) is kept in {run}"
                 )
             record = {"iter": it + 1, **metrics, "elapsed_s": round(time.perf_counter() - clock, 3)}
-            if loss_is_bound(cfg, metrics):
+            if training_loss_is_bound(cfg, metrics):
                 record["ppl"] = math.exp(min(metrics["loss"], 50.0))
             checkpoint.append_metrics(run, record)
             done = it + 1
