@@ -191,11 +191,13 @@ def method_overrides(kw: dict) -> dict:
 @click.option("--out", default=None, show_default="runs/<timestamp>", help="Directory of the new run.")
 @click.option("--resume", default=None, help="Continue this run from its last checkpoint.")
 @click.option("--compile", "compile_", is_flag=True, default=None, help="torch.compile the decoder.")
+@click.option("--log-interval", type=int, default=None,
+              help="Iterations between metric records (the device is synchronised only then, and at evaluations and checkpoints).")
 @seed_option
 @device_option
 @json_option
 def fit(config_file, preset, size, backend, inference, data, tokenizer, iters, lr_decay_iters, steps, batch_size, attention_window, out,
-        resume, compile_, seed, device, as_json, **kw):
+        resume, compile_, log_interval, seed, device, as_json, **kw):
     """Train an LTM; a new run directory unless --resume."""
     from .checkpoint import read_config
     from .train import fit as fit_run
@@ -204,6 +206,7 @@ def fit(config_file, preset, size, backend, inference, data, tokenizer, iters, l
         "train.backend": backend, "inference.method": inference, "data.data": data, "data.tokenizer": tokenizer,
         "train.iters": iters, "train.lr_decay_iters": lr_decay_iters, "inference.steps": steps, "train.batch_size": batch_size, "train.compile": compile_,
         "train.seed": seed, "train.device": device, "model.attention_window": attention_window,
+        "train.log_interval": log_interval,
     }
     if resume is not None:
         if out is not None:

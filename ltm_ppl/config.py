@@ -86,6 +86,7 @@ class TrainConfig:
     eval_interval: int = 100
     eval_windows: int = 64  # val windows bounded at each periodic evaluation
     checkpoint_interval: int = 100
+    log_interval: int = 10  # metrics reach the host (and metrics.jsonl) every N iterations: no per-iteration sync
     seed: int = 0
     device: str = "auto"
     backend: str = "pyro"
@@ -230,6 +231,7 @@ def apply_overrides(cfg: RunConfig, overrides: dict[str, object]) -> RunConfig:
 FLAGS = {
     "inference.steps": "--steps", "inference.method": "--inference", "model.attention_window": "--attention-window",
     "train.iters": "--iters", "train.lr_decay_iters": "--lr-decay-iters", "train.batch_size": "--batch-size", "train.seed": "--seed", "train.device": "--device",
+    "train.log_interval": "--log-interval",
 }
 
 
@@ -296,7 +298,7 @@ def validate(cfg: RunConfig, methods: tuple[str, ...] = ()) -> RunConfig:
             CHECKS[option.check](name, getattr(inf, option.field))
         if option.choices:
             _one_of(name, getattr(inf, option.field), option.choices)
-    for name in ("iters", "batch_size", "lr", "eval_interval", "eval_windows", "checkpoint_interval"):
+    for name in ("iters", "batch_size", "lr", "eval_interval", "eval_windows", "checkpoint_interval", "log_interval"):
         _positive(f"train.{name}", getattr(t, name))
     for name in ("warmup_iters", "lr_decay_iters", "weight_decay", "grad_clip", "seed"):
         _non_negative(f"train.{name}", getattr(t, name))

@@ -178,9 +178,54 @@ def _save(run: Path, inference, cfg: RunConfig) -> None:
     checkpoint.save_checkpoint(run, inference.weights(), tensors, dict(scalars, backend=cfg.train.backend))
 
 
+def _show(bar, record: dict | None, last_eval: dict | None) -> None:
+    """The progress bar's numbers: the newest written record and evaluation."""
+    if record is None:
+        return
+    postfix = {"loss": f"{record['loss']:.3f}"}
+    if "ppl" in record:
+        postfix["ppl"] = f"{record['ppl']:.1f}"
+    postfix.update({k: f"{record[k]:.2f}" for k in ("kl", "accept") if k in record})
+    if last_eval is not None:
+        postfix["val_ppl"] = f"{last_eval['perplexity']:.1f}"
+    bar.set_postfix(postfix, refresh=False)
+
+
 def _evaluate(inference, data: Data, cfg: RunConfig, iteration: int) -> dict:
     t = cfg.train
     return windows_bound(inference, data.val, cfg.inference.eval_steps, 1, t.batch_size, t.eval_windows, seed=t.seed + iteration)
+
+
+class MetricsBuffer:
+    """Each iteration's metrics as the step returned them (device scalars, jax scalars or floats),
+    turned into numbers and written to metrics.jsonl only at `flush`: every train.log_interval
+    iterations, before an evaluation or a checkpoint, on a stop signal and at the end. So an
+    iteration never waits for the device. A flush that finds a non-finite iteration writes the
+    records before it and stops the run naming it (its update was skipped on the device)."""
+
+    def __init__(self, run: Path, cfg: RunConfig, loss_is_bound):
+        self.run, self.cfg, self.loss_is_bound = run, cfg, loss_is_bound
+        self.pending: list[tuple[int, dict, float]] = []
+        self.last: dict | None = None  # the newest record written (for the progress bar)
+
+    def add(self, iteration: int, metrics: dict, elapsed: float) -> None:
+        self.pending.append((iteration, metrics, elapsed))
+
+    def flush(self, last_saved: int) -> None:
+        pending, self.pending = self.pending, []
+        for iteration, metrics, elapsed in pending:
+            values = {k: float(v) for k, v in metrics.items()}  # the host sync, once per value
+            finite = values.pop("finite", 1.0) == 1.0  # the step's own verdict (update applied or skipped)
+            if not finite or not all(math.isfinite(v) for v in values.values()):
+                raise LtmError(
+                    f"non-finite loss at iteration {iteration}; training stopped, the last good checkpoint "
+                    f"(iteration {last_saved}) is kept in {self.run}"
+                )
+            record = {"iter": iteration, **values, "elapsed_s": round(elapsed, 3)}
+            if self.loss_is_bound(self.cfg, values):
+                record["ppl"] = math.exp(min(values["loss"], 50.0))
+            checkpoint.append_metrics(self.run, record)
+            self.last = record
 
 
 def _loop(cfg: RunConfig, run: Path, inference, data: Data, progress: bool, echo) -> dict:
@@ -194,22 +239,22 @@ def _loop(cfg: RunConfig, run: Path, inference, data: Data, progress: bool, echo
     clock = time.perf_counter()
     from .inference import descriptor
 
-    training_loss_is_bound = descriptor(cfg.inference.method).loss_is_bound  # fixed for the run: looked up once
+    # fixed for the run: looked up once
+    metrics = MetricsBuffer(run, cfg, descriptor(cfg.inference.method).loss_is_bound)
     with StopRequest() as stop:
         for it in range(start, t.iters):
             batch = train_batch(data.train, cfg.model.block_size, t.batch_size, t.seed, it)
-            metrics = inference.step(batch)
-            if not all(math.isfinite(v) for v in metrics.values()):
-                bar.close()
-                raise LtmError(
-                    f"non-finite loss at iteration {it + 1}; training stopped, the last good checkpoint "
-                    f"(iteration {last_saved}) is kept in {run}"
-                )
-            record = {"iter": it + 1, **metrics, "elapsed_s": round(time.perf_counter() - clock, 3)}
-            if training_loss_is_bound(cfg, metrics):
-                record["ppl"] = math.exp(min(metrics["loss"], 50.0))
-            checkpoint.append_metrics(run, record)
+            metrics.add(it + 1, inference.step(batch), time.perf_counter() - clock)
             done = it + 1
+            evaluate = done % t.eval_interval == 0 or done == t.iters
+            save = done % t.checkpoint_interval == 0 or done == t.iters
+            if done % t.log_interval == 0 or evaluate or save or stop.signum is not None:
+                try:
+                    metrics.flush(last_saved)
+                except LtmError:
+                    bar.close()
+                    raise
+                _show(bar, metrics.last, last_eval)
             if stop.signum is not None:  # skip the evaluation (it never changes the training state)
                 if last_saved != done:
                     _save(run, inference, cfg)
@@ -218,19 +263,13 @@ def _loop(cfg: RunConfig, run: Path, inference, data: Data, progress: bool, echo
                 raise Interrupted(f"{stop.name}: stopped after iteration {done} with a checkpoint committed; "
                                   f"resume with: ltm fit --resume {run}", stop.signum)
             # Evaluate before saving, so a checkpoint is committed after every record of its iteration.
-            if done % t.eval_interval == 0 or done == t.iters:
+            if evaluate:
                 last_eval = _evaluate(inference, data, cfg, done)
                 checkpoint.append_metrics(run, {"iter": done, "split": "val", **last_eval})
-            if done % t.checkpoint_interval == 0 or done == t.iters:
+                _show(bar, metrics.last, last_eval)
+            if save:
                 _save(run, inference, cfg)
                 last_saved = done
-            postfix = {"loss": f"{metrics['loss']:.3f}"}
-            if "ppl" in record:
-                postfix["ppl"] = f"{record['ppl']:.1f}"
-            postfix.update({k: f"{metrics[k]:.2f}" for k in ("kl", "accept") if k in metrics})
-            if last_eval is not None:
-                postfix["val_ppl"] = f"{last_eval['perplexity']:.1f}"
-            bar.set_postfix(postfix, refresh=False)
             bar.update(1)
     bar.close()
     if last_eval is None:  # nothing left to train: report the run as it stands

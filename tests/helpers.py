@@ -61,6 +61,11 @@ tokenizer = "bytes"
 """
 
 
+def host_metrics(metrics: dict) -> dict[str, float]:
+    """A step's metrics (device scalars by contract: no host sync inside a step) as floats."""
+    return {k: float(v) for k, v in metrics.items()}
+
+
 def run_cli(*args: str):
     from click.testing import CliRunner
 

@@ -16,15 +16,16 @@ from .token_sequence_torch import TokenSequence
 
 
 def decode(decoder, tokens: torch.Tensor, z: torch.Tensor | None, autocast: bool = False) -> torch.Tensor:
-    """Logits [*lead, B, T, vocab] for windows tokens [B, T+1] given z [*lead, B, n_z, d_z]."""
+    """Final hidden states [*lead, B, T, d_model] for windows tokens [B, T+1] given z [*lead, B,
+    n_z, d_z]; the output layer (decoder.tok_emb.weight) is applied by the likelihood, chunked."""
     inputs = tokens[..., :-1]
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
         if z is None:
-            return decoder(inputs)
+            return decoder(inputs, hidden_only=True)
         lead = z.shape[:-2]
         flat_inputs = inputs.expand(lead + inputs.shape[-1:]).reshape(-1, inputs.shape[-1])
-        logits = decoder(flat_inputs, z.reshape(-1, *z.shape[-2:]))
-    return logits.view(*lead, *logits.shape[-2:])
+        hidden = decoder(flat_inputs, z.reshape(-1, *z.shape[-2:]), hidden_only=True)
+    return hidden.view(*lead, *hidden.shape[-2:])
 
 
 def ltm_model(decoder, tokens: torch.Tensor, autocast: bool = False):
@@ -34,7 +35,8 @@ def ltm_model(decoder, tokens: torch.Tensor, autocast: bool = False):
         if cfg.latent:
             prior = dist.Normal(tokens.new_zeros((), dtype=torch.float32), 1.0)
             z = pyro.sample("z", prior.expand([cfg.n_z, cfg.d_model]).to_event(2))
-        pyro.sample("x", TokenSequence(decode(decoder, tokens, z, autocast)), obs=tokens[..., 1:])
+        hidden = decode(decoder, tokens, z, autocast)
+        pyro.sample("x", TokenSequence(hidden=hidden, weight=decoder.tok_emb.weight), obs=tokens[..., 1:])
 
 
 def local_guide(tokens: torch.Tensor, loc: torch.Tensor, log_scale: torch.Tensor):

@@ -180,6 +180,25 @@ class Decoder(nn.Module):
         self.layers = nn.ModuleList(Layer(cfg) for _ in range(cfg.n_layer))
         self.final_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.apply(self._init)
+        self._rope = None  # (cos, sin) of positions 0.. on one device, built once and sliced
+        self._latent_rope = None
+
+    def rope(self, start: int, length: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin of positions start..start+length, cut from a cached table (grown on demand,
+        rebuilt on another device): the tables are constants, not rebuilt every forward."""
+        end = start + length
+        if self._rope is None or self._rope[0].shape[0] < end or self._rope[0].device != torch.device(device):
+            with torch.inference_mode(False), torch.no_grad():  # a plain tensor, usable under autograd later
+                size = max(end, self.cfg.block_size)
+                self._rope = rope_tables(torch.arange(size, device=device), self.head_dim, self.cfg.rope_base)
+        cos, sin = self._rope
+        return cos[start:end], sin[start:end]
+
+    def latent_rope(self, device) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._latent_rope is None or self._latent_rope[0].device != torch.device(device):
+            with torch.inference_mode(False), torch.no_grad():
+                self._latent_rope = rope_tables(self.latent_positions(device), self.head_dim, self.cfg.rope_base)
+        return self._latent_rope
 
     @staticmethod
     def _init(module):
@@ -198,18 +217,21 @@ class Decoder(nn.Module):
         """Per-layer cross-attention keys/values of z [B, n_z, d_model] (None without latents)."""
         if not self.cfg.latent:
             return [None] * self.cfg.n_layer
-        cos_z, sin_z = rope_tables(self.latent_positions(z.device), self.head_dim, self.cfg.rope_base)
+        cos_z, sin_z = self.latent_rope(z.device)
         chunks = z.split(self.cfg.z_per_layer, dim=1)
         return [layer.cross.latent_kv(chunk, cos_z, sin_z) for layer, chunk in zip(self.layers, chunks)]
 
-    def forward(self, idx: torch.Tensor, z: torch.Tensor | None = None, start: int = 0, caches=None, latent_kv=None):
-        """Logits [B, L, vocab] for tokens idx [B, L] at positions start.. given latents z."""
+    def forward(self, idx: torch.Tensor, z: torch.Tensor | None = None, start: int = 0, caches=None, latent_kv=None,
+                hidden_only: bool = False):
+        """Logits [B, L, vocab] for tokens idx [B, L] at positions start.. given latents z; with
+        hidden_only, the final normed hidden states [B, L, d_model] instead (the output layer is
+        tok_emb.weight, tied: the likelihood applies it chunked, token_sequence_torch.py)."""
         if latent_kv is None:
             latent_kv = self.latent_kv(z) if self.cfg.latent else [None] * self.cfg.n_layer
-        positions = torch.arange(start, start + idx.shape[1], device=idx.device)
-        cos, sin = rope_tables(positions, self.head_dim, self.cfg.rope_base)
+        cos, sin = self.rope(start, idx.shape[1], idx.device)
         x = self.tok_emb(idx)
         for i, layer in enumerate(self.layers):
             x = layer(x, cos, sin, latent_kv[i], None if caches is None else caches[i])
-        return F.linear(self.final_norm(x), self.tok_emb.weight)
+        hidden = self.final_norm(x)
+        return hidden if hidden_only else F.linear(hidden, self.tok_emb.weight)
 

@@ -5,7 +5,6 @@ every reported bound is the plain ELBO.
 from __future__ import annotations
 
 import functools
-import math
 
 import numpy as np
 import pyro
@@ -43,10 +42,8 @@ class PyroAmortized(PyroBackend):
             objective, nll, kl = amortized_objective(
                 self.model, self.encoder, tokens, inf.num_samples, beta, inf.free_bits, n_tokens
             )
-        metrics = {"loss": objective.item(), "nll": nll.item(), "kl": kl.mean().item(), "beta": beta}
-        if not all(math.isfinite(v) for v in metrics.values()):
-            return metrics
-        metrics.update(self.slow_update(objective))
+        metrics = {"loss": objective.detach(), "nll": nll.detach(), "kl": kl.mean().detach(), "beta": beta}
+        metrics.update(self.slow_update(objective, metrics))  # skipped on the device unless finite
         return metrics
 
     def proposal(self, tokens, steps: int = 0, fast_noise=None):

@@ -148,11 +148,9 @@ class PyroLangevin(PyroBackend):
         site_loglik = self.log_joint(tokens, z) - self.log_prior(z)
         n_tokens = tokens.shape[0] * (tokens.shape[1] - 1)
         loss = -site_loglik.mean(0).sum() / n_tokens
-        metrics = {"loss": loss.item(), "nll": loss.item(), "log_prior": self.log_prior(z).mean().item(),
-                   "accept": run["accept_prob"].mean().item(), "step_size": run["step_size"].mean().item()}
-        if not all(math.isfinite(v) for v in metrics.values()):
-            return metrics
-        metrics.update(self.slow_update(loss))
+        metrics = {"loss": loss.detach(), "nll": loss.detach(), "log_prior": self.log_prior(z).mean().detach(),
+                   "accept": run["accept_prob"].mean().detach(), "step_size": run["step_size"].mean().detach()}
+        metrics.update(self.slow_update(loss, metrics))  # skipped on the device unless finite
         return metrics
 
     @staticmethod

@@ -10,7 +10,6 @@ from the refined q.
 from __future__ import annotations
 
 import functools
-import math
 
 import numpy as np
 import pyro
@@ -107,7 +106,7 @@ class PyroLocal(PyroBackend):
         n_tokens = tokens.shape[0] * (tokens.shape[1] - 1)
         nll = -loglik.mean(0).sum() / n_tokens
         loss = nll + kl.sum() / n_tokens
-        metrics = {"loss": loss.item(), "nll": nll.item(), "kl": kl.mean().item()}
+        metrics = {"loss": loss.detach(), "nll": nll.detach(), "kl": kl.mean().detach()}  # device scalars: no sync
         objective = loss
         if self.encoder is not None:
             # The encoder's own ELBO at its output; the decoder is frozen for this term.
@@ -115,11 +114,9 @@ class PyroLocal(PyroBackend):
             with frozen(self.decoder), pyro.validation_enabled(False):
                 enc_loglik, enc_kl = elbo_terms(self.model, guide, tokens, num_particles=self.cfg.inference.num_samples)
             encoder_loss = -(enc_loglik.mean(0) - enc_kl).sum() / n_tokens
-            metrics["encoder_loss"] = encoder_loss.item()
+            metrics["encoder_loss"] = encoder_loss.detach()
             objective = loss + encoder_loss
-        if not all(math.isfinite(v) for v in metrics.values()):
-            return metrics  # the trainer stops before any update reaches the weights
-        metrics.update(self.slow_update(objective))
+        metrics.update(self.slow_update(objective, metrics))  # skipped on the device unless finite
         return metrics
 
     def proposal(self, tokens, steps: int, fast_noise=None):

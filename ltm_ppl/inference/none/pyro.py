@@ -2,7 +2,6 @@
 baseline: the same loop, the same windows and the same predicted tokens as the LTM methods."""
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import pyro
@@ -31,10 +30,8 @@ class PyroNone(PyroBackend):
     def step(self, batch: np.ndarray) -> dict:
         tokens = self.tensor(batch)
         loss = -self.loglik(tokens).sum() / (tokens.shape[0] * (tokens.shape[1] - 1))
-        metrics = {"loss": loss.item(), "nll": loss.item(), "kl": 0.0}
-        if not math.isfinite(metrics["loss"]):
-            return metrics
-        metrics.update(self.slow_update(loss))
+        metrics = {"loss": loss.detach(), "nll": loss.detach(), "kl": 0.0}
+        metrics.update(self.slow_update(loss, metrics))  # skipped on the device unless finite
         return metrics
 
     def bound(self, batch: np.ndarray, steps: int = 0, num_samples: int = 1, noise=None, fast_noise=None) -> dict:

@@ -1,0 +1,95 @@
+"""log p(x_t | ...) of every token from the final hidden states and the output weight, without
+ever holding float32 logits for all tokens: the output layer and the log-softmax run on chunks of
+tokens, and the backward pass recomputes each chunk's logits (DESIGN.md section 7; issue 11).
+
+On CUDA, liger-kernel's fused linear cross-entropy (the published code's kernel; the `[cuda]`
+extra) is used when importable; everywhere else, and when it is absent, the chunked torch
+implementation below. Log-probabilities are float32 whatever the matmul's dtype.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+
+# Elements of one chunk's float32 logits: 2**23 is 32 MB (the default shape fits in one chunk).
+CHUNK_ELEMENTS = 2**23
+
+
+def chunk_rows(vocab: int, elements: int = CHUNK_ELEMENTS) -> int:
+    return max(1, elements // max(1, vocab))
+
+
+class ChunkedTokenLogProb(torch.autograd.Function):
+    """log_softmax(hidden @ weight.T)[n, target_n] for hidden [N, d], weight [V, d], target [N]."""
+
+    @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda")
+    def forward(ctx, hidden, weight, target, rows: int):
+        out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+        lse = torch.empty_like(out)
+        w = weight.to(hidden.dtype)
+        for s in range(0, hidden.shape[0], rows):
+            logits = F.linear(hidden[s : s + rows], w).float()
+            lse[s : s + rows] = torch.logsumexp(logits, dim=-1)
+            out[s : s + rows] = logits.gather(1, target[s : s + rows, None]).squeeze(1) - lse[s : s + rows]
+        ctx.save_for_backward(hidden, weight, target, lse)
+        ctx.rows = rows
+        return out
+
+    @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
+    def backward(ctx, grad):
+        hidden, weight, target, lse = ctx.saved_tensors
+        need_hidden, need_weight = ctx.needs_input_grad[:2]
+        w = weight.to(hidden.dtype)
+        d_hidden = torch.empty_like(hidden) if need_hidden else None
+        d_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_weight else None
+        grad = grad.float()
+        for s in range(0, hidden.shape[0], ctx.rows):
+            h, g = hidden[s : s + ctx.rows], grad[s : s + ctx.rows, None]
+            # d/dlogits of (logit_target - logsumexp) = onehot(target) - softmax, times the incoming grad.
+            d_logits = torch.exp(F.linear(h, w).float() - lse[s : s + ctx.rows, None]).mul_(-g)
+            d_logits.scatter_add_(1, target[s : s + ctx.rows, None], g)
+            d_logits = d_logits.to(hidden.dtype)
+            if need_hidden:
+                d_hidden[s : s + ctx.rows] = d_logits @ w
+            if need_weight:
+                d_weight.addmm_(d_logits.t().float(), h.float())
+        return d_hidden, None if d_weight is None else d_weight.to(weight.dtype), None, None
+
+
+class _UniformGrad(torch.autograd.Function):
+    """Identity whose backward asserts (on the device, no host sync) that every token's incoming
+    gradient is the same number: liger's reduction="none" backward scales by one scalar."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        torch._assert_async(torch.all(grad == grad.reshape(-1)[:1]))
+        return grad
+
+
+@functools.lru_cache(maxsize=1)
+def _liger():
+    try:
+        from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
+    except Exception:  # not installed (CPU machines, the default install): the chunked torch path
+        return None
+    return liger_fused_linear_cross_entropy
+
+
+def token_log_probs(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Float32 log p of each target [*shape] given hidden [*shape, d] and the output weight [V, d]."""
+    shape = target.shape
+    flat_hidden = hidden.reshape(-1, hidden.shape[-1])
+    flat_target = target.reshape(-1)
+    liger = _liger() if hidden.is_cuda else None
+    if liger is not None:  # untested here (no GPU in CI): the torch path below is the reference
+        nll = liger(flat_hidden, weight.to(flat_hidden.dtype), flat_target, reduction="none")
+        return -_UniformGrad.apply(nll.float()).view(shape)
+    return ChunkedTokenLogProb.apply(flat_hidden, weight, flat_target, chunk_rows(weight.shape[0])).view(shape)
