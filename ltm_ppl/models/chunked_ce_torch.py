@@ -17,8 +17,8 @@ import torch.nn.functional as F
 CHUNK_ELEMENTS = 2**23
 
 
-def chunk_rows(vocab: int, elements: int = CHUNK_ELEMENTS) -> int:
-    return max(1, elements // max(1, vocab))
+def chunk_rows(vocab: int) -> int:
+    return max(1, CHUNK_ELEMENTS // max(1, vocab))
 
 
 class ChunkedTokenLogProb(torch.autograd.Function):

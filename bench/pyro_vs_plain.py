@@ -1,0 +1,129 @@
+"""Pyro's `local` training iteration against the same iteration in plain torch
+(bench/plain_torch_step.py), timed interleaved in one process: the PPL's cost as a ratio.
+
+Each repeat times one Pyro iteration and one plain iteration back to back (order alternating), on
+the same batch; the reported ratio is the median over repeats of pyro_s / plain_s. Same shape,
+decoder weights and kernels. `--before DIR` also times an older ltm-ppl (a copy of its package
+renamed `ltm_ppl_before` in DIR, see docs/benchmarks.md) in the same interleaving.
+
+    OMP_NUM_THREADS=1 python bench/pyro_vs_plain.py --shape tiny --repeats 7 --out bench/results-cpu-pyro-vs-plain-tiny.json
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib
+import json
+import platform
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, __file__.rsplit("/", 1)[0])  # bench/ for its sibling modules
+
+from plain_torch_step import PlainLocal  # noqa: E402
+from train_step import SHAPES  # noqa: E402
+
+from ltm_ppl.checkpoint import library_versions  # noqa: E402
+from ltm_ppl.config import RunConfig  # noqa: E402
+
+
+def make_config(shape: str, batch: int, device: str, steps: int = 0, compile_: bool = False) -> RunConfig:
+    cfg = RunConfig()
+    n_layer, n_head, d, n_z, block, vocab, T = SHAPES[shape]
+    m = cfg.model
+    m.n_layer, m.n_head, m.d_model, m.n_z, m.block_size, m.vocab_size = n_layer, n_head, d, n_z, block, vocab
+    cfg.inference.steps = steps or T
+    cfg.train.batch_size, cfg.train.device, cfg.train.compile = batch, device, compile_
+    return cfg
+
+
+def before_inference(path: str, cfg: RunConfig):
+    """The older package's Pyro `local`, built from the same settings and weights."""
+    sys.path.insert(0, path)
+    old = importlib.import_module("ltm_ppl_before.config")
+    old_cfg = old.RunConfig()
+    for section in ("model", "train"):
+        for key, value in vars(getattr(cfg, section)).items():
+            if hasattr(getattr(old_cfg, section), key):
+                setattr(getattr(old_cfg, section), key, value)
+    old_cfg.inference.steps = cfg.inference.steps
+    return importlib.import_module("ltm_ppl_before.inference").create(old_cfg)
+
+
+def timed(fn, sync) -> float:
+    start = time.perf_counter()
+    fn()
+    sync()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", choices=tuple(SHAPES), default="tiny")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=0, help="fast steps T (default: the shape's)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--before", default=None, help="a directory holding an older package as ltm_ppl_before")
+    parser.add_argument("--out", default=None, help="also write the JSON here")
+    args = parser.parse_args()
+
+    from ltm_ppl.inference import create
+
+    cfg = make_config(args.shape, args.batch, args.device, args.steps)
+    pyro_inf = create(cfg)
+    device = pyro_inf.device
+    plain = PlainLocal(copy.deepcopy(pyro_inf.decoder), cfg, device, autocast=pyro_inf.autocast)
+    runners = {"pyro": lambda b: pyro_inf.step(b), "plain_torch": lambda b: plain.step(torch.as_tensor(b, device=device))}
+    if args.before:
+        old = before_inference(args.before, cfg)
+        old.load_weights(pyro_inf.weights())
+        runners["pyro_before"] = lambda b: old.step(b)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    B, L = args.batch, cfg.model.block_size
+    batch = np.random.default_rng(0).integers(0, cfg.model.vocab_size, size=(B, L + 1))
+
+    first = {name: [timed(lambda: run(batch), sync) for _ in range(args.warmup)] for name, run in runners.items()}
+    times = {name: [] for name in runners}
+    names = list(runners)
+    for r in range(args.repeats):
+        for name in names if r % 2 == 0 else reversed(names):  # alternate the order: no position bias
+            times[name].append(timed(lambda: runners[name](batch), sync))
+    median = {name: statistics.median(ts) for name, ts in times.items()}
+    ratios = [p / q for p, q in zip(times["pyro"], times["plain_torch"])]
+    result = {
+        "benchmark": "pyro_vs_plain",
+        "method": "local",
+        "shape": {"name": args.shape, "n_layer": cfg.model.n_layer, "n_head": cfg.model.n_head, "d_model": cfg.model.d_model,
+                  "n_z": cfg.model.n_z, "block_size": L, "vocab_size": cfg.model.vocab_size, "batch": B,
+                  "fast_steps": cfg.inference.steps},
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "tokens_per_s": {name: B * L / s for name, s in median.items()},
+        "s_per_iteration": median,
+        "s_per_iteration_all": times,
+        "first_calls_s": first,
+        "pyro_over_plain_median_ratio": statistics.median(ratios),
+        "pyro_over_plain_ratios": ratios,
+        "repeats": args.repeats,
+        "machine": platform.machine(),
+        "versions": library_versions(),
+        "argv": sys.argv[1:],
+    }
+    if "pyro_before" in times:
+        result["pyro_before_over_pyro_median_ratio"] = statistics.median(
+            [b / a for a, b in zip(times["pyro"], times["pyro_before"])])
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        with open(args.out, "w") as fh:
+            fh.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
