@@ -47,8 +47,10 @@ def reference_model(decoder, tokens):
         pyro.sample("x", dist.Categorical(logits=logits).to_event(1), obs=tokens[..., 1:])
 
 
-def test_pyro_elbo_and_gradients_equal_pyros_own_trace_elbo(monkeypatch):
-    monkeypatch.setattr(chunked_ce_torch, "CHUNK_ELEMENTS", 257 * 5)  # several chunks of 5 tokens
+@pytest.mark.parametrize("chunk_tokens", [5, 0])  # several chunks of 5 tokens (recomputed), or one (kept)
+def test_pyro_elbo_and_gradients_equal_pyros_own_trace_elbo(monkeypatch, chunk_tokens):
+    if chunk_tokens:
+        monkeypatch.setattr(chunked_ce_torch, "CHUNK_ELEMENTS", 257 * chunk_tokens)
     cfg = RunConfig()
     m = cfg.model
     m.n_layer, m.n_head, m.d_model, m.n_z, m.block_size, m.vocab_size = 2, 2, 32, 4, 16, 257

@@ -30,18 +30,23 @@ class ChunkedTokenLogProb(torch.autograd.Function):
         out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
         lse = torch.empty_like(out)
         w = weight.to(hidden.dtype)
+        probs = None
         for s in range(0, hidden.shape[0], rows):
             logits = F.linear(hidden[s : s + rows], w).float()
             lse[s : s + rows] = torch.logsumexp(logits, dim=-1)
             out[s : s + rows] = logits.gather(1, target[s : s + rows, None]).squeeze(1) - lse[s : s + rows]
-        ctx.save_for_backward(hidden, weight, target, lse)
+            if rows >= hidden.shape[0] and any(ctx.needs_input_grad[:2]):
+                # One chunk holds every token (within the chunk budget anyway): keep its softmax
+                # for the backward instead of recomputing the output layer (~12% of a fast step).
+                probs = logits.sub_(lse[:, None]).exp_()
+        ctx.save_for_backward(hidden, weight, target, lse, probs)
         ctx.rows = rows
         return out
 
     @staticmethod
     @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, grad):
-        hidden, weight, target, lse = ctx.saved_tensors
+        hidden, weight, target, lse, probs = ctx.saved_tensors
         need_hidden, need_weight = ctx.needs_input_grad[:2]
         w = weight.to(hidden.dtype)
         d_hidden = torch.empty_like(hidden) if need_hidden else None
@@ -50,7 +55,10 @@ class ChunkedTokenLogProb(torch.autograd.Function):
         for s in range(0, hidden.shape[0], ctx.rows):
             h, g = hidden[s : s + ctx.rows], grad[s : s + ctx.rows, None]
             # d/dlogits of (logit_target - logsumexp) = onehot(target) - softmax, times the incoming grad.
-            d_logits = torch.exp(F.linear(h, w).float() - lse[s : s + ctx.rows, None]).mul_(-g)
+            if probs is not None:  # saved by the forward (one chunk): no recomputation
+                d_logits = probs * -g
+            else:
+                d_logits = torch.exp(F.linear(h, w).float() - lse[s : s + ctx.rows, None]).mul_(-g)
             d_logits.scatter_add_(1, target[s : s + ctx.rows, None], g)
             d_logits = d_logits.to(hidden.dtype)
             if need_hidden:
