@@ -1,0 +1,22 @@
+"""The GPU speed script runs as is on the next lent machine: its CPU rehearsal at the tiny shape
+writes one JSON per configuration with a positive throughput (and the summary)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_gpu_speed_script_rehearses_on_the_cpu(tmp_path):
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "gpu_speed.py"), "--shape", "tiny", "--device", "cpu", "--batch", "2",
+         "--repeats", "1", "--only", "ltm-m-pyro,ltm-m-plain-torch", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    for label in ("ltm-m-pyro", "ltm-m-plain-torch"):
+        result = json.loads((tmp_path / f"gpu-speed-{label}.json").read_text())
+        assert "error" not in result and result["tokens_per_s"] > 0 and result["batch"] == 2, result
+    assert len(json.loads((tmp_path / "gpu-speed-summary.json").read_text())) == 2
