@@ -2,7 +2,7 @@
 ever holding float32 logits for all tokens: the output layer and the log-softmax run on chunks of
 tokens, and the backward pass recomputes each chunk's logits (DESIGN.md section 7; issue 11).
 
-On CUDA, liger-kernel's fused linear cross-entropy (the published code's kernel; the `[cuda]`
+On CUDA, liger-kernel's fused linear cross-entropy (the published code's kernel; the `[liger]`
 extra) is used when importable; everywhere else, and when it is absent, the chunked torch
 implementation below. At most CHUNK_ELEMENTS float32 logits exist at a time. Log-probabilities
 are float32 whatever the matmul's dtype.
