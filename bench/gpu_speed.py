@@ -29,6 +29,7 @@ JOBS = [
     ("ltm-m-plain-torch", "ltm-m", 16, "plain_torch"),
     # speedjax: ("ltm-m-numpyro", "ltm-m", 16, "numpyro"), ("ltm-m-plain-jax", "ltm-m", 16, "plain_jax"),
     ("ltm-m-pyro-compile", "ltm-m", 16, "pyro_compile"),
+    ("ltm-m-pyro-compile-reduce-overhead", "ltm-m", 16, "pyro_compile_ro"),  # CUDA graphs: never run yet
     ("ltm-l-pyro", "ltm-l", 64, "pyro"),
     ("ltm-l-plain-torch", "ltm-l", 64, "plain_torch"),
     # speedjax: ("ltm-l-numpyro", "ltm-l", 64, "numpyro"), ("ltm-l-plain-jax", "ltm-l", 64, "plain_jax"),
@@ -48,6 +49,8 @@ def build_torch(runner: str, shape: str, steps: int, batch: int, device: str):
 
     cfg = make_config(shape, batch, device, steps, compile_=runner == "pyro_compile")
     inference = create(cfg)
+    if runner == "pyro_compile_ro":  # the decoder under CUDA graphs (`ltm fit --compile` uses the default mode)
+        inference.net = torch.compile(inference.decoder, mode="reduce-overhead")
     dev = inference.device
     cuda = dev.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
@@ -62,7 +65,7 @@ def build_torch(runner: str, shape: str, steps: int, batch: int, device: str):
     return (lambda: plain.step(on_device)), sync, peak, dev, cfg
 
 
-RUNNERS = {"pyro": build_torch, "pyro_compile": build_torch, "plain_torch": build_torch}
+RUNNERS = {"pyro": build_torch, "pyro_compile": build_torch, "pyro_compile_ro": build_torch, "plain_torch": build_torch}
 # speedjax: RUNNERS["numpyro"] = ..., RUNNERS["plain_jax"] = ... with the same return contract.
 
 
