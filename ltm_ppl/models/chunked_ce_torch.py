@@ -14,12 +14,16 @@ import functools
 import torch
 import torch.nn.functional as F
 
-# Elements of one chunk's float32 logits: 2**23 is 32 MB (the default shape fits in one chunk).
+# Elements of one chunk's float32 logits: 2**23 is 32 MB on the CPU (the default shape fits in one
+# chunk); on a GPU 2**27 (512 MB: 13 chunks at LTM-M's 32k tokens x 50k vocabulary), so that each
+# chunk's matmul is large and the kernel launches few.
 CHUNK_ELEMENTS = 2**23
+CUDA_CHUNK_ELEMENTS = 2**27
 
 
-def chunk_rows(vocab: int) -> int:
-    return max(1, CHUNK_ELEMENTS // max(1, vocab))
+def chunk_rows(vocab: int, device: torch.device) -> int:
+    elements = CUDA_CHUNK_ELEMENTS if device.type == "cuda" else CHUNK_ELEMENTS
+    return max(1, elements // max(1, vocab))
 
 
 class ChunkedTokenLogProb(torch.autograd.Function):
@@ -93,7 +97,7 @@ def token_log_probs(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Te
     if liger is not None:  # untested here (no GPU in CI): the torch path below is the reference
         nll = liger(flat_hidden, weight.to(flat_hidden.dtype), flat_target, reduction="none")
         return -_UniformGrad.apply(nll.float()).view(shape)
-    rows = chunk_rows(weight.shape[0])
+    rows = chunk_rows(weight.shape[0], hidden.device)
     if flat_hidden.shape[0] <= rows:
         # Every token fits in one chunk (the `ltm fit` default): torch's own fused cross-entropy on
         # it, whose saved log-softmax spares the backward a second output-layer matmul (5-10% faster

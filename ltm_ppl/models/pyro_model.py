@@ -21,11 +21,17 @@ def decode(decoder, tokens: torch.Tensor, z: torch.Tensor | None, autocast: bool
     inputs = tokens[..., :-1]
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
         if z is None:
-            return decoder(inputs, hidden_only=True)
+            return _matmul_dtype(decoder(inputs, hidden_only=True), autocast)
         lead = z.shape[:-2]
         flat_inputs = inputs.expand(lead + inputs.shape[-1:]).reshape(-1, inputs.shape[-1])
         hidden = decoder(flat_inputs, z.reshape(-1, *z.shape[-2:]), hidden_only=True)
-    return hidden.view(*lead, *hidden.shape[-2:])
+    return _matmul_dtype(hidden, autocast).view(*lead, *hidden.shape[-2:])
+
+
+def _matmul_dtype(hidden: torch.Tensor, autocast: bool) -> torch.Tensor:
+    """Under autocast the output layer runs in bf16, as it did inside the autocast region (the
+    likelihood applies it later, outside; its log-softmax stays float32)."""
+    return hidden.to(torch.bfloat16) if autocast else hidden
 
 
 def ltm_model(decoder, tokens: torch.Tensor, autocast: bool = False):
