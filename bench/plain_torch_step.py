@@ -25,6 +25,7 @@ def negative_elbo(decoder, tokens, loc, log_scale, eps, autocast: bool):
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
         hidden = decoder(inputs, z, hidden_only=True)
+    hidden = hidden.to(torch.bfloat16) if autocast else hidden  # the output layer in bf16, as in pyro_model.decode
     loglik = token_log_probs(hidden, decoder.tok_emb.weight, targets).sum(-1)
     kl = 0.5 * (loc**2 + (2 * log_scale).exp() - 1 - 2 * log_scale).sum((-1, -2))
     n_tokens = tokens.shape[0] * (tokens.shape[1] - 1)
