@@ -2,7 +2,8 @@
 (bench/plain_torch_step.py), timed interleaved in one process: the PPL's cost as a ratio.
 
 Each repeat times one Pyro iteration and one plain iteration back to back (order alternating), on
-the same batch; the reported ratio is the median over repeats of pyro_s / plain_s. Same shape,
+the same batch; the reported ratio is the median over repeats of pyro_s / plain_s, in wall time and
+in process CPU time (at one thread the robust one on a shared machine). Same shape,
 decoder weights and kernels. `--before DIR` also times an older ltm-ppl (a copy of its package
 renamed `ltm_ppl_before` in DIR, see docs/benchmarks.md) in the same interleaving.
 
@@ -14,6 +15,7 @@ import argparse
 import copy
 import importlib
 import json
+import os
 import platform
 import statistics
 import sys
@@ -54,11 +56,13 @@ def before_inference(path: str, cfg: RunConfig):
     return importlib.import_module("ltm_ppl_before.inference").create(old_cfg)
 
 
-def timed(fn, sync) -> float:
-    start = time.perf_counter()
+def timed(fn, sync) -> tuple[float, float]:
+    """(wall seconds, this process's CPU seconds): on a shared machine at one thread the CPU time
+    is what the step itself costs, the wall time includes waiting for the cores."""
+    start, cpu = time.perf_counter(), time.process_time()
     fn()
     sync()
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
 def main() -> None:
@@ -88,14 +92,19 @@ def main() -> None:
     B, L = args.batch, cfg.model.block_size
     batch = np.random.default_rng(0).integers(0, cfg.model.vocab_size, size=(B, L + 1))
 
-    first = {name: [timed(lambda: run(batch), sync) for _ in range(args.warmup)] for name, run in runners.items()}
+    first = {name: [timed(lambda: run(batch), sync)[0] for _ in range(args.warmup)] for name, run in runners.items()}
     times = {name: [] for name in runners}
+    cpu_times = {name: [] for name in runners}
     names = list(runners)
     for r in range(args.repeats):
         for name in names if r % 2 == 0 else reversed(names):  # alternate the order: no position bias
-            times[name].append(timed(lambda: runners[name](batch), sync))
+            wall, cpu = timed(lambda: runners[name](batch), sync)
+            times[name].append(wall)
+            cpu_times[name].append(cpu)
     median = {name: statistics.median(ts) for name, ts in times.items()}
+    cpu_median = {name: statistics.median(ts) for name, ts in cpu_times.items()}
     ratios = [p / q for p, q in zip(times["pyro"], times["plain_torch"])]
+    cpu_ratios = [p / q for p, q in zip(cpu_times["pyro"], cpu_times["plain_torch"])]
     result = {
         "benchmark": "pyro_vs_plain",
         "method": "local",
@@ -110,6 +119,10 @@ def main() -> None:
         "first_calls_s": first,
         "pyro_over_plain_median_ratio": statistics.median(ratios),
         "pyro_over_plain_ratios": ratios,
+        "cpu_tokens_per_s": {name: B * L / s for name, s in cpu_median.items()},
+        "cpu_s_per_iteration_all": cpu_times,
+        "pyro_over_plain_cpu_median_ratio": statistics.median(cpu_ratios),
+        "load_average": list(os.getloadavg()),
         "repeats": args.repeats,
         "machine": platform.machine(),
         "versions": library_versions(),
@@ -118,6 +131,8 @@ def main() -> None:
     if "pyro_before" in times:
         result["pyro_before_over_pyro_median_ratio"] = statistics.median(
             [b / a for a, b in zip(times["pyro"], times["pyro_before"])])
+        result["pyro_before_over_pyro_cpu_median_ratio"] = statistics.median(
+            [b / a for a, b in zip(cpu_times["pyro"], cpu_times["pyro_before"])])
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:
