@@ -22,9 +22,10 @@ class Inference(Protocol):
     cfg: Any  # the RunConfig it was built from
     iteration: int  # training iterations done
 
-    def step(self, batch: np.ndarray) -> dict[str, float]:
-        """One training iteration (inner inference, then one slow step): floats `loss nll` and,
-        when the loss is finite, `lr grad_norm`, plus method extras."""
+    def step(self, batch: np.ndarray) -> dict:
+        """One training iteration (inner inference, then one slow step): 0-d values (device
+        scalars or floats, never synced to the host here) `loss nll lr grad_norm`, method extras,
+        and `finite` (the update was applied only if the loss and gradients were finite)."""
 
     def bound(self, batch: np.ndarray, steps: int = 0, num_samples: int = 1, noise=None, fast_noise=None) -> dict:
         """Per-sequence ELBO terms at the method's q: `loglik` [B] (mean over num_samples draws, or
