@@ -1,11 +1,10 @@
 """CPU threads of torch and XLA, set before either is imported.
 
-Default: OMP_NUM_THREADS when set, else the cores this process may run on. When the user sets
-the count (`--threads N` or OMP_NUM_THREADS), jobs are likely sharing the cores: idle OpenMP
-threads then sleep instead of spinning (OMP_WAIT_POLICY=PASSIVE unless set), so they wait rather
-than spin against each other (two tiny fits at once on 2 busy cores: 189 s spinning, 21 s
-passive; docs/design.md). A lone default job keeps OpenMP's own policy: passive waiting costs it
-~15%. `--threads N` (or `configure_threads(N)`) overrides both.
+Default: OMP_NUM_THREADS when set, else the cores this process may run on. Idle OpenMP threads
+sleep instead of spinning (OMP_WAIT_POLICY=PASSIVE unless set), so jobs sharing the cores wait
+rather than spin against each other (two tiny fits at once on 2 busy cores: 189 s spinning,
+21 s passive; docs/design.md).
+`--threads N` (or `configure_threads(N)`) overrides both.
 """
 from __future__ import annotations
 
@@ -46,8 +45,7 @@ def configure_threads(threads: int | None = None) -> int:
     require_positive("--threads", threads)
     explicit = threads is not None
     threads = threads or default_threads()
-    if explicit or "OMP_NUM_THREADS" in os.environ:  # a capped job shares the cores: sleep, don't spin
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if explicit or "OMP_NUM_THREADS" not in os.environ:
         os.environ["OMP_NUM_THREADS"] = str(threads)
     has_thread_flags = "intra_op_parallelism_threads" in os.environ.get("XLA_FLAGS", "")
