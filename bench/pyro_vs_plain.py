@@ -8,6 +8,12 @@ decoder weights and kernels. `--before DIR` also times an older ltm-ppl (a copy 
 renamed `ltm_ppl_before` in DIR, see docs/benchmarks.md) in the same interleaving.
 
     OMP_NUM_THREADS=1 python bench/pyro_vs_plain.py --shape tiny --repeats 7 --out bench/results-cpu-pyro-vs-plain-tiny.json
+
+The older package, e.g. at 76e5588 (before issue 11):
+    mkdir -p /tmp/old /tmp/pkg && git archive 76e5588 ltm_ppl | tar -x -C /tmp/old
+    mv /tmp/old/ltm_ppl /tmp/pkg/ltm_ppl_before
+    grep -rl '"ltm_ppl\.' /tmp/pkg/ltm_ppl_before | xargs sed -i 's/"ltm_ppl\./"ltm_ppl_before./g'
+    ... --before /tmp/pkg
 """
 from __future__ import annotations
 
