@@ -64,6 +64,25 @@ def init_params(cfg: ModelConfig, key) -> dict[str, jax.Array]:
     return params
 
 
+def layer_fields(cfg: ModelConfig) -> tuple[str, ...]:
+    """The per-layer parameter names without their `layers.{i}.` prefix."""
+    shapes = param_shapes(dataclasses.replace(cfg, n_layer=1))
+    return tuple(name[len("layers.0."):] for name in shapes if name.startswith("layers.0."))
+
+
+def stack_layers(params, cfg: ModelConfig) -> dict[str, jax.Array]:
+    """{field: [n_layer, *shape]}: the canonical per-layer weights stacked for lax.scan. The
+    checkpoint, the optimiser and the Pyro side keep the canonical names; stacking happens inside
+    the compiled program (a copy of the weights, loop-invariant in the fast loop), so the layer
+    loop is traced once whatever the depth."""
+    return {f: jnp.stack([params[f"layers.{i}.{f}"] for i in range(cfg.n_layer)]) for f in layer_fields(cfg)}
+
+
+def unstack_layers(stacked: dict, cfg: ModelConfig) -> dict[str, jax.Array]:
+    """The inverse of stack_layers: canonical `layers.{i}.{field}` names."""
+    return {f"layers.{i}.{f}": value[i] for f, value in stacked.items() for i in range(cfg.n_layer)}
+
+
 # ----- building blocks -------------------------------------------------------------------------
 def rms_norm(x, weight, eps: float):
     x32 = x.astype(jnp.float32)
@@ -96,19 +115,20 @@ def latent_positions(cfg: ModelConfig):
     return jnp.arange(m, dtype=jnp.float32) * (cfg.block_size / m)
 
 
-def latent_kv(params, cfg: ModelConfig, z, dtype=jnp.float32):
-    """Per-layer cross-attention (keys, values) [B, m, heads, head_dim] of z [B, n_z, d_model]."""
+def latent_kv(params, cfg: ModelConfig, z, dtype=jnp.float32, layers=None):
+    """Every layer's cross-attention (keys, values), each [n_layer, B, m, heads, head_dim], of z
+    [B, n_z, d_model] (layer i reads z[:, i*m:(i+1)*m]); None without a latent."""
     if not cfg.latent:
-        return [None] * cfg.n_layer
+        return None
+    layers = stack_layers(params, cfg) if layers is None else layers
     B, _, D = z.shape
-    H, m = cfg.n_head, cfg.z_per_layer
+    H, m, n = cfg.n_head, cfg.z_per_layer, cfg.n_layer
     cos_z, sin_z = rope_tables(latent_positions(cfg), D // H, cfg.rope_base)
-    out = []
-    for i in range(cfg.n_layer):
-        chunk = z[:, i * m : (i + 1) * m]
-        kv = linear(chunk, params[f"layers.{i}.cross.kv.weight"], dtype).reshape(B, m, 2, H, D // H)
-        out.append((apply_rope(kv[:, :, 0], cos_z, sin_z), kv[:, :, 1]))
-    return out
+    chunks = jnp.moveaxis(z.reshape(B, n, m, D), 1, 0)  # [n_layer, B, m, D]
+    kv = jnp.einsum("lbmi,loi->lbmo", chunks.astype(dtype), layers["cross.kv.weight"].astype(dtype))
+    kv = kv.reshape(n * B, m, 2, H, D // H)
+    keys = apply_rope(kv[:, :, 0], cos_z, sin_z).reshape(n, B, m, H, D // H)
+    return keys, kv[:, :, 1].reshape(n, B, m, H, D // H)
 
 
 def window_mask(q_start, q_len: int, k_len: int, window: int):
@@ -160,27 +180,33 @@ def mlp_block(params, prefix: str, x, cfg: ModelConfig, dtype):
     return x + linear(gated, params[prefix + "mlp.down.weight"], dtype)
 
 
-def _forward(params, cfg: ModelConfig, idx, lkv, start, dtype, attend):
-    """Final hidden states [B, L, D] (float32) and what `attend` returned per layer.
+def _forward(params, cfg: ModelConfig, idx, lkv, start, dtype, attend, per_layer=None):
+    """Final hidden states [B, L, D] (float32) and what `attend` returned, stacked over layers.
 
-    attend(layer, q, k, v) -> (y, extra) does the self-attention of one layer: causal over the
-    window, or against a KV cache.
+    The layers run as one lax.scan over their stacked weights (compile time does not grow with
+    depth). attend(layer_input, q, k, v) -> (y, extra) does the self-attention of one layer:
+    causal over the window, or against a KV cache; layer_input is this layer's slice of
+    `per_layer` (a pytree with a leading n_layer axis, e.g. the cache), or None.
     """
     B, L = idx.shape
     D, H = cfg.d_model, cfg.n_head
     cos, sin = rope_tables(start + jnp.arange(L), D // H, cfg.rope_base)
     x = params["tok_emb.weight"][idx]
-    extras = []
-    for i in range(cfg.n_layer):
-        p = f"layers.{i}."
-        x, extra = attention_block(params, p, x, cos, sin, cfg, dtype, functools.partial(attend, i))
-        extras.append(extra)
-        if lkv[i] is not None:
-            h = rms_norm(x, params[p + "cross_norm.weight"], cfg.norm_eps)
-            q = linear(h, params[p + "cross.q.weight"], dtype).reshape(B, L, H, D // H)
-            y = jax.nn.dot_product_attention(apply_rope(q, cos, sin), lkv[i][0], lkv[i][1])
-            x = x + linear(y.reshape(B, L, D), params[p + "cross.o.weight"], dtype)
-        x = mlp_block(params, p, x, cfg, dtype)
+    layers = stack_layers(params, cfg)
+    if cfg.latent and lkv is None:
+        raise ValueError("a latent decoder needs the latent keys/values (latent_kv)")
+
+    def layer(x, xs):
+        w, kv, extra_in = xs
+        x, extra = attention_block(w, "", x, cos, sin, cfg, dtype, functools.partial(attend, extra_in))
+        if kv is not None:
+            h = rms_norm(x, w["cross_norm.weight"], cfg.norm_eps)
+            q = linear(h, w["cross.q.weight"], dtype).reshape(B, L, H, D // H)
+            y = jax.nn.dot_product_attention(apply_rope(q, cos, sin), kv[0], kv[1])
+            x = x + linear(y.reshape(B, L, D), w["cross.o.weight"], dtype)
+        return mlp_block(w, "", x, cfg, dtype), extra
+
+    x, extras = jax.lax.scan(layer, x, (layers, lkv if cfg.latent else None, per_layer))
     return rms_norm(x, params["final_norm.weight"], cfg.norm_eps), extras
 
 
@@ -190,11 +216,17 @@ def _head(params, x, dtype):
 
 def decoder_logits(params, cfg: ModelConfig, idx, z=None, start=0, dtype=jnp.float32, lkv=None):
     """Logits [B, L, vocab] (in `dtype`) for tokens idx [B, L] at positions start.. given z [B, n_z, d]."""
-    if lkv is None:
-        lkv = latent_kv(params, cfg, z, dtype) if cfg.latent else [None] * cfg.n_layer
+    return _head(params, decoder_hidden(params, cfg, idx, z, start, dtype, lkv), dtype)
+
+
+def decoder_hidden(params, cfg: ModelConfig, idx, z=None, start=0, dtype=jnp.float32, lkv=None):
+    """The final normalised hidden states [B, L, D] (float32) before the tied head: the chunked
+    likelihood applies the head itself, a chunk of tokens at a time."""
+    if lkv is None and cfg.latent:
+        lkv = latent_kv(params, cfg, z, dtype)
     x, _ = _forward(params, cfg, idx, lkv, start, dtype,
-                    lambda i, q, k, v: (causal_attention(q, k, v, cfg.attention_window), None))
-    return _head(params, x, dtype)
+                    lambda _, q, k, v: (causal_attention(q, k, v, cfg.attention_window), None))
+    return x
 
 
 # ----- generation with a KV cache --------------------------------------------------------------
@@ -207,12 +239,11 @@ def prefill(params, cfg: ModelConfig, tokens, lkv, dtype=jnp.float32):
     B, L = tokens.shape
     shape = (B, cfg.block_size, cfg.n_head, cfg.d_model // cfg.n_head)
 
-    def attend(i, q, k, v):
+    def attend(_, q, k, v):
         pad = ((0, 0), (0, cfg.block_size - L), (0, 0), (0, 0))
         return causal_attention(q, k, v, cfg.attention_window), (jnp.pad(k, pad), jnp.pad(v, pad))
 
-    x, kvs = _forward(params, cfg, tokens, lkv, 0, dtype, attend)
-    cache = (jnp.stack([k for k, _ in kvs]), jnp.stack([v for _, v in kvs]))
+    x, cache = _forward(params, cfg, tokens, lkv, 0, dtype, attend)
     assert cache[0].shape[1:] == shape
     return cache, _head(params, x[:, -1], dtype)
 
@@ -222,19 +253,16 @@ def decode_step(params, cfg: ModelConfig, cache, token, position, lkv, dtype=jnp
     key up to and including itself (the last attention_window of them) through an explicit
     offset-aware mask (DESIGN section 4: no is_causal or local_window_size when the query and key
     lengths differ: both align top-left). Returns (cache, logits [B, vocab])."""
-    keys, values = cache
     mask = window_mask(position, 1, cfg.block_size, cfg.attention_window)[None, None]  # [B, heads, q=1, keys]
-    new_k, new_v = [], []
 
-    def attend(i, q, k, v):
-        ki = jax.lax.dynamic_update_slice_in_dim(keys[i], k.astype(keys.dtype), position, axis=1)
-        vi = jax.lax.dynamic_update_slice_in_dim(values[i], v.astype(values.dtype), position, axis=1)
-        new_k.append(ki)
-        new_v.append(vi)
-        return jax.nn.dot_product_attention(q, ki, vi, mask=mask), None
+    def attend(layer_cache, q, k, v):
+        keys, values = layer_cache
+        ki = jax.lax.dynamic_update_slice_in_dim(keys, k.astype(keys.dtype), position, axis=1)
+        vi = jax.lax.dynamic_update_slice_in_dim(values, v.astype(values.dtype), position, axis=1)
+        return jax.nn.dot_product_attention(q, ki, vi, mask=mask), (ki, vi)
 
-    x, _ = _forward(params, cfg, token[:, None], lkv, position, dtype, attend)
-    return (jnp.stack(new_k), jnp.stack(new_v)), _head(params, x[:, -1], dtype)
+    x, cache = _forward(params, cfg, token[:, None], lkv, position, dtype, attend, per_layer=cache)
+    return cache, _head(params, x[:, -1], dtype)
 
 
 def sample_next(logits, temperature: float, top_k: int, key):
@@ -272,7 +300,7 @@ def generate(params, cfg: ModelConfig, context, z, max_new: int, temperature: fl
         key = jax.random.PRNGKey(0)
     run_lkv, run_prefill, run_decode, run_sample = _generation_programs(
         dataclasses.astuple(cfg), dtype, float(temperature), int(top_k))
-    lkv = run_lkv(params, z) if cfg.latent else [None] * cfg.n_layer
+    lkv = run_lkv(params, z) if cfg.latent else None
 
     if utf8 is not None:
         allowed, next_state = (jnp.asarray(t) for t in utf8)
