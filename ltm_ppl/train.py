@@ -198,8 +198,9 @@ def _loop(cfg: RunConfig, run: Path, inference, data: Data, progress: bool, echo
     with StopRequest() as stop:
         for it in range(start, t.iters):
             batch = train_batch(data.train, cfg.model.block_size, t.batch_size, t.seed, it)
-            metrics = inference.step(batch)
-            if not all(math.isfinite(v) for v in metrics.values()):
+            # Device scalars (NumPyro) become floats here; `finite` is the step's on-device guard.
+            metrics = {k: float(v) for k, v in inference.step(batch).items()}
+            if not metrics.pop("finite", True) or not all(math.isfinite(v) for v in metrics.values()):
                 bar.close()
                 raise LtmError(
                     f"non-finite loss at iteration {it + 1}; training stopped, the last good checkpoint "

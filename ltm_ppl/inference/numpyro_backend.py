@@ -204,8 +204,8 @@ class Programs:
             return loss, {"loss": loss, "nll": nll, "kl": kl.mean()}
 
         (loss, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        params, opt_state, out["grad_norm"] = self.update(params, opt_state, grads, lr, loss)
-        return params, opt_state, out
+        params, opt_state, guard = self.update(params, opt_state, grads, lr, loss)
+        return params, opt_state, out | guard
 
     def encoder_fn(self, params):
         """tokens [B, L] -> (loc, log_scale) [B, n_z, d_model]: the encoder as the guide's parameter."""
@@ -245,10 +245,12 @@ class Programs:
         return draws["log_joint"][0] - draws["log_q"][0]
 
     def update(self, params, opt_state, grads, lr, loss):
-        """One clipped AdamW step, kept only if the loss is finite; returns (params, state, grad norm)."""
+        """One clipped AdamW step, kept only if the loss and every gradient are finite (decided on
+        the device: no host sync); returns (params, state, {"grad_norm", "finite"}). The norm of the
+        unclipped gradients is finite exactly when every gradient entry is."""
         new_params, new_state, grad_norm = apply_update(self.train, self.optimizer, params, opt_state, grads, lr)
-        ok = jnp.isfinite(loss)
-        return guarded(ok, new_params, params), guarded(ok, new_state, opt_state), grad_norm
+        ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        return guarded(ok, new_params, params), guarded(ok, new_state, opt_state), {"grad_norm": grad_norm, "finite": ok}
 
 
 def _frozen_copy(section) -> str:
@@ -319,13 +321,13 @@ class NumPyroBackend:
             return tuple(self.array(v) for v in values)
         return jax.device_put(np.asarray(values, dtype=np.float32), self.device)
 
-    def finish_step(self, metrics: dict, lr: float, out: dict) -> dict:
-        """Count the iteration and add lr / grad_norm, unless a metric is not finite: then the
-        compiled step kept the old weights and the trainer stops, naming the iteration."""
-        if not all(np.isfinite(v) for v in metrics.values()):
-            return metrics
+    def finish_step(self, metrics: dict, lr: float) -> dict:
+        """Count the iteration and add lr. The metrics stay 0-d device arrays (no host sync here):
+        the trainer converts them at its logging interval. `finite` says whether the compiled step
+        applied its update (it keeps the old weights and optimiser state otherwise); the trainer
+        then stops, naming the iteration, so the count past it is never saved."""
         self.iteration += 1
-        return metrics | {"lr": lr, "grad_norm": float(out["grad_norm"])}
+        return metrics | {"lr": lr}
 
     def slow_lr(self) -> float:
         return slow_lr(self.iteration, self.cfg.train)
@@ -403,8 +405,7 @@ class NumPyroBackend:
         self.params, self.opt_state, out = self.programs.variational_step(
             self.params, self.opt_state, self.tensor(batch), self.next_key(), np.float32(lr), fit, static=static
         )
-        metrics = {name: float(value) for name, value in out.items() if name != "grad_norm"}
-        return self.finish_step(metrics, lr, out)
+        return self.finish_step(out, lr)
 
     def synchronize(self) -> None:
         """Wait for queued device work (benchmarks time the work, not its launch)."""

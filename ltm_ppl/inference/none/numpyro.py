@@ -27,8 +27,8 @@ class NonePrograms(Programs):
     def _step(self, params, opt_state, tokens, lr):
         n_tokens = tokens.shape[0] * (tokens.shape[1] - 1)
         loss, grads = jax.value_and_grad(lambda p: -self._loglik(p, tokens).sum() / n_tokens)(params)
-        params, opt_state, grad_norm = self.update(params, opt_state, grads, lr, loss)
-        return params, opt_state, {"loss": loss, "grad_norm": grad_norm}
+        params, opt_state, guard = self.update(params, opt_state, grads, lr, loss)
+        return params, opt_state, {"loss": loss, "nll": loss, "kl": jax.numpy.zeros((), jax.numpy.float32)} | guard
 
 
 class NumPyroNone(NumPyroBackend):
@@ -44,9 +44,7 @@ class NumPyroNone(NumPyroBackend):
     def step(self, batch: np.ndarray) -> dict:
         lr = self.slow_lr()
         self.params, self.opt_state, out = self.programs.step(self.params, self.opt_state, self.tensor(batch), np.float32(lr))
-        loss = float(out["loss"])
-        metrics = {"loss": loss, "nll": loss, "kl": 0.0}
-        return self.finish_step(metrics, lr, out)
+        return self.finish_step(out, lr)
 
     def bound(self, batch: np.ndarray, steps: int = 0, num_samples: int = 1, noise=None, fast_noise=None) -> dict:
         """The exact log-likelihood per sequence (nothing to bound: no latent); kl is zero."""
