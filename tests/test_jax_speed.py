@@ -140,3 +140,39 @@ def optax_norm(tree):
     import optax
 
     return optax.tree.norm(tree)
+
+
+@pytest.mark.parametrize("method", ["local", "none"])
+def test_eval_pads_the_last_batch_to_one_shape(method):
+    """A corpus of 7 windows in batches of 4: the last batch of 3 is padded to 4 rows, so the
+    bound is traced once, a second evaluation traces nothing, and the corpus number equals the
+    unpadded evaluation's (the padding rows contribute nothing)."""
+    from ltm_ppl.evaluate import windows_bound
+    from ltm_ppl.inference import create
+
+    cfg = tiny_cfg(method)
+    if method == "none":
+        cfg.model.latent = False
+    block = cfg.model.block_size
+    tokens = np.random.default_rng(5).integers(0, cfg.model.vocab_size, 7 * block + 1)
+    inference = create(cfg)
+    programs = inference.programs
+    name = "bound" if method == "local" else "loglik"
+    before = dict(programs.traces)
+    first = windows_bound(inference, tokens, 2, 1, 4, seed=1)
+    assert inference.eval_rows == 4 and first["num_sequences"] == 7
+    if name:
+        assert programs.traces[name] - before.get(name, 0) <= 1
+        traced = programs.traces[name]
+    again = windows_bound(inference, tokens, 2, 1, 4, seed=1)
+    assert again == first
+    if name:
+        assert programs.traces[name] == traced  # the second evaluation compiled nothing new
+
+    unpadded = create(cfg)
+    unpadded.padded = lambda batch: (unpadded.tensor(batch), len(batch))
+    want = windows_bound(unpadded, tokens, 2, 1, 4, seed=1)
+    np.testing.assert_allclose(first["nll_per_token"], want["nll_per_token"], rtol=1e-6)
+    np.testing.assert_allclose(first["kl_per_sequence"], want["kl_per_sequence"], rtol=1e-5, atol=1e-7)
+    if name:
+        assert programs.traces[name] > traced  # the unpadded last batch did need its own trace
