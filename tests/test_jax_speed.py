@@ -176,3 +176,26 @@ def test_eval_pads_the_last_batch_to_one_shape(method):
     np.testing.assert_allclose(first["kl_per_sequence"], want["kl_per_sequence"], rtol=1e-5, atol=1e-7)
     if name:
         assert programs.traces[name] > traced  # the unpadded last batch did need its own trace
+
+
+def test_scanned_layers_equal_unrolled(monkeypatch):
+    """The layer loop as a real lax.scan (the accelerator path) gives the CPU's unrolled logits,
+    and the KV-cached decode agrees with it."""
+    import jax.numpy as jnp
+
+    from ltm_ppl.config import ModelConfig
+    from ltm_ppl.models import jax_decoder
+
+    cfg = ModelConfig(**TINY_MODEL)
+    params = {k: jnp.asarray(v) for k, v in random_weights(jax_decoder.param_shapes(cfg), seed=6).items()}
+    rng = np.random.default_rng(7)
+    tokens = jnp.asarray(rng.integers(0, cfg.vocab_size, (2, cfg.block_size)))
+    z = jnp.asarray(rng.standard_normal((2, cfg.n_z, cfg.d_model)), jnp.float32)
+    unrolled = jax_decoder.decoder_logits(params, cfg, tokens, z)
+    monkeypatch.setattr(jax_decoder, "unrolled_layers", lambda cfg: 1)
+    np.testing.assert_allclose(jax_decoder.decoder_logits(params, cfg, tokens, z), unrolled, rtol=1e-5, atol=1e-5)
+    lkv = jax_decoder.latent_kv(params, cfg, z)
+    cache, logits = jax_decoder.prefill(params, cfg, tokens[:, :5], lkv)
+    np.testing.assert_allclose(logits, unrolled[:, 4], rtol=1e-5, atol=1e-5)
+    cache, logits = jax_decoder.decode_step(params, cfg, cache, tokens[:, 5], 5, lkv)
+    np.testing.assert_allclose(logits, unrolled[:, 5], rtol=1e-5, atol=1e-5)

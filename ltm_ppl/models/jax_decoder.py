@@ -180,6 +180,14 @@ def mlp_block(params, prefix: str, x, cfg: ModelConfig, dtype):
     return x + linear(gated, params[prefix + "mlp.down.weight"], dtype)
 
 
+def unrolled_layers(cfg: ModelConfig) -> int:
+    """How many layers one iteration of the layer scan holds: 1 (a real loop: the body is traced
+    and compiled once whatever the depth) on accelerators; all of them on the CPU, where the loop
+    measured slower (1.6x per iteration at the bench's tiny shape, 1.2x at the `ltm fit` default)
+    and XLA's compile was not shorter (bench/jax_compile_time.py; docs/benchmarks.md)."""
+    return cfg.n_layer if jax.default_backend() == "cpu" else 1
+
+
 def _forward(params, cfg: ModelConfig, idx, lkv, start, dtype, attend, per_layer=None):
     """Final hidden states [B, L, D] (float32) and what `attend` returned, stacked over layers.
 
@@ -206,7 +214,8 @@ def _forward(params, cfg: ModelConfig, idx, lkv, start, dtype, attend, per_layer
             x = x + linear(y.reshape(B, L, D), w["cross.o.weight"], dtype)
         return mlp_block(w, "", x, cfg, dtype), extra
 
-    x, extras = jax.lax.scan(layer, x, (layers, lkv if cfg.latent else None, per_layer))
+    x, extras = jax.lax.scan(layer, x, (layers, lkv if cfg.latent else None, per_layer),
+                              unroll=unrolled_layers(cfg))
     return rms_norm(x, params["final_norm.weight"], cfg.norm_eps), extras
 
 
