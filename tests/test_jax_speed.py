@@ -199,3 +199,31 @@ def test_scanned_layers_equal_unrolled(monkeypatch):
     np.testing.assert_allclose(logits, unrolled[:, 4], rtol=1e-5, atol=1e-5)
     cache, logits = jax_decoder.decode_step(params, cfg, cache, tokens[:, 5], 5, lkv)
     np.testing.assert_allclose(logits, unrolled[:, 5], rtol=1e-5, atol=1e-5)
+
+
+def test_generation_compiles_once_for_every_token_and_prompt_length():
+    """Prompts of 3 and 7 tokens, each generating past two window refills: the prefill and the
+    per-token step are traced at most once each (none for the second prompt), and greedy tokens
+    equal the full forward's argmax at every position before the first refill."""
+    import dataclasses
+
+    import jax.numpy as jnp
+
+    from ltm_ppl.config import ModelConfig
+    from ltm_ppl.models import jax_decoder
+
+    cfg = ModelConfig(**TINY_MODEL)
+    params = {k: jnp.asarray(v) for k, v in random_weights(jax_decoder.param_shapes(cfg), seed=8).items()}
+    rng = np.random.default_rng(9)
+    z = jnp.asarray(rng.standard_normal((2, cfg.n_z, cfg.d_model)), jnp.float32)
+    traces = jax_decoder._generation_programs(dataclasses.astuple(cfg), jnp.float32, 0.0, 0)[3]
+    before = dict(traces)
+    first = jax_decoder.generate(params, cfg, rng.integers(0, cfg.vocab_size, (2, 3)), z, 2 * cfg.block_size, temperature=0)
+    after_first = dict(traces)
+    assert all(after_first[k] - before[k] <= 1 for k in traces)
+    context = rng.integers(0, cfg.vocab_size, (2, 7))
+    second = jax_decoder.generate(params, cfg, context, z, 2 * cfg.block_size, temperature=0)
+    assert traces == after_first and first.shape == second.shape == (2, 2 * cfg.block_size)
+    history = np.concatenate([context, second], axis=1)[:, : cfg.block_size + 1]
+    logits = jax_decoder.decoder_logits(params, cfg, jnp.asarray(history[:, :-1]), z)
+    np.testing.assert_array_equal(np.argmax(np.asarray(logits), -1)[:, 6:], history[:, 7:])
