@@ -143,22 +143,35 @@ def window_mask(q_start, q_len: int, k_len: int, window: int):
     return allowed
 
 
-def _fused_window_kernel(q, window: int) -> bool:
-    """cuDNN's sliding-window flash attention: GPU, bf16/fp16 only (not testable on the CPU)."""
-    return window > 0 and q.dtype in (jnp.bfloat16, jnp.float16) and jax.default_backend() == "gpu"
+def cudnn_attention_applies(q) -> bool:
+    """cuDNN's fused (flash) attention: on a GPU backend with bf16/fp16 inputs only. Not
+    testable on the CPU; jax 0.10 and 0.11 take the same `implementation="cudnn"` argument."""
+    return q.dtype in (jnp.bfloat16, jnp.float16) and jax.default_backend() == "gpu"
+
+
+def fused_attention(q, k, v, **options):
+    """jax.nn.dot_product_attention through cuDNN where it applies, XLA's implementation
+    otherwise, and also when cuDNN refuses the shapes (it raises while tracing: head_dim not a
+    multiple of 8, or above 128, ...)."""
+    if cudnn_attention_applies(q):
+        try:
+            return jax.nn.dot_product_attention(q, k, v, implementation="cudnn", **options)
+        except (NotImplementedError, ValueError, TypeError, RuntimeError):
+            pass
+    if "local_window_size" in options:  # XLA: the sliding window as an explicit mask
+        window = options.pop("local_window_size")[0] + 1
+        options.pop("is_causal", None)
+        options["mask"] = window_mask(0, q.shape[1], k.shape[1], window)[None, None]
+    return jax.nn.dot_product_attention(q, k, v, **options)
 
 
 def causal_attention(q, k, v, window: int = 0):
     """Causal self-attention of equal-length q, k, v [B, L, heads, head_dim], optionally over a
     sliding window of `window` keys (0: all earlier keys)."""
     if not window:
-        return jax.nn.dot_product_attention(q, k, v, is_causal=True)
-    if _fused_window_kernel(q, window):
-        # Equal query and key lengths: the kernel's top-left alignment is the causal one here.
-        return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="cudnn",
-                                            local_window_size=(window - 1, 0))
-    mask = window_mask(0, q.shape[1], k.shape[1], window)
-    return jax.nn.dot_product_attention(q, k, v, mask=mask[None, None])
+        return fused_attention(q, k, v, is_causal=True)
+    # Equal query and key lengths: cuDNN's top-left alignment is the causal one here.
+    return fused_attention(q, k, v, is_causal=True, local_window_size=(window - 1, 0))
 
 
 def attention_block(params, prefix: str, x, cos, sin, cfg: ModelConfig, dtype, attend):
@@ -210,7 +223,7 @@ def _forward(params, cfg: ModelConfig, idx, lkv, start, dtype, attend, per_layer
         if kv is not None:
             h = rms_norm(x, w["cross_norm.weight"], cfg.norm_eps)
             q = linear(h, w["cross.q.weight"], dtype).reshape(B, L, H, D // H)
-            y = jax.nn.dot_product_attention(apply_rope(q, cos, sin), kv[0], kv[1])
+            y = fused_attention(apply_rope(q, cos, sin), kv[0], kv[1])
             x = x + linear(y.reshape(B, L, D), w["cross.o.weight"], dtype)
         return mlp_block(w, "", x, cfg, dtype), extra
 
