@@ -321,9 +321,11 @@ class NumPyroBackend:
     def padded(self, batch) -> tuple[jax.Array, int]:
         """(device batch, real rows): the rows padded, by repeating the last, to the most rows an
         evaluation call has seen, so a corpus's last partial batch reuses the compiled program.
-        Sequences are independent in every bound (per-sequence q, chains and step sizes) and the
-        draws of the leading batch axis do not depend on its length (threefry_partitionable), so
-        the real rows' numbers are those of the unpadded batch; the padding rows are dropped.
+        Sequences are independent in every bound (per-sequence q, chains and step sizes) and
+        draws whose leading axis is the batch do not depend on its length
+        (threefry_partitionable), so with one sample and one chain the real rows' numbers are
+        those of the unpadded batch (more samples or chains: other draws of the same estimator);
+        the padding rows are dropped. A later, smaller call is padded too (more work, same result).
         An injected model's data is not padded (its plate may tie rows together)."""
         batch = np.asarray(batch)
         n = len(batch)
