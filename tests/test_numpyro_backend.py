@@ -383,6 +383,8 @@ def test_generate_from_both_backends(torch_one_thread, numpyro_run):
 
 # ----- training, weights, resume -------------------------------------------------------------
 def test_numpyro_training_lowers_the_heldout_bound():
+    import jax
+
     from ltm_ppl.inference import create
 
     cfg = tiny_cfg(train=dict(lr=1e-2, warmup_iters=2, iters=40, batch_size=8))
@@ -401,8 +403,9 @@ def test_numpyro_training_lowers_the_heldout_bound():
     before = bound()
     for it in range(cfg.train.iters):
         metrics = inference.step(train[(it * 8) % 64 : (it * 8) % 64 + 8])
-        assert set(metrics) == {"loss", "nll", "kl", "lr", "grad_norm"}
-        assert all(isinstance(v, float) and np.isfinite(v) for v in metrics.values())
+        assert set(metrics) == {"loss", "nll", "kl", "lr", "grad_norm", "finite"}
+        assert all(isinstance(metrics[k], jax.Array) and metrics[k].shape == () for k in ("loss", "nll", "kl", "grad_norm"))
+        assert bool(metrics["finite"]) and all(np.isfinite(float(v)) for v in metrics.values())
     assert inference.iteration == cfg.train.iters
     after = bound()
     assert after < before - 1.0, (before, after)  # nats per token; uniform is log 64 = 4.16

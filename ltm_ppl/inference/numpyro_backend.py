@@ -19,6 +19,7 @@ instead of the LTM (no decoder). Nothing here imports torch.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import copy
 import dataclasses
@@ -147,6 +148,7 @@ class Programs:
         self.proposal_program = jax.jit(self.proposal, static_argnames=("static",))
         self.run_chains = jax.jit(self.chains, static_argnames=("warmup", "draws", "chains", "keep_z"))
         self.variational_step = jax.jit(self._variational_step, static_argnames=("static",), donate_argnums=self.donate)
+        self.traces = collections.Counter()  # how often each program was traced (tests: no recompiles)
         self.build()
 
     def build(self) -> None:
@@ -168,6 +170,7 @@ class Programs:
 
     # ----- derived from the hooks -------------------------------------------------------------
     def _bound(self, params, data, key, fast_noise, noise, fit, num_samples, static):
+        self.traces["bound"] += 1  # Python runs only while jit traces
         fit_key, eval_key = jax.random.split(key)
         loc, log_scale, fixed = self.proposal(params, data, fit_key, fast_noise, fit, static)
         eps = noise if noise is not None else fixed
@@ -175,6 +178,7 @@ class Programs:
         return loglik.mean(0), kl
 
     def _log_weights(self, params, data, key, fit, num_samples, static):
+        self.traces["log_weights"] += 1
         fit_key, draw_key = jax.random.split(key)
         loc, log_scale, _ = self.proposal(params, data, fit_key, None, fit, static)
         return self.gaussian_log_weights(params, data, loc, log_scale, num_samples, draw_key)
@@ -204,8 +208,8 @@ class Programs:
             return loss, {"loss": loss, "nll": nll, "kl": kl.mean()}
 
         (loss, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        params, opt_state, out["grad_norm"] = self.update(params, opt_state, grads, lr, loss)
-        return params, opt_state, out
+        params, opt_state, guard = self.update(params, opt_state, grads, lr, loss)
+        return params, opt_state, out | guard
 
     def encoder_fn(self, params):
         """tokens [B, L] -> (loc, log_scale) [B, n_z, d_model]: the encoder as the guide's parameter."""
@@ -245,10 +249,12 @@ class Programs:
         return draws["log_joint"][0] - draws["log_q"][0]
 
     def update(self, params, opt_state, grads, lr, loss):
-        """One clipped AdamW step, kept only if the loss is finite; returns (params, state, grad norm)."""
+        """One clipped AdamW step, kept only if the loss and every gradient are finite (decided on
+        the device: no host sync); returns (params, state, {"grad_norm", "finite"}). The norm of the
+        unclipped gradients is finite exactly when every gradient entry is."""
         new_params, new_state, grad_norm = apply_update(self.train, self.optimizer, params, opt_state, grads, lr)
-        ok = jnp.isfinite(loss)
-        return guarded(ok, new_params, params), guarded(ok, new_state, opt_state), grad_norm
+        ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        return guarded(ok, new_params, params), guarded(ok, new_state, opt_state), {"grad_norm": grad_norm, "finite": ok}
 
 
 def _frozen_copy(section) -> str:
@@ -290,6 +296,7 @@ class NumPyroBackend:
         self.optimizer = slow_optimizer(cfg.train)
         self.opt_state = jax.device_put(self.optimizer.init(self.params), self.device)
         self.iteration = 0
+        self.eval_rows = 0  # evaluation batches are padded to the most rows seen (one compiled shape)
 
     # ----- randomness and inputs --------------------------------------------------------------
     def next_key(self):
@@ -311,6 +318,24 @@ class NumPyroBackend:
         dtype = np.int32 if self.injected is None else np.dtype(self.injected.dtype)
         return jax.device_put(np.asarray(batch, dtype=dtype), self.device)
 
+    def padded(self, batch) -> tuple[jax.Array, int]:
+        """(device batch, real rows): the rows padded, by repeating the last, to the most rows an
+        evaluation call has seen, so a corpus's last partial batch reuses the compiled program.
+        Sequences are independent in every bound (per-sequence q, chains and step sizes) and
+        draws whose leading axis is the batch do not depend on its length
+        (threefry_partitionable), so with one sample and one chain the real rows' numbers are
+        those of the unpadded batch (more samples or chains: other draws of the same estimator);
+        the padding rows are dropped. A later, smaller call is padded too (more work, same result).
+        An injected model's data is not padded (its plate may tie rows together)."""
+        batch = np.asarray(batch)
+        n = len(batch)
+        if self.injected is not None:
+            return self.tensor(batch), n
+        self.eval_rows = max(self.eval_rows, n)
+        if self.eval_rows > n:
+            batch = np.concatenate([batch, np.repeat(batch[-1:], self.eval_rows - n, axis=0)])
+        return self.tensor(batch), n
+
     def array(self, values):
         """Injected noise on the device: None, an array, or a tuple of arrays (a method's format)."""
         if values is None:
@@ -319,13 +344,13 @@ class NumPyroBackend:
             return tuple(self.array(v) for v in values)
         return jax.device_put(np.asarray(values, dtype=np.float32), self.device)
 
-    def finish_step(self, metrics: dict, lr: float, out: dict) -> dict:
-        """Count the iteration and add lr / grad_norm, unless a metric is not finite: then the
-        compiled step kept the old weights and the trainer stops, naming the iteration."""
-        if not all(np.isfinite(v) for v in metrics.values()):
-            return metrics
+    def finish_step(self, metrics: dict, lr: float) -> dict:
+        """Count the iteration and add lr. The metrics stay 0-d device arrays (no host sync here):
+        the trainer converts them at its logging interval. `finite` says whether the compiled step
+        applied its update (it keeps the old weights and optimiser state otherwise); the trainer
+        then stops, naming the iteration, so the count past it is never saved."""
         self.iteration += 1
-        return metrics | {"lr": lr, "grad_norm": float(out["grad_norm"])}
+        return metrics | {"lr": lr}
 
     def slow_lr(self) -> float:
         return slow_lr(self.iteration, self.cfg.train)
@@ -360,16 +385,20 @@ class NumPyroBackend:
         inner steps (the method's own format): injecting both makes two backends agree number for
         number."""
         fit, static = self._fit(steps)
-        data = self.tensor(batch)
+        if noise is None and fast_noise is None:
+            data, n = self.padded(batch)
+        else:  # injected noise has the batch's own rows
+            data, n = self.tensor(batch), len(batch)
         loglik, kl = self.programs.bound(self.params, data, self.next_key(), self.array(fast_noise), self.array(noise),
                                          fit, num_samples=num_samples, static=static)
-        return {"loglik": np.asarray(loglik), "kl": np.asarray(kl), "num_tokens": int(data.shape[1] - 1)}
+        return {"loglik": np.asarray(loglik)[:n], "kl": np.asarray(kl)[:n], "num_tokens": int(data.shape[1] - 1)}
 
     def log_weights(self, batch: np.ndarray, steps: int, num_samples: int) -> np.ndarray:
         """Importance log weights log p(x, z_k) - log q(z_k) [K, B] of the method's q (IWAE, PSIS)."""
         fit, static = self._fit(steps)
-        return np.asarray(self.programs.log_weights(self.params, self.tensor(batch), self.next_key(), fit,
-                                                    num_samples=num_samples, static=static))
+        data, n = self.padded(batch)
+        return np.asarray(self.programs.log_weights(self.params, data, self.next_key(), fit, num_samples=num_samples,
+                                                    static=static))[:, :n]
 
     def posterior(self, batch: np.ndarray, steps: int, num_draws: int, num_chains: int = 1) -> dict:
         """Variational: num_draws draws of q as one chain (num_chains ignored), with log_q and q's
@@ -403,8 +432,7 @@ class NumPyroBackend:
         self.params, self.opt_state, out = self.programs.variational_step(
             self.params, self.opt_state, self.tensor(batch), self.next_key(), np.float32(lr), fit, static=static
         )
-        metrics = {name: float(value) for name, value in out.items() if name != "grad_norm"}
-        return self.finish_step(metrics, lr, out)
+        return self.finish_step(out, lr)
 
     def synchronize(self) -> None:
         """Wait for queued device work (benchmarks time the work, not its launch)."""

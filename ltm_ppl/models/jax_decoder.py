@@ -64,6 +64,25 @@ def init_params(cfg: ModelConfig, key) -> dict[str, jax.Array]:
     return params
 
 
+def layer_fields(cfg: ModelConfig) -> tuple[str, ...]:
+    """The per-layer parameter names without their `layers.{i}.` prefix."""
+    shapes = param_shapes(dataclasses.replace(cfg, n_layer=1))
+    return tuple(name[len("layers.0."):] for name in shapes if name.startswith("layers.0."))
+
+
+def stack_layers(params, cfg: ModelConfig) -> dict[str, jax.Array]:
+    """{field: [n_layer, *shape]}: the canonical per-layer weights stacked for lax.scan. The
+    checkpoint, the optimiser and the Pyro side keep the canonical names; stacking happens inside
+    the compiled program (a copy of the weights, loop-invariant in the fast loop), so the layer
+    loop is traced once whatever the depth."""
+    return {f: jnp.stack([params[f"layers.{i}.{f}"] for i in range(cfg.n_layer)]) for f in layer_fields(cfg)}
+
+
+def unstack_layers(stacked: dict, cfg: ModelConfig) -> dict[str, jax.Array]:
+    """The inverse of stack_layers: canonical `layers.{i}.{field}` names."""
+    return {f"layers.{i}.{f}": value[i] for f, value in stacked.items() for i in range(cfg.n_layer)}
+
+
 # ----- building blocks -------------------------------------------------------------------------
 def rms_norm(x, weight, eps: float):
     x32 = x.astype(jnp.float32)
@@ -96,19 +115,20 @@ def latent_positions(cfg: ModelConfig):
     return jnp.arange(m, dtype=jnp.float32) * (cfg.block_size / m)
 
 
-def latent_kv(params, cfg: ModelConfig, z, dtype=jnp.float32):
-    """Per-layer cross-attention (keys, values) [B, m, heads, head_dim] of z [B, n_z, d_model]."""
+def latent_kv(params, cfg: ModelConfig, z, dtype=jnp.float32, layers=None):
+    """Every layer's cross-attention (keys, values), each [n_layer, B, m, heads, head_dim], of z
+    [B, n_z, d_model] (layer i reads z[:, i*m:(i+1)*m]); None without a latent."""
     if not cfg.latent:
-        return [None] * cfg.n_layer
+        return None
+    layers = stack_layers(params, cfg) if layers is None else layers
     B, _, D = z.shape
-    H, m = cfg.n_head, cfg.z_per_layer
+    H, m, n = cfg.n_head, cfg.z_per_layer, cfg.n_layer
     cos_z, sin_z = rope_tables(latent_positions(cfg), D // H, cfg.rope_base)
-    out = []
-    for i in range(cfg.n_layer):
-        chunk = z[:, i * m : (i + 1) * m]
-        kv = linear(chunk, params[f"layers.{i}.cross.kv.weight"], dtype).reshape(B, m, 2, H, D // H)
-        out.append((apply_rope(kv[:, :, 0], cos_z, sin_z), kv[:, :, 1]))
-    return out
+    chunks = jnp.moveaxis(z.reshape(B, n, m, D), 1, 0)  # [n_layer, B, m, D]
+    kv = jnp.einsum("lbmi,loi->lbmo", chunks.astype(dtype), layers["cross.kv.weight"].astype(dtype))
+    kv = kv.reshape(n * B, m, 2, H, D // H)
+    keys = apply_rope(kv[:, :, 0], cos_z, sin_z).reshape(n, B, m, H, D // H)
+    return keys, kv[:, :, 1].reshape(n, B, m, H, D // H)
 
 
 def window_mask(q_start, q_len: int, k_len: int, window: int):
@@ -123,22 +143,35 @@ def window_mask(q_start, q_len: int, k_len: int, window: int):
     return allowed
 
 
-def _fused_window_kernel(q, window: int) -> bool:
-    """cuDNN's sliding-window flash attention: GPU, bf16/fp16 only (not testable on the CPU)."""
-    return window > 0 and q.dtype in (jnp.bfloat16, jnp.float16) and jax.default_backend() == "gpu"
+def cudnn_attention_applies(q) -> bool:
+    """cuDNN's fused (flash) attention: on a GPU backend with bf16/fp16 inputs only. Not
+    testable on the CPU; jax 0.10 and 0.11 take the same `implementation="cudnn"` argument."""
+    return q.dtype in (jnp.bfloat16, jnp.float16) and jax.default_backend() == "gpu"
+
+
+def fused_attention(q, k, v, **options):
+    """jax.nn.dot_product_attention through cuDNN where it applies, XLA's implementation
+    otherwise, and also when cuDNN refuses the shapes (it raises while tracing: head_dim not a
+    multiple of 8, or above 128, ...)."""
+    if cudnn_attention_applies(q):
+        try:
+            return jax.nn.dot_product_attention(q, k, v, implementation="cudnn", **options)
+        except (NotImplementedError, ValueError, TypeError, RuntimeError):
+            pass
+    if "local_window_size" in options:  # XLA: the sliding window as an explicit mask
+        window = options.pop("local_window_size")[0] + 1
+        options.pop("is_causal", None)
+        options["mask"] = window_mask(0, q.shape[1], k.shape[1], window)[None, None]
+    return jax.nn.dot_product_attention(q, k, v, **options)
 
 
 def causal_attention(q, k, v, window: int = 0):
     """Causal self-attention of equal-length q, k, v [B, L, heads, head_dim], optionally over a
     sliding window of `window` keys (0: all earlier keys)."""
     if not window:
-        return jax.nn.dot_product_attention(q, k, v, is_causal=True)
-    if _fused_window_kernel(q, window):
-        # Equal query and key lengths: the kernel's top-left alignment is the causal one here.
-        return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="cudnn",
-                                            local_window_size=(window - 1, 0))
-    mask = window_mask(0, q.shape[1], k.shape[1], window)
-    return jax.nn.dot_product_attention(q, k, v, mask=mask[None, None])
+        return fused_attention(q, k, v, is_causal=True)
+    # Equal query and key lengths: cuDNN's top-left alignment is the causal one here.
+    return fused_attention(q, k, v, is_causal=True, local_window_size=(window - 1, 0))
 
 
 def attention_block(params, prefix: str, x, cos, sin, cfg: ModelConfig, dtype, attend):
@@ -160,27 +193,42 @@ def mlp_block(params, prefix: str, x, cfg: ModelConfig, dtype):
     return x + linear(gated, params[prefix + "mlp.down.weight"], dtype)
 
 
-def _forward(params, cfg: ModelConfig, idx, lkv, start, dtype, attend):
-    """Final hidden states [B, L, D] (float32) and what `attend` returned per layer.
+def unrolled_layers(cfg: ModelConfig) -> int:
+    """How many layers one iteration of the layer scan holds: 1 (a real loop: the body is traced
+    and compiled once whatever the depth) on accelerators; all of them on the CPU, where the loop
+    measured slower (1.6x per iteration at the bench's tiny shape, 1.2x at the `ltm fit` default)
+    and XLA's compile was not shorter (bench/jax_compile_time.py; docs/benchmarks.md)."""
+    return cfg.n_layer if jax.default_backend() == "cpu" else 1
 
-    attend(layer, q, k, v) -> (y, extra) does the self-attention of one layer: causal over the
-    window, or against a KV cache.
+
+def _forward(params, cfg: ModelConfig, idx, lkv, start, dtype, attend, per_layer=None):
+    """Final hidden states [B, L, D] (float32) and what `attend` returned, stacked over layers.
+
+    The layers run as one lax.scan over their stacked weights (compile time does not grow with
+    depth). attend(layer_input, q, k, v) -> (y, extra) does the self-attention of one layer:
+    causal over the window, or against a KV cache; layer_input is this layer's slice of
+    `per_layer` (a pytree with a leading n_layer axis, e.g. the cache), or None.
     """
     B, L = idx.shape
     D, H = cfg.d_model, cfg.n_head
     cos, sin = rope_tables(start + jnp.arange(L), D // H, cfg.rope_base)
     x = params["tok_emb.weight"][idx]
-    extras = []
-    for i in range(cfg.n_layer):
-        p = f"layers.{i}."
-        x, extra = attention_block(params, p, x, cos, sin, cfg, dtype, functools.partial(attend, i))
-        extras.append(extra)
-        if lkv[i] is not None:
-            h = rms_norm(x, params[p + "cross_norm.weight"], cfg.norm_eps)
-            q = linear(h, params[p + "cross.q.weight"], dtype).reshape(B, L, H, D // H)
-            y = jax.nn.dot_product_attention(apply_rope(q, cos, sin), lkv[i][0], lkv[i][1])
-            x = x + linear(y.reshape(B, L, D), params[p + "cross.o.weight"], dtype)
-        x = mlp_block(params, p, x, cfg, dtype)
+    layers = stack_layers(params, cfg)
+    if cfg.latent and lkv is None:
+        raise ValueError("a latent decoder needs the latent keys/values (latent_kv)")
+
+    def layer(x, xs):
+        w, kv, extra_in = xs
+        x, extra = attention_block(w, "", x, cos, sin, cfg, dtype, functools.partial(attend, extra_in))
+        if kv is not None:
+            h = rms_norm(x, w["cross_norm.weight"], cfg.norm_eps)
+            q = linear(h, w["cross.q.weight"], dtype).reshape(B, L, H, D // H)
+            y = fused_attention(apply_rope(q, cos, sin), kv[0], kv[1])
+            x = x + linear(y.reshape(B, L, D), w["cross.o.weight"], dtype)
+        return mlp_block(w, "", x, cfg, dtype), extra
+
+    x, extras = jax.lax.scan(layer, x, (layers, lkv if cfg.latent else None, per_layer),
+                              unroll=unrolled_layers(cfg))
     return rms_norm(x, params["final_norm.weight"], cfg.norm_eps), extras
 
 
@@ -190,11 +238,17 @@ def _head(params, x, dtype):
 
 def decoder_logits(params, cfg: ModelConfig, idx, z=None, start=0, dtype=jnp.float32, lkv=None):
     """Logits [B, L, vocab] (in `dtype`) for tokens idx [B, L] at positions start.. given z [B, n_z, d]."""
-    if lkv is None:
-        lkv = latent_kv(params, cfg, z, dtype) if cfg.latent else [None] * cfg.n_layer
+    return _head(params, decoder_hidden(params, cfg, idx, z, start, dtype, lkv), dtype)
+
+
+def decoder_hidden(params, cfg: ModelConfig, idx, z=None, start=0, dtype=jnp.float32, lkv=None):
+    """The final normalised hidden states [B, L, D] (float32) before the tied head: the chunked
+    likelihood applies the head itself, a chunk of tokens at a time."""
+    if lkv is None and cfg.latent:
+        lkv = latent_kv(params, cfg, z, dtype)
     x, _ = _forward(params, cfg, idx, lkv, start, dtype,
-                    lambda i, q, k, v: (causal_attention(q, k, v, cfg.attention_window), None))
-    return _head(params, x, dtype)
+                    lambda _, q, k, v: (causal_attention(q, k, v, cfg.attention_window), None))
+    return x
 
 
 # ----- generation with a KV cache --------------------------------------------------------------
@@ -207,12 +261,11 @@ def prefill(params, cfg: ModelConfig, tokens, lkv, dtype=jnp.float32):
     B, L = tokens.shape
     shape = (B, cfg.block_size, cfg.n_head, cfg.d_model // cfg.n_head)
 
-    def attend(i, q, k, v):
+    def attend(_, q, k, v):
         pad = ((0, 0), (0, cfg.block_size - L), (0, 0), (0, 0))
         return causal_attention(q, k, v, cfg.attention_window), (jnp.pad(k, pad), jnp.pad(v, pad))
 
-    x, kvs = _forward(params, cfg, tokens, lkv, 0, dtype, attend)
-    cache = (jnp.stack([k for k, _ in kvs]), jnp.stack([v for _, v in kvs]))
+    x, cache = _forward(params, cfg, tokens, lkv, 0, dtype, attend)
     assert cache[0].shape[1:] == shape
     return cache, _head(params, x[:, -1], dtype)
 
@@ -222,19 +275,16 @@ def decode_step(params, cfg: ModelConfig, cache, token, position, lkv, dtype=jnp
     key up to and including itself (the last attention_window of them) through an explicit
     offset-aware mask (DESIGN section 4: no is_causal or local_window_size when the query and key
     lengths differ: both align top-left). Returns (cache, logits [B, vocab])."""
-    keys, values = cache
     mask = window_mask(position, 1, cfg.block_size, cfg.attention_window)[None, None]  # [B, heads, q=1, keys]
-    new_k, new_v = [], []
 
-    def attend(i, q, k, v):
-        ki = jax.lax.dynamic_update_slice_in_dim(keys[i], k.astype(keys.dtype), position, axis=1)
-        vi = jax.lax.dynamic_update_slice_in_dim(values[i], v.astype(values.dtype), position, axis=1)
-        new_k.append(ki)
-        new_v.append(vi)
-        return jax.nn.dot_product_attention(q, ki, vi, mask=mask), None
+    def attend(layer_cache, q, k, v):
+        keys, values = layer_cache
+        ki = jax.lax.dynamic_update_slice_in_dim(keys, k.astype(keys.dtype), position, axis=1)
+        vi = jax.lax.dynamic_update_slice_in_dim(values, v.astype(values.dtype), position, axis=1)
+        return jax.nn.dot_product_attention(q, ki, vi, mask=mask), (ki, vi)
 
-    x, _ = _forward(params, cfg, token[:, None], lkv, position, dtype, attend)
-    return (jnp.stack(new_k), jnp.stack(new_v)), _head(params, x[:, -1], dtype)
+    x, cache = _forward(params, cfg, token[:, None], lkv, position, dtype, attend, per_layer=cache)
+    return cache, _head(params, x[:, -1], dtype)
 
 
 def sample_next(logits, temperature: float, top_k: int, key):
@@ -247,61 +297,100 @@ def sample_next(logits, temperature: float, top_k: int, key):
     return jax.random.categorical(key, logits, axis=-1)
 
 
+def prefill_padded(params, cfg: ModelConfig, buffer, length, lkv, dtype=jnp.float32):
+    """prefill of the first `length` tokens of a fixed-size buffer [B, block_size] (the rest is
+    padding): causal attention keeps the padding out of every real position, and the cache slots
+    past `length` are overwritten by decode_step before any query sees them. `length` may be
+    traced, so one compiled program serves every prompt length. Returns (cache, logits [B, vocab]
+    at position length - 1)."""
+    def attend(_, q, k, v):
+        return causal_attention(q, k, v, cfg.attention_window), (k, v)
+
+    x, cache = _forward(params, cfg, buffer, lkv, 0, dtype, attend)
+    last = jax.lax.dynamic_index_in_dim(x, length - 1, axis=1, keepdims=False)
+    return cache, _head(params, last, dtype)
+
+
+def generation_step(params, cfg: ModelConfig, state, lkv, utf8, temperature: float, top_k: int, dtype):
+    """One new token: sample from the state's logits (UTF-8 mask applied), write it into the
+    fixed-size token buffer and the KV cache. When the window is full the last half of the
+    history (new token included) is encoded afresh, positions restarting at 0 (torch_generate's
+    semantics), by lax.cond inside the same program. state = (buffer [B, block], cache, logits,
+    position, key, utf8 state); returns (state, token [B])."""
+    buffer, cache, logits, position, key, text_state = state
+    block, half = cfg.block_size, cfg.block_size // 2
+    key, sub = jax.random.split(key)
+    if utf8 is not None:
+        allowed, next_state = utf8
+        logits = jnp.where(allowed[text_state], logits.astype(jnp.float32), -jnp.inf)
+    token = sample_next(logits, temperature, top_k, sub).astype(jnp.int32)
+    if utf8 is not None:
+        text_state = next_state[text_state, token]
+
+    def refill(_):
+        kept = jnp.concatenate([buffer[:, block - half + 1:], token[:, None]], axis=1)
+        fresh = jnp.pad(kept, ((0, 0), (0, block - half)))
+        new_cache, new_logits = prefill_padded(params, cfg, fresh, half, lkv, dtype)
+        return fresh, new_cache, new_logits.astype(logits.dtype), jnp.int32(half)
+
+    def append(_):
+        fresh = jax.lax.dynamic_update_slice_in_dim(buffer, token[:, None], position, axis=1)
+        new_cache, new_logits = decode_step(params, cfg, cache, token, position, lkv, dtype)
+        return fresh, new_cache, new_logits.astype(logits.dtype), position + 1
+
+    buffer, cache, logits, position = jax.lax.cond(position >= block, refill, append, None)
+    return (buffer, cache, logits, position, key, text_state), token
+
+
 @functools.lru_cache(maxsize=8)
 def _generation_programs(cfg_fields: tuple, dtype, temperature: float, top_k: int):
-    """The jitted pieces of generation for one config, built once per process (then shared)."""
+    """The jitted pieces of generation for one config, built once per process (then shared): the
+    latent keys/values, the prefill of a padded prompt (any length, one compilation) and the
+    per-token step (one compilation for every token and prompt length)."""
     cfg = ModelConfig(*cfg_fields)
-    return (
-        jax.jit(lambda p, zz: latent_kv(p, cfg, zz, dtype)),
-        jax.jit(lambda p, t, kv: prefill(p, cfg, t, kv, dtype)),
-        jax.jit(lambda p, c, t, pos, kv: decode_step(p, cfg, c, t, pos, kv, dtype)),
-        jax.jit(lambda lg, k: sample_next(lg, temperature, top_k, k)),
-    )
+    # Trace counts (tests: no per-token or per-prompt-length compiles).
+    traces = {"prefill": 0, "step": 0}
+
+    def prefill(p, buffer, length, kv):
+        traces["prefill"] += 1
+        return prefill_padded(p, cfg, buffer, length, kv, dtype)
+
+    def step(p, state, kv, utf8):
+        traces["step"] += 1
+        return generation_step(p, cfg, state, kv, utf8, temperature, top_k, dtype)
+
+    return (jax.jit(lambda p, zz: latent_kv(p, cfg, zz, dtype)), jax.jit(prefill), jax.jit(step), traces)
 
 
 def generate(params, cfg: ModelConfig, context, z, max_new: int, temperature: float = 1.0, top_k: int = 0,
              key=None, dtype=jnp.float32, stop_id: int | None = None, utf8=None, progress=None):
     """New tokens [B, <= max_new] after context [B, P] (torch_generate.generate's semantics: when
     the window fills, the last half of it is encoded afresh, positions restarting at 0; stop_id,
-    utf8 and progress as there)."""
+    utf8 and progress as there). The history lives in a fixed [B, block_size] buffer; the host
+    reads tokens back only to check stop_id."""
     block = cfg.block_size
-    context = jnp.asarray(context, jnp.int32)
+    context = np.asarray(context)[:, -block:]
+    B, P = context.shape
     if max_new <= 0:
-        return np.zeros((context.shape[0], 0), dtype=np.int64)
+        return np.zeros((B, 0), dtype=np.int64)
     if key is None:
         key = jax.random.PRNGKey(0)
-    run_lkv, run_prefill, run_decode, run_sample = _generation_programs(
-        dataclasses.astuple(cfg), dtype, float(temperature), int(top_k))
-    lkv = run_lkv(params, z) if cfg.latent else [None] * cfg.n_layer
-
-    if utf8 is not None:
-        allowed, next_state = (jnp.asarray(t) for t in utf8)
-        state = jnp.zeros(context.shape[0], jnp.int32)
-    done = np.zeros(context.shape[0], dtype=bool)
-    history = context[:, -block:]
-    cache, logits = run_prefill(params, history, lkv)
-    position = history.shape[1]
+    run_lkv, run_prefill, run_step, _ = _generation_programs(dataclasses.astuple(cfg), dtype, float(temperature),
+                                                             int(top_k))
+    lkv = run_lkv(params, z) if cfg.latent else None
+    tables = None if utf8 is None else tuple(jnp.asarray(t) for t in utf8)
+    buffer = jnp.asarray(np.pad(context, ((0, 0), (0, block - P))), jnp.int32)
+    cache, logits = run_prefill(params, buffer, jnp.int32(P), lkv)
+    state = (buffer, cache, logits, jnp.int32(P), key, jnp.zeros(B, jnp.int32))
+    done = np.zeros(B, dtype=bool)
     out = []
     for _ in range(max_new):
-        key, sub = jax.random.split(key)
-        if utf8 is not None:
-            logits = jnp.where(allowed[state], logits.astype(jnp.float32), -jnp.inf)
-        token = run_sample(logits, sub).astype(jnp.int32)
+        state, token = run_step(params, state, lkv, tables)
         out.append(token)
         if progress is not None:
             progress(1)
-        if utf8 is not None:
-            state = next_state[state, token]
         if stop_id is not None:
             done |= np.asarray(token) == stop_id
             if done.all():
                 break
-        history = jnp.concatenate([history, token[:, None]], axis=1)
-        if position >= block:
-            history = history[:, -(block // 2):]
-            cache, logits = run_prefill(params, history, lkv)
-            position = history.shape[1]
-        else:
-            cache, logits = run_decode(params, cache, token, jnp.int32(position), lkv)
-            position += 1
     return np.asarray(jnp.stack(out, axis=1)).astype(np.int64)

@@ -15,7 +15,8 @@ import numpyro
 import numpyro.distributions as dist
 from numpyro.distributions import constraints
 
-from .jax_decoder import decoder_logits
+from .jax_chunked_ce import token_log_probs
+from .jax_decoder import decoder_hidden, decoder_logits
 
 
 class TokenSequence(dist.Distribution):
@@ -47,6 +48,44 @@ class TokenSequence(dist.Distribution):
         raise NotImplementedError("TokenSequence is autoregressive: generate with ltm_ppl.generate")
 
 
+class HeadTokenSequence(dist.Distribution):
+    """x_1..x_T given the decoder's final hidden states [..., T, D] and the tied head [vocab, D]:
+    the same distribution as TokenSequence(hidden @ head.T), with log_prob computed a chunk of
+    tokens at a time (models/jax_chunked_ce.py) so the logits of the whole batch never exist.
+    Event shape [T], batch shape hidden.shape[:-2]."""
+
+    arg_constraints = {}
+    support = constraints.independent(constraints.nonnegative_integer, 1)
+
+    def __init__(self, hidden, head, dtype=jnp.float32, validate_args=None):
+        self.hidden, self.head, self.dtype = hidden, head, dtype
+        super().__init__(jnp.shape(hidden)[:-2], jnp.shape(hidden)[-2:-1], validate_args=False)
+
+    def token_log_probs(self, value):
+        """log p(x_t | x_<t, z) for every position: shape batch_shape + [T], float32."""
+        shape = self.batch_shape + self.event_shape
+        value = jnp.broadcast_to(jnp.asarray(value, jnp.int32), shape)
+        hidden = jnp.broadcast_to(self.hidden, shape + self.hidden.shape[-1:])
+        return token_log_probs(hidden, self.head, value, self.dtype)
+
+    def log_prob(self, value):
+        return self.token_log_probs(value).sum(-1)
+
+    def sample(self, key, sample_shape=()):
+        raise NotImplementedError("TokenSequence is autoregressive: generate with ltm_ppl.generate")
+
+
+def decode_hidden(params, cfg, tokens, z, dtype=jnp.float32):
+    """Final hidden states [*lead, B, T, D] for windows tokens [B, T+1] given z [*lead, B, n_z, d_z]."""
+    inputs = tokens[..., :-1]
+    if z is None:
+        return decoder_hidden(params, cfg, inputs, None, dtype=dtype)
+    lead = z.shape[:-2]
+    flat_inputs = jnp.broadcast_to(inputs, lead + inputs.shape[-1:]).reshape(-1, inputs.shape[-1])
+    hidden = decoder_hidden(params, cfg, flat_inputs, z.reshape(-1, *z.shape[-2:]), dtype=dtype)
+    return hidden.reshape(*lead, *hidden.shape[-2:])
+
+
 def decode(params, cfg, tokens, z, dtype=jnp.float32):
     """Logits [*lead, B, T, vocab] for windows tokens [B, T+1] given z [*lead, B, n_z, d_z]."""
     inputs = tokens[..., :-1]
@@ -64,7 +103,8 @@ def ltm_model(params, cfg, tokens, dtype=jnp.float32):
         z = None
         if cfg.latent:
             z = numpyro.sample("z", dist.Normal(jnp.zeros((), jnp.float32), 1.0).expand([cfg.n_z, cfg.d_model]).to_event(2))
-        numpyro.sample("x", TokenSequence(decode(params, cfg, tokens, z, dtype)), obs=tokens[..., 1:])
+        hidden = decode_hidden(params, cfg, tokens, z, dtype)
+        numpyro.sample("x", HeadTokenSequence(hidden, params["tok_emb.weight"], dtype), obs=tokens[..., 1:])
 
 
 def local_guide(tokens, loc, log_scale):

@@ -54,8 +54,8 @@ class AmortizedPrograms(Programs):
             )
 
         (objective, (nll, kl)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        params, opt_state, grad_norm = self.update(params, opt_state, grads, lr, objective)
-        return params, opt_state, {"loss": objective, "nll": nll, "kl": kl.mean(), "grad_norm": grad_norm}
+        params, opt_state, guard = self.update(params, opt_state, grads, lr, objective)
+        return params, opt_state, {"loss": objective, "nll": nll, "kl": kl.mean()} | guard
 
 
 class NumPyroAmortized(NumPyroBackend):
@@ -69,6 +69,4 @@ class NumPyroAmortized(NumPyroBackend):
         self.params, self.opt_state, out = self.programs.step(
             self.params, self.opt_state, self.tensor(batch), self.next_key(), np.float32(lr), np.float32(beta)
         )
-        metrics = {name: float(out[name]) for name in ("loss", "nll", "kl")}
-        metrics["beta"] = beta
-        return self.finish_step(metrics, lr, out)
+        return self.finish_step(out | {"beta": beta}, lr)

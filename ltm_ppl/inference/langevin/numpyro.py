@@ -213,10 +213,10 @@ class LangevinPrograms(Programs):
             return -loglik.mean(0).sum() / n_tokens, log_prior
 
         (loss, log_prior), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        params, opt_state, grad_norm = self.update(params, opt_state, grads, lr, loss)
+        params, opt_state, guard = self.update(params, opt_state, grads, lr, loss)
         accept = run["accept_prob"] if kept > 0 else run["warmup_accept_prob"]
         metrics = {"loss": loss, "nll": loss, "log_prior": log_prior.mean(), "accept": accept.mean(),
-                   "step_size": run["step_size"].mean(), "grad_norm": grad_norm}
+                   "step_size": run["step_size"].mean()} | guard
         return params, opt_state, metrics
 
     def proposal(self, params, tokens, key, fast_noise, fit, static):
@@ -238,8 +238,7 @@ class NumPyroLangevin(NumPyroBackend):
         self.params, self.opt_state, out = self.programs.step(
             self.params, self.opt_state, self.tensor(batch), self.next_key(), np.float32(lr)
         )
-        metrics = {name: float(out[name]) for name in ("loss", "nll", "log_prior", "accept", "step_size")}
-        return self.finish_step(metrics, lr, out)
+        return self.finish_step(out, lr)
 
     def fit_args(self, steps: int):
         """The proposal's chains: `steps` inner steps (warm-up unless inference.warmup is set, and a

@@ -155,8 +155,8 @@ class LocalPrograms(Programs):
             return loss + aux["encoder_loss"], aux
 
         (total, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        params, opt_state, out["grad_norm"] = self.update(params, opt_state, grads, lr, total)
-        return params, opt_state, out
+        params, opt_state, guard = self.update(params, opt_state, grads, lr, total)
+        return params, opt_state, out | guard
 
 
 class NumPyroLocal(NumPyroBackend):
@@ -165,7 +165,13 @@ class NumPyroLocal(NumPyroBackend):
     programs_class = LocalPrograms
 
     def lrs(self, steps: int):
-        return self.array(fast_lrs(steps, self.cfg.inference))
+        """The fast step sizes on the device, built once per number of steps (not per iteration)."""
+        inf = self.cfg.inference
+        key = (steps, inf.fast_lr, inf.final_lr_ratio, inf.fast_lr_denominator)
+        cache = self.__dict__.setdefault("_lrs", {})
+        if key not in cache:
+            cache[key] = self.array(fast_lrs(steps, inf))
+        return cache[key]
 
     def fit_args(self, steps: int):
         """The fast step sizes of `steps` steps (their number fixes the compiled loop's length)."""
@@ -177,5 +183,4 @@ class NumPyroLocal(NumPyroBackend):
         self.params, self.opt_state, out = self.programs.step(
             self.params, self.opt_state, tokens, self.lrs(self.cfg.inference.steps), self.next_key(), np.float32(lr)
         )
-        metrics = {name: float(value) for name, value in out.items() if name != "grad_norm"}
-        return self.finish_step(metrics, lr, out)
+        return self.finish_step(out, lr)

@@ -1,0 +1,45 @@
+"""Log-probabilities of target tokens under the tied output head, a chunk of tokens at a time.
+
+log p(x_n) = h_n . W[x_n] - logsumexp_v(h_n . W[v]) for hidden states h [N, D] and the head W
+[vocab, D], computed over chunks of tokens with `lax.map` under `jax.checkpoint`: the forward
+keeps only each chunk's log-probs, the backward recomputes a chunk's logits, so no float32
+[all tokens x vocab] array ever exists (at LTM-M batch 32 on a GPU that would be 32k x 50k x 4 B =
+6.6 GB). The head's matmul runs in `dtype` (bf16 on the GPU), the log-softmax in float32: the same
+numbers as the unchunked head followed by a float32 log-softmax. Nothing here imports torch.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+# Logit elements per chunk (float32: 128 MiB). Smaller problems run as one chunk.
+CHUNK_ELEMENTS = 2**25
+
+
+def chunk_tokens(vocab: int) -> int:
+    """Tokens per chunk: CHUNK_ELEMENTS logits (read at trace time), a multiple of 8."""
+    return max(8, CHUNK_ELEMENTS // vocab // 8 * 8)
+
+
+def _log_probs(hidden, weight, targets, dtype):
+    logits = jnp.einsum("ni,vi->nv", hidden.astype(dtype), weight.astype(dtype))
+    picked = jnp.take_along_axis(logits, targets[:, None], axis=-1)[:, 0].astype(jnp.float32)
+    return picked - jax.nn.logsumexp(logits.astype(jnp.float32), axis=-1)
+
+
+def token_log_probs(hidden, weight, targets, dtype=jnp.float32, chunk: int | None = None):
+    """log p(targets) float32 of shape targets.shape, for hidden [*targets.shape, D] and the head
+    weight [vocab, D]; `chunk` tokens per chunk (default: CHUNK_ELEMENTS logits per chunk)."""
+    shape = targets.shape
+    flat_h = hidden.reshape(-1, hidden.shape[-1])
+    flat_t = targets.reshape(-1).astype(jnp.int32)
+    n = flat_t.shape[0]
+    chunk = chunk or chunk_tokens(weight.shape[0])
+    if n <= chunk:
+        return _log_probs(flat_h, weight, flat_t, dtype).reshape(shape)
+    pad = -n % chunk
+    flat_h = jnp.pad(flat_h, ((0, pad), (0, 0)))
+    flat_t = jnp.pad(flat_t, (0, pad))
+    per_chunk = jax.checkpoint(lambda xs: _log_probs(xs[0], weight, xs[1], dtype))
+    out = jax.lax.map(per_chunk, (flat_h.reshape(-1, chunk, flat_h.shape[-1]), flat_t.reshape(-1, chunk)))
+    return out.reshape(-1)[:n].reshape(shape)
