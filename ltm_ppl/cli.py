@@ -34,7 +34,10 @@ class LtmGroup(click.Group):
             click.echo(str(exc), err=True)
             sys.exit(exc.exit_code)
         except LtmError as exc:
-            click.echo(f"error: {exc}", err=True)
+            from .distributed import env_rank
+
+            if env_rank() == 0:  # every worker refuses alike; the first one says why
+                click.echo(f"error: {exc}", err=True)
             sys.exit(2)
         except click.Abort:
             click.echo("error: interrupted", err=True)
@@ -71,7 +74,9 @@ def progress_bar(desc: str, unit: str):
     every check has passed."""
     import contextlib
 
-    disable = quiet()
+    from .distributed import env_rank
+
+    disable = quiet() or env_rank() != 0  # one progress bar across workers
 
     @contextlib.contextmanager
     def factory(total: int):

@@ -114,6 +114,8 @@ def fit(cfg: RunConfig, out: str | None = None, resume: str | None = None, progr
     Raises Interrupted after SIGINT / SIGTERM, with a checkpoint committed."""
     from .inference import methods
 
+    w = start_world(cfg)
+    echo = echo if w.is_writer else (lambda *_: None)
     if resume is not None:
         run = Path(resume)
         stored, _ = checkpoint.read_config(run)  # refuses a directory that is not a run
@@ -132,16 +134,19 @@ def fit(cfg: RunConfig, out: str | None = None, resume: str | None = None, progr
             raise LtmError(f"{run} has done {done} iterations already, so {asked}; pass --iters N with N > {done} to train on")
         data = load_data(cfg, run_tokenizer(run, cfg))
         inference = load_inference(run, cfg, with_optimizer=True)
-        # Every check has passed: from here on the run is written.
-        checkpoint.migrate_format_1(run)
-        checkpoint.remove_debris(run)
-        checkpoint.truncate_metrics(run, inference.iteration)
-        checkpoint.write_config(run, cfg, cfg.data.tokenizer)
+        # Every check has passed: from here on the run is written (by one worker).
+        if w.is_writer:
+            checkpoint.migrate_format_1(run)
+            checkpoint.remove_debris(run)
+            checkpoint.truncate_metrics(run, inference.iteration)
+            checkpoint.write_config(run, cfg, cfg.data.tokenizer)
         if cfg.train.iters > cfg.train.lr_decay_iters:
             echo(f"notice: the learning-rate schedule of {run} ends at iteration {cfg.train.lr_decay_iters}; iterations "
                  f"after it run at the minimum rate (lr x min_lr_ratio); --lr-decay-iters N moves the horizon")
     else:
-        run = checkpoint.new_run_dir(out)
+        run = checkpoint.new_run_dir(out)  # every worker checks --out
+        if out is None:  # a timestamped name: the writer's, for everyone
+            run = Path(w.broadcast_text(str(run) if w.is_writer else None))
         resolve_horizon(cfg)
         check_creatable(run)  # before the corpus is read: an unwritable --out fails at once
         validate(cfg, methods())
@@ -153,16 +158,37 @@ def fit(cfg: RunConfig, out: str | None = None, resume: str | None = None, progr
         cfg.model.latent = descriptor(cfg.inference.method).latent
 
         inference = create(cfg)
-        stage = checkpoint.stage_run(run)
-        try:  # built out of sight, then renamed into place with its iteration-0 checkpoint
-            data.tokenizer.save(stage / "tokenizer.json")
-            checkpoint.write_config(stage, cfg, cfg.data.tokenizer)
-            _save(stage, inference, cfg)
-            checkpoint.commit_run(stage, run)
-        except BaseException:
-            shutil.rmtree(stage, ignore_errors=True)
-            raise
+        w.barrier()  # every worker has passed every check: now the writer writes
+        if w.is_writer:
+            _create_run(run, inference, data, cfg)
+    w.barrier()
     return _loop(cfg, run, inference, data, progress, echo)
+
+
+def _create_run(run: Path, inference, data: Data, cfg: RunConfig) -> None:
+    stage = checkpoint.stage_run(run)
+    try:  # built out of sight, then renamed into place with its iteration-0 checkpoint
+        data.tokenizer.save(stage / "tokenizer.json")
+        checkpoint.write_config(stage, cfg, cfg.data.tokenizer)
+        _save(stage, inference, cfg)
+        checkpoint.commit_run(stage, run)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+
+
+def start_world(cfg: RunConfig):
+    """The workers of this fit (distributed.py), with the checks they must pass together."""
+    from . import distributed
+    from .inference.registry import needs_encoder
+
+    w = distributed.start(cfg.train.backend, cfg.train.device)
+    distributed.check_same_config(w, cfg)
+    w.check_batch(cfg.train.batch_size)
+    if w.runtime == "torch" and w.size > 1 and needs_encoder(cfg):
+        raise LtmError(f"--inference {cfg.inference.method} trains an encoder, which the Pyro backend does not yet "
+                       "wrap in DistributedDataParallel: run it on one worker, or with --backend numpyro")
+    return w
 
 
 def loss_is_bound(cfg: RunConfig, metrics: dict) -> bool:
@@ -190,15 +216,23 @@ def _loop(cfg: RunConfig, run: Path, inference, data: Data, progress: bool, echo
     start = inference.iteration
     last_saved = start
     last_eval = None
-    bar = tqdm(total=t.iters, initial=start, disable=not progress, desc="fit", unit="it", dynamic_ncols=True)
+    from .distributed import describe, world
+
+    w = world()
+    if describe(w):
+        echo(describe(w))
+    save = _save if w.is_writer else (lambda *_: None)  # one writer: checkpoints and metrics
+    append_metrics = checkpoint.append_metrics if w.is_writer else (lambda *_: None)
+    rows = w.local_rows(t.batch_size)
+    bar = tqdm(total=t.iters, initial=start, disable=not progress or not w.is_writer, desc="fit", unit="it", dynamic_ncols=True)
     clock = time.perf_counter()
     from .inference import descriptor
 
     training_loss_is_bound = descriptor(cfg.inference.method).loss_is_bound  # fixed for the run: looked up once
     with StopRequest() as stop:
         for it in range(start, t.iters):
-            batch = train_batch(data.train, cfg.model.block_size, t.batch_size, t.seed, it)
-            metrics = inference.step(batch)
+            batch = train_batch(data.train, cfg.model.block_size, t.batch_size, t.seed, it)[rows]
+            metrics = w.mean(inference.step(batch))
             if not all(math.isfinite(v) for v in metrics.values()):
                 bar.close()
                 raise LtmError(
@@ -208,11 +242,11 @@ def _loop(cfg: RunConfig, run: Path, inference, data: Data, progress: bool, echo
             record = {"iter": it + 1, **metrics, "elapsed_s": round(time.perf_counter() - clock, 3)}
             if training_loss_is_bound(cfg, metrics):
                 record["ppl"] = math.exp(min(metrics["loss"], 50.0))
-            checkpoint.append_metrics(run, record)
+            append_metrics(run, record)
             done = it + 1
             if stop.signum is not None:  # skip the evaluation (it never changes the training state)
                 if last_saved != done:
-                    _save(run, inference, cfg)
+                    save(run, inference, cfg)
                 bar.update(1)
                 bar.close()
                 raise Interrupted(f"{stop.name}: stopped after iteration {done} with a checkpoint committed; "
@@ -220,9 +254,9 @@ def _loop(cfg: RunConfig, run: Path, inference, data: Data, progress: bool, echo
             # Evaluate before saving, so a checkpoint is committed after every record of its iteration.
             if done % t.eval_interval == 0 or done == t.iters:
                 last_eval = _evaluate(inference, data, cfg, done)
-                checkpoint.append_metrics(run, {"iter": done, "split": "val", **last_eval})
+                append_metrics(run, {"iter": done, "split": "val", **last_eval})
             if done % t.checkpoint_interval == 0 or done == t.iters:
-                _save(run, inference, cfg)
+                save(run, inference, cfg)
                 last_saved = done
             postfix = {"loss": f"{metrics['loss']:.3f}"}
             if "ppl" in record:

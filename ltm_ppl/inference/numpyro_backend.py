@@ -57,6 +57,19 @@ def resolve_device(name: str):
     return gpus[0] if gpus else jax.devices("cpu")[0]
 
 
+def placements(device):
+    """(where weights go, where batches go): the device and None on one device; on a Mesh of
+    several (distributed.world), replicated weights and batches split along the "batch" axis."""
+    from ..distributed import world
+
+    mesh = world().mesh
+    if mesh is None:
+        return device, None
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    return NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("batch"))
+
+
 def slow_optimizer(train_cfg) -> optax.GradientTransformation:
     """AdamW without its learning rate (passed per iteration): torch.optim.AdamW's update, with
     weight decay only on parameters with ndim >= 2. Apply as params - lr * update."""
@@ -279,16 +292,18 @@ class NumPyroBackend:
         self.cfg = cfg
         self.injected = model
         self.device = resolve_device(cfg.train.device)
+        # Several devices (distributed.py): weights replicated, batches split over the Mesh's axis.
+        self.where, self.batch_where = placements(self.device)
         # bf16 matmuls/attention on GPU (torch's autocast); parameters, optimiser, log-probs float32.
         self.dtype = jnp.bfloat16 if self.device.platform == "gpu" and model is None else jnp.float32
         init_key, train_key = jax.random.split(jax.random.PRNGKey(cfg.train.seed))
-        self.key = jax.device_put(train_key, self.device)
+        self.key = jax.device_put(train_key, self.where)
         params = jax_decoder.init_params(cfg.model, init_key) if model is None else {}
         if model is None and needs_encoder(cfg):  # its own stream, so the decoder's init does not depend on the method
             params.update(jax_encoder.init_encoder_params(cfg.model, jax.random.fold_in(init_key, 1)))
-        self.params = jax.device_put(params, self.device)
+        self.params = jax.device_put(params, self.where)
         self.optimizer = slow_optimizer(cfg.train)
-        self.opt_state = jax.device_put(self.optimizer.init(self.params), self.device)
+        self.opt_state = jax.device_put(self.optimizer.init(self.params), self.where)
         self.iteration = 0
 
     # ----- randomness and inputs --------------------------------------------------------------
@@ -300,7 +315,7 @@ class NumPyroBackend:
     def rng_scope(self, seed: int):
         """Draws inside use PRNGKey(seed) and leave the training key untouched."""
         saved = self.key
-        self.key = jax.device_put(jax.random.PRNGKey(seed), self.device)
+        self.key = jax.device_put(jax.random.PRNGKey(seed), self.where)
         try:
             yield
         finally:
@@ -309,7 +324,9 @@ class NumPyroBackend:
     def tensor(self, batch):
         """A batch on the device: token windows as int32 (an injected model's data as its dtype)."""
         dtype = np.int32 if self.injected is None else np.dtype(self.injected.dtype)
-        return jax.device_put(np.asarray(batch, dtype=dtype), self.device)
+        batch = np.asarray(batch, dtype=dtype)
+        split = self.batch_where is not None and batch.ndim and batch.shape[0] % self.batch_where.mesh.size == 0
+        return jax.device_put(batch, self.batch_where if split else self.where)
 
     def array(self, values):
         """Injected noise on the device: None, an array, or a tuple of arrays (a method's format)."""
@@ -317,7 +334,7 @@ class NumPyroBackend:
             return None
         if isinstance(values, (tuple, list)):
             return tuple(self.array(v) for v in values)
-        return jax.device_put(np.asarray(values, dtype=np.float32), self.device)
+        return jax.device_put(np.asarray(values, dtype=np.float32), self.where)
 
     def finish_step(self, metrics: dict, lr: float, out: dict) -> dict:
         """Count the iteration and add lr / grad_norm, unless a metric is not finite: then the
@@ -426,7 +443,7 @@ class NumPyroBackend:
     def load_weights(self, arrays: dict[str, np.ndarray]) -> None:
         expected = self.param_shapes()
         arrays = checked_weights(arrays, expected, needs_encoder(self.cfg))
-        self.params = jax.device_put({k: np.asarray(arrays[k], dtype=np.float32) for k in expected}, self.device)
+        self.params = jax.device_put({k: np.asarray(arrays[k], dtype=np.float32) for k in expected}, self.where)
 
     def optimizer_state(self) -> tuple[dict[str, np.ndarray], dict]:
         tensors = flatten_state(self.opt_state, "opt")
@@ -434,11 +451,11 @@ class NumPyroBackend:
         return tensors, {"iteration": self.iteration}
 
     def load_optimizer_state(self, tensors: dict[str, np.ndarray], scalars: dict) -> None:
-        self.opt_state = unflatten_state(self.optimizer.init(self.params), tensors, "opt", self.device)
+        self.opt_state = unflatten_state(self.optimizer.init(self.params), tensors, "opt", self.where)
         if "rng/jax" not in tensors:
             raise LtmError("optimizer.safetensors lacks tensor rng/jax")
         key = np.asarray(tensors["rng/jax"]).astype(np.uint32)
-        self.key = jax.device_put(key, self.device)
+        self.key = jax.device_put(key, self.where)
         self.iteration = int(scalars["iteration"])
 
     # ----- generation -------------------------------------------------------------------------
