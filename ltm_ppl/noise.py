@@ -23,6 +23,9 @@ SLOW = 1 << 20  # the slow step's eps
 INIT = SLOW + 1  # the published random start of the fast steps
 ENCODER = SLOW + 2  # the encoder's own ELBO (semi-amortized)
 FIXED = SLOW + 3  # local's fixed_noise mode: one eps for every fast step
+CHAIN_START = SLOW + 4  # Langevin: the chains' starting draws
+LANGEVIN = 1 << 21  # + t: Langevin's proposal eps at sampler step t
+ACCEPT = 1 << 22  # + t: MALA's accept uniforms at sampler step t (log Phi of a normal)
 EVAL = 1 << 30  # evaluation draws: iteration is then the eval batch's index
 
 
