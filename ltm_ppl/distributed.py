@@ -50,6 +50,15 @@ class World:
         share = batch_size // self.size
         return slice(self.rank * share, (self.rank + 1) * share)
 
+    def in_turn(self, load):
+        """load() on the first worker, then on the others (they find its token cache built)."""
+        if self.is_writer:
+            out = load()
+            self.barrier()
+            return out
+        self.barrier()
+        return load()
+
     def check_batch(self, batch_size: int) -> None:
         if batch_size % self.shards:
             what = "devices" if self.runtime == "jax" else "workers"
@@ -199,7 +208,7 @@ def _start_jax(device: str) -> World:
         jax.distributed.initialize(**kwargs)
     platform = "cpu" if device == "cpu" else None
     devices = jax.devices(platform) if platform else jax.devices()
-    if len(devices) == 1 and jax.process_count() == 1:
+    if len(devices) == 1 and not under_jax_launcher():  # plain single-device placement
         return World(runtime="jax", devices=1)
     from jax.sharding import Mesh
 

@@ -132,7 +132,7 @@ def fit(cfg: RunConfig, out: str | None = None, resume: str | None = None, progr
         if cfg.train.iters <= done:  # refused before anything is written (config.json included)
             asked = f"--iters {cfg.train.iters} trains nothing" if cfg.train.iters != stored.train.iters else "it is finished"
             raise LtmError(f"{run} has done {done} iterations already, so {asked}; pass --iters N with N > {done} to train on")
-        data = load_data(cfg, run_tokenizer(run, cfg))
+        data = w.in_turn(lambda: load_data(cfg, run_tokenizer(run, cfg)))
         inference = load_inference(run, cfg, with_optimizer=True)
         # Every check has passed: from here on the run is written (by one worker).
         if w.is_writer:
@@ -151,7 +151,7 @@ def fit(cfg: RunConfig, out: str | None = None, resume: str | None = None, progr
         check_creatable(run)  # before the corpus is read: an unwritable --out fails at once
         validate(cfg, methods())
         check_fit(cfg)
-        data = load_data(cfg)
+        data = w.in_turn(lambda: load_data(cfg))  # the first worker builds the token cache
         cfg.model.vocab_size = data.tokenizer.vocab_size
         from .inference import create, descriptor
 
