@@ -113,6 +113,20 @@ def test_trained_on_two_workers_resumes_on_one(one_worker, toml, tmp_path):
     assert_same_weights(one_worker, run)
 
 
+def test_trained_on_two_workers_resumes_on_three(toml, tmp_path):
+    """A batch of 6: 2 iterations on 2 workers, 2 more on 3, against 4 on one."""
+    one, run = tmp_path / "one", tmp_path / "two-then-three"
+    args = ("--config", toml, "--data", "builtin:kjv", "--batch-size", 6, "--quiet")
+    assert ltm("fit", *args, "--out", one).returncode == 0
+    out = torchrun("fit", *args, "--out", run, "--iters", 2)
+    assert out.returncode == 0, out.stderr[-3000:]
+    out = torchrun("fit", "--resume", run, "--iters", 4, "--quiet", nproc=3)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "pyro on 3 workers" in out.stdout
+    assert_same_weights(one, run)
+    assert [r["iter"] for r in records(run)] == [r["iter"] for r in records(one)]
+
+
 def test_sharded_eval_and_compare_match_one_worker(one_worker):
     """10 windows in batches of 4 (the last one split 1 + 1): the same corpus-level number."""
     args = ("eval", one_worker, "--max-windows", 10, "--batch-size", 4, "--samples", 2, "--json", "--quiet")
@@ -181,11 +195,15 @@ def test_two_host_devices_train_like_one(tmp_path, toml):
     assert_same_weights(one, two)
 
 
-@pytest.mark.parametrize("case", ["indivisible batch", "numpyro under torchrun", "different settings per worker"])
-def test_bad_launches_fail_on_every_worker_with_one_line(case, toml, tmp_path):
+@pytest.mark.parametrize("case", ["indivisible batch", "numpyro under torchrun", "different settings per worker",
+                                  "resume with another model"])
+def test_bad_launches_fail_on_every_worker_with_one_line(case, toml, tmp_path, one_worker):
     run = tmp_path / "never"
     base = ("fit", "--config", toml, "--data", "builtin:kjv", "--out", run, "--quiet")
-    if case == "indivisible batch":
+    before = sorted((p.relative_to(one_worker), p.stat().st_mtime_ns) for p in one_worker.rglob("*"))
+    if case == "resume with another model":
+        out, expect = torchrun("fit", "--resume", one_worker, "--iters", 6, "--attention-window", 4), "cannot change a run"
+    elif case == "indivisible batch":
         out, expect = torchrun(*base, "--batch-size", 7), "does not divide among 2 workers"
     elif case == "numpyro under torchrun":
         out, expect = torchrun(*base, "--backend", "numpyro"), "does not run under torchrun"
@@ -198,3 +216,4 @@ def test_bad_launches_fail_on_every_worker_with_one_line(case, toml, tmp_path):
     assert len(lines) == 1 and expect in lines[0], out.stderr[-3000:]
     assert f"{ROOT}/ltm_ppl/" not in out.stderr  # no traceback of ours (torchrun prints its own summary)
     assert not run.exists()
+    assert sorted((p.relative_to(one_worker), p.stat().st_mtime_ns) for p in one_worker.rglob("*")) == before

@@ -70,6 +70,15 @@ def placements(device):
     return NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("batch"))
 
 
+def host(x) -> np.ndarray:
+    """A device array on the host, gathered from every process when it is split across them."""
+    if x.is_fully_addressable or x.is_fully_replicated:
+        return np.asarray(x)
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
 def slow_optimizer(train_cfg) -> optax.GradientTransformation:
     """AdamW without its learning rate (passed per iteration): torch.optim.AdamW's update, with
     weight decay only on parameters with ndim >= 2. Apply as params - lr * update."""
@@ -380,7 +389,7 @@ class NumPyroBackend:
         data = self.tensor(batch)
         loglik, kl = self.programs.bound(self.params, data, self.next_key(), self.array(fast_noise), self.array(noise),
                                          fit, num_samples=num_samples, static=static)
-        return {"loglik": np.asarray(loglik), "kl": np.asarray(kl), "num_tokens": int(data.shape[1] - 1)}
+        return {"loglik": host(loglik), "kl": host(kl), "num_tokens": int(data.shape[1] - 1)}
 
     def log_weights(self, batch: np.ndarray, steps: int, num_samples: int) -> np.ndarray:
         """Importance log weights log p(x, z_k) - log q(z_k) [K, B] of the method's q (IWAE, PSIS)."""
