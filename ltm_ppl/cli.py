@@ -28,7 +28,10 @@ class LtmGroup(click.Group):
             click.echo(exc.ctx.get_help())
             sys.exit(0)
         except click.ClickException as exc:
-            click.echo(f"error: {exc.format_message()}", err=True)
+            from .distributed import env_rank
+
+            if env_rank() == 0:
+                click.echo(f"error: {exc.format_message()}", err=True)
             sys.exit(2)
         except Interrupted as exc:  # a checkpoint was committed; the message says how to resume
             click.echo(str(exc), err=True)

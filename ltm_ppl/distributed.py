@@ -120,7 +120,8 @@ class World:
             values = values.cuda()
         dist.all_reduce(values)
         values = (values / self.size).cpu().tolist()
-        return {k: (bool(v == 1.0) if isinstance(metrics[k], bool) else v) for k, v in zip(names, values)}
+        flags = {k for k in names if isinstance(metrics[k], bool) or getattr(metrics[k], "dtype", None) == torch.bool}
+        return {k: (v == 1.0 if k in flags else v) for k, v in zip(names, values)}  # a flag holds if it holds everywhere
 
 
 _WORLD = World()
