@@ -57,7 +57,8 @@ def launch(name: str, cmd: list[str], env: dict, run: Path, args, tokens_per_ite
     start = time.perf_counter()
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
     record = {"run": name, "exit_code": out.returncode, "wall_s": round(time.perf_counter() - start, 1),
-              "what_ran": next((line for line in out.stdout.splitlines() if " on " in line and "(" in line), None)}
+              "what_ran": next((line for line in out.stdout.splitlines() if line.startswith(("pyro on ", "numpyro on "))),
+                                "plain (no distributed runtime)")}
     if out.returncode == 0:
         record["tokens_per_s"] = tokens_per_s(run, args.skip, tokens_per_iter)
     else:

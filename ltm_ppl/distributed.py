@@ -218,8 +218,9 @@ def _start_jax(device: str) -> World:
 
 
 def describe(w: World) -> str:
-    if w.runtime == "jax" and (w.devices > 1 or w.size > 1):
-        return f"numpyro on {w.devices} devices in {w.size} process{'es' if w.size > 1 else ''} (batch sharded over a jax.sharding Mesh)"
+    if w.runtime == "jax" and w.mesh is not None:
+        return (f"numpyro on {w.devices} device{'s' if w.devices > 1 else ''} in {w.size} process{'es' if w.size > 1 else ''} "
+                "(batch sharded over a jax.sharding Mesh)")
     if w.runtime == "torch":
         return f"pyro on {w.size} worker{'s' if w.size > 1 else ''} (torch.distributed, DistributedDataParallel)"
     return ""

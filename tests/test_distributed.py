@@ -244,3 +244,15 @@ def test_bad_launches_fail_on_every_worker_with_one_line(case, toml, tmp_path, o
     assert f"{ROOT}/ltm_ppl/" not in out.stderr  # no traceback of ours (torchrun prints its own summary)
     assert not run.exists()
     assert sorted((p.relative_to(one_worker), p.stat().st_mtime_ns) for p in one_worker.rglob("*")) == before
+
+
+def test_gpu_check_script_runs_on_the_cpu(tmp_path):
+    """bench/gpu_distributed.py at a tiny shape: all four runs start, train and report tokens/s."""
+    cmd = [sys.executable, str(ROOT / "bench" / "gpu_distributed.py"), "--device", "cpu", "--shape", "tiny",
+           "--iters", "5", "--skip", "2", "--out", str(tmp_path / "report.json")]
+    out = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    what = [r["what_ran"] for r in report["runs"]]
+    assert what[1].startswith("pyro on 1 worker") and what[3].startswith("numpyro on 1 device in 1 process")
+    assert all(r["tokens_per_s"] > 0 for r in report["runs"])
