@@ -34,7 +34,10 @@ class LtmGroup(click.Group):
                 click.echo(f"error: {exc.format_message()}", err=True)
             sys.exit(2)
         except Interrupted as exc:  # a checkpoint was committed; the message says how to resume
-            click.echo(str(exc), err=True)
+            from .distributed import env_rank
+
+            if env_rank() == 0:
+                click.echo(str(exc), err=True)
             sys.exit(exc.exit_code)
         except LtmError as exc:
             from .distributed import env_rank

@@ -107,6 +107,18 @@ class World:
             return out
         return [value]  # JAX: one program per host, launched alike; the mesh checks the shapes
 
+    def agree(self, signum) -> bool:
+        """Did any torch worker receive a stop signal? All stop after the same iteration, so none
+        waits in an all-reduce for one that has left (JAX: one program, each process its own)."""
+        if self.runtime != "torch" or self.size == 1:
+            return signum is not None
+        import torch
+        import torch.distributed as dist
+
+        flag = torch.tensor([0.0 if signum is None else 1.0], device="cuda" if dist.get_backend() == "nccl" else "cpu")
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
     def mean(self, metrics: dict) -> dict:
         """Metrics averaged over the torch workers (equal shares: the global batch's mean)."""
         if self.runtime != "torch" or self.size == 1 or not metrics:

@@ -244,13 +244,13 @@ def _loop(cfg: RunConfig, run: Path, inference, data: Data, progress: bool, echo
                 record["ppl"] = math.exp(min(metrics["loss"], 50.0))
             append_metrics(run, record)
             done = it + 1
-            if stop.signum is not None:  # skip the evaluation (it never changes the training state)
+            if w.agree(stop.signum):  # skip the evaluation (it never changes the training state)
                 if last_saved != done:
                     save(run, inference, cfg)
                 bar.update(1)
                 bar.close()
-                raise Interrupted(f"{stop.name}: stopped after iteration {done} with a checkpoint committed; "
-                                  f"resume with: ltm fit --resume {run}", stop.signum)
+                raise Interrupted(f"{stop.name if stop.signum else 'SIGTERM'}: stopped after iteration {done} with a checkpoint committed; "
+                                  f"resume with: ltm fit --resume {run}", stop.signum or 15)
             # Evaluate before saving, so a checkpoint is committed after every record of its iteration.
             if done % t.eval_interval == 0 or done == t.iters:
                 last_eval = _evaluate(inference, data, cfg, done)
