@@ -256,3 +256,28 @@ def test_gpu_check_script_runs_on_the_cpu(tmp_path):
     what = [r["what_ran"] for r in report["runs"]]
     assert what[1].startswith("pyro on 1 worker") and what[3].startswith("numpyro on 1 device in 1 process")
     assert all(r["tokens_per_s"] > 0 for r in report["runs"])
+
+
+def test_sigterm_stops_every_worker_after_the_same_iteration(toml, tmp_path):
+    """torchrun forwards SIGTERM: the workers agree on the iteration to stop after, rank 0 commits
+    a checkpoint there and says so once, and the run resumes on one worker."""
+    import signal
+    import time
+
+    run = tmp_path / "stopped"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "ltm_ppl", "fit",
+           "--config", str(toml), "--data", "builtin:kjv", "--out", str(run), "--iters", "100000", "--quiet"]
+    proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and not ((run / "metrics.jsonl").exists() and len(records(run)) >= 3):
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    said = [line for line in err.splitlines() if "stopped after iteration" in line]
+    assert len(said) == 1, err[-3000:]
+    done = max(r["iter"] for r in records(run))
+    assert f"stopped after iteration {done} " in said[0]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [f"{done:08d}"]
+    out = ltm("fit", "--resume", run, "--iters", done + 1, "--quiet")
+    assert out.returncode == 0, out.stderr
