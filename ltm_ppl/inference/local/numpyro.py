@@ -68,7 +68,7 @@ def fit_local_posterior(model, tokens, shape, inf_cfg, lrs, key=None, fast_noise
 
     Minimises the negative ELBO per predicted token, summed over sequences (each sequence's
     parameters see only their own term), differentiating w.r.t. (loc, scale parameter) only. Each
-    step draws fresh noise from `key`, unless fast_noise [steps, S, B, *shape] gives every step's
+    step draws fresh noise from `key`, keyed per sequence (noise.jax_eps: step, global row), unless fast_noise [steps, S, B, *shape] gives every step's
     eps (backend parity tests) or fixed_eps [S, B, *shape] is reused at every step (the published
     reference's mode, comparison only). Pure: call it under jit.
     """
