@@ -62,8 +62,9 @@ class World:
     def check_batch(self, batch_size: int) -> None:
         if batch_size % self.shards:
             what = "devices" if self.runtime == "jax" else "workers"
+            fewer = " (or show jax fewer devices: CUDA_VISIBLE_DEVICES=0)" if self.runtime == "jax" else ""
             raise LtmError(f"train.batch_size {batch_size} does not divide among {self.shards} {what}; "
-                           f"use a multiple of {self.shards}")
+                           f"use a multiple of {self.shards}{fewer}")
 
     # ----- collectives (no-ops on one process) ----------------------------------------------------
     def barrier(self) -> None:
