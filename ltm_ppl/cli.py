@@ -28,13 +28,22 @@ class LtmGroup(click.Group):
             click.echo(exc.ctx.get_help())
             sys.exit(0)
         except click.ClickException as exc:
-            click.echo(f"error: {exc.format_message()}", err=True)
+            from .distributed import env_rank
+
+            if env_rank() == 0:
+                click.echo(f"error: {exc.format_message()}", err=True)
             sys.exit(2)
         except Interrupted as exc:  # a checkpoint was committed; the message says how to resume
-            click.echo(str(exc), err=True)
+            from .distributed import env_rank
+
+            if env_rank() == 0:
+                click.echo(str(exc), err=True)
             sys.exit(exc.exit_code)
         except LtmError as exc:
-            click.echo(f"error: {exc}", err=True)
+            from .distributed import env_rank
+
+            if env_rank() == 0:  # every worker refuses alike; the first one says why
+                click.echo(f"error: {exc}", err=True)
             sys.exit(2)
         except click.Abort:
             click.echo("error: interrupted", err=True)
@@ -71,7 +80,9 @@ def progress_bar(desc: str, unit: str):
     every check has passed."""
     import contextlib
 
-    disable = quiet()
+    from .distributed import env_rank
+
+    disable = quiet() or env_rank() != 0  # one progress bar across workers
 
     @contextlib.contextmanager
     def factory(total: int):

@@ -34,8 +34,19 @@ def corpus_bound(inference, batches: Iterable[np.ndarray], steps: int, num_sampl
     total = loglik = kl = sampled_elbo = 0.0
     n_tokens = n_seq = 0
     per_seq_ppl = []
+    from .distributed import world
+    from .noise import Rows
+
+    w = world()
     with inference.rng_scope(seed):
-        for batch in batches:
+        for index, batch in enumerate(batches):
+            # Each window's noise is keyed by (seed, global batch, row) and torch workers take
+            # contiguous shares of every global batch: the sums match one worker's.
+            share = _share(len(batch), w)
+            inference.noise_rows = Rows(seed, index, share.start, len(batch))
+            batch = batch[share]
+            if share.stop == share.start:  # a short last batch leaves some workers nothing
+                continue
             T = batch.shape[1] - 1
             if kind == "iwae":
                 iwae, elbo = iwae_terms(inference.log_weights(batch, steps=steps, num_samples=num_samples))
@@ -51,7 +62,13 @@ def corpus_bound(inference, batches: Iterable[np.ndarray], steps: int, num_sampl
             n_seq += len(batch)
             per_seq_ppl.extend(np.exp(-bound / T).tolist())
             if progress is not None:
-                progress(len(batch))
+                progress(len(batch) * (w.size if w.runtime == "torch" else 1))
+    inference.noise_rows = None
+    if w.runtime == "torch" and w.size > 1:
+        total, loglik, kl, sampled_elbo, n_tokens, n_seq, ppl_sum = _sum_over_workers(
+            [total, loglik, kl, sampled_elbo, n_tokens, n_seq, float(np.sum(per_seq_ppl))])
+        n_tokens, n_seq = int(round(n_tokens)), int(round(n_seq))
+        per_seq_ppl = [ppl_sum / n_seq]
     nll = -total / n_tokens
     if not math.isfinite(nll):
         raise LtmError(f"the bound is not finite ({kind} total {total}): the weights may have diverged")
@@ -72,6 +89,25 @@ def corpus_bound(inference, batches: Iterable[np.ndarray], steps: int, num_sampl
         result["reconstruction_nll_per_token"] = -loglik / n_tokens
         result["kl_per_sequence"] = kl / n_seq
     return result
+
+
+def _share(count: int, w) -> slice:
+    """This torch worker's contiguous rows of a global batch of `count` (all of it elsewhere)."""
+    if w.runtime != "torch" or w.size == 1:
+        return slice(0, count)
+    bounds = np.linspace(0, count, w.size + 1).round().astype(int)
+    return slice(int(bounds[w.rank]), int(bounds[w.rank + 1]))
+
+
+def _sum_over_workers(values: list) -> list:
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor(values, dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        t = t.cuda()
+    dist.all_reduce(t)
+    return t.cpu().tolist()
 
 
 def windows_bound(inference, tokens: np.ndarray, steps: int, num_samples: int, batch_size: int,

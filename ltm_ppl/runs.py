@@ -40,6 +40,9 @@ def open_run(run: str | Path, overrides: dict | None = None) -> OpenRun:
     apply_overrides(cfg, overrides or {})
     validate(cfg, methods())
     check_method_fits_run(cfg, trained_cfg.inference.method)
+    from .distributed import start
+
+    start(cfg.train.backend, cfg.train.device)  # under torchrun: the workers share the windows
     tokenizer = run_tokenizer(path, cfg)
     return OpenRun(path, cfg, trained_cfg, tokenizer, load_inference(path, cfg))
 

@@ -114,6 +114,8 @@ def fit(cfg: RunConfig, out: str | None = None, resume: str | None = None, progr
     Raises Interrupted after SIGINT / SIGTERM, with a checkpoint committed."""
     from .inference import methods
 
+    w = start_world(cfg)
+    echo = echo if w.is_writer else (lambda *_: None)
     if resume is not None:
         run = Path(resume)
         stored, _ = checkpoint.read_config(run)  # refuses a directory that is not a run
@@ -130,39 +132,63 @@ def fit(cfg: RunConfig, out: str | None = None, resume: str | None = None, progr
         if cfg.train.iters <= done:  # refused before anything is written (config.json included)
             asked = f"--iters {cfg.train.iters} trains nothing" if cfg.train.iters != stored.train.iters else "it is finished"
             raise LtmError(f"{run} has done {done} iterations already, so {asked}; pass --iters N with N > {done} to train on")
-        data = load_data(cfg, run_tokenizer(run, cfg))
+        data = w.in_turn(lambda: load_data(cfg, run_tokenizer(run, cfg)))
         inference = load_inference(run, cfg, with_optimizer=True)
-        # Every check has passed: from here on the run is written.
-        checkpoint.migrate_format_1(run)
-        checkpoint.remove_debris(run)
-        checkpoint.truncate_metrics(run, inference.iteration)
-        checkpoint.write_config(run, cfg, cfg.data.tokenizer)
+        # Every check has passed: from here on the run is written (by one worker).
+        if w.is_writer:
+            checkpoint.migrate_format_1(run)
+            checkpoint.remove_debris(run)
+            checkpoint.truncate_metrics(run, inference.iteration)
+            checkpoint.write_config(run, cfg, cfg.data.tokenizer)
         if cfg.train.iters > cfg.train.lr_decay_iters:
             echo(f"notice: the learning-rate schedule of {run} ends at iteration {cfg.train.lr_decay_iters}; iterations "
                  f"after it run at the minimum rate (lr x min_lr_ratio); --lr-decay-iters N moves the horizon")
     else:
-        run = checkpoint.new_run_dir(out)
+        run = checkpoint.new_run_dir(out)  # every worker checks --out
+        if out is None:  # a timestamped name: the writer's, for everyone
+            run = Path(w.broadcast_text(str(run) if w.is_writer else None))
         resolve_horizon(cfg)
         check_creatable(run)  # before the corpus is read: an unwritable --out fails at once
         validate(cfg, methods())
         check_fit(cfg)
-        data = load_data(cfg)
+        data = w.in_turn(lambda: load_data(cfg))  # the first worker builds the token cache
         cfg.model.vocab_size = data.tokenizer.vocab_size
         from .inference import create, descriptor
 
         cfg.model.latent = descriptor(cfg.inference.method).latent
 
         inference = create(cfg)
-        stage = checkpoint.stage_run(run)
-        try:  # built out of sight, then renamed into place with its iteration-0 checkpoint
-            data.tokenizer.save(stage / "tokenizer.json")
-            checkpoint.write_config(stage, cfg, cfg.data.tokenizer)
-            _save(stage, inference, cfg)
-            checkpoint.commit_run(stage, run)
-        except BaseException:
-            shutil.rmtree(stage, ignore_errors=True)
-            raise
+        w.barrier()  # every worker has passed every check: now the writer writes
+        if w.is_writer:
+            _create_run(run, inference, data, cfg)
+    w.barrier()
     return _loop(cfg, run, inference, data, progress, echo)
+
+
+def _create_run(run: Path, inference, data: Data, cfg: RunConfig) -> None:
+    stage = checkpoint.stage_run(run)
+    try:  # built out of sight, then renamed into place with its iteration-0 checkpoint
+        data.tokenizer.save(stage / "tokenizer.json")
+        checkpoint.write_config(stage, cfg, cfg.data.tokenizer)
+        _save(stage, inference, cfg)
+        checkpoint.commit_run(stage, run)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+
+
+def start_world(cfg: RunConfig):
+    """The workers of this fit (distributed.py), with the checks they must pass together."""
+    from . import distributed
+    from .inference.registry import needs_encoder
+
+    w = distributed.start(cfg.train.backend, cfg.train.device)
+    distributed.check_same_config(w, cfg)
+    w.check_batch(cfg.train.batch_size)
+    if w.runtime == "torch" and w.size > 1 and needs_encoder(cfg):
+        raise LtmError(f"--inference {cfg.inference.method} trains an encoder, which the Pyro backend does not yet "
+                       "wrap in DistributedDataParallel: run it on one worker, or with --backend numpyro")
+    return w
 
 
 def loss_is_bound(cfg: RunConfig, metrics: dict) -> bool:
@@ -203,8 +229,10 @@ class MetricsBuffer:
     iteration never waits for the device. A flush that finds a non-finite iteration writes the
     records before it and stops the run naming it (its update was skipped on the device)."""
 
-    def __init__(self, run: Path, cfg: RunConfig, loss_is_bound):
+    def __init__(self, run: Path, cfg: RunConfig, loss_is_bound, reduce=lambda m: m, write=checkpoint.append_metrics):
+        # reduce: the workers' mean (distributed.World.mean); write: the writer's append, a no-op elsewhere
         self.run, self.cfg, self.loss_is_bound = run, cfg, loss_is_bound
+        self.reduce, self.write = reduce, write
         self.pending: list[tuple[int, dict, float]] = []
         self.last: dict | None = None  # the newest record written (for the progress bar)
 
@@ -214,7 +242,7 @@ class MetricsBuffer:
     def flush(self, last_saved: int) -> None:
         pending, self.pending = self.pending, []
         for iteration, metrics, elapsed in pending:
-            values = {k: float(v) for k, v in metrics.items()}  # the host sync, once per value
+            values = {k: float(v) for k, v in self.reduce(metrics).items()}  # the host sync, once per value
             finite = values.pop("finite", 1.0) == 1.0  # the step's own verdict (update applied or skipped)
             if not finite or not all(math.isfinite(v) for v in values.values()):
                 raise LtmError(
@@ -224,51 +252,62 @@ class MetricsBuffer:
             record = {"iter": iteration, **values, "elapsed_s": round(elapsed, 3)}
             if self.loss_is_bound(self.cfg, values):
                 record["ppl"] = math.exp(min(values["loss"], 50.0))
-            checkpoint.append_metrics(self.run, record)
+            self.write(self.run, record)
             self.last = record
 
 
 def _loop(cfg: RunConfig, run: Path, inference, data: Data, progress: bool, echo) -> dict:
     from tqdm import tqdm
 
+    from .distributed import describe, world
+    from .inference import descriptor
+
     t = cfg.train
+    w = world()
+    if describe(w):
+        echo(describe(w))
+    save = _save if w.is_writer else (lambda *_: None)  # one writer: checkpoints and metrics
+    append_metrics = checkpoint.append_metrics if w.is_writer else (lambda *_: None)
+    rows = w.local_rows(t.batch_size)
     start = inference.iteration
     last_saved = start
     last_eval = None
-    bar = tqdm(total=t.iters, initial=start, disable=not progress, desc="fit", unit="it", dynamic_ncols=True)
+    bar = tqdm(total=t.iters, initial=start, disable=not progress or not w.is_writer, desc="fit", unit="it", dynamic_ncols=True)
     clock = time.perf_counter()
-    from .inference import descriptor
-
-    # fixed for the run: looked up once
-    metrics = MetricsBuffer(run, cfg, descriptor(cfg.inference.method).loss_is_bound)
+    # loss_is_bound is fixed for the run: looked up once
+    metrics = MetricsBuffer(run, cfg, descriptor(cfg.inference.method).loss_is_bound, reduce=w.mean, write=append_metrics)
     with StopRequest() as stop:
         for it in range(start, t.iters):
-            batch = train_batch(data.train, cfg.model.block_size, t.batch_size, t.seed, it)
+            batch = train_batch(data.train, cfg.model.block_size, t.batch_size, t.seed, it)[rows]
             metrics.add(it + 1, inference.step(batch), time.perf_counter() - clock)
             done = it + 1
             evaluate = done % t.eval_interval == 0 or done == t.iters
-            save = done % t.checkpoint_interval == 0 or done == t.iters
-            if done % t.log_interval == 0 or evaluate or save or stop.signum is not None:
+            checkpoint_now = done % t.checkpoint_interval == 0 or done == t.iters
+            at_log = done % t.log_interval == 0 or evaluate or checkpoint_now
+            # Several workers agree on a stop signal only at log points (a collective is a host
+            # sync); one worker looks at every iteration. Every worker makes the same calls.
+            stopping = w.agree(stop.signum) if (at_log or w.size == 1) else False
+            if at_log or stopping:
                 try:
                     metrics.flush(last_saved)
                 except LtmError:
                     bar.close()
                     raise
                 _show(bar, metrics.last, last_eval)
-            if stop.signum is not None:  # skip the evaluation (it never changes the training state)
+            if stopping:  # skip the evaluation (it never changes the training state)
                 if last_saved != done:
-                    _save(run, inference, cfg)
+                    save(run, inference, cfg)
                 bar.update(1)
                 bar.close()
-                raise Interrupted(f"{stop.name}: stopped after iteration {done} with a checkpoint committed; "
-                                  f"resume with: ltm fit --resume {run}", stop.signum)
+                raise Interrupted(f"{stop.name if stop.signum else 'SIGTERM'}: stopped after iteration {done} with a checkpoint committed; "
+                                  f"resume with: ltm fit --resume {run}", stop.signum or 15)
             # Evaluate before saving, so a checkpoint is committed after every record of its iteration.
             if evaluate:
                 last_eval = _evaluate(inference, data, cfg, done)
-                checkpoint.append_metrics(run, {"iter": done, "split": "val", **last_eval})
+                append_metrics(run, {"iter": done, "split": "val", **last_eval})
                 _show(bar, metrics.last, last_eval)
-            if save:
-                _save(run, inference, cfg)
+            if checkpoint_now:
+                save(run, inference, cfg)
                 last_saved = done
             bar.update(1)
     bar.close()

@@ -58,6 +58,28 @@ def resolve_device(name: str):
     return gpus[0] if gpus else jax.devices("cpu")[0]
 
 
+def placements(device):
+    """(where weights go, where batches go): the device and None on one device; on a Mesh of
+    several (distributed.world), replicated weights and batches split along the "batch" axis."""
+    from ..distributed import world
+
+    mesh = world().mesh
+    if mesh is None:
+        return device, None
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    return NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec("batch"))
+
+
+def host(x) -> np.ndarray:
+    """A device array on the host, gathered from every process when it is split across them."""
+    if x.is_fully_addressable or x.is_fully_replicated:
+        return np.asarray(x)
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
 def slow_optimizer(train_cfg) -> optax.GradientTransformation:
     """AdamW without its learning rate (passed per iteration): torch.optim.AdamW's update, with
     weight decay only on parameters with ndim >= 2. Apply as params - lr * update."""
@@ -285,16 +307,18 @@ class NumPyroBackend:
         self.cfg = cfg
         self.injected = model
         self.device = resolve_device(cfg.train.device)
+        # Several devices (distributed.py): weights replicated, batches split over the Mesh's axis.
+        self.where, self.batch_where = placements(self.device)
         # bf16 matmuls/attention on GPU (torch's autocast); parameters, optimiser, log-probs float32.
         self.dtype = jnp.bfloat16 if self.device.platform == "gpu" and model is None else jnp.float32
         init_key, train_key = jax.random.split(jax.random.PRNGKey(cfg.train.seed))
-        self.key = jax.device_put(train_key, self.device)
+        self.key = jax.device_put(train_key, self.where)
         params = jax_decoder.init_params(cfg.model, init_key) if model is None else {}
         if model is None and needs_encoder(cfg):  # its own stream, so the decoder's init does not depend on the method
             params.update(jax_encoder.init_encoder_params(cfg.model, jax.random.fold_in(init_key, 1)))
-        self.params = jax.device_put(params, self.device)
+        self.params = jax.device_put(params, self.where)
         self.optimizer = slow_optimizer(cfg.train)
-        self.opt_state = jax.device_put(self.optimizer.init(self.params), self.device)
+        self.opt_state = jax.device_put(self.optimizer.init(self.params), self.where)
         self.iteration = 0
         self.eval_rows = 0  # evaluation batches are padded to the most rows seen (one compiled shape)
 
@@ -307,7 +331,7 @@ class NumPyroBackend:
     def rng_scope(self, seed: int):
         """Draws inside use PRNGKey(seed) and leave the training key untouched."""
         saved = self.key
-        self.key = jax.device_put(jax.random.PRNGKey(seed), self.device)
+        self.key = jax.device_put(jax.random.PRNGKey(seed), self.where)
         try:
             yield
         finally:
@@ -316,7 +340,9 @@ class NumPyroBackend:
     def tensor(self, batch):
         """A batch on the device: token windows as int32 (an injected model's data as its dtype)."""
         dtype = np.int32 if self.injected is None else np.dtype(self.injected.dtype)
-        return jax.device_put(np.asarray(batch, dtype=dtype), self.device)
+        batch = np.asarray(batch, dtype=dtype)
+        split = self.batch_where is not None and batch.ndim and batch.shape[0] % self.batch_where.mesh.size == 0
+        return jax.device_put(batch, self.batch_where if split else self.where)
 
     def padded(self, batch) -> tuple[jax.Array, int]:
         """(device batch, real rows): the rows padded, by repeating the last, to the most rows an
@@ -342,7 +368,7 @@ class NumPyroBackend:
             return None
         if isinstance(values, (tuple, list)):
             return tuple(self.array(v) for v in values)
-        return jax.device_put(np.asarray(values, dtype=np.float32), self.device)
+        return jax.device_put(np.asarray(values, dtype=np.float32), self.where)
 
     def finish_step(self, metrics: dict, lr: float) -> dict:
         """Count the iteration and add lr. The metrics stay 0-d device arrays (no host sync here):
@@ -391,7 +417,7 @@ class NumPyroBackend:
             data, n = self.tensor(batch), len(batch)
         loglik, kl = self.programs.bound(self.params, data, self.next_key(), self.array(fast_noise), self.array(noise),
                                          fit, num_samples=num_samples, static=static)
-        return {"loglik": np.asarray(loglik)[:n], "kl": np.asarray(kl)[:n], "num_tokens": int(data.shape[1] - 1)}
+        return {"loglik": host(loglik)[:n], "kl": host(kl)[:n], "num_tokens": int(data.shape[1] - 1)}
 
     def log_weights(self, batch: np.ndarray, steps: int, num_samples: int) -> np.ndarray:
         """Importance log weights log p(x, z_k) - log q(z_k) [K, B] of the method's q (IWAE, PSIS)."""
@@ -454,7 +480,7 @@ class NumPyroBackend:
     def load_weights(self, arrays: dict[str, np.ndarray]) -> None:
         expected = self.param_shapes()
         arrays = checked_weights(arrays, expected, needs_encoder(self.cfg))
-        self.params = jax.device_put({k: np.asarray(arrays[k], dtype=np.float32) for k in expected}, self.device)
+        self.params = jax.device_put({k: np.asarray(arrays[k], dtype=np.float32) for k in expected}, self.where)
 
     def optimizer_state(self) -> tuple[dict[str, np.ndarray], dict]:
         tensors = flatten_state(self.opt_state, "opt")
@@ -462,11 +488,11 @@ class NumPyroBackend:
         return tensors, {"iteration": self.iteration}
 
     def load_optimizer_state(self, tensors: dict[str, np.ndarray], scalars: dict) -> None:
-        self.opt_state = unflatten_state(self.optimizer.init(self.params), tensors, "opt", self.device)
+        self.opt_state = unflatten_state(self.optimizer.init(self.params), tensors, "opt", self.where)
         if "rng/jax" not in tensors:
             raise LtmError("optimizer.safetensors lacks tensor rng/jax")
         key = np.asarray(tensors["rng/jax"]).astype(np.uint32)
-        self.key = jax.device_put(key, self.device)
+        self.key = jax.device_put(key, self.where)
         self.iteration = int(scalars["iteration"])
 
     # ----- generation -------------------------------------------------------------------------

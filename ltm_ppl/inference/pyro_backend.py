@@ -44,6 +44,27 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def data_parallel(decoder: torch.nn.Module):
+    """The decoder in DistributedDataParallel when torchrun started several workers, else None.
+    No buffer broadcast (the RoPE tables are the same everywhere): the forward passes of the fast
+    steps and evaluation stay free of collectives."""
+    from ..distributed import world
+
+    w = world()
+    if w.runtime != "torch":
+        return None
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [w.local_rank] if next(decoder.parameters()).is_cuda else None
+    import inspect
+
+    no_sync_buffers = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+                       else {"broadcast_buffers": False})
+    wrapped = DistributedDataParallel(decoder, device_ids=ids, **no_sync_buffers)
+    wrapped.cfg = decoder.cfg  # the model reads the shapes from it
+    return wrapped
+
+
 @contextlib.contextmanager
 def frozen(module: torch.nn.Module | None):
     """requires_grad off for every parameter inside the block, restored afterwards (None: no-op)."""
@@ -79,6 +100,7 @@ class PyroBackend:
             # bf16 autocast for the decoder on CUDA; weights, optimiser and log-probs stay float32.
             self.autocast = self.device.type == "cuda"
             self.net = torch.compile(self.decoder) if cfg.train.compile else self.decoder
+        self.ddp = data_parallel(self.decoder) if model is None else None
         self.optimizer = self._make_optimizer()
         self.iteration = 0
 
@@ -135,7 +157,22 @@ class PyroBackend:
     def model(self, tokens):
         if self.injected is not None:
             return self.injected.fn(tokens)
-        return ltm_model(self.net, tokens, autocast=self.autocast)
+        # Across workers the slow step's forward goes through DDP (its backward all-reduces); the
+        # fast steps (decoder frozen) and evaluation (no grad) use the plain module: no collective.
+        slow = self.ddp is not None and torch.is_grad_enabled() and self.decoder.tok_emb.weight.requires_grad
+        return ltm_model(self.ddp if slow else self.net, tokens, autocast=self.autocast)
+
+    # Which global rows the batch in hand holds (noise.Rows): set by sharded evaluation; training
+    # derives it from the iteration and the worker's share. None: the torch stream (generation).
+    noise_rows = None
+
+    def training_rows(self, count: int):
+        from .. import noise
+        from ..distributed import world
+
+        w = world()
+        return noise.Rows(self.cfg.train.seed, self.iteration, w.rank * count if w.runtime == "torch" else 0,
+                          count * (w.size if w.runtime == "torch" else 1))
 
     @property
     def sites(self) -> dict:
@@ -219,7 +256,12 @@ class PyroBackend:
         number."""
         tokens = self.tensor(batch)
         loc, log_scale, fixed = self._q(tokens, steps, fast_noise)
-        return self.gaussian_bound(tokens, loc, log_scale, num_samples, fixed if noise is None else noise)
+        noise = fixed if noise is None else noise
+        if noise is None and self.noise_rows is not None:  # sharded evaluation: each window's own eps
+            from .. import noise as keyed
+
+            noise = keyed.torch_eps(self.noise_rows, keyed.EVAL, tokens.shape[0], tuple(loc.shape[1:]), num_samples, self.device)
+        return self.gaussian_bound(tokens, loc, log_scale, num_samples, noise)
 
     def log_weights(self, batch: np.ndarray, steps: int, num_samples: int) -> np.ndarray:
         """Importance log weights log p(x, z_k) - log q(z_k) [K, B] of the method's q (IWAE, PSIS)."""

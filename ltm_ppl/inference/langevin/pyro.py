@@ -22,6 +22,8 @@ import math
 import numpy as np
 import torch
 
+from ... import noise as noise_lib
+
 from ...errors import LtmError
 from ..local.pyro import fit_local_posterior
 from ..pyro_backend import PyroBackend, frozen
@@ -35,6 +37,26 @@ def _value_and_grad(log_joint_fn, z):
     lp = log_joint_fn(z)
     (grad,) = torch.autograd.grad(lp.sum(), z)
     return lp.detach(), grad.detach()
+
+
+class KeyedSteps:
+    """noise[t] of langevin_chains drawn on demand from noise.py, keyed by (seed, iteration,
+    base + t, global row): [C, B, *shape] normals, or their log Phi (log-uniforms) for MALA."""
+
+    def __init__(self, rows, base: int, count: int, shape: tuple, chains: int, device, log_uniform: bool = False):
+        self.rows, self.base, self.count, self.shape, self.chains = rows, base, count, shape, chains
+        self.device, self.log_uniform = device, log_uniform
+
+    def __getitem__(self, t: int):
+        e = noise_lib.torch_eps(self.rows, self.base + t, self.count, self.shape, self.chains, self.device)
+        return torch.special.log_ndtr(e) if self.log_uniform else e
+
+
+def keyed_chain_noise(rows, count: int, shape: tuple, chains: int, device):
+    """(u0 [C, B, *shape], (proposal eps, accept log-uniforms)) of every sequence, keyed."""
+    u0 = noise_lib.torch_eps(rows, noise_lib.CHAIN_START, count, shape, chains, device)
+    return u0, (KeyedSteps(rows, noise_lib.LANGEVIN, count, shape, chains, device),
+                KeyedSteps(rows, noise_lib.ACCEPT, count, (), chains, device, log_uniform=True))
 
 
 def langevin_chains(log_joint_fn, z0: torch.Tensor, warmup: int, draws: int, step_size: float,
@@ -93,13 +115,13 @@ class PyroLangevin(PyroBackend):
             raise LtmError("--kernel nuts runs on --backend numpyro only (blackjax); the pyro backend has mala and hmc")
         super().__init__(cfg, model)
 
-    def start(self, tokens, fit_steps: int):
+    def start(self, tokens, fit_steps: int, rows=None):
         """(loc, scale) [B, *event] of the q whose draws start the chains and whose scale
         preconditions them: the prior, a local q fitted by fit_steps fast steps, or the encoder's."""
         init = self.cfg.inference.init
         if init == "local" and fit_steps > 0:
             loc, log_scale, _ = fit_local_posterior(self.model, tokens, self.latent_shape, self.cfg.inference, fit_steps,
-                                                    self.device)
+                                                    self.device, rows=rows)
             return loc, log_scale.exp()
         if init == "amortized" and self.encoder is not None:
             with torch.no_grad():
@@ -108,17 +130,20 @@ class PyroLangevin(PyroBackend):
         shape = (tokens.shape[0], *self.latent_shape)
         return torch.zeros(shape, device=self.device), torch.ones(shape, device=self.device)
 
-    def sample(self, tokens, fit_steps: int, warmup: int, draws: int, num_chains: int, fast_noise=None) -> dict:
+    def sample(self, tokens, fit_steps: int, warmup: int, draws: int, num_chains: int, fast_noise=None, rows=None) -> dict:
         """Chains from draws of the start q: z [C, D, B, n_z, d] the kept draws, log_joint and
         accept_prob [C, D, B], step_size [C, B], last [C, B, n_z, d], gradient_evaluations [C, B]
         (hmc adds energy, diverging, n_steps [C, D, B]). fast_noise = (u0 [C, B, n_z, d], eps
         [W + D, C, B, n_z, d], log_u [W + D, C, B]) fixes all the randomness of MALA, as in the
-        NumPyro backend."""
+        NumPyro backend. rows (noise.Rows) keys the start, proposals and accept uniforms of each
+        sequence instead (MALA / ULA; HMC's momenta come from the torch stream)."""
         inf = self.cfg.inference
         noise = None
         with frozen(self.decoder):
-            loc, scale = self.start(tokens, fit_steps)
-            if fast_noise is None:
+            loc, scale = self.start(tokens, fit_steps, rows)
+            if fast_noise is None and rows is not None and inf.kernel != "hmc":
+                u0, noise = keyed_chain_noise(rows, tokens.shape[0], self.latent_shape, num_chains, self.device)
+            elif fast_noise is None:
                 u0 = torch.randn((num_chains, tokens.shape[0], *self.latent_shape), device=self.device)
             else:
                 u0, *noise = (torch.as_tensor(np.asarray(a), dtype=torch.float32, device=self.device) for a in fast_noise)
@@ -135,7 +160,8 @@ class PyroLangevin(PyroBackend):
     def chains(self, tokens, warmup: int, draws: int, num_chains: int, fast_noise=None) -> dict:
         """The hook: `warmup` is the interface's inner steps: the warm-up (unless inference.warmup
         sets it) and the fast steps of a local start."""
-        return self.sample(tokens, warmup, self.cfg.inference.warmup or warmup, draws, num_chains, fast_noise)
+        return self.sample(tokens, warmup, self.cfg.inference.warmup or warmup, draws, num_chains, fast_noise,
+                           rows=self.noise_rows)
 
     def step(self, batch: np.ndarray) -> dict:
         """Monte Carlo EM: the chains of training_schedule (by default K steps, the first K // 2
@@ -143,7 +169,7 @@ class PyroLangevin(PyroBackend):
         tokens = self.tensor(batch)
         inf = self.cfg.inference
         warmup, kept = training_schedule(inf)
-        run = self.sample(tokens, inf.steps, warmup, kept, inf.chains)
+        run = self.sample(tokens, inf.steps, warmup, kept, inf.chains, rows=self.training_rows(tokens.shape[0]))
         z = run["last"]
         site_loglik = self.log_joint(tokens, z) - self.log_prior(z)
         n_tokens = tokens.shape[0] * (tokens.shape[1] - 1)

@@ -26,6 +26,7 @@ from ...models.numpyro_model import local_guide
 from ..numpyro_backend import NumPyroBackend, Programs
 from ..numpyro_elbo import elbo_terms
 from ..schedules import fast_lr
+from ...noise import INIT, SLOW, jax_eps
 
 
 def fast_lrs(steps: int, inf_cfg) -> np.ndarray:
@@ -37,6 +38,9 @@ def fast_lrs(steps: int, inf_cfg) -> np.ndarray:
 def initial_local(B, shape, inf_cfg, key):
     """(loc, log_scale) where the fast steps begin without an encoder: a fixed point, or the
     published random start (mu 0.01 N(0,1), log variance -5 + 0.1 N(0,1), fresh per key)."""
+    if inf_cfg.init == "published" and key is not None:  # keyed per sequence (noise.py)
+        draw = jax_eps(key, INIT, jnp.arange(B), shape, 2)
+        return 0.01 * draw[0], 0.5 * (-5.0 + 0.1 * draw[1])
     if inf_cfg.init == "published":
         loc_key, var_key = jax.random.split(jax.random.fold_in(key, 7))
         loc = 0.01 * jax.random.normal(loc_key, (B, *shape), jnp.float32)
@@ -64,7 +68,7 @@ def fit_local_posterior(model, tokens, shape, inf_cfg, lrs, key=None, fast_noise
 
     Minimises the negative ELBO per predicted token, summed over sequences (each sequence's
     parameters see only their own term), differentiating w.r.t. (loc, scale parameter) only. Each
-    step draws fresh noise from `key`, unless fast_noise [steps, S, B, *shape] gives every step's
+    step draws fresh noise from `key`, keyed per sequence (noise.jax_eps: step, global row), unless fast_noise [steps, S, B, *shape] gives every step's
     eps (backend parity tests) or fixed_eps [S, B, *shape] is reused at every step (the published
     reference's mode, comparison only). Pure: call it under jit.
     """
@@ -86,18 +90,21 @@ def fit_local_posterior(model, tokens, shape, inf_cfg, lrs, key=None, fast_noise
         loglik, kl = elbo_terms(model, guide, tokens, num_particles=particles, latent_value=value, rng_key=rng)
         return -(loglik.mean(0) - kl).sum() / n_tokens
 
+    rows = jnp.arange(B)  # global row indices: on a sharded batch each device draws its own rows' eps
+
     def body(carry, xs):
         local, state = carry
-        lr, step_eps, rng = xs
-        grads = jax.grad(loss)(local, fixed_eps if step_eps is None else step_eps, rng)
+        lr, step_eps, t = xs
+        if step_eps is None and fixed_eps is None:  # the one eps-draw site of the fast loop
+            step_eps = jax_eps(key, t, rows, shape, inf_cfg.num_samples)
+        grads = jax.grad(loss)(local, fixed_eps if step_eps is None else step_eps, None)
         updates, state = opt.update(grads, state, local)
         local = jax.tree.map(lambda p, u: p - lr * u, local, updates)
         return (local, state), None
 
     steps = lrs.shape[0]
-    keys = jax.random.split(key, steps) if fast_noise is None and fixed_eps is None else None
     local = (loc, factor * log_scale)
-    (local, _), _ = jax.lax.scan(body, (local, opt.init(local)), (lrs, fast_noise, keys))
+    (local, _), _ = jax.lax.scan(body, (local, opt.init(local)), (lrs, fast_noise, jnp.arange(steps)))
     return local[0], local[1] / factor
 
 
@@ -141,8 +148,10 @@ class LocalPrograms(Programs):
         n_tokens = tokens.shape[0] * (tokens.shape[1] - 1)
         S = self.inf.num_samples
 
+        slow_eps = jax_eps(slow_key, SLOW, jnp.arange(tokens.shape[0]), self.shape, S)
+
         def loss_fn(p):
-            loglik, kl = self.elbo(p, tokens, loc, log_scale, S, None, slow_key)
+            loglik, kl = self.elbo(p, tokens, loc, log_scale, S, slow_eps, slow_key)
             nll = -loglik.mean(0).sum() / n_tokens
             loss = nll + kl.sum() / n_tokens
             aux = {"loss": loss, "nll": nll, "kl": kl.mean()}

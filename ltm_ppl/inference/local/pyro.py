@@ -19,11 +19,15 @@ from ...models.pyro_model import amortized_guide, local_guide
 from ..pyro_backend import PyroBackend, frozen
 from ..pyro_elbo import elbo_terms
 from ..schedules import fast_lr
+from ...noise import FIXED, INIT, SLOW, torch_eps
 
 
-def initial_local(B, shape, inf_cfg, device):
+def initial_local(B, shape, inf_cfg, device, rows=None):
     """(loc, log_scale) where the fast steps begin without an encoder: a fixed point, or the
     published random start (mu 0.01 N(0,1), log variance -5 + 0.1 N(0,1), fresh per call)."""
+    if inf_cfg.init == "published" and rows is not None:  # keyed per sequence (noise.py)
+        draw = torch_eps(rows, INIT, B, shape, 2, device)
+        return 0.01 * draw[0], 0.5 * (-5.0 + 0.1 * draw[1])
     if inf_cfg.init == "published":
         loc = 0.01 * torch.randn((B, *shape), device=device)
         log_var = -5.0 + 0.1 * torch.randn((B, *shape), device=device)
@@ -39,7 +43,8 @@ def fast_optimizer(params, inf_cfg):
     return torch.optim.SGD(params, lr=inf_cfg.fast_lr)
 
 
-def fit_local_posterior(model, tokens, shape, inf_cfg, steps: int, device, observe_step=None, fast_noise=None, start=None):
+def fit_local_posterior(model, tokens, shape, inf_cfg, steps: int, device, observe_step=None, fast_noise=None, start=None,
+                        rows=None):
     """Fit (loc, log_scale) of shape [B, *shape] by `steps` fast steps; model(tokens) is the joint.
 
     Minimises the negative ELBO per predicted token, summed over sequences (each sequence's
@@ -48,10 +53,11 @@ def fit_local_posterior(model, tokens, shape, inf_cfg, steps: int, device, obser
     inf_cfg.scale_param = "log_variance" (the published loop). With inf_cfg.fixed_noise one eps is
     drawn (after the start) and reused (the published reference's mode, for comparison only); it
     is returned for the final number. fast_noise [steps, S, B, *shape], if given, is the eps of
-    each step (parity tests).
+    each step (parity tests); else rows (noise.Rows) keys each step's eps by (seed, iteration,
+    step, global row), so it does not depend on the worker count; else the torch stream.
     """
     B = tokens.shape[0]
-    loc, log_scale = initial_local(B, shape, inf_cfg, device) if start is None else (t.detach().clone() for t in start)
+    loc, log_scale = initial_local(B, shape, inf_cfg, device, rows) if start is None else (t.detach().clone() for t in start)
     # The moved scale parameter: log sigma, or log variance = 2 log sigma.
     factor = 2.0 if inf_cfg.scale_param == "log_variance" else 1.0
     scale_param = (factor * log_scale).requires_grad_(True)
@@ -59,12 +65,16 @@ def fit_local_posterior(model, tokens, shape, inf_cfg, steps: int, device, obser
     opt = fast_optimizer([loc, scale_param], inf_cfg)
     S = inf_cfg.num_samples
     eps = torch.randn((S, B, *shape), device=device) if inf_cfg.fixed_noise else None
+    if rows is not None and inf_cfg.fixed_noise:
+        eps = torch_eps(rows, FIXED, B, shape, S, device)
     for t in range(steps):
         for group in opt.param_groups:
             group["lr"] = fast_lr(t, steps, inf_cfg.fast_lr, inf_cfg.final_lr_ratio, inf_cfg.fast_lr_denominator)
         log_scale = scale_param / factor
         guide = functools.partial(local_guide, loc=loc, log_scale=log_scale)
         step_eps = eps if fast_noise is None else fast_noise[t]
+        if step_eps is None and rows is not None:  # the one eps-draw site of the fast loop
+            step_eps = torch_eps(rows, t, B, shape, S, device)
         value = None if step_eps is None else loc + log_scale.exp() * step_eps
         loglik, kl = elbo_terms(model, guide, tokens, num_particles=S if step_eps is None else step_eps.shape[0], latent_value=value)
         n_tokens = max(1, tokens.shape[-1] - 1)
@@ -87,7 +97,7 @@ class PyroLocal(PyroBackend):
         with torch.no_grad():
             return self.encoder(tokens)
 
-    def fit_posterior(self, tokens: torch.Tensor, steps: int, observe_step=None, fast_noise=None):
+    def fit_posterior(self, tokens: torch.Tensor, steps: int, observe_step=None, fast_noise=None, rows=None):
         """q_i fitted with the decoder frozen; returns (loc, log_scale, fixed eps or None)."""
         if fast_noise is not None:
             fast_noise = torch.as_tensor(fast_noise, dtype=torch.float32, device=self.device)
@@ -96,13 +106,15 @@ class PyroLocal(PyroBackend):
         with frozen(self.decoder), pyro.validation_enabled(False):
             return fit_local_posterior(
                 self.model, tokens, self.latent_shape, self.cfg.inference, steps, self.device, observe_step,
-                fast_noise, start=self.start(tokens),
+                fast_noise, start=self.start(tokens), rows=rows if rows is not None else self.noise_rows,
             )
 
     def step(self, batch: np.ndarray) -> dict:
         tokens = self.tensor(batch)
-        loc, log_scale, _ = self.fit_posterior(tokens, self.cfg.inference.steps)
-        loglik, kl = self.gaussian_elbo(tokens, loc, log_scale, self.cfg.inference.num_samples)
+        rows = self.training_rows(tokens.shape[0])
+        loc, log_scale, _ = self.fit_posterior(tokens, self.cfg.inference.steps, rows=rows)
+        slow_eps = torch_eps(rows, SLOW, tokens.shape[0], self.latent_shape, self.cfg.inference.num_samples, self.device)
+        loglik, kl = self.gaussian_elbo(tokens, loc, log_scale, self.cfg.inference.num_samples, slow_eps)
         n_tokens = tokens.shape[0] * (tokens.shape[1] - 1)
         nll = -loglik.mean(0).sum() / n_tokens
         loss = nll + kl.sum() / n_tokens
