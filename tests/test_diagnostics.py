@@ -116,6 +116,34 @@ def test_diagnose_writes_netcdf_plots_and_a_summary(trained_run, tmp_path):
     assert len(summary["methods"]["langevin"]["collapse"]["kl_per_latent_vector"]) == 4
 
 
+def test_diagnose_puts_each_methods_bounds_and_verdict_side_by_side_as_eval_computes_them(trained_run, tmp_path):
+    """Issue 13: per method the ELBO and IWAE_16 of its q (langevin: the Gaussian fitted to its
+    draws) in nats/token, and the convergence verdict in words; the numbers are `ltm eval`'s for
+    the same method, steps, draws, chains and seed, on the same windows."""
+    out = tmp_path / "diag"
+    result = run_cli("diagnose", trained_run, "--inference", "local,langevin", "--sequences", "3", "--chains", "2",
+                     "--draws", "100", "--steps", "10", "--out", out)
+    assert result.exit_code == 0, result.output
+    methods = json.loads((out / "summary.json").read_text())["methods"]
+    verdict = methods["langevin"]["verdict"]
+    assert verdict.startswith(("converged (", "NOT converged (")) and "R-hat max" in verdict and "ESS min" in verdict
+    table = result.stdout[result.stdout.index("bounds of each method's q"):].splitlines()
+    assert "ELBO" in table[1] and "IWAE_16" in table[1]
+    for m, line in zip(("local", "langevin"), table[2:4]):
+        b = methods[m]["bounds"]
+        assert line.split()[:4] == [m, "10", f"{b['elbo_nll_per_token']:.4f}", f"{b['iwae_nll_per_token']:.4f}"]
+        # IWAE_K is the tighter bound on the NLL (lower), up to K=16 Monte Carlo noise of different draws
+        assert b["iwae_nll_per_token"] < b["elbo_nll_per_token"] + 0.05
+    assert table[3].endswith(verdict) and table[2].endswith("-")
+    for m in ("local", "langevin"):
+        for kind, key in (("elbo", "elbo_nll_per_token"), ("iwae", "iwae_nll_per_token")):
+            run = run_cli("eval", trained_run, "--inference", m, "--steps", "10", "--samples", "16", "--bound", kind,
+                          "--chains", "2", "--max-windows", "3", "--batch-size", "3", "--seed", "0", "--json")
+            assert run.exit_code == 0, run.output
+            evaluated = json.loads(run.stdout.strip().splitlines()[-1])["nll_per_token"]
+            assert methods[m]["bounds"][key] == pytest.approx(evaluated, rel=1e-6, abs=1e-6), (m, kind)
+
+
 def test_compare_puts_an_ltm_beside_its_baseline(trained_run, method_runs_small):
     result = run_cli("compare", trained_run, method_runs_small, "--max-windows", "4", "--json")
     assert result.exit_code == 0, result.output
