@@ -100,10 +100,11 @@ def test_eval_iwae_steps_list_and_fixed_noise(trained_run):
 def test_diagnose_writes_netcdf_plots_and_a_summary(trained_run, tmp_path):
     out = tmp_path / "diag"
     result = run_cli("diagnose", trained_run, "--inference", "local,langevin", "--sequences", "3", "--chains", "2",
-                     "--draws", "100", "--steps", "20", "--out", out, "--json")
+                     "--draws", "100", "--steps", "20", "--out", out, "--json", "--no-bounds")
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert set(summary["methods"]) == {"local", "langevin"}
+    assert not any("bounds" in r for r in summary["methods"].values())  # --no-bounds
     assert {"local.nc", "langevin.nc", "local_khat.png", "langevin_rank.png", "local_kl.png", "summary.json"} <= {p.name for p in out.iterdir()}
     chains_nc = az.from_netcdf(str(out / "langevin.nc"))
     assert chains_nc.posterior["z"].dims == ("chain", "draw", "seq", "latent", "dim")
@@ -197,6 +198,8 @@ def test_diagnose_with_the_numpyro_backend(trained_run, tmp_path):
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert np.isfinite(summary["methods"]["langevin"]["chains_diagnostics"]["rhat_log_joint_max"])
+    for r in summary["methods"].values():  # the bounds through JAX too: IWAE_16 tighter than the ELBO, up to noise
+        assert np.isfinite(r["bounds"]["elbo_nll_per_token"]) and r["bounds"]["iwae_nll_per_token"] < r["bounds"]["elbo_nll_per_token"] + 0.05
     assert len(summary["methods"]["local"]["khat"]["khat"]) == 2
     assert az.from_netcdf(str(out / "langevin.nc")).posterior["z"].dims == ("chain", "draw", "seq", "latent", "dim")
     assert_one_line_error(run_cli("diagnose", trained_run, "--inference", "local,amortized", "--out", tmp_path / "d2"),
