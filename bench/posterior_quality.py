@@ -26,8 +26,8 @@ KERNELS = {"mala": ["--kernel", "mala", "--target-accept", "0.57"],
 STARTS = {"prior": ["--init", "prior"], "local": ["--init", "local"]}
 
 
-def ltm(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["nice", sys.executable, "-m", "ltm_ppl", *args], capture_output=True, text=True)
+def ltm(*args: str, timeout: float | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(["nice", sys.executable, "-m", "ltm_ppl", *args], capture_output=True, text=True, timeout=timeout)
 
 
 def main() -> None:
@@ -43,6 +43,8 @@ def main() -> None:
     parser.add_argument("--local-steps", type=int, default=16, help="fast steps of the local start")
     parser.add_argument("--leapfrog-steps", type=int, default=8, help="of HMC")
     parser.add_argument("--backend", default="numpyro", help="numpyro runs all three kernels (pyro: no nuts)")
+    parser.add_argument("--timeout", type=float, default=None, help="seconds per kernel x start pair (a row says it ran out)")
+    parser.add_argument("--bounds", action="store_true", help="also the ELBO / IWAE_16 of the fitted Gaussian (runs the chains twice more)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     run = args.run
@@ -57,13 +59,20 @@ def main() -> None:
     for kernel, start in itertools.product(args.kernels.split(","), args.starts.split(",")):
         with tempfile.TemporaryDirectory() as tmp:
             began = time.perf_counter()
-            done = ltm("diagnose", run, "--inference", "langevin", "--backend", args.backend, *KERNELS[kernel],
-                       *STARTS[start], "--leapfrog-steps", str(args.leapfrog_steps), "--steps", str(args.local_steps), "--warmup", str(args.warmup),
-                       "--sequences", str(args.sequences), "--chains", str(args.chains), "--draws", str(args.draws),
-                       "--out", str(Path(tmp) / "d"), "--json")
+            try:
+                done = ltm("diagnose", run, "--inference", "langevin", "--backend", args.backend, *KERNELS[kernel],
+                           *STARTS[start], "--leapfrog-steps", str(args.leapfrog_steps), "--steps", str(args.local_steps),
+                           "--warmup", str(args.warmup), "--sequences", str(args.sequences), "--chains", str(args.chains),
+                           "--draws", str(args.draws), "--bounds" if args.bounds else "--no-bounds",
+                           "--out", str(Path(tmp) / "d"), "--json", timeout=args.timeout)
+            except subprocess.TimeoutExpired:
+                done = None
             seconds = time.perf_counter() - began
-        row = {"kernel": kernel, "start": start, "seconds": round(seconds, 1)}
-        if done.returncode != 0:
+        row = {"kernel": kernel, "start": start, "seconds": round(seconds, 1), "warmup": args.warmup, "draws": args.draws,
+               "leapfrog_steps": args.leapfrog_steps if kernel == "hmc" else None}
+        if done is None:
+            rows.append(row | {"error": f"did not finish within --timeout {args.timeout:g} s", "converged": False})
+        elif done.returncode != 0:
             rows.append(row | {"error": done.stderr.strip().splitlines()[-1:]})
         else:
             r = json.loads(done.stdout.strip().splitlines()[-1])["methods"]["langevin"]
@@ -72,7 +81,7 @@ def main() -> None:
                                "rhat_log_joint_max": c["rhat_log_joint_max"], "converged": c["converged"],
                                "share_coordinates_converged_min": min(c["share_coordinates_converged"]),
                                "gradient_evaluations": r["gradient_evaluations"], "accept_prob": r["accept_prob"],
-                               "divergences": r.get("divergences")})
+                               "divergences": r.get("divergences")} | ({"bounds": r["bounds"]} if "bounds" in r else {}))
         print(json.dumps(rows[-1]), flush=True)
     table = {"run": str(run), "config": str(PINNED), "backend": args.backend, "sequences": args.sequences,
              "leapfrog_steps": args.leapfrog_steps,

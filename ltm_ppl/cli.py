@@ -358,18 +358,20 @@ def sample(run, prompt, num, max_tokens, temperature, top_k, steps, stop_at_eos,
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="val")
 @click.option("--data", default=None, help="Another corpus.")
 @click.option("--out", default=None, show_default="diagnostics/<run name>-<timestamp>", help="New directory for NetCDF, plots and summary (never inside the run).")
+@click.option("--bounds/--no-bounds", default=True, show_default=True,
+              help="ELBO and IWAE_16 of each method's q (a chain method runs its chains twice more).")
 @backend_option
 @seed_option
 @device_option
 @json_option
 @functools.partial(method_options, without=("chains", "draws"))
-def diagnose(run, methods, sequences, chains, draws, steps, split, data, out, backend, seed, device, as_json, **kw):
+def diagnose(run, methods, sequences, chains, draws, steps, split, data, out, bounds, backend, seed, device, as_json, **kw):
     """Posterior quality: R-hat / ESS of chains, PSIS k-hat of variational posteriors, collapse."""
     from .diagnostics import DiagnoseSettings, diagnose_run
 
     names = [m.strip() for m in methods.split(",")] if methods else None
     settings = DiagnoseSettings(names, sequences, chains, draws, steps, split, data, out, backend, device,
-                                0 if seed is None else seed, overrides=method_overrides(kw))
+                                0 if seed is None else seed, overrides=method_overrides(kw), bounds=bounds)
     summary = diagnose_run(run, settings, progress_bar("diagnose", "part"))
     if as_json:
         emit_json(summary)
@@ -402,6 +404,14 @@ def diagnose(run, methods, sequences, chains, draws, steps, split, data, out, ba
             floor = r["collapse_noise_floor"]
             click.echo(f"  noise floor (as many prior draws): KL per latent vector up to {max(floor['kl_per_latent_vector']):.2f}; "
                        f"active units {floor['active_units']}")
+    with_bounds = {m: r for m, r in summary["methods"].items() if "bounds" in r}
+    if with_bounds:  # the methods side by side: each q's bounds, and whether its chains converged
+        k = next(iter(with_bounds.values()))["bounds"]["samples"]
+        click.echo(f"bounds of each method's q on these windows (nats/token, {k} draws; langevin: the Gaussian fitted to its draws):")
+        click.echo(f"  {'method':<16} {'steps':>6} {'ELBO':>9} {f'IWAE_{k}':>9}  chains")
+        for m, r in with_bounds.items():
+            b = r["bounds"]
+            click.echo(f"  {m:<16} {b['steps']:>6} {b['elbo_nll_per_token']:>9.4f} {b['iwae_nll_per_token']:>9.4f}  {r.get('verdict', '-')}")
     if "amortization_gap" in summary:
         g = summary["amortization_gap"]
         click.echo(f"amortization gap (local - amortized ELBO): {g['nats_per_sequence']:.3f} nats/sequence, {g['nats_per_token']:.4f} nats/token")

@@ -26,6 +26,7 @@ CONVERGENCE_RULE = (f"converged: rank-normalised R-hat <= {RHAT_LIMIT} and bulk 
                     f"on the log joint and on at least {COORDINATE_SHARE:.0%} of the latent coordinates of every sequence")
 MIN_KHAT_DRAWS = 100
 DEFAULT_WARMUP = 200  # warm-up steps of chain methods in `diagnose` unless --steps says otherwise
+BOUND_SAMPLES = 16  # draws of each method's q for the ELBO estimate and K of IWAE_K in `diagnose`
 
 
 def _arviz():
@@ -242,6 +243,7 @@ class DiagnoseSettings:
     device: str | None = None
     seed: int = 0
     overrides: dict | None = None  # method options, "inference.<field>": value (None skipped): kernel, warm-up, init
+    bounds: bool = True  # ELBO and IWAE_K of each method's q (chain methods run their chains twice more)
 
     def __post_init__(self):
         for name, value in (("--sequences", self.sequences), ("--chains", self.chains), ("--draws", self.draws),
@@ -328,6 +330,8 @@ def diagnose_run(run, settings: DiagnoseSettings | None = None, progress=None) -
     with (progress or _no_progress)(2 * len(opened) + len(gaps)) as advance:
         for m, o in opened.items():
             summary["methods"][m] = _diagnose_method(m, o, batch, steps, chains, draws, seed, out_dir, advance, more_batches)
+            if s.bounds:
+                summary["methods"][m]["bounds"] = method_bounds(o.inference, batch, summary["methods"][m]["steps"], seed)
         for refined, encoder in gaps:  # e.g. local against amortized: the ELBO the refinement gains
             with opened[refined].inference.rng_scope(seed):
                 fine = opened[refined].inference.bound(batch, steps=steps or opened[refined].cfg.inference.eval_steps * 4, num_samples=16)
@@ -348,6 +352,30 @@ def diagnose_run(run, settings: DiagnoseSettings | None = None, progress=None) -
 @contextlib.contextmanager
 def _no_progress(total: int):
     yield lambda n=1: None
+
+
+def method_bounds(inference, batch, steps: int, seed: int) -> dict:
+    """ELBO (analytic KL) and IWAE_K of the method's q on the diagnosed windows, nats per token, by
+    the code of `ltm eval` with its seeding: the same numbers as `ltm eval --inference M --steps
+    STEPS --samples 16 [--bound iwae] --max-windows B --batch-size B --seed SEED` (and, for a chain
+    method, the same --chains / --draws / kernel options). A chain method's q is the diagonal
+    Gaussian fitted to its kept draws (its own bound / log_weights)."""
+    from .evaluate import corpus_bound
+
+    elbo = corpus_bound(inference, [batch], steps, BOUND_SAMPLES, seed=seed, kind="elbo")
+    iwae = corpus_bound(inference, [batch], steps, BOUND_SAMPLES, seed=seed, kind="iwae")
+    return {"steps": steps, "samples": BOUND_SAMPLES, "num_tokens": elbo["num_tokens"],
+            "elbo_nll_per_token": elbo["nll_per_token"], "iwae_nll_per_token": iwae["nll_per_token"],
+            "kl_per_sequence": elbo["kl_per_sequence"]}
+
+
+def verdict(diagnostics: dict) -> str:
+    """The convergence rule's verdict in words, with the numbers that decide it."""
+    numbers = (f"R-hat max {diagnostics['rhat_max']:.3f}, ESS min {diagnostics['ess_bulk_min']:.1f}, "
+               f"R-hat of the log joint max {diagnostics['rhat_log_joint_max']:.3f}")
+    if diagnostics["converged"]:
+        return f"converged ({numbers})"
+    return f"NOT converged ({numbers}; needs R-hat <= {RHAT_LIMIT} and ESS >= {ESS_MIN})"
 
 
 def q_means(inference, batch, steps: int) -> np.ndarray:
@@ -389,8 +417,7 @@ def _diagnose_method(m: str, o, batch, steps, chains: int, draws: int, seed: int
         report["gradient_evaluations"] = float(post["gradient_evaluations"].mean())
         if "diverging" in post:
             report["divergences"] = int(post["diverging"].sum())
-        report["verdict"] = ("converged" if report["chains_diagnostics"]["converged"] else "NOT converged") + \
-            f" ({CONVERGENCE_RULE.removeprefix('converged: ')})"
+        report["verdict"] = verdict(report["chains_diagnostics"])
     else:
         report["khat"] = psis_khat(log_w[0])
     idata = inference_data(m, post, log_w)

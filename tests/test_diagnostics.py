@@ -100,10 +100,11 @@ def test_eval_iwae_steps_list_and_fixed_noise(trained_run):
 def test_diagnose_writes_netcdf_plots_and_a_summary(trained_run, tmp_path):
     out = tmp_path / "diag"
     result = run_cli("diagnose", trained_run, "--inference", "local,langevin", "--sequences", "3", "--chains", "2",
-                     "--draws", "100", "--steps", "20", "--out", out, "--json")
+                     "--draws", "100", "--steps", "20", "--out", out, "--json", "--no-bounds")
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert set(summary["methods"]) == {"local", "langevin"}
+    assert not any("bounds" in r for r in summary["methods"].values())  # --no-bounds
     assert {"local.nc", "langevin.nc", "local_khat.png", "langevin_rank.png", "local_kl.png", "summary.json"} <= {p.name for p in out.iterdir()}
     chains_nc = az.from_netcdf(str(out / "langevin.nc"))
     assert chains_nc.posterior["z"].dims == ("chain", "draw", "seq", "latent", "dim")
@@ -114,6 +115,34 @@ def test_diagnose_writes_netcdf_plots_and_a_summary(trained_run, tmp_path):
     assert variational.sample_stats["log_weight"].dims == ("chain", "draw", "seq")
     assert len(summary["methods"]["local"]["khat"]["khat"]) == 3
     assert len(summary["methods"]["langevin"]["collapse"]["kl_per_latent_vector"]) == 4
+
+
+def test_diagnose_puts_each_methods_bounds_and_verdict_side_by_side_as_eval_computes_them(trained_run, tmp_path):
+    """Issue 13: per method the ELBO and IWAE_16 of its q (langevin: the Gaussian fitted to its
+    draws) in nats/token, and the convergence verdict in words; the numbers are `ltm eval`'s for
+    the same method, steps, draws, chains and seed, on the same windows."""
+    out = tmp_path / "diag"
+    result = run_cli("diagnose", trained_run, "--inference", "local,langevin", "--sequences", "3", "--chains", "2",
+                     "--draws", "100", "--steps", "10", "--out", out)
+    assert result.exit_code == 0, result.output
+    methods = json.loads((out / "summary.json").read_text())["methods"]
+    verdict = methods["langevin"]["verdict"]
+    assert verdict.startswith(("converged (", "NOT converged (")) and "R-hat max" in verdict and "ESS min" in verdict
+    table = result.stdout[result.stdout.index("bounds of each method's q"):].splitlines()
+    assert "ELBO" in table[1] and "IWAE_16" in table[1]
+    for m, line in zip(("local", "langevin"), table[2:4]):
+        b = methods[m]["bounds"]
+        assert line.split()[:4] == [m, "10", f"{b['elbo_nll_per_token']:.4f}", f"{b['iwae_nll_per_token']:.4f}"]
+        # IWAE_K is the tighter bound on the NLL (lower), up to K=16 Monte Carlo noise of different draws
+        assert b["iwae_nll_per_token"] < b["elbo_nll_per_token"] + 0.05
+    assert table[3].endswith(verdict) and table[2].endswith("-")
+    for m in ("local", "langevin"):
+        for kind, key in (("elbo", "elbo_nll_per_token"), ("iwae", "iwae_nll_per_token")):
+            run = run_cli("eval", trained_run, "--inference", m, "--steps", "10", "--samples", "16", "--bound", kind,
+                          "--chains", "2", "--max-windows", "3", "--batch-size", "3", "--seed", "0", "--json")
+            assert run.exit_code == 0, run.output
+            evaluated = json.loads(run.stdout.strip().splitlines()[-1])["nll_per_token"]
+            assert methods[m]["bounds"][key] == pytest.approx(evaluated, rel=1e-6, abs=1e-6), (m, kind)
 
 
 def test_compare_puts_an_ltm_beside_its_baseline(trained_run, method_runs_small):
@@ -169,6 +198,8 @@ def test_diagnose_with_the_numpyro_backend(trained_run, tmp_path):
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert np.isfinite(summary["methods"]["langevin"]["chains_diagnostics"]["rhat_log_joint_max"])
+    for r in summary["methods"].values():  # the bounds through JAX too: IWAE_16 tighter than the ELBO, up to noise
+        assert np.isfinite(r["bounds"]["elbo_nll_per_token"]) and r["bounds"]["iwae_nll_per_token"] < r["bounds"]["elbo_nll_per_token"] + 0.05
     assert len(summary["methods"]["local"]["khat"]["khat"]) == 2
     assert az.from_netcdf(str(out / "langevin.nc")).posterior["z"].dims == ("chain", "draw", "seq", "latent", "dim")
     assert_one_line_error(run_cli("diagnose", trained_run, "--inference", "local,amortized", "--out", tmp_path / "d2"),
