@@ -424,5 +424,29 @@ def compare(runs, split, data, steps, samples, max_windows, batch_size, backend,
                    f"{r['nll_per_token']:>11.4f} {r['perplexity']:>11.3f} {kl:>8} {r['flops_per_token']:>18.4g}")
 
 
+@cli.command()
+@common_options
+@click.argument("grid", type=click.Path(dir_okay=False))
+@click.option("--out", required=True, help="Study folder: runs/, points/<id>.json, study.json, study.md, plots (reused to resume).")
+@click.option("--only", default=None, help="Run only these points (comma-separated names); the table covers every point done.")
+@click.option("--table-only", is_flag=True, help="Train nothing: rebuild the table and plots from the points done.")
+@json_option
+def study(grid, out, only, table_only, as_json):
+    """A grid of `ltm fit` runs from one base recipe (TOML), each bounded as `ltm eval` does, with
+    its autoregressive twin; one table (JSON + Markdown) and plots. Resumable."""
+    from .study import rebuild_tables, run_study
+
+    echo = functools.partial(click.echo, err=True)  # one line per run started, on stderr
+    if table_only:
+        summary = rebuild_tables(grid, out)
+    else:
+        summary = run_study(grid, out, [n.strip() for n in only.split(",")] if only else None, echo)
+    if as_json:
+        emit_json({k: v for k, v in summary.items() if k not in ("ltm", "twins")})
+        return
+    click.echo(f"{summary['points_done']} of {summary['points_total']} runs done; table: {Path(out) / 'study.md'}; "
+               f"plots: {', '.join(summary['plots'])}")
+
+
 def main():
     cli()
