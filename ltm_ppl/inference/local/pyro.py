@@ -19,7 +19,14 @@ import torch
 from ...models.pyro_model import amortized_guide, local_guide
 from ..pyro_backend import PyroBackend, frozen
 from ..pyro_elbo import elbo_terms
-from ..schedules import fast_lr
+from ..schedules import fast_lr, kl_shape
+
+
+def shaped_kl(loc, log_scale, beta: float, free_bits: float):
+    """The training objective's KL term per sequence [B]: beta * sum_j max(free_bits, KL_j), KL_j
+    the analytic KL of latent vector j (a KL warm-up, free bits). Never in a reported bound."""
+    kl_vectors = 0.5 * (loc**2 + torch.exp(2 * log_scale) - 1 - 2 * log_scale).sum(-1)
+    return beta * torch.clamp(kl_vectors, min=free_bits).sum(-1)
 
 
 def initial_local(B, shape, inf_cfg, device):
@@ -40,7 +47,8 @@ def fast_optimizer(params, inf_cfg):
     return torch.optim.SGD(params, lr=inf_cfg.fast_lr)
 
 
-def fit_local_posterior(model, tokens, shape, inf_cfg, steps: int, device, observe_step=None, fast_noise=None, start=None):
+def fit_local_posterior(model, tokens, shape, inf_cfg, steps: int, device, observe_step=None, fast_noise=None, start=None,
+                        kl_shaping=None):
     """Fit (loc, log_scale) of shape [B, *shape] by `steps` fast steps; model(tokens) is the joint.
 
     Minimises the negative ELBO per predicted token, summed over sequences (each sequence's
@@ -49,7 +57,8 @@ def fit_local_posterior(model, tokens, shape, inf_cfg, steps: int, device, obser
     inf_cfg.scale_param = "log_variance" (the published loop). With inf_cfg.fixed_noise one eps is
     drawn (after the start) and reused (the published reference's mode, for comparison only); it
     is returned for the final number. fast_noise [steps, S, B, *shape], if given, is the eps of
-    each step (parity tests).
+    each step (parity tests). kl_shaping = (beta, free bits) replaces the KL term by shaped_kl's
+    (training iterations only, never a reported bound).
     """
     B = tokens.shape[0]
     loc, log_scale = initial_local(B, shape, inf_cfg, device) if start is None else (t.detach().clone() for t in start)
@@ -68,6 +77,8 @@ def fit_local_posterior(model, tokens, shape, inf_cfg, steps: int, device, obser
         step_eps = eps if fast_noise is None else fast_noise[t]
         value = None if step_eps is None else loc + log_scale.exp() * step_eps
         loglik, kl = elbo_terms(model, guide, tokens, num_particles=S if step_eps is None else step_eps.shape[0], latent_value=value)
+        if kl_shaping is not None:
+            kl = shaped_kl(loc, log_scale, *kl_shaping)
         n_tokens = max(1, tokens.shape[-1] - 1)
         loss = -(loglik.mean(0) - kl).sum() / n_tokens
         loc.grad, scale_param.grad = torch.autograd.grad(loss, [loc, scale_param])
@@ -88,7 +99,7 @@ class PyroLocal(PyroBackend):
         with torch.no_grad():
             return self.encoder(tokens)
 
-    def fit_posterior(self, tokens: torch.Tensor, steps: int, observe_step=None, fast_noise=None):
+    def fit_posterior(self, tokens: torch.Tensor, steps: int, observe_step=None, fast_noise=None, kl_shaping=None):
         """q_i fitted with the decoder frozen; returns (loc, log_scale, fixed eps or None)."""
         if fast_noise is not None:
             fast_noise = torch.as_tensor(fast_noise, dtype=torch.float32, device=self.device)
@@ -97,18 +108,22 @@ class PyroLocal(PyroBackend):
         with frozen(self.decoder), pyro.validation_enabled(False):
             return fit_local_posterior(
                 self.model, tokens, self.latent_shape, self.cfg.inference, steps, self.device, observe_step,
-                fast_noise, start=self.start(tokens),
+                fast_noise, start=self.start(tokens), kl_shaping=kl_shaping,
             )
 
     def step(self, batch: np.ndarray) -> dict:
         tokens = self.tensor(batch)
-        loc, log_scale, _ = self.fit_posterior(tokens, self.cfg.inference.steps)
+        shaping = kl_shape(self.iteration, self.cfg.inference)  # None: the plain ELBO
+        loc, log_scale, _ = self.fit_posterior(tokens, self.cfg.inference.steps, kl_shaping=shaping)
         loglik, kl = self.gaussian_elbo(tokens, loc, log_scale, self.cfg.inference.num_samples)
         n_tokens = tokens.shape[0] * (tokens.shape[1] - 1)
         nll = -loglik.mean(0).sum() / n_tokens
         loss = nll + kl.sum() / n_tokens
         metrics = {"loss": loss.item(), "nll": nll.item(), "kl": kl.mean().item()}
         objective = loss
+        if shaping is not None:  # the training loss is the shaped objective (its KL term is constant in the decoder)
+            objective = nll + shaped_kl(loc, log_scale, *shaping).sum() / n_tokens
+            metrics |= {"loss": objective.item(), "beta": shaping[0]}
         if self.encoder is not None:
             # The encoder's own ELBO at its output; the decoder is frozen for this term.
             guide = functools.partial(amortized_guide, encoder=self.encoder)
