@@ -242,21 +242,26 @@ def _open_run(run: str, backend, device, overrides: dict | None = None):
 @click.option("--fixed-noise", is_flag=True, help="Also the published reference's fixed-noise number (not a bound), labelled.")
 @click.option("--batch-size", type=int, default=None, help="Windows per batch.")
 @click.option("--max-windows", type=int, default=None, show_default="all", help="Bound only the first N windows of the split.")
+@click.option("--plot", default=None, help="Also write FILE.png: the bound (nats/token) against --steps.")
 @inference_option
 @method_options
 @backend_option
 @seed_option
 @device_option
 @json_option
-def eval_cmd(run, split, data, steps, kind, samples, fixed_noise, batch_size, max_windows, inference, backend, seed, device, as_json, **kw):
+def eval_cmd(run, split, data, steps, kind, samples, fixed_noise, batch_size, max_windows, plot, inference, backend, seed, device, as_json, **kw):
     """Held-out bounds of a run: nats/token and perplexity, corpus-level, fresh noise."""
+    from .plots import check_plot_path, plot_eval_steps
     from .runs import check_eval_options, evaluate_run, parse_steps
 
     check_eval_options(samples, batch_size, max_windows)
+    plot = check_plot_path(plot)
     opened = _open_run(run, backend, device, method_overrides(kw) | {"inference.method": inference})
     steps = parse_steps(steps, opened.cfg.inference.eval_steps)
     record = evaluate_run(opened, split, data, steps, samples, kind, fixed_noise, batch_size, max_windows, seed,
                           progress_bar("eval", "seq"))
+    if plot is not None:
+        plot_eval_steps(record, plot)
     if as_json:
         emit_json(record)
         return
@@ -403,16 +408,21 @@ def diagnose(run, methods, sequences, chains, draws, steps, split, data, out, ba
 @click.option("--samples", type=int, default=1, help="Draws per sequence of the ELBO estimate.")
 @click.option("--max-windows", type=int, default=None, show_default="all", help="Bound only the first N windows of the split.")
 @click.option("--batch-size", type=int, default=None, show_default="each run's", help="Windows per batch.")
+@click.option("--plot", default=None, help="Also write FILE.png: each run's bound (or exact NLL) side by side.")
 @backend_option
 @seed_option
 @device_option
 @json_option
-def compare(runs, split, data, steps, samples, max_windows, batch_size, backend, seed, device, as_json):
+def compare(runs, split, data, steps, samples, max_windows, batch_size, plot, backend, seed, device, as_json):
     """Bounds of several runs on the same tokens, with FLOPs per token (e.g. an LTM vs its baseline)."""
+    from .plots import check_plot_path, plot_compare
     from .runs import compare_runs
 
+    plot = check_plot_path(plot)
     table = compare_runs(list(runs), split, data, steps, samples, max_windows, batch_size, seed,
                          progress=progress_bar("compare", "seq"), overrides={"train.backend": backend, "train.device": device})
+    if plot is not None:
+        plot_compare(table, plot)
     if as_json:
         emit_json(table)
         return

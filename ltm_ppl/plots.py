@@ -66,15 +66,18 @@ def plot_eval_steps(record: dict, path: Path) -> None:
 
 def plot_compare(table: dict, path: Path) -> None:
     """One bar per run of `ltm compare`: its bound (LTM) or exact NLL (no latent), nats/token."""
+    from .inference import descriptor
+
     plt = _pyplot()
     rows = table["rows"]
+    exact = [not descriptor(r["inference"]).latent for r in rows]  # no latent: the exact NLL
     fig, ax = plt.subplots(figsize=(max(4.0, 1.3 * len(rows) + 2), 3.8))
     names = [Path(r["run"]).name for r in rows]
     values = [r["nll_per_token"] for r in rows]
-    colors = ["tab:gray" if r["kl_per_sequence"] is None else "tab:blue" for r in rows]
+    colors = ["tab:gray" if e else "tab:blue" for e in exact]
     bars = ax.bar(range(len(rows)), values, color=colors)
-    for bar, r in zip(bars, rows):
-        what = "exact" if r["kl_per_sequence"] is None else "bound"
+    for bar, r, e in zip(bars, rows, exact):
+        what = "exact" if e else "bound"
         ax.annotate(f"{r['nll_per_token']:.3f}\n{what}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                     ha="center", va="bottom", fontsize=7)
     ax.set_xticks(range(len(rows)), [f"{n}\n{r['inference']}" for n, r in zip(names, rows)], fontsize=7)
