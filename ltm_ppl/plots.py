@@ -126,7 +126,7 @@ def study_plots(ltm: list[dict], twins: dict[str, dict], rows: list[dict], out: 
 
     # 3. Bound vs latent size: points that change nothing but model.n_z, and the base.
     sized = [r for r in rows if set(r["settings"]) <= {"model.n_z"}]
-    if sized:
+    if len({r["settings"].get("model.n_z") for r in sized}) >= 2:
         fig, ax = plt.subplots(figsize=(5.5, 3.8))
         by_T = {}
         for r in sized:
