@@ -258,7 +258,7 @@ def markdown(rows: list[dict], grid: Grid) -> str:
     full = any(r["ar_full_attention_nll"] is not None for r in rows)
     head = (["point", "seed", "T eval", "ELBO"] + [f"IWAE_{k}" for k in Ks] +
             ["AR twin (exact)"] + (["AR full attention (exact)"] if full else []) + ["best bound - AR", "KL/window", "KL/token", "vectors > 0.5", "active units",
-             "in use", "fit s", "train tokens"])
+             "in use", "fit s", "train tokens", "train FLOPs LTM / AR"])
     lines = ["Every LTM number is an upper bound on the held-out NLL in nats/token (ELBO: analytic KL, fresh noise; "
              "IWAE_K: K draws of q); the AR twin's number is its exact NLL on the same windows.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -268,7 +268,8 @@ def markdown(rows: list[dict], grid: Grid) -> str:
         cells += [_f(r["ar_nll"])] + ([_f(r["ar_full_attention_nll"])] if full else [])
         cells += [_f(r["margin_vs_ar"], 3), _f(r["kl_per_window"], 2), _f(r["kl_per_token"], 4),
                   f"{r['share_vectors_above_0.5']:.2f}", f"{r['active_units']}/{r['num_units']}",
-                  "yes" if r["latents_in_use"] else "no", _f(r["fit_seconds"], 0), str(r["train_tokens"])]
+                  "yes" if r["latents_in_use"] else "no", _f(r["fit_seconds"], 0), str(r["train_tokens"]),
+                  "-" if not r["ar_train_flops"] else f"{r['train_flops'] / r['ar_train_flops']:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "best bound - AR: the row's lowest bound minus the same-window AR twin's exact NLL (< 0: the LTM's "
               "bound beats the twin at equal training tokens). KL/window: analytic KL(q || prior) of q fitted by T steps, "
