@@ -189,15 +189,18 @@ def run_study(grid_path: str | Path, out: str | Path, only: list[str] | None = N
             continue
         for seed in point.seeds:
             cfg = grid.config(point, seed)
-            twins = []
-            if grid.twins:
-                for label, twin_cfg in twin_configs(cfg):
-                    tid = twin_key(twin_cfg)
-                    run_one(tid, twin_cfg, "ar", out, grid, echo, {"twin_of": point.name, "twin": label})
-                    twins.append({"id": tid, "twin": label})
-            run_one(f"{point.name}-s{seed}", cfg, "ltm", out, grid, echo,
-                    {"point": point.name, "settings": point.settings, "twins": twins})
+            for twin in point_twins(grid, point, seed):
+                run_one(twin["id"], twin["cfg"], "ar", out, grid, echo, {"twin_of": point.name, "twin": twin["twin"]})
+            run_one(f"{point.name}-s{seed}", cfg, "ltm", out, grid, echo, {"point": point.name, "settings": point.settings})
     return write_tables(grid, out)
+
+
+def point_twins(grid: Grid, point: Point, seed: int) -> list[dict]:
+    """The AR twins the grid asks for beside a point: [{"id", "twin" (label), "cfg"}]."""
+    if not grid.twins:
+        return []
+    return [{"id": twin_key(cfg), "twin": label, "cfg": cfg}
+            for label, cfg in twin_configs(grid.config(point, seed), grid.flops_twins)]
 
 
 def collect(grid: Grid, out: Path) -> tuple[list[dict], dict[str, dict]]:
@@ -209,8 +212,9 @@ def collect(grid: Grid, out: Path) -> tuple[list[dict], dict[str, dict]]:
             if not path.exists():
                 continue
             record = json.loads(path.read_text())
+            record["twins"] = [{"id": t["id"], "twin": t["twin"]} for t in point_twins(grid, point, seed)]
             ltm.append(record)
-            for t in record.get("twins", []):
+            for t in record["twins"]:
                 tpath = out / "points" / f"{t['id']}.json"
                 if tpath.exists():
                     twins[t["id"]] = json.loads(tpath.read_text())
@@ -224,6 +228,7 @@ def table_rows(ltm: list[dict], twins: dict[str, dict]) -> list[dict]:
     for rec in ltm:
         same = next((twins[t["id"]] for t in rec["twins"] if t["twin"] == "same window" and t["id"] in twins), None)
         full = next((twins[t["id"]] for t in rec["twins"] if t["twin"] == "full attention" and t["id"] in twins), None)
+        flops = next((twins[t["id"]] for t in rec["twins"] if t["twin"] == "equal FLOPs" and t["id"] in twins), None)
         ar = same["rows"][0]["nll_per_token"] if same else None
         for r in rec["rows"]:
             if r["bound"] != "elbo":
@@ -240,6 +245,8 @@ def table_rows(ltm: list[dict], twins: dict[str, dict]) -> list[dict]:
                 "num_units": r["num_units"], "latents_in_use": r["latents_in_use"],
                 "ar_nll": ar, "ar_full_attention_nll": full["rows"][0]["nll_per_token"] if full else None,
                 "ar_train_flops": same["train_flops"] if same else None,
+                "ar_equal_flops_nll": flops["rows"][0]["nll_per_token"] if flops else None,
+                "ar_equal_flops_tokens": flops["train_tokens"] if flops else None,
                 "margin_vs_ar": None if ar is None else best - ar,  # < 0: the LTM's bound beats the twin
             })
     return rows
@@ -256,8 +263,10 @@ def _f(value, digits=4) -> str:
 def markdown(rows: list[dict], grid: Grid) -> str:
     Ks = sorted({int(k.split("_")[1]) for r in rows for k in r if k.startswith("iwae_")})
     full = any(r["ar_full_attention_nll"] is not None for r in rows)
+    flops = any(r["ar_equal_flops_nll"] is not None for r in rows)
     head = (["point", "seed", "T eval", "ELBO"] + [f"IWAE_{k}" for k in Ks] +
-            ["AR twin (exact)"] + (["AR full attention (exact)"] if full else []) + ["best bound - AR", "KL/window", "KL/token", "vectors > 0.5", "active units",
+            ["AR twin (exact)"] + (["AR full attention (exact)"] if full else []) +
+            (["AR equal FLOPs (exact)"] if flops else []) + ["best bound - AR", "KL/window", "KL/token", "vectors > 0.5", "active units",
              "in use", "fit s", "train tokens", "train FLOPs LTM / AR"])
     lines = ["Every LTM number is an upper bound on the held-out NLL in nats/token (ELBO: analytic KL, fresh noise; "
              "IWAE_K: K draws of q); the AR twin's number is its exact NLL on the same windows.", "",
@@ -266,6 +275,7 @@ def markdown(rows: list[dict], grid: Grid) -> str:
         cells = [f"{r['point']}: {_settings_text(r['settings'])}", str(r["seed"]), str(r["eval_steps"]), _f(r["elbo"])]
         cells += [_f(r.get(f"iwae_{k}")) for k in Ks]
         cells += [_f(r["ar_nll"])] + ([_f(r["ar_full_attention_nll"])] if full else [])
+        cells += [_f(r["ar_equal_flops_nll"])] if flops else []
         cells += [_f(r["margin_vs_ar"], 3), _f(r["kl_per_window"], 2), _f(r["kl_per_token"], 4),
                   f"{r['share_vectors_above_0.5']:.2f}", f"{r['active_units']}/{r['num_units']}",
                   "yes" if r["latents_in_use"] else "no", _f(r["fit_seconds"], 0), str(r["train_tokens"]),

@@ -35,7 +35,7 @@ from .config import SECTIONS, RunConfig, apply_overrides, validate
 from .errors import LtmError
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=+-]{0,63}$")  # a point's name is a file name too
-STUDY_KEYS = {"seeds", "eval_steps", "iwae_samples", "iwae_steps", "eval_windows", "twins", "batch_size"}
+STUDY_KEYS = {"seeds", "eval_steps", "iwae_samples", "iwae_steps", "eval_windows", "twins", "batch_size", "flops_twins"}
 # Settings a twin without latents does not read: twins that differ only in these are one run.
 NOT_READ_BY_TWIN = ("model.n_z", "model.encoder_layers", "model.latent")
 
@@ -57,6 +57,7 @@ class Grid:
     eval_windows: int = 32
     batch_size: int | None = None  # eval batch (None: each run's)
     twins: bool = True
+    flops_twins: bool = False  # also the same-window twin trained for the LTM's training FLOPs
 
     def config(self, point: Point, seed: int) -> RunConfig:
         """The point's run config: defaults < base < point < seed (checked)."""
@@ -127,6 +128,10 @@ def parse_grid(raw: dict, source: str = "grid") -> Grid:
     if not isinstance(twins, bool):
         raise LtmError(f"{source}: study.twins must be true or false, got {twins!r}")
     grid.twins = twins
+    flops_twins = study.get("flops_twins", False)
+    if not isinstance(flops_twins, bool):
+        raise LtmError(f"{source}: study.flops_twins must be true or false, got {flops_twins!r}")
+    grid.flops_twins = flops_twins
     points = raw.get("point", [])
     if not isinstance(points, list) or not points:
         raise LtmError(f"{source}: no points (add [[point]] tables, each with a name)")
@@ -162,12 +167,14 @@ def load_grid(path: str | Path) -> Grid:
     return parse_grid(raw, str(path))
 
 
-def twin_configs(cfg: RunConfig) -> list[tuple[str, RunConfig]]:
+def twin_configs(cfg: RunConfig, flops_matched: bool = False) -> list[tuple[str, RunConfig]]:
     """The autoregressive twins of an LTM config: ("same window", cfg without latents), and, when
     the LTM's self-attention is windowed, ("full attention", the same with full attention). Same
-    shapes, batches and iterations: equal training tokens."""
+    shapes, batches and iterations: equal training tokens. With flops_matched, also ("equal FLOPs",
+    the same-window twin trained for as many iterations as the LTM's training FLOPs buy it)."""
     import copy
 
+    from .flops import training_flops_per_token
     from .inference import methods
 
     twins = []
@@ -179,6 +186,13 @@ def twin_configs(cfg: RunConfig) -> list[tuple[str, RunConfig]]:
         twin.model.latent = False
         twin.model.attention_window = window
         twins.append((label, validate(twin, methods())))
+    if flops_matched:
+        twin = copy.deepcopy(twins[0][1])
+        ratio = training_flops_per_token(cfg) / training_flops_per_token(twin)
+        twin.train.iters = max(1, round(cfg.train.iters * ratio))
+        if cfg.train.lr_decay_iters == cfg.train.iters:  # a horizon at the end stays at the end
+            twin.train.lr_decay_iters = twin.train.iters
+        twins.append(("equal FLOPs", validate(twin, methods())))
     return twins
 
 

@@ -19,6 +19,7 @@ eval_steps = [1, 3]
 iwae_samples = [1, 4]
 iwae_steps = [3]
 eval_windows = 6
+flops_twins = true
 
 [base.model]
 n_layer = 2
@@ -71,9 +72,14 @@ def test_table_has_every_row_with_twins_kl_and_active_units(study):
         assert r["margin_vs_ar"] == pytest.approx(r["best_bound"] - r["ar_nll"])
     at3 = [r for r in rows if r["eval_steps"] == 3]
     assert all({"iwae_1", "iwae_4"} <= set(r) for r in at3)
-    # twins: base's (full attention) is also window8's full-attention twin; window8 adds its own
-    assert len(summary["twins"]) == 2
+    # twins: base's (full attention) is also window8's full-attention twin; window8 adds its own,
+    # and each point's same-window twin trained for the LTM's training FLOPs
+    assert len(summary["twins"]) == 4
     assert rows[2]["ar_full_attention_nll"] == rows[0]["ar_nll"] != rows[2]["ar_nll"]
+    flops = next(t for t in summary["twins"] if t["twin"] == "equal FLOPs" and t["twin_of"] == "base")
+    ltm_record = next(r for r in summary["ltm"] if r["point"] == "base")
+    assert flops["train_flops"] == pytest.approx(ltm_record["train_flops"], rel=0.05) and flops["iters"] > 12
+    assert rows[0]["ar_equal_flops_tokens"] == flops["train_tokens"]
     md = (out / "study.md").read_text()
     assert "upper bound" in md and "| window8: attention_window=8 | 0 | 3 |" in md
     for name in ("bound_vs_tokens.png", "bound_vs_steps.png"):
