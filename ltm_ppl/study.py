@@ -238,7 +238,7 @@ def table_rows(ltm: list[dict], twins: dict[str, dict]) -> list[dict]:
             best = min([r["nll_per_token"], *iwae.values()])
             rows.append({
                 "point": rec["point"], "settings": rec["settings"], "seed": rec["seed"], "train_tokens": rec["train_tokens"],
-                "train_flops": rec["train_flops"], "fit_seconds": rec["fit_seconds"], "eval_steps": r["steps"],
+                "train_flops": rec["train_flops"], "fit_seconds": rec["fit_seconds"], "fit_resumed": rec.get("resumed", False), "eval_steps": r["steps"],
                 "elbo": r["nll_per_token"], **iwae, "best_bound": best,
                 "kl_per_window": r["kl_per_window"], "kl_per_token": r["kl_per_token"],
                 "share_vectors_above_0.5": r["share_vectors_above_0.5"], "active_units": r["active_units"],
@@ -278,13 +278,13 @@ def markdown(rows: list[dict], grid: Grid) -> str:
         cells += [_f(r["ar_equal_flops_nll"])] if flops else []
         cells += [_f(r["margin_vs_ar"], 3), _f(r["kl_per_window"], 2), _f(r["kl_per_token"], 4),
                   f"{r['share_vectors_above_0.5']:.2f}", f"{r['active_units']}/{r['num_units']}",
-                  "yes" if r["latents_in_use"] else "no", _f(r["fit_seconds"], 0), str(r["train_tokens"]),
+                  "yes" if r["latents_in_use"] else "no", _f(r["fit_seconds"], 0) + ("*" if r["fit_resumed"] else ""), str(r["train_tokens"]),
                   "-" if not r["ar_train_flops"] else f"{r['train_flops'] / r['ar_train_flops']:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "best bound - AR: the row's lowest bound minus the same-window AR twin's exact NLL (< 0: the LTM's "
               "bound beats the twin at equal training tokens). KL/window: analytic KL(q || prior) of q fitted by T steps, "
               "mean over windows; vectors > 0.5: share of latent vectors with KL above 0.5 nats; in use: KL >= 0.02 "
-              "nats/token and that share >= 0.5."]
+              "nats/token and that share >= 0.5. fit s: wall seconds of `ltm fit` in this study (* resumed: the part after the resume)."]
     return "\n".join(lines) + "\n"
 
 
