@@ -98,11 +98,14 @@ def study_plots(ltm: list[dict], twins: dict[str, dict], rows: list[dict], out: 
     for rec in ltm:
         c = rec["curve"]
         ax.plot([p["tokens"] for p in c], [p["nll_per_token"] for p in c], "o-", ms=3, label=f"{rec['point']} s{rec['seed']} (bound)")
+    styles = {"same window": "--", "full attention": "-.", "equal FLOPs": ":"}
     for tid, rec in twins.items():
         c = rec["curve"]
-        ax.plot([p["tokens"] for p in c], [p["nll_per_token"] for p in c], "k--", lw=1,
-                label=f"AR twin {rec['twin']} of {rec['twin_of']} (exact)")
-    ax.set_xlabel("training tokens")
+        window = f"window {rec['attention_window']}" if rec["attention_window"] else "full attention"
+        ax.plot([p["tokens"] for p in c], [p["nll_per_token"] for p in c], color="k", ls=styles.get(rec["twin"], "--"), lw=1,
+                label=f"AR {window}, {rec['iters']} it (exact)")
+    ax.set_xscale("log")
+    ax.set_xlabel("training tokens (AR dotted: trained for an LTM's training FLOPs)")
     ax.set_ylabel("val nats/token (fit's periodic evaluation)")
     ax.legend(fontsize=6, ncol=2)
     _save(fig, out / "bound_vs_tokens.png")
