@@ -1,5 +1,5 @@
 """The decoder of an LTM run read at z = 0 (where cross-attention adds nothing: no biases, values
-W_v z = 0, so it is the AR architecture) and at prior draws z ~ N(0, I): NLL per token of the
+W_v z = 0, so it is the AR architecture) and at z = loc + eps of the run's start (prior draws for init = prior): NLL per token of the
 reconstruction term alone, on the first val windows. Not a bound on anything; a diagnosis of
 whether the decoder reads z at all and of how good its self-attention / MLP part is on its own.
 
