@@ -35,7 +35,7 @@ def main():
         if r["eval_steps"] != args.steps:
             continue
         change = ", ".join(f"{k.split('.')[-1]} = {v}" for k, v in r["settings"].items()) or "base"
-        cells = [f"{r['point']} ({change})", _f(r["elbo"]), _f(r.get("iwae_1")), _f(r.get("iwae_16")), _f(r.get("iwae_128")),
+        cells = [f"{r['point']} s{r['seed']} ({change})", _f(r["elbo"]), _f(r.get("iwae_1")), _f(r.get("iwae_16")), _f(r.get("iwae_128")),
                  _f(r["ar_nll"]), _f(r["ar_full_attention_nll"]), _f(r["ar_equal_flops_nll"]),
                  ("**" if r["margin_vs_ar"] < 0 else "") + _f(r["margin_vs_ar"]), _f(r["kl_per_window"], 2),
                  _f(r["kl_per_token"], 4), f"{r['share_vectors_above_0.5']:.2f}", f"{r['active_units']}/{r['num_units']}",
