@@ -127,20 +127,19 @@ def study_plots(ltm: list[dict], twins: dict[str, dict], rows: list[dict], out: 
     _save(fig, out / "bound_vs_steps.png")
     written.append("bound_vs_steps.png")
 
-    # 3. Bound vs latent size: points that change nothing but model.n_z, and the base.
+    # 3. Bound vs latent size: points that change nothing but model.n_z, and the base; one line per
+    # seed at the largest test-time T all of them have, each seed's AR twin dashed in its colour.
     sized = [r for r in rows if set(r["settings"]) <= {"model.n_z"}]
     if len({r["settings"].get("model.n_z") for r in sized}) >= 2:
+        T = max(set.intersection(*({x["eval_steps"] for x in sized if x["point"] == p} for p in {r["point"] for r in sized})))
         fig, ax = plt.subplots(figsize=(5.5, 3.8))
-        by_T = {}
-        for r in sized:
-            n_z = r["settings"].get("model.n_z") or next(x["n_z"] for x in ltm if x["point"] == r["point"])
-            by_T.setdefault(r["eval_steps"], []).append((n_z, r["best_bound"], r["ar_nll"]))
-        for T, points in sorted(by_T.items()):
-            points.sort()
-            ax.plot([p[0] for p in points], [p[1] for p in points], "o-", label=f"best bound, T={T}")
-        ar = [p[2] for pts in by_T.values() for p in pts if p[2] is not None]
-        if ar:
-            ax.axhline(min(ar), color="k", ls="--", label="AR twin (exact)")
+        for seed in sorted({r["seed"] for r in sized}):
+            pts = sorted((r["settings"].get("model.n_z") or next(x["n_z"] for x in ltm if x["point"] == r["point"]),
+                          r["best_bound"], r["ar_nll"]) for r in sized if r["seed"] == seed and r["eval_steps"] == T)
+            line, = ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=f"best bound, T={T}, seed {seed}")
+            ar = [p[2] for p in pts if p[2] is not None]
+            if ar:
+                ax.axhline(ar[0], color=line.get_color(), ls="--", lw=1, label=f"AR twin, seed {seed} (exact)")
         ax.set_xscale("log", base=2)
         ax.set_xlabel("latent vectors per sequence (n_z)")
         ax.set_ylabel("val nats/token")
