@@ -20,6 +20,9 @@ from ltm_ppl.runs import open_run
 def zero_and_prior_nll(run: str, windows: int, batch_size: int = 8, seed: int = 0) -> dict:
     o = open_run(run)
     m = o.cfg.model
+    if o.cfg.inference.init == "amortized":  # steps=0 starts at the encoder's mean, not at z = 0
+        return {"run": run, "windows": windows, "nll_at_z0": None, "nll_at_prior_draw": None,
+                "note": "init amortized: not measured (z would be the encoder's mean)"}
     tokens = split_tokens(load_corpus(o.cfg.data.data), "val", o.tokenizer)
     rng = np.random.default_rng(seed)
     zero = prior = n = 0.0
