@@ -256,21 +256,26 @@ def _open_run(run: str, backend, device, overrides: dict | None = None):
 @click.option("--fixed-noise", is_flag=True, help="Also the published reference's fixed-noise number (not a bound), labelled.")
 @click.option("--batch-size", type=int, default=None, help="Windows per batch.")
 @click.option("--max-windows", type=int, default=None, show_default="all", help="Bound only the first N windows of the split.")
+@click.option("--plot", default=None, help="Also write FILE.png: the bound (nats/token) against --steps.")
 @inference_option
 @method_options
 @backend_option
 @seed_option
 @device_option
 @json_option
-def eval_cmd(run, split, data, steps, kind, samples, fixed_noise, batch_size, max_windows, inference, backend, seed, device, as_json, **kw):
+def eval_cmd(run, split, data, steps, kind, samples, fixed_noise, batch_size, max_windows, plot, inference, backend, seed, device, as_json, **kw):
     """Held-out bounds of a run: nats/token and perplexity, corpus-level, fresh noise."""
+    from .plots import check_plot_path, plot_eval_steps
     from .runs import check_eval_options, evaluate_run, parse_steps
 
     check_eval_options(samples, batch_size, max_windows)
+    plot = check_plot_path(plot)
     opened = _open_run(run, backend, device, method_overrides(kw) | {"inference.method": inference})
     steps = parse_steps(steps, opened.cfg.inference.eval_steps)
     record = evaluate_run(opened, split, data, steps, samples, kind, fixed_noise, batch_size, max_windows, seed,
                           progress_bar("eval", "seq"))
+    if plot is not None:
+        plot_eval_steps(record, plot)
     if as_json:
         emit_json(record)
         return
@@ -427,16 +432,21 @@ def diagnose(run, methods, sequences, chains, draws, steps, split, data, out, bo
 @click.option("--samples", type=int, default=1, help="Draws per sequence of the ELBO estimate.")
 @click.option("--max-windows", type=int, default=None, show_default="all", help="Bound only the first N windows of the split.")
 @click.option("--batch-size", type=int, default=None, show_default="each run's", help="Windows per batch.")
+@click.option("--plot", default=None, help="Also write FILE.png: each run's bound (or exact NLL) side by side.")
 @backend_option
 @seed_option
 @device_option
 @json_option
-def compare(runs, split, data, steps, samples, max_windows, batch_size, backend, seed, device, as_json):
+def compare(runs, split, data, steps, samples, max_windows, batch_size, plot, backend, seed, device, as_json):
     """Bounds of several runs on the same tokens, with FLOPs per token (e.g. an LTM vs its baseline)."""
+    from .plots import check_plot_path, plot_compare
     from .runs import compare_runs
 
+    plot = check_plot_path(plot)
     table = compare_runs(list(runs), split, data, steps, samples, max_windows, batch_size, seed,
                          progress=progress_bar("compare", "seq"), overrides={"train.backend": backend, "train.device": device})
+    if plot is not None:
+        plot_compare(table, plot)
     if as_json:
         emit_json(table)
         return
@@ -446,6 +456,30 @@ def compare(runs, split, data, steps, samples, max_windows, batch_size, backend,
         kl = "-" if r["kl_per_sequence"] is None else f"{r['kl_per_sequence']:.2f}"
         click.echo(f"{r['run'][-40:]:<40} {r['backend'] + '/' + r['inference']:<18} {r['params']:>10} "
                    f"{r['nll_per_token']:>11.4f} {r['perplexity']:>11.3f} {kl:>8} {r['flops_per_token']:>18.4g}")
+
+
+@cli.command()
+@common_options
+@click.argument("grid", type=click.Path(dir_okay=False))
+@click.option("--out", required=True, help="Study folder: runs/, points/<id>.json, study.json, study.md, plots (reused to resume).")
+@click.option("--only", default=None, help="Run only these points (comma-separated names); the table covers every point done.")
+@click.option("--table-only", is_flag=True, help="Train nothing: rebuild the table and plots from the points done.")
+@json_option
+def study(grid, out, only, table_only, as_json):
+    """A grid of `ltm fit` runs from one base recipe (TOML), each bounded as `ltm eval` does, with
+    its autoregressive twin; one table (JSON + Markdown) and plots. Resumable."""
+    from .study import rebuild_tables, run_study
+
+    echo = functools.partial(click.echo, err=True)  # one line per run started, on stderr
+    if table_only:
+        summary = rebuild_tables(grid, out)
+    else:
+        summary = run_study(grid, out, [n.strip() for n in only.split(",")] if only else None, echo)
+    if as_json:
+        emit_json({k: v for k, v in summary.items() if k not in ("ltm", "twins")})
+        return
+    click.echo(f"{summary['points_done']} of {summary['points_total']} runs done; table: {Path(out) / 'study.md'}; "
+               f"plots: {', '.join(summary['plots'])}")
 
 
 def main():

@@ -31,3 +31,11 @@ def kl_weight(iteration: int, warmup_iters: int) -> float:
     """Linear KL warm-up of the amortized objective: 1/W, 2/W, ... 1 over the first W iterations
     (1 without warm-up). Changes the training objective only, never a reported bound."""
     return min(1.0, (iteration + 1) / warmup_iters) if warmup_iters else 1.0
+
+
+def kl_shape(iteration: int, inf_cfg) -> tuple[float, float] | None:
+    """(KL weight, free bits per latent vector) of the training objective at `iteration`, or None
+    when the run configures neither (the objective is the plain ELBO)."""
+    if not (inf_cfg.kl_warmup_iters > 0 or inf_cfg.free_bits > 0):
+        return None
+    return kl_weight(iteration, inf_cfg.kl_warmup_iters), float(inf_cfg.free_bits)

@@ -2,18 +2,14 @@
 objective only. Pyro in pyro.py, NumPyro in numpyro.py."""
 from __future__ import annotations
 
-from ..descriptor import MethodDescriptor, Option
+from ..descriptor import MethodDescriptor
+from ..kl_shaping import FREE_BITS, KL_WARMUP, loss_is_bound
 
 
 def flops_per_token(cfg) -> float:
     from ...flops import decoder_forward, encoder_forward
 
     return 3 * decoder_forward(cfg.model) * cfg.inference.num_samples + 3 * encoder_forward(cfg.model)
-
-
-def loss_is_bound(cfg, metrics) -> bool:
-    """The shaped objective bounds the NLL only at full KL weight and without free bits."""
-    return metrics.get("beta", 1.0) == 1.0 and cfg.inference.free_bits == 0
 
 
 METHOD = MethodDescriptor(
@@ -27,10 +23,5 @@ METHOD = MethodDescriptor(
     inner_steps=False,  # its q takes no inference steps
     needs_encoder=lambda cfg: True,
     loss_is_bound=loss_is_bound,
-    options=(
-        Option("kl_warmup_iters", int, 0, "amortized: KL weight warm-up iterations.", flag="--kl-warmup",
-               check="non_negative"),
-        Option("free_bits", float, 0.0, "amortized: minimum KL per latent vector (nats).", flag="--free-bits",
-               check="non_negative"),
-    ),
+    options=(KL_WARMUP, FREE_BITS),  # shared with local (kl_shaping.py)
 )

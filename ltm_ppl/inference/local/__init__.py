@@ -3,6 +3,7 @@ semi-amortized with `init = "amortized"`. Pyro in pyro.py, NumPyro in numpyro.py
 from __future__ import annotations
 
 from ..descriptor import MethodDescriptor, Option
+from ..kl_shaping import FREE_BITS, KL_WARMUP, loss_is_bound
 
 
 def flops_per_token(cfg) -> float:
@@ -25,7 +26,8 @@ METHOD = MethodDescriptor(
     posterior_kind="variational",
     flops_per_token=flops_per_token,
     needs_encoder=lambda cfg: cfg.inference.init == "amortized",
-    loss_is_bound=lambda cfg, metrics: True,  # the negative ELBO per token
+    # The negative ELBO per token, unless a KL warm-up or free bits shape the training objective.
+    loss_is_bound=loss_is_bound,
     options=(
         # One flag, one meaning: where inference starts. local: prior, narrow, published or amortized;
         # langevin: prior, local (draws of a q fitted by --steps fast steps) or amortized.
@@ -53,6 +55,9 @@ METHOD = MethodDescriptor(
         # Internal: the reported ELBO at that same eps, the reference's per-sequence figure (not a
         # bound); set only on `ltm eval --fixed-noise`'s labelled row.
         Option("report_fixed_noise", bool, False, "local (internal): report the ELBO at the fixed eps; eval --fixed-noise only"),
+        # Training only: the q the decoder learns from is fitted to the shaped objective (a KL term
+        # in the slow step alone would do nothing: KL(q || p) does not depend on the decoder).
+        KL_WARMUP, FREE_BITS,
     ),
     reference_numbers=("fixed_noise",),
     gap_against="amortized",

@@ -25,8 +25,16 @@ from ...models import jax_encoder
 from ...models.numpyro_model import local_guide
 from ..numpyro_backend import NumPyroBackend, Programs
 from ..numpyro_elbo import elbo_terms
-from ..schedules import fast_lr
+from ..kl_shaping import shaping_on
+from ..schedules import fast_lr, kl_shape
 from ...noise import INIT, SLOW, jax_eps
+
+
+def shaped_kl(loc, log_scale, beta, free_bits):
+    """The training objective's KL term per sequence [B]: beta * sum_j max(free_bits, KL_j), KL_j
+    the analytic KL of latent vector j (a KL warm-up, free bits). Never in a reported bound."""
+    kl_vectors = 0.5 * (loc**2 + jnp.exp(2 * log_scale) - 1 - 2 * log_scale).sum(-1)
+    return beta * jnp.maximum(kl_vectors, free_bits).sum(-1)
 
 
 def fast_lrs(steps: int, inf_cfg) -> np.ndarray:
@@ -59,7 +67,8 @@ def fast_optimizer(inf_cfg):
     return adam
 
 
-def fit_local_posterior(model, tokens, shape, inf_cfg, lrs, key=None, fast_noise=None, fixed_eps=None, start=None):
+def fit_local_posterior(model, tokens, shape, inf_cfg, lrs, key=None, fast_noise=None, fixed_eps=None, start=None,
+                        kl_shaping=None):
     """Fit (loc, log_scale) of shape [B, *shape] by len(lrs) fast steps; model(tokens) is the joint.
 
     Starts at `start` = (loc, log_scale) when given (semi-amortized: the encoder's q), else at
@@ -70,7 +79,8 @@ def fit_local_posterior(model, tokens, shape, inf_cfg, lrs, key=None, fast_noise
     parameters see only their own term), differentiating w.r.t. (loc, scale parameter) only. Each
     step draws fresh noise from `key`, keyed per sequence (noise.jax_eps: step, global row), unless fast_noise [steps, S, B, *shape] gives every step's
     eps (backend parity tests) or fixed_eps [S, B, *shape] is reused at every step (the published
-    reference's mode, comparison only). Pure: call it under jit.
+    reference's mode, comparison only). kl_shaping = (beta, free bits) replaces the KL term by
+    shaped_kl's (training iterations only, never a reported bound). Pure: call it under jit.
     """
     B = tokens.shape[0]
     if start is None:
@@ -88,6 +98,8 @@ def fit_local_posterior(model, tokens, shape, inf_cfg, lrs, key=None, fast_noise
         value = None if eps is None else loc + jnp.exp(log_scale) * eps
         particles = inf_cfg.num_samples if eps is None else eps.shape[0]
         loglik, kl = elbo_terms(model, guide, tokens, num_particles=particles, latent_value=value, rng_key=rng)
+        if kl_shaping is not None:
+            kl = shaped_kl(loc, log_scale, *kl_shaping)
         return -(loglik.mean(0) - kl).sum() / n_tokens
 
     rows = jnp.arange(B)  # global row indices: on a sharded batch each device draws its own rows' eps
@@ -113,6 +125,7 @@ class LocalPrograms(Programs):
 
     def build(self):
         self.semi_amortized = self.inf.init == "amortized"
+        self.shaped = shaping_on(self.inf)  # a KL warm-up or free bits in the training objective
         self.step = jax.jit(self._step, donate_argnums=self.donate)
 
     def start(self, params, tokens):
@@ -121,7 +134,7 @@ class LocalPrograms(Programs):
             return None
         return jax.lax.stop_gradient(jax_encoder.encode(params, self.model_cfg, tokens, self.dtype))
 
-    def fit(self, params, tokens, lrs, key, fast_noise=None):
+    def fit(self, params, tokens, lrs, key, fast_noise=None, kl_shaping=None):
         """(loc, log_scale, fixed eps or None) fitted with the decoder's parameters as constants."""
         fixed_key, fit_key = jax.random.split(key)
         fixed = None
@@ -129,7 +142,8 @@ class LocalPrograms(Programs):
             fixed = jax.random.normal(fixed_key, (self.inf.num_samples, tokens.shape[0], *self.shape), jnp.float32)
         params = jax.lax.stop_gradient(params)
         loc, log_scale = fit_local_posterior(
-            self.model(params), tokens, self.shape, self.inf, lrs, fit_key, fast_noise, fixed, start=self.start(params, tokens)
+            self.model(params), tokens, self.shape, self.inf, lrs, fit_key, fast_noise, fixed, start=self.start(params, tokens),
+            kl_shaping=kl_shaping,
         )
         return loc, log_scale, fixed
 
@@ -140,10 +154,11 @@ class LocalPrograms(Programs):
         loc, log_scale, fixed = self.fit(params, tokens, lrs, key, fast_noise)
         return loc, log_scale, fixed if self.inf.report_fixed_noise else None
 
-    def _step(self, params, opt_state, tokens, lrs, key, lr):
+    def _step(self, params, opt_state, tokens, lrs, key, lr, beta=1.0):
         fit_key, slow_key = jax.random.split(key)
         encoder_key = jax.random.fold_in(key, 2)
-        loc, log_scale, _ = self.fit(params, tokens, lrs, fit_key)
+        shaping = (beta, self.inf.free_bits) if self.shaped else None  # beta: the KL warm-up's weight now
+        loc, log_scale, _ = self.fit(params, tokens, lrs, fit_key, kl_shaping=shaping)
         loc, log_scale = jax.lax.stop_gradient(loc), jax.lax.stop_gradient(log_scale)
         n_tokens = tokens.shape[0] * (tokens.shape[1] - 1)
         S = self.inf.num_samples
@@ -154,6 +169,8 @@ class LocalPrograms(Programs):
             loglik, kl = self.elbo(p, tokens, loc, log_scale, S, slow_eps, slow_key)
             nll = -loglik.mean(0).sum() / n_tokens
             loss = nll + kl.sum() / n_tokens
+            if shaping is not None:  # the shaped training loss (its KL term is constant in the decoder)
+                loss = nll + shaped_kl(loc, log_scale, *shaping).sum() / n_tokens
             aux = {"loss": loss, "nll": nll, "kl": kl.mean()}
             if not self.semi_amortized:
                 return loss, aux
@@ -189,7 +206,12 @@ class NumPyroLocal(NumPyroBackend):
     def step(self, batch: np.ndarray) -> dict:
         tokens = self.tensor(batch)
         lr = self.slow_lr()
+        shaping = kl_shape(self.iteration, self.cfg.inference)
+        beta = 1.0 if shaping is None else shaping[0]
         self.params, self.opt_state, out = self.programs.step(
-            self.params, self.opt_state, tokens, self.lrs(self.cfg.inference.steps), self.next_key(), np.float32(lr)
+            self.params, self.opt_state, tokens, self.lrs(self.cfg.inference.steps), self.next_key(), np.float32(lr), np.float32(beta)
         )
-        return self.finish_step(out, lr)
+        metrics = dict(out)
+        if shaping is not None:
+            metrics["beta"] = beta
+        return self.finish_step(metrics, lr)

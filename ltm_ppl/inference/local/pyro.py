@@ -18,8 +18,15 @@ import torch
 from ...models.pyro_model import amortized_guide, local_guide
 from ..pyro_backend import PyroBackend, frozen
 from ..pyro_elbo import elbo_terms
-from ..schedules import fast_lr
+from ..schedules import fast_lr, kl_shape
 from ...noise import FIXED, INIT, SLOW, torch_eps
+
+
+def shaped_kl(loc, log_scale, beta: float, free_bits: float):
+    """The training objective's KL term per sequence [B]: beta * sum_j max(free_bits, KL_j), KL_j
+    the analytic KL of latent vector j (a KL warm-up, free bits). Never in a reported bound."""
+    kl_vectors = 0.5 * (loc**2 + torch.exp(2 * log_scale) - 1 - 2 * log_scale).sum(-1)
+    return beta * torch.clamp(kl_vectors, min=free_bits).sum(-1)
 
 
 def initial_local(B, shape, inf_cfg, device, rows=None):
@@ -44,7 +51,7 @@ def fast_optimizer(params, inf_cfg):
 
 
 def fit_local_posterior(model, tokens, shape, inf_cfg, steps: int, device, observe_step=None, fast_noise=None, start=None,
-                        rows=None):
+                        rows=None, kl_shaping=None):
     """Fit (loc, log_scale) of shape [B, *shape] by `steps` fast steps; model(tokens) is the joint.
 
     Minimises the negative ELBO per predicted token, summed over sequences (each sequence's
@@ -55,6 +62,8 @@ def fit_local_posterior(model, tokens, shape, inf_cfg, steps: int, device, obser
     is returned for the final number. fast_noise [steps, S, B, *shape], if given, is the eps of
     each step (parity tests); else rows (noise.Rows) keys each step's eps by (seed, iteration,
     step, global row), so it does not depend on the worker count; else the torch stream.
+    kl_shaping = (beta, free bits) replaces the KL term by shaped_kl's (training iterations
+    only, never a reported bound).
     """
     B = tokens.shape[0]
     loc, log_scale = initial_local(B, shape, inf_cfg, device, rows) if start is None else (t.detach().clone() for t in start)
@@ -77,6 +86,8 @@ def fit_local_posterior(model, tokens, shape, inf_cfg, steps: int, device, obser
             step_eps = torch_eps(rows, t, B, shape, S, device)
         value = None if step_eps is None else loc + log_scale.exp() * step_eps
         loglik, kl = elbo_terms(model, guide, tokens, num_particles=S if step_eps is None else step_eps.shape[0], latent_value=value)
+        if kl_shaping is not None:
+            kl = shaped_kl(loc, log_scale, *kl_shaping)
         n_tokens = max(1, tokens.shape[-1] - 1)
         loss = -(loglik.mean(0) - kl).sum() / n_tokens
         loc.grad, scale_param.grad = torch.autograd.grad(loss, [loc, scale_param])
@@ -97,7 +108,7 @@ class PyroLocal(PyroBackend):
         with torch.no_grad():
             return self.encoder(tokens)
 
-    def fit_posterior(self, tokens: torch.Tensor, steps: int, observe_step=None, fast_noise=None, rows=None):
+    def fit_posterior(self, tokens: torch.Tensor, steps: int, observe_step=None, fast_noise=None, rows=None, kl_shaping=None):
         """q_i fitted with the decoder frozen; returns (loc, log_scale, fixed eps or None)."""
         if fast_noise is not None:
             fast_noise = torch.as_tensor(fast_noise, dtype=torch.float32, device=self.device)
@@ -107,12 +118,14 @@ class PyroLocal(PyroBackend):
             return fit_local_posterior(
                 self.model, tokens, self.latent_shape, self.cfg.inference, steps, self.device, observe_step,
                 fast_noise, start=self.start(tokens), rows=rows if rows is not None else self.noise_rows,
+                kl_shaping=kl_shaping,
             )
 
     def step(self, batch: np.ndarray) -> dict:
         tokens = self.tensor(batch)
         rows = self.training_rows(tokens.shape[0])
-        loc, log_scale, _ = self.fit_posterior(tokens, self.cfg.inference.steps, rows=rows)
+        shaping = kl_shape(self.iteration, self.cfg.inference)  # None: the plain ELBO
+        loc, log_scale, _ = self.fit_posterior(tokens, self.cfg.inference.steps, rows=rows, kl_shaping=shaping)
         slow_eps = torch_eps(rows, SLOW, tokens.shape[0], self.latent_shape, self.cfg.inference.num_samples, self.device)
         loglik, kl = self.gaussian_elbo(tokens, loc, log_scale, self.cfg.inference.num_samples, slow_eps)
         n_tokens = tokens.shape[0] * (tokens.shape[1] - 1)
@@ -120,6 +133,9 @@ class PyroLocal(PyroBackend):
         loss = nll + kl.sum() / n_tokens
         metrics = {"loss": loss.detach(), "nll": nll.detach(), "kl": kl.mean().detach()}  # device scalars: no sync
         objective = loss
+        if shaping is not None:  # the training loss is the shaped objective (its KL term is constant in the decoder)
+            objective = nll + shaped_kl(loc, log_scale, *shaping).sum() / n_tokens
+            metrics |= {"loss": objective.detach(), "beta": shaping[0]}
         if self.encoder is not None:
             # The encoder's own ELBO at its output; the decoder is frozen for this term.
             guide = functools.partial(amortized_guide, encoder=self.encoder)

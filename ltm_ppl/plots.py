@@ -1,0 +1,149 @@
+"""PNG plots of bounds (matplotlib, Agg): `ltm eval --plot`, `ltm compare --plot` and the study's.
+Every LTM curve is labelled as a bound; an AR (no latent) number as exact."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .errors import LtmError
+
+
+def check_plot_path(path: str | Path | None) -> Path | None:
+    """A --plot destination: a .png file whose folder exists. Checked before any work is done."""
+    if path is None:
+        return None
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise LtmError(f"--plot {path}: the plot is a PNG file; name it *.png")
+    if not path.parent.is_dir():
+        raise LtmError(f"--plot {path}: folder {path.parent} does not exist")
+    if path.is_dir():
+        raise LtmError(f"--plot {path} is a directory")
+    return path
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    """Written to a hidden sibling, then renamed: a plot is either complete or absent."""
+    import os
+
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
+    try:
+        fig.savefig(tmp, dpi=90, bbox_inches="tight")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+        _pyplot().close(fig)
+
+
+def plot_eval_steps(record: dict, path: Path) -> None:
+    """Bound (nats/token) vs inference steps of one `ltm eval` record (one point per row)."""
+    plt = _pyplot()
+    rows = [r for r in record["rows"] if not r.get("fixed_noise")]
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    if record["exact"] or any(r.get("fitted_steps") is None for r in rows):
+        ax.axhline(rows[-1]["nll_per_token"], color="k", label="exact NLL (no latent)" if record["exact"] else "bound (no steps)")
+    else:
+        steps = [r["steps"] for r in rows]
+        kind = rows[0]["bound"].upper() + (f"_{rows[0]['samples']}" if rows[0]["bound"] == "iwae" else "")
+        ax.plot(steps, [r["nll_per_token"] for r in rows], "o-", label=f"{kind} (upper bound on NLL)")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(steps, [str(s) for s in steps])
+    ax.axhline(record["unigram_nll_per_token"], color="gray", ls=":", label="unigram (same tokens)")
+    ax.set_xlabel("inference steps at evaluation (T)")
+    ax.set_ylabel("nats / token")
+    ax.set_title(f"{record['backend']}/{record['inference']}, {record['num_tokens']} {record['split']} tokens", fontsize=9)
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def plot_compare(table: dict, path: Path) -> None:
+    """One bar per run of `ltm compare`: its bound (LTM) or exact NLL (no latent), nats/token."""
+    from .inference import descriptor
+
+    plt = _pyplot()
+    rows = table["rows"]
+    exact = [not descriptor(r["inference"]).latent for r in rows]  # no latent: the exact NLL
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.3 * len(rows) + 2), 3.8))
+    names = [Path(r["run"]).name for r in rows]
+    values = [r["nll_per_token"] for r in rows]
+    colors = ["tab:gray" if e else "tab:blue" for e in exact]
+    bars = ax.bar(range(len(rows)), values, color=colors)
+    for bar, r, e in zip(bars, rows, exact):
+        what = "exact" if e else "bound"
+        ax.annotate(f"{r['nll_per_token']:.3f}\n{what}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                    ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(range(len(rows)), [f"{n}\n{r['inference']}" for n, r in zip(names, rows)], fontsize=7)
+    low = min(values)
+    ax.set_ylim(low - 0.25 * (max(values) - low + 0.1), max(values) + 0.3 * (max(values) - low + 0.1))
+    ax.set_ylabel("nats / token (blue: upper bound, gray: exact)")
+    ax.set_title(f"{table['data']} [{table['split']}], {rows[0]['num_tokens']} tokens each", fontsize=9)
+    _save(fig, path)
+
+
+def study_plots(ltm: list[dict], twins: dict[str, dict], rows: list[dict], out: Path) -> list[str]:
+    """The study's three pictures; returns the file names written under out."""
+    plt = _pyplot()
+    written = []
+
+    # 1. Bound vs training tokens (fit's periodic val evaluations), LTM points and their AR twins.
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for rec in ltm:
+        c = rec["curve"]
+        ax.plot([p["tokens"] for p in c], [p["nll_per_token"] for p in c], "o-", ms=3, label=f"{rec['point']} s{rec['seed']} (bound)")
+    styles = {"same window": "--", "full attention": "-.", "equal FLOPs": ":"}
+    for tid, rec in twins.items():
+        c = rec["curve"]
+        window = f"window {rec['attention_window']}" if rec["attention_window"] else "full attention"
+        ax.plot([p["tokens"] for p in c], [p["nll_per_token"] for p in c], color="k", ls=styles.get(rec["twin"], "--"), lw=1,
+                label=f"AR {window}, {rec['iters']} it (exact)")
+    ax.set_xscale("log")
+    ax.set_xlabel("training tokens (AR dotted: trained for an LTM's training FLOPs)")
+    ax.set_ylabel("val nats/token (fit's periodic evaluation)")
+    ax.legend(fontsize=6, ncol=2)
+    _save(fig, out / "bound_vs_tokens.png")
+    written.append("bound_vs_tokens.png")
+
+    # 2. Bound vs test-time steps T, per point (ELBO), with the same-window AR twin as a line.
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for rec in ltm:
+        elbo = [r for r in rec["rows"] if r["bound"] == "elbo"]
+        line, = ax.plot([r["steps"] for r in elbo], [r["nll_per_token"] for r in elbo], "o-", ms=3,
+                        label=f"{rec['point']} s{rec['seed']} ELBO (bound)")
+        same = next((twins[t["id"]] for t in rec["twins"] if t["twin"] == "same window" and t["id"] in twins), None)
+        if same is not None:
+            ax.axhline(same["rows"][0]["nll_per_token"], color=line.get_color(), ls=":", lw=1)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("inference steps at evaluation (T); dotted: the point's AR twin (exact)")
+    ax.set_ylabel("val nats/token")
+    ax.legend(fontsize=6, ncol=2)
+    _save(fig, out / "bound_vs_steps.png")
+    written.append("bound_vs_steps.png")
+
+    # 3. Bound vs latent size: points that change nothing but model.n_z, and the base; one line per
+    # seed at the largest test-time T all of them have, each seed's AR twin dashed in its colour.
+    sized = [r for r in rows if set(r["settings"]) <= {"model.n_z"}]
+    if len({r["settings"].get("model.n_z") for r in sized}) >= 2:
+        T = max(set.intersection(*({x["eval_steps"] for x in sized if x["point"] == p} for p in {r["point"] for r in sized})))
+        fig, ax = plt.subplots(figsize=(5.5, 3.8))
+        for seed in sorted({r["seed"] for r in sized}):
+            pts = sorted((r["settings"].get("model.n_z") or next(x["n_z"] for x in ltm if x["point"] == r["point"]),
+                          r["best_bound"], r["ar_nll"]) for r in sized if r["seed"] == seed and r["eval_steps"] == T)
+            line, = ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=f"best bound, T={T}, seed {seed}")
+            ar = [p[2] for p in pts if p[2] is not None]
+            if ar:
+                ax.axhline(ar[0], color=line.get_color(), ls="--", lw=1, label=f"AR twin, seed {seed} (exact)")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("latent vectors per sequence (n_z)")
+        ax.set_ylabel("val nats/token")
+        ax.legend(fontsize=7)
+        _save(fig, out / "bound_vs_latent_size.png")
+        written.append("bound_vs_latent_size.png")
+    return written

@@ -1,0 +1,311 @@
+"""Running a study grid (study_grid.py): each point's `ltm fit` (the library's train.fit), then its
+held-out numbers as `ltm eval` computes them (runs.evaluate_run): the ELBO at every test-time step
+count with KL per window and active units, IWAE_K at each K, and the AR twin's exact NLL on the
+same windows. One table (JSON + Markdown) and plots come out of it.
+
+Resumable: a finished run is a file `points/<id>.json`, written atomically once its fit and
+evaluation are done; a rerun skips it, resumes a run whose fit was interrupted, and evaluates one
+whose fit finished. Every LTM number is an upper bound on the NLL (labelled so); the twin's is exact.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .errors import LtmError
+from .study_grid import Grid, Point, load_grid, twin_configs, twin_key
+
+# The issue's rule for "latents in use": held-out KL >= 0.02 nats/token, and at least half of the
+# latent vectors above 0.5 nats each (KL of q against the prior, averaged over windows).
+IN_USE_KL_PER_TOKEN = 0.02
+IN_USE_VECTOR_NATS = 0.5
+
+
+def _write_json(path: Path, record: dict) -> None:
+    from .data.cache import atomic_write_text
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(record, indent=1, default=float) + "\n")
+
+
+def _run_finished(run: Path, iters: int) -> bool:
+    from . import checkpoint
+
+    return checkpoint.trainer_state(checkpoint.latest_checkpoint(run))["iteration"] >= iters
+
+
+def train_run(cfg, run: Path, echo) -> dict:
+    """`ltm fit` of cfg into `run`, resumed if a killed study left it unfinished. Returns wall
+    seconds of this call and whether it resumed."""
+    from . import checkpoint
+    from .train import fit
+
+    start = time.perf_counter()
+    resumed = False
+    if checkpoint.is_run(run):
+        if _run_finished(run, cfg.train.iters):
+            return {"fit_seconds": None, "resumed": False, "reused": True}
+        resumed = True
+        stored, _ = checkpoint.read_config(run)
+        cfg.model.vocab_size = stored.model.vocab_size
+        fit(cfg, resume=str(run), progress=False, echo=echo)
+    else:
+        fit(cfg, out=str(run), progress=False, echo=echo)
+    return {"fit_seconds": round(time.perf_counter() - start, 1), "resumed": resumed, "reused": False}
+
+
+def training_curve(run: Path, cfg) -> list[dict]:
+    """The periodic val evaluations of fit (metrics.jsonl): iteration, training tokens, bound or NLL."""
+    curve = []
+    tokens_per_iter = cfg.train.batch_size * cfg.model.block_size
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if record.get("split") == "val":
+            curve.append({"iter": record["iter"], "tokens": record["iter"] * tokens_per_iter,
+                          "nll_per_token": record["nll_per_token"], "kl_per_sequence": record.get("kl_per_sequence")})
+    return curve
+
+
+def in_use(kl_per_vector, predicted_tokens: int) -> dict:
+    """The issue's rule on the KL of q per latent vector (nats, averaged over windows): held-out KL
+    >= 0.02 nats/token and at least half of the vectors above 0.5 nats."""
+    per_vector = np.asarray(kl_per_vector, np.float64)
+    kl_window = float(per_vector.sum())
+    share = float(np.mean(per_vector > IN_USE_VECTOR_NATS))
+    return {"kl_per_window": kl_window, "kl_per_token": kl_window / predicted_tokens, "kl_per_latent_vector": per_vector.tolist(),
+            "share_vectors_above_0.5": share,
+            "latents_in_use": bool(kl_window / predicted_tokens >= IN_USE_KL_PER_TOKEN and share >= 0.5)}
+
+
+def latent_use(opened, windows: int, steps: int, batch_size: int, seed: int) -> dict:
+    """KL of q (fitted by `steps` fast steps) per window and per latent vector, active units and
+    the issue's "in use" rule, over the first `windows` val windows."""
+    from .data import load_corpus, split_tokens
+    from .diagnostics import collapse_from_q
+    from .evaluate import eval_batches
+
+    cfg = opened.cfg
+    tokens = split_tokens(load_corpus(cfg.data.data), "val", opened.tokenizer)
+    locs, scales = [], []
+    with opened.inference.rng_scope(seed):
+        for batch in eval_batches(tokens, cfg.model.block_size, batch_size, windows):
+            post = opened.inference.posterior(batch, steps, 1)
+            locs.append(np.asarray(post["loc"]))
+            scales.append(np.asarray(post["log_scale"]))
+    report = collapse_from_q(np.concatenate(locs), np.concatenate(scales))
+    return in_use(report["kl_per_latent_vector"], cfg.model.block_size) | {
+        "active_units": report["active_units"], "num_units": report["num_units"]}
+
+
+def evaluate_ltm(run: Path, grid: Grid, seed: int) -> list[dict]:
+    """Rows of one LTM run: an ELBO row per test-time T (KL per window, active units beside it) and
+    an IWAE_K row per (T, K)."""
+    from .runs import evaluate_run, open_run
+
+    opened = open_run(run)
+    batch = grid.batch_size or opened.cfg.train.batch_size
+    W = grid.eval_windows
+    rows = []
+    for T in grid.eval_steps:
+        rec = evaluate_run(opened, "val", None, [T], 1, "elbo", False, batch, W, seed)
+        rows.append({"bound": "elbo", "steps": T, "samples": 1, "nll_per_token": rec["nll_per_token"],
+                     "kl_per_sequence": rec["kl_per_sequence"], "num_tokens": rec["num_tokens"],
+                     "label": "upper bound on NLL (ELBO, analytic KL, fresh noise)"} | latent_use(opened, W, T, batch, seed))
+    for T in grid.iwae_steps or grid.eval_steps:
+        for K in grid.iwae_samples:
+            rec = evaluate_run(opened, "val", None, [T], K, "iwae", False, batch, W, seed)
+            rows.append({"bound": "iwae", "steps": T, "samples": K, "nll_per_token": rec["nll_per_token"],
+                         "sampled_elbo_nll_per_token": rec["sampled_elbo_nll_per_token"], "num_tokens": rec["num_tokens"],
+                         "label": f"upper bound on NLL (IWAE_{K})"})
+    return rows
+
+
+def evaluate_twin(run: Path, grid: Grid, seed: int) -> list[dict]:
+    from .runs import evaluate_run, open_run
+
+    opened = open_run(run)
+    rec = evaluate_run(opened, "val", None, None, 1, "elbo", False, grid.batch_size or opened.cfg.train.batch_size,
+                       grid.eval_windows, seed)
+    return [{"bound": "exact", "steps": None, "samples": None, "nll_per_token": rec["nll_per_token"],
+             "num_tokens": rec["num_tokens"], "label": "exact NLL (no latent)"}]
+
+
+def _describe(cfg) -> dict:
+    from .flops import training_flops_per_token
+
+    m, t = cfg.model, cfg.train
+    tokens = t.iters * t.batch_size * m.block_size
+    fpt = training_flops_per_token(cfg)
+    return {"d_model": m.d_model, "n_layer": m.n_layer, "n_head": m.n_head, "n_z": m.n_z if m.latent else 0,
+            "block_size": m.block_size, "attention_window": m.attention_window, "iters": t.iters,
+            "batch_size": t.batch_size, "train_tokens": tokens, "flops_per_token": fpt, "train_flops": fpt * tokens,
+            "method": cfg.inference.method, "train_steps": cfg.inference.steps if m.latent else None,
+            "init": cfg.inference.init if m.latent else None, "fast_lr": cfg.inference.fast_lr if m.latent else None}
+
+
+def run_one(run_id: str, cfg, kind: str, out: Path, grid: Grid, echo, extra: dict) -> dict:
+    """Fit and evaluate one run unless points/<run_id>.json exists; returns its record."""
+    done = out / "points" / f"{run_id}.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    run = out / "runs" / run_id
+    echo(f"study: {run_id}: fit ({kind})")
+    fitted = train_run(cfg, run, lambda s: None)
+    echo(f"study: {run_id}: eval")
+    start = time.perf_counter()
+    rows = evaluate_ltm(run, grid, cfg.train.seed) if kind == "ltm" else evaluate_twin(run, grid, cfg.train.seed)
+    from .checkpoint import read_config
+
+    _, stored = read_config(run)
+    record = {"id": run_id, "kind": kind, "run": str(run), "seed": cfg.train.seed, **extra, **_describe(cfg), **fitted,
+              "eval_seconds": round(time.perf_counter() - start, 1), "eval_windows": grid.eval_windows,
+              "curve": training_curve(run, cfg), "rows": rows,
+              "versions": stored.get("versions"), "git_revision": stored.get("git_revision"),
+              "config": cfg.to_dict()}
+    _write_json(done, record)
+    return record
+
+
+def run_study(grid_path: str | Path, out: str | Path, only: list[str] | None = None, echo=print) -> dict:
+    """Run (or resume) the grid into `out`; writes study.json, study.md and plots there."""
+    grid = load_grid(grid_path)
+    names = [p.name for p in grid.points]
+    for name in only or []:
+        if name not in names:
+            raise LtmError(f"--only {name}: no such point (points: {', '.join(names)})")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    from .data.cache import atomic_write_text
+
+    atomic_write_text(out / "grid.toml", Path(grid_path).read_text())  # what produced the table
+    for point in grid.points:
+        if only and point.name not in only:
+            continue
+        for seed in point.seeds:
+            cfg = grid.config(point, seed)
+            for twin in point_twins(grid, point, seed):
+                run_one(twin["id"], twin["cfg"], "ar", out, grid, echo, {"twin_of": point.name, "twin": twin["twin"]})
+            run_one(f"{point.name}-s{seed}", cfg, "ltm", out, grid, echo, {"point": point.name, "settings": point.settings})
+    return write_tables(grid, out)
+
+
+def point_twins(grid: Grid, point: Point, seed: int) -> list[dict]:
+    """The AR twins the grid asks for beside a point: [{"id", "twin" (label), "cfg"}]."""
+    if not grid.twins:
+        return []
+    return [{"id": twin_key(cfg), "twin": label, "cfg": cfg}
+            for label, cfg in twin_configs(grid.config(point, seed), grid.flops_twins)]
+
+
+def collect(grid: Grid, out: Path) -> tuple[list[dict], dict[str, dict]]:
+    """(LTM records of the grid's points in grid order, {twin id: twin record}) found in out/points."""
+    ltm, twins = [], {}
+    for point in grid.points:
+        for seed in point.seeds:
+            path = out / "points" / f"{point.name}-s{seed}.json"
+            if not path.exists():
+                continue
+            record = json.loads(path.read_text())
+            record["twins"] = [{"id": t["id"], "twin": t["twin"]} for t in point_twins(grid, point, seed)]
+            ltm.append(record)
+            for t in record["twins"]:
+                tpath = out / "points" / f"{t['id']}.json"
+                if tpath.exists():
+                    twins[t["id"]] = json.loads(tpath.read_text())
+    return ltm, twins
+
+
+def table_rows(ltm: list[dict], twins: dict[str, dict]) -> list[dict]:
+    """One row per (point, seed, test-time T): the ELBO with KL and active units, IWAE_K at each K
+    where measured, the AR twins' exact NLL and the LTM's margin over the same-window twin."""
+    rows = []
+    for rec in ltm:
+        same = next((twins[t["id"]] for t in rec["twins"] if t["twin"] == "same window" and t["id"] in twins), None)
+        full = next((twins[t["id"]] for t in rec["twins"] if t["twin"] == "full attention" and t["id"] in twins), None)
+        flops = next((twins[t["id"]] for t in rec["twins"] if t["twin"] == "equal FLOPs" and t["id"] in twins), None)
+        ar = same["rows"][0]["nll_per_token"] if same else None
+        for r in rec["rows"]:
+            if r["bound"] != "elbo":
+                continue
+            iwae = {f"iwae_{x['samples']}": x["nll_per_token"] for x in rec["rows"]
+                    if x["bound"] == "iwae" and x["steps"] == r["steps"]}
+            best = min([r["nll_per_token"], *iwae.values()])
+            rows.append({
+                "point": rec["point"], "settings": rec["settings"], "seed": rec["seed"], "train_tokens": rec["train_tokens"],
+                "train_flops": rec["train_flops"], "fit_seconds": rec["fit_seconds"], "fit_resumed": rec.get("resumed", False), "eval_steps": r["steps"],
+                "elbo": r["nll_per_token"], **iwae, "best_bound": best,
+                "kl_per_window": r["kl_per_window"], "kl_per_token": r["kl_per_token"],
+                "share_vectors_above_0.5": r["share_vectors_above_0.5"], "active_units": r["active_units"],
+                "num_units": r["num_units"], "latents_in_use": r["latents_in_use"],
+                "ar_nll": ar, "ar_full_attention_nll": full["rows"][0]["nll_per_token"] if full else None,
+                "ar_train_flops": same["train_flops"] if same else None,
+                "ar_equal_flops_nll": flops["rows"][0]["nll_per_token"] if flops else None,
+                "ar_equal_flops_tokens": flops["train_tokens"] if flops else None,
+                "margin_vs_ar": None if ar is None else best - ar,  # < 0: the LTM's bound beats the twin
+            })
+    return rows
+
+
+def _settings_text(settings: dict) -> str:
+    return ", ".join(f"{k.split('.')[-1]}={v}" for k, v in settings.items()) or "(base)"
+
+
+def _f(value, digits=4) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def markdown(rows: list[dict], grid: Grid) -> str:
+    Ks = sorted({int(k.split("_")[1]) for r in rows for k in r if k.startswith("iwae_")})
+    full = any(r["ar_full_attention_nll"] is not None for r in rows)
+    flops = any(r["ar_equal_flops_nll"] is not None for r in rows)
+    head = (["point", "seed", "T eval", "ELBO"] + [f"IWAE_{k}" for k in Ks] +
+            ["AR twin (exact)"] + (["AR full attention (exact)"] if full else []) +
+            (["AR equal FLOPs (exact)"] if flops else []) + ["best bound - AR", "KL/window", "KL/token", "vectors > 0.5", "active units",
+             "in use", "fit s", "train tokens", "train FLOPs LTM / AR"])
+    lines = ["Every LTM number is an upper bound on the held-out NLL in nats/token (ELBO: analytic KL, fresh noise; "
+             "IWAE_K: K draws of q); the AR twin's number is its exact NLL on the same windows.", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [f"{r['point']}: {_settings_text(r['settings'])}", str(r["seed"]), str(r["eval_steps"]), _f(r["elbo"])]
+        cells += [_f(r.get(f"iwae_{k}")) for k in Ks]
+        cells += [_f(r["ar_nll"])] + ([_f(r["ar_full_attention_nll"])] if full else [])
+        cells += [_f(r["ar_equal_flops_nll"])] if flops else []
+        cells += [_f(r["margin_vs_ar"], 3), _f(r["kl_per_window"], 2), _f(r["kl_per_token"], 4),
+                  f"{r['share_vectors_above_0.5']:.2f}", f"{r['active_units']}/{r['num_units']}",
+                  "yes" if r["latents_in_use"] else "no", _f(r["fit_seconds"], 0) + ("*" if r["fit_resumed"] else ""), str(r["train_tokens"]),
+                  "-" if not r["ar_train_flops"] else f"{r['train_flops'] / r['ar_train_flops']:.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "best bound - AR: the row's lowest bound minus the same-window AR twin's exact NLL (< 0: the LTM's "
+              "bound beats the twin at equal training tokens). KL/window: analytic KL(q || prior) of q fitted by T steps, "
+              "mean over windows; vectors > 0.5: share of latent vectors with KL above 0.5 nats; in use: KL >= 0.02 "
+              "nats/token and that share >= 0.5. fit s: wall seconds of `ltm fit` in this study (* resumed: the part after the resume)."]
+    return "\n".join(lines) + "\n"
+
+
+def write_tables(grid: Grid, out: Path) -> dict:
+    """study.json (records and table rows), study.md and the plots, from what out/points holds."""
+    from .data.cache import atomic_write_text
+    from .plots import study_plots
+
+    ltm, twins = collect(grid, out)
+    rows = table_rows(ltm, twins)
+    summary = {"out": str(out), "points_done": len(ltm), "points_total": sum(len(p.seeds) for p in grid.points),
+               "rows": rows, "twins": list(twins.values()), "ltm": ltm}
+    summary["plots"] = study_plots(ltm, twins, rows, out) if ltm else []
+    _write_json(out / "study.json", summary)
+    atomic_write_text(out / "study.md", markdown(rows, grid))
+    return summary
+
+
+def rebuild_tables(grid_path: str | Path, out: str | Path) -> dict:
+    """The table and plots from the points already done (nothing is trained)."""
+    out = Path(out)
+    if not (out / "points").is_dir():
+        raise LtmError(f"{out} holds no study (no points/ folder)")
+    return write_tables(load_grid(grid_path), out)
