@@ -129,6 +129,20 @@ def test_trained_on_two_workers_resumes_on_three(toml, tmp_path):
     assert np.allclose([x for _, x in train(run)], [x for _, x in train(one)], rtol=1e-5)
 
 
+@pytest.mark.parametrize("method", [("--inference", "amortized"), ("--inference", "local", "--init", "amortized")],
+                         ids=["amortized", "semi-amortized"])
+def test_encoder_trains_on_two_workers_like_one(method, toml, tmp_path):
+    """The encoder too (DDP, its ELBO's eps keyed per sequence): the same weights, encoder.* included."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    args = ("fit", "--config", toml, "--data", "builtin:kjv", *method, "--iters", 3, "--quiet", "--out")
+    a = ltm(*args, one)
+    assert a.returncode == 0, a.stderr
+    b = torchrun(*args, two)
+    assert b.returncode == 0, b.stderr[-3000:]
+    assert any(k.startswith("encoder.") for k in weights(two))
+    assert_same_weights(one, two)
+
+
 def test_sharded_eval_and_compare_match_one_worker(one_worker):
     """10 windows in batches of 4 (the last one split 1 + 1): the same corpus-level number."""
     args = ("eval", one_worker, "--max-windows", 10, "--batch-size", 4, "--samples", 2, "--json", "--quiet")
