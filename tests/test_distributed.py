@@ -211,6 +211,22 @@ def test_two_host_devices_train_like_one(tmp_path, toml):
     assert_same_weights(one, two)
 
 
+def test_trained_on_two_host_devices_resumes_on_one(tmp_path, toml):
+    """NumPyro: 2 iterations on 2 host devices, then 2 more on one, against 4 unbroken on one."""
+    one, run = tmp_path / "one", tmp_path / "half"
+    args = ("fit", "--backend", "numpyro", "--config", toml, "--data", "builtin:kjv", "--quiet", "--out")
+    a = ltm(*args, one)
+    assert a.returncode == 0, a.stderr
+    b = ltm(*args, run, "--iters", 2, devices=2)
+    assert b.returncode == 0 and "numpyro on 2 devices in 1 process" in b.stdout, b.stderr
+    c = ltm("fit", "--resume", run, "--iters", 4, "--quiet")
+    assert c.returncode == 0, c.stderr
+    assert_same_weights(one, run)
+    train = lambda run: [(r["iter"], r["loss"]) for r in records(run) if "split" not in r]  # noqa: E731
+    assert [i for i, _ in train(run)] == [i for i, _ in train(one)]
+    assert np.allclose([x for _, x in train(run)], [x for _, x in train(one)], rtol=1e-5)
+
+
 def free_port() -> int:
     import socket
 
