@@ -180,14 +180,9 @@ def _create_run(run: Path, inference, data: Data, cfg: RunConfig) -> None:
 def start_world(cfg: RunConfig):
     """The workers of this fit (distributed.py), with the checks they must pass together."""
     from . import distributed
-    from .inference.registry import needs_encoder
-
     w = distributed.start(cfg.train.backend, cfg.train.device)
     distributed.check_same_config(w, cfg)
     w.check_batch(cfg.train.batch_size)
-    if w.runtime == "torch" and w.size > 1 and needs_encoder(cfg):
-        raise LtmError(f"--inference {cfg.inference.method} trains an encoder, which the Pyro backend does not yet "
-                       "wrap in DistributedDataParallel: run it on one worker, or with --backend numpyro")
     return w
 
 

@@ -129,6 +129,20 @@ def test_trained_on_two_workers_resumes_on_three(toml, tmp_path):
     assert np.allclose([x for _, x in train(run)], [x for _, x in train(one)], rtol=1e-5)
 
 
+@pytest.mark.parametrize("method", [("--inference", "amortized"), ("--inference", "local", "--init", "amortized")],
+                         ids=["amortized", "semi-amortized"])
+def test_encoder_trains_on_two_workers_like_one(method, toml, tmp_path):
+    """The encoder too (DDP, its ELBO's eps keyed per sequence): the same weights, encoder.* included."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    args = ("fit", "--config", toml, "--data", "builtin:kjv", *method, "--iters", 3, "--quiet", "--out")
+    a = ltm(*args, one)
+    assert a.returncode == 0, a.stderr
+    b = torchrun(*args, two)
+    assert b.returncode == 0, b.stderr[-3000:]
+    assert any(k.startswith("encoder.") for k in weights(two))
+    assert_same_weights(one, two)
+
+
 def test_sharded_eval_and_compare_match_one_worker(one_worker):
     """10 windows in batches of 4 (the last one split 1 + 1): the same corpus-level number."""
     args = ("eval", one_worker, "--max-windows", 10, "--batch-size", 4, "--samples", 2, "--json", "--quiet")
@@ -195,6 +209,22 @@ def test_two_host_devices_train_like_one(tmp_path, toml):
     assert "numpyro on 2 devices in 1 process" in b.stdout
     assert "numpyro on" not in a.stdout  # one device: nothing to say
     assert_same_weights(one, two)
+
+
+def test_trained_on_two_host_devices_resumes_on_one(tmp_path, toml):
+    """NumPyro: 2 iterations on 2 host devices, then 2 more on one, against 4 unbroken on one."""
+    one, run = tmp_path / "one", tmp_path / "half"
+    args = ("fit", "--backend", "numpyro", "--config", toml, "--data", "builtin:kjv", "--quiet", "--out")
+    a = ltm(*args, one)
+    assert a.returncode == 0, a.stderr
+    b = ltm(*args, run, "--iters", 2, devices=2)
+    assert b.returncode == 0 and "numpyro on 2 devices in 1 process" in b.stdout, b.stderr
+    c = ltm("fit", "--resume", run, "--iters", 4, "--quiet")
+    assert c.returncode == 0, c.stderr
+    assert_same_weights(one, run)
+    train = lambda run: [(r["iter"], r["loss"]) for r in records(run) if "split" not in r]  # noqa: E731
+    assert [i for i, _ in train(run)] == [i for i, _ in train(one)]
+    assert np.allclose([x for _, x in train(run)], [x for _, x in train(one)], rtol=1e-5)
 
 
 def free_port() -> int:

@@ -45,7 +45,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def data_parallel(decoder: torch.nn.Module):
-    """The decoder in DistributedDataParallel when torchrun started several workers, else None.
+    """The decoder (or encoder) in DistributedDataParallel when torchrun started several workers, else None.
     No buffer broadcast (the RoPE tables are the same everywhere): the forward passes of the fast
     steps and evaluation stay free of collectives."""
     from ..distributed import world
@@ -61,7 +61,9 @@ def data_parallel(decoder: torch.nn.Module):
     no_sync_buffers = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
                        else {"broadcast_buffers": False})
     wrapped = DistributedDataParallel(decoder, device_ids=ids, **no_sync_buffers)
-    wrapped.cfg = decoder.cfg  # the model reads the shapes from it
+    wrapped.cfg = getattr(decoder, "cfg", None)  # the model reads the shapes from it
+    if hasattr(decoder, "tok_emb"):  # and the likelihood the output layer (unregistered: same Parameter)
+        object.__setattr__(wrapped, "tok_emb", decoder.tok_emb)
     return wrapped
 
 
@@ -101,6 +103,7 @@ class PyroBackend:
             self.autocast = self.device.type == "cuda"
             self.net = torch.compile(self.decoder) if cfg.train.compile else self.decoder
         self.ddp = data_parallel(self.decoder) if model is None else None
+        self.encoder_ddp = data_parallel(self.encoder) if self.encoder is not None else None
         self.optimizer = self._make_optimizer()
         self.iteration = 0
 
@@ -161,6 +164,13 @@ class PyroBackend:
         # fast steps (decoder frozen) and evaluation (no grad) use the plain module: no collective.
         slow = self.ddp is not None and torch.is_grad_enabled() and self.decoder.tok_emb.weight.requires_grad
         return ltm_model(self.ddp if slow else self.net, tokens, autocast=self.autocast)
+
+    @property
+    def trained_encoder(self):
+        """The encoder for the slow step's gradient: through DDP across workers (its backward
+        all-reduces the encoder's gradients), else the plain module. Forwards without gradients
+        (local's fast-step start, evaluation) call self.encoder: no collective."""
+        return self.encoder_ddp if self.encoder_ddp is not None else self.encoder
 
     # Which global rows the batch in hand holds (noise.Rows): set by sharded evaluation; training
     # derives it from the iteration and the worker's share. None: the torch stream (generation).

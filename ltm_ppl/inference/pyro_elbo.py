@@ -48,12 +48,13 @@ def log_weights(model, guide, *args, num_particles: int, latent_value=None, late
 
 
 
-def elbo_terms_by_vector(model, guide, *args, num_particles: int = 1, latent="z", obs="x"):
+def elbo_terms_by_vector(model, guide, *args, num_particles: int = 1, latent_value=None, latent="z", obs="x"):
     """(log-likelihood [P, B], KL [B, V]): elbo_terms with the analytic KL kept per latent vector,
     the elementwise KL summed over the last event dim (V = n_z for the LTM; a latent with one event
     dim is one vector, V = 1), from the same single trace. For free bits. Both sites must be
-    Independent over a Normal."""
-    guide_trace, model_trace = traced(model, guide, *args, num_particles=num_particles, latent=latent)
+    Independent over a Normal. latent_value, if given, fixes the guide's draw (injected noise)."""
+    guide_trace, model_trace = traced(model, guide, *args, num_particles=num_particles, latent_value=latent_value,
+                                      latent=latent)
     site = model_trace.nodes[obs]
     loglik = site["fn"].log_prob(site["value"])
     loglik = loglik.expand(num_particles, loglik.shape[-1]) if loglik.dim() == 1 else loglik

@@ -15,11 +15,11 @@ import numpy as np
 import pyro
 import torch
 
-from ...models.pyro_model import amortized_guide, local_guide
+from ...models.pyro_model import local_guide
 from ..pyro_backend import PyroBackend, frozen
 from ..pyro_elbo import elbo_terms
 from ..schedules import fast_lr, kl_shape
-from ...noise import FIXED, INIT, SLOW, torch_eps
+from ...noise import ENCODER, FIXED, INIT, SLOW, torch_eps
 
 
 def shaped_kl(loc, log_scale, beta: float, free_bits: float):
@@ -137,10 +137,13 @@ class PyroLocal(PyroBackend):
             objective = nll + shaped_kl(loc, log_scale, *shaping).sum() / n_tokens
             metrics |= {"loss": objective.detach(), "beta": shaping[0]}
         if self.encoder is not None:
-            # The encoder's own ELBO at its output; the decoder is frozen for this term.
-            guide = functools.partial(amortized_guide, encoder=self.encoder)
-            with frozen(self.decoder), pyro.validation_enabled(False):
-                enc_loglik, enc_kl = elbo_terms(self.model, guide, tokens, num_particles=self.cfg.inference.num_samples)
+            # The encoder's own ELBO at its output, its eps keyed per sequence; the decoder is frozen
+            # for this term (the plain module: only the encoder's gradients are reduced for it).
+            S = self.cfg.inference.num_samples
+            enc_loc, enc_log_scale = self.trained_encoder(tokens)
+            enc_eps = torch_eps(rows, ENCODER, tokens.shape[0], self.latent_shape, S, self.device)
+            with frozen(self.decoder):
+                enc_loglik, enc_kl = self.gaussian_elbo(tokens, enc_loc, enc_log_scale, S, enc_eps)
             encoder_loss = -(enc_loglik.mean(0) - enc_kl).sum() / n_tokens
             metrics["encoder_loss"] = encoder_loss.detach()
             objective = loss + encoder_loss
