@@ -311,3 +311,16 @@ def test_sigterm_stops_every_worker_after_the_same_iteration(toml, tmp_path):
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [f"{done:08d}"]
     out = ltm("fit", "--resume", run, "--iters", done + 1, "--quiet")
     assert out.returncode == 0, out.stderr
+
+
+@pytest.mark.parametrize("kernel", ["mala", "hmc"])
+def test_langevin_trains_on_two_workers_like_one(kernel, toml, tmp_path):
+    """Chain starts, proposals / momenta and accept uniforms keyed per sequence: the same weights."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    args = ("fit", "--config", toml, "--data", "builtin:kjv", "--inference", "langevin", "--kernel", kernel,
+            "--leapfrog-steps", 2, "--iters", 3, "--quiet", "--out")
+    a = ltm(*args, one)
+    assert a.returncode == 0, a.stderr
+    b = torchrun(*args, two)
+    assert b.returncode == 0, b.stderr[-3000:]
+    assert_same_weights(one, two)

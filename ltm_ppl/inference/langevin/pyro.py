@@ -136,12 +136,12 @@ class PyroLangevin(PyroBackend):
         (hmc adds energy, diverging, n_steps [C, D, B]). fast_noise = (u0 [C, B, n_z, d], eps
         [W + D, C, B, n_z, d], log_u [W + D, C, B]) fixes all the randomness of MALA, as in the
         NumPyro backend. rows (noise.Rows) keys the start, proposals and accept uniforms of each
-        sequence instead (MALA / ULA; HMC's momenta come from the torch stream)."""
+        sequence instead (MALA / ULA proposals, HMC momenta)."""
         inf = self.cfg.inference
         noise = None
         with frozen(self.decoder):
             loc, scale = self.start(tokens, fit_steps, rows)
-            if fast_noise is None and rows is not None and inf.kernel != "hmc":
+            if fast_noise is None and rows is not None:
                 u0, noise = keyed_chain_noise(rows, tokens.shape[0], self.latent_shape, num_chains, self.device)
             elif fast_noise is None:
                 u0 = torch.randn((num_chains, tokens.shape[0], *self.latent_shape), device=self.device)
@@ -149,7 +149,7 @@ class PyroLangevin(PyroBackend):
                 u0, *noise = (torch.as_tensor(np.asarray(a), dtype=torch.float32, device=self.device) for a in fast_noise)
             log_joint = lambda u: self.log_joint(tokens, loc + scale * u)  # noqa: E731
             if inf.kernel == "hmc":
-                run = hmc_chains(log_joint, u0, warmup, draws, inf.step_size, inf.leapfrog_steps, inf.target_accept)
+                run = hmc_chains(log_joint, u0, warmup, draws, inf.step_size, inf.leapfrog_steps, inf.target_accept, noise)
             else:
                 run = langevin_chains(log_joint, u0, warmup, draws, inf.step_size, inf.mala, inf.target_accept, noise)
         run["last"] = loc + scale * run["last"]

@@ -54,12 +54,15 @@ class DualAveraging:
 
 
 def hmc_chains(log_joint_fn, z0: torch.Tensor, warmup: int, draws: int, step_size: float, leapfrog_steps: int,
-               target_accept: float = 0.8) -> dict:
+               target_accept: float = 0.8, noise=None) -> dict:
     """Run HMC pairs z0 [C, B, *event]: `warmup` adapting steps, then `draws` kept steps.
 
     log_joint_fn(z) -> [C, B]. Returns z [C, D, B, *event], log_joint, accept_prob, energy,
     diverging, n_steps [C, D, B], step_size [C, B], last [C, B, *event], last_log_joint,
     warmup_accept_prob [C, W, B], gradient_evaluations [C, B].
+    noise = (momentum normals, accept log-uniforms), each indexable by sampler step t ([C, B,
+    *event] and [C, B]), keys every sequence's randomness (langevin/pyro.py keyed_chain_noise);
+    None: the torch stream.
     """
     C, B = z0.shape[:2]
     event = tuple(range(2, z0.dim()))
@@ -78,7 +81,8 @@ def hmc_chains(log_joint_fn, z0: torch.Tensor, warmup: int, draws: int, step_siz
     warm_alpha = []
     for t in range(warmup + draws):
         s = expand(log_step.exp())
-        p = torch.randn_like(z) / inv_mass.sqrt()  # momentum ~ N(0, M), M = 1 / inv_mass
+        normal = torch.randn_like(z) if noise is None else noise[0][t]
+        p = normal / inv_mass.sqrt()  # momentum ~ N(0, M), M = 1 / inv_mass
         h0 = -lp + 0.5 * (p * p * inv_mass).sum(event)
         z_new, lp_new, g_new = z, lp, grad
         p_new = p + 0.5 * s * g_new
@@ -90,7 +94,8 @@ def hmc_chains(log_joint_fn, z0: torch.Tensor, warmup: int, draws: int, step_siz
         delta = h0 - h1
         delta = torch.where(torch.isnan(delta), torch.full_like(delta, -math.inf), delta)
         alpha = delta.clamp(max=0).exp()
-        accept = torch.rand_like(lp).log() < delta
+        log_u = torch.rand_like(lp).log() if noise is None else noise[1][t]
+        accept = log_u < delta
         z = torch.where(expand(accept), z_new, z)
         grad = torch.where(expand(accept), g_new, grad)
         lp = torch.where(accept, lp_new, lp)
