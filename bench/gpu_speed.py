@@ -1,14 +1,13 @@
 """GPU training-iteration speed for a lent H200 (issue 11): tokens/s and peak memory of one `local`
-iteration (T fast steps + 1 slow step), batch 32 x 1024, bf16 autocast, GPT-2 vocabulary, for the
-Pyro backend and the plain-torch baseline (bench/plain_torch_step.py), LTM-M at T = 16 first,
-then LTM-L at T = 64. Each configuration runs in its own subprocess under a time box, and its
+iteration (T fast steps + 1 slow step), batch 32 x 1024, bf16, GPT-2 vocabulary, for both backends
+and their plain baselines (Pyro, plain torch: bench/plain_torch_step.py; NumPyro, plain JAX:
+bench/plain_jax_step.py, builders in bench/gpu_speed_jax.py), LTM-M at T = 16 first, then LTM-L
+at T = 64. Each configuration runs in its own subprocess under a time box, and its
 JSON is written to the output folder as soon as it is measured (a later one hanging or running
 out of memory loses nothing). Order = priority.
 
     python bench/gpu_speed.py --out "$OUT"                          # the device run
     python bench/gpu_speed.py --shape tiny --device cpu --out /tmp/g  # the CPU rehearsal (tests)
-
-JAX entries (NumPyro backend, plain JAX) go in JOBS / RUNNERS below (speedjax's half).
 """
 from __future__ import annotations
 
@@ -26,13 +25,15 @@ BENCH = os.path.dirname(os.path.abspath(__file__))
 # (label, shape, fast steps T, runner) in priority order; shapes from bench/train_step.py SHAPES.
 JOBS = [
     ("ltm-m-pyro", "ltm-m", 16, "pyro"),
+    ("ltm-m-numpyro", "ltm-m", 16, "numpyro"),
     ("ltm-m-plain-torch", "ltm-m", 16, "plain_torch"),
-    # speedjax: ("ltm-m-numpyro", "ltm-m", 16, "numpyro"), ("ltm-m-plain-jax", "ltm-m", 16, "plain_jax"),
+    ("ltm-m-plain-jax", "ltm-m", 16, "plain_jax"),
     ("ltm-m-pyro-compile", "ltm-m", 16, "pyro_compile"),
     ("ltm-m-pyro-compile-reduce-overhead", "ltm-m", 16, "pyro_compile_ro"),  # CUDA graphs: never run yet
     ("ltm-l-pyro", "ltm-l", 64, "pyro"),
+    ("ltm-l-numpyro", "ltm-l", 64, "numpyro"),
     ("ltm-l-plain-torch", "ltm-l", 64, "plain_torch"),
-    # speedjax: ("ltm-l-numpyro", "ltm-l", 64, "numpyro"), ("ltm-l-plain-jax", "ltm-l", 64, "plain_jax"),
+    ("ltm-l-plain-jax", "ltm-l", 64, "plain_jax"),
 ]
 
 
@@ -65,15 +66,31 @@ def build_torch(runner: str, shape: str, steps: int, batch: int, device: str):
     return (lambda: plain.step(on_device)), sync, peak, dev, cfg
 
 
-RUNNERS = {"pyro": build_torch, "pyro_compile": build_torch, "pyro_compile_ro": build_torch, "plain_torch": build_torch}
-# speedjax: RUNNERS["numpyro"] = ..., RUNNERS["plain_jax"] = ... with the same return contract.
+def build_jax(runner: str, shape: str, steps: int, batch: int, device: str):
+    sys.path.insert(0, BENCH)
+    from gpu_speed_jax import build_jax as build
+
+    return build(runner, shape, steps, batch, device)
+
+
+RUNNERS = {"pyro": build_torch, "pyro_compile": build_torch, "pyro_compile_ro": build_torch, "plain_torch": build_torch,
+           "numpyro": build_jax, "plain_jax": build_jax}
+
+
+def _device_name(dev, cuda_torch: bool) -> str:
+    if cuda_torch:
+        import torch
+
+        return torch.cuda.get_device_name()
+    return getattr(dev, "device_kind", None) or platform.processor()  # a JAX device names its kind
 
 
 def measure_one(label: str, shape: str, steps: int, runner: str, batch: int, device: str, repeats: int) -> dict:
     step, sync, peak, dev, cfg = RUNNERS[runner](runner, shape, steps, batch, device)
-    import torch
+    cuda_torch = RUNNERS[runner] is build_torch and str(dev).startswith("cuda")
+    if cuda_torch:  # JAX runners read their device's own peak (memory_stats); never import torch there
+        import torch
 
-    if str(dev).startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     step()
@@ -91,9 +108,9 @@ def measure_one(label: str, shape: str, steps: int, runner: str, batch: int, dev
     tokens = batch * cfg.model.block_size
     from ltm_ppl.checkpoint import library_versions
 
-    return {"label": label, "runner": runner, "shape": shape, "fast_steps": steps, "batch": batch,
+    return {"label": label, "runner": runner, "shape": shape, "fast_steps": cfg.inference.steps, "batch": batch,
             "block_size": cfg.model.block_size, "vocab_size": cfg.model.vocab_size, "device": str(dev),
-            "device_name": torch.cuda.get_device_name() if str(dev).startswith("cuda") else platform.processor(),
+            "device_name": _device_name(dev, cuda_torch),
             "tokens_per_s": tokens / median, "s_per_iteration": median, "s_all": times,
             "first_call_s": first, "compile_s": max(0.0, first - median), "peak_memory_gib": peak(),
             "repeats": repeats, "versions": library_versions()}

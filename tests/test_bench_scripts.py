@@ -1,5 +1,5 @@
 """The GPU speed script runs as is on the next lent machine: its CPU rehearsal at the tiny shape
-writes one JSON per configuration with a positive throughput (and the summary)."""
+writes one JSON per configuration, both backends and both plain baselines, with a positive throughput (and the summary)."""
 from __future__ import annotations
 
 import json
@@ -13,10 +13,10 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_gpu_speed_script_rehearses_on_the_cpu(tmp_path):
     out = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "gpu_speed.py"), "--shape", "tiny", "--device", "cpu", "--batch", "2",
-         "--repeats", "1", "--only", "ltm-m-pyro,ltm-m-plain-torch", "--out", str(tmp_path)],
+         "--repeats", "1", "--only", "ltm-m-pyro,ltm-m-numpyro,ltm-m-plain-torch,ltm-m-plain-jax", "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
-    for label in ("ltm-m-pyro", "ltm-m-plain-torch"):
+    for label in ("ltm-m-pyro", "ltm-m-numpyro", "ltm-m-plain-torch", "ltm-m-plain-jax"):
         result = json.loads((tmp_path / f"gpu-speed-{label}.json").read_text())
         assert "error" not in result and result["tokens_per_s"] > 0 and result["batch"] == 2, result
-    assert len(json.loads((tmp_path / "gpu-speed-summary.json").read_text())) == 2
+    assert len(json.loads((tmp_path / "gpu-speed-summary.json").read_text())) == 4
