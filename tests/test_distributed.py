@@ -324,3 +324,32 @@ def test_langevin_trains_on_two_workers_like_one(kernel, toml, tmp_path):
     b = torchrun(*args, two)
     assert b.returncode == 0, b.stderr[-3000:]
     assert_same_weights(one, two)
+
+
+def test_a_writer_killed_mid_commit_takes_the_job_down_and_keeps_the_last_checkpoint(toml, tmp_path):
+    """Rank 0 is SIGKILLed just before the rename that commits the last checkpoint (durable.py's
+    fault hook; only the writer passes it): torchrun ends the job non-zero, the other worker does
+    not hang, and the run resumes on one worker from iteration 2 to the one-worker weights."""
+    trace = tmp_path / "trace.txt"
+    args = ("fit", "--config", toml, "--data", "builtin:kjv", "--quiet")
+    env_trace = {"LTM_FAULT_TRACE": str(trace)}
+    counted = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                              "-m", "ltm_ppl", *map(str, args), "--out", str(tmp_path / "counted")],
+                             env=env() | env_trace, capture_output=True, text=True, timeout=300)
+    assert counted.returncode == 0, counted.stderr[-3000:]
+    steps = trace.read_text().splitlines()
+    last_commit = max(int(line.split()[0]) for line in steps if line.endswith(".tmp -> 00000004"))
+    run = tmp_path / "killed"
+    killed = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             "-m", "ltm_ppl", *map(str, args), "--out", str(run)],
+                            env=env() | {"LTM_FAULT_KILL_AT": str(last_commit)}, capture_output=True, text=True,
+                            timeout=300)
+    assert killed.returncode != 0
+    assert "SIGKILL" in killed.stderr or "Signal 9" in killed.stderr or "exitcode" in killed.stderr
+    assert sorted(p.name for p in (run / "checkpoints").iterdir() if not p.name.startswith(".")) \
+        == ["00000002", "00000004.tmp"]  # iteration 4 never committed; 2 is the last good one
+    resumed = ltm("fit", "--resume", run, "--iters", 4, "--quiet")
+    assert resumed.returncode == 0, resumed.stderr
+    one = tmp_path / "one"
+    assert ltm(*args, "--out", one).returncode == 0
+    assert_same_weights(one, run)
