@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+from report import emit  # bench/ is on sys.path when a bench script runs
 
 CHILD = r"""
 import json, os, resource, sys
@@ -53,11 +54,7 @@ def main() -> None:
               "iters": args.iters, "after": measure(args.shape, args.batch, args.steps, args.iters, None)}
     if args.before:
         result["before"] = measure(args.shape, args.batch, args.steps, args.iters, args.before)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as fh:
-            fh.write(text + "\n")
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ Default config otherwise (init "prior", Adam fast steps, one noise sample).
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import sys
@@ -25,6 +24,7 @@ import numpy as np
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from train_step import SHAPES  # noqa: E402
+from report import emit  # bench/ is on sys.path when a bench script runs
 
 
 def plain_local_step(cfg, dtype):
@@ -206,11 +206,7 @@ def main() -> None:
         "versions": library_versions(),
         "argv": sys.argv[1:],
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as fh:
-            fh.write(text + "\n")
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import copy
 import importlib
-import json
 import os
 import platform
 import statistics
@@ -37,6 +36,7 @@ from train_step import SHAPES  # noqa: E402
 
 from ltm_ppl.checkpoint import library_versions  # noqa: E402
 from ltm_ppl.config import RunConfig  # noqa: E402
+from report import emit  # bench/ is on sys.path when a bench script runs
 
 
 def make_config(shape: str, batch: int, device: str, steps: int = 0, compile_: bool = False) -> RunConfig:
@@ -139,11 +139,7 @@ def main() -> None:
             [b / a for a, b in zip(times["pyro"], times["pyro_before"])])
         result["pyro_before_over_pyro_cpu_median_ratio"] = statistics.median(
             [b / a for a, b in zip(cpu_times["pyro"], cpu_times["pyro_before"])])
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as fh:
-            fh.write(text + "\n")
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ stand in for a corpus (throughput does not depend on the text).
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import sys
@@ -26,6 +25,7 @@ from ltm_ppl.checkpoint import library_versions
 from ltm_ppl.config import RunConfig
 from ltm_ppl.flops import decoder_forward, training_flops_per_token
 from ltm_ppl.inference import descriptor, methods
+from report import emit  # bench/ is on sys.path when a bench script runs
 
 SHAPES = {  # name: (n_layer, n_head, d_model, n_z, block_size, vocab, T)
     "tiny": (2, 2, 64, 4, 64, 257, 4),
@@ -117,11 +117,7 @@ def main() -> None:
         "versions": library_versions(),
         "argv": sys.argv[1:],
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as fh:
-            fh.write(text + "\n")
+    emit(result, args.out)
 
 
 if __name__ == "__main__":
