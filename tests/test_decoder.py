@@ -130,3 +130,23 @@ def test_flex_window_attention_equals_the_masked_path():
         got = flex_window_attention(q, k, v, 5)
     expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask(0, 16, 16, 5, "cpu"))
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_zero_cross_out_starts_as_the_ar_twin_and_still_learns_from_z():
+    """`cross_out_zero`: z adds exactly nothing at initialisation (the same tokens' logits for any z,
+    in both backends), while the output projection's gradient is non-zero, so z can come into use."""
+    import jax
+    import numpy as np
+
+    from ltm_ppl.models.jax_decoder import init_params
+
+    d = tiny(cross_out_zero=True)
+    idx = torch.randint(0, 50, (2, 10))
+    z = torch.randn(2, 4, 32)
+    assert torch.equal(d(idx, z), d(idx, torch.zeros_like(z)))
+    d(idx, z).logsumexp(-1).sum().backward()
+    assert d.layers[0].cross.o.weight.grad.abs().sum() > 0
+    assert tiny().layers[0].cross.o.weight.abs().sum() > 0  # the default init is unchanged
+    params = init_params(d.cfg, jax.random.PRNGKey(0))
+    assert not np.any(np.asarray(params["layers.0.cross.o.weight"]))
+    assert np.any(np.asarray(params["layers.0.cross.kv.weight"]))

@@ -52,13 +52,16 @@ def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
 
 
 def init_params(cfg: ModelConfig, key) -> dict[str, jax.Array]:
-    """Same scheme as torch: every matrix N(0, 0.02^2), every norm weight 1; float32."""
+    """Same scheme as torch: every matrix N(0, 0.02^2) (cross-attention output projections 0 with
+    `cross_out_zero`), every norm weight 1; float32."""
     shapes = param_shapes(cfg)
     keys = jax.random.split(key, len(shapes))
     params = {}
     for k, (name, shape) in zip(keys, shapes.items()):
         if len(shape) == 1:
             params[name] = jnp.ones(shape, jnp.float32)
+        elif cfg.cross_out_zero and name.endswith("cross.o.weight"):
+            params[name] = jnp.zeros(shape, jnp.float32)
         else:
             params[name] = 0.02 * jax.random.normal(k, shape, jnp.float32)
     return params

@@ -180,6 +180,9 @@ class Decoder(nn.Module):
         self.layers = nn.ModuleList(Layer(cfg) for _ in range(cfg.n_layer))
         self.final_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.apply(self._init)
+        if cfg.latent and cfg.cross_out_zero:  # z's contribution starts at exactly 0 (an init, not a change of the model)
+            for layer in self.layers:
+                nn.init.zeros_(layer.cross.o.weight)
         self._rope = None  # (cos, sin) of positions 0.. on one device, built once and sliced
         self._latent_rope = None
 
