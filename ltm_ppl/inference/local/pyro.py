@@ -51,7 +51,7 @@ def fast_optimizer(params, inf_cfg):
 
 
 def fit_local_posterior(model, tokens, shape, inf_cfg, steps: int, device, observe_step=None, fast_noise=None, start=None,
-                        rows=None, kl_shaping=None):
+                        rows=None, kl_shaping=None, compiled=None):
     """Fit (loc, log_scale) of shape [B, *shape] by `steps` fast steps; model(tokens) is the joint.
 
     Minimises the negative ELBO per predicted token, summed over sequences (each sequence's
@@ -63,7 +63,8 @@ def fit_local_posterior(model, tokens, shape, inf_cfg, steps: int, device, obser
     each step (parity tests); else rows (noise.Rows) keys each step's eps by (seed, iteration,
     step, global row), so it does not depend on the worker count; else the torch stream.
     kl_shaping = (beta, free bits) replaces the KL term by shaped_kl's (training iterations
-    only, never a reported bound).
+    only, never a reported bound). compiled (a CompiledFastStep, `--compile` on the LTM) runs the
+    same steps as one compiled function each (compiled_fast_step.py); eps never left to Pyro then.
     """
     B = tokens.shape[0]
     loc, log_scale = initial_local(B, shape, inf_cfg, device, rows) if start is None else (t.detach().clone() for t in start)
@@ -76,6 +77,16 @@ def fit_local_posterior(model, tokens, shape, inf_cfg, steps: int, device, obser
     eps = torch.randn((S, B, *shape), device=device) if inf_cfg.fixed_noise else None
     if rows is not None and inf_cfg.fixed_noise:
         eps = torch_eps(rows, FIXED, B, shape, S, device)
+    if compiled is not None:
+        def noise_of(t):  # the eager loop's eps of step t, drawn here where Pyro would draw it
+            step_eps = eps if fast_noise is None else fast_noise[t]
+            if step_eps is None and rows is not None:
+                step_eps = torch_eps(rows, t, B, shape, S, device)
+            return torch.randn((S, B, *shape), device=device) if step_eps is None else step_eps
+
+        loc, scale_param = compiled.fit(tokens, loc.detach(), scale_param.detach(), steps, inf_cfg, noise_of,
+                                        observe_step, kl_shaping)
+        return loc, scale_param / factor, eps
     for t in range(steps):
         for group in opt.param_groups:
             group["lr"] = fast_lr(t, steps, inf_cfg.fast_lr, inf_cfg.final_lr_ratio, inf_cfg.fast_lr_denominator)
@@ -101,6 +112,24 @@ class PyroLocal(PyroBackend):
     method = "local"
     posterior_kind = "variational"  # independent draws from q: PSIS k-hat applies
 
+    _compiled_step = None
+
+    @property
+    def compiled_fast_step(self):
+        """The fast step compiled whole (`--compile` on the LTM), built once and kept: None otherwise
+        (an injected model, or compile_fast_step switched off: then only the decoder is compiled)."""
+        if not (self.cfg.train.compile and self.compile_fast_step and self.injected is None and self.cfg.model.latent):
+            return None
+        if self._compiled_step is None:
+            from .compiled_fast_step import CompiledFastStep
+
+            inf = self.cfg.inference
+            self._compiled_step = CompiledFastStep(self.decoder, self.autocast, inf.optimizer,
+                                                   2.0 if inf.scale_param == "log_variance" else 1.0)
+        return self._compiled_step
+
+    compile_fast_step = True  # benches switch it off to time today's decoder-only compile
+
     def start(self, tokens):
         """Where the fast steps begin: the encoder's q (semi-amortized) or the configured point."""
         if self.encoder is None:
@@ -118,7 +147,7 @@ class PyroLocal(PyroBackend):
             return fit_local_posterior(
                 self.model, tokens, self.latent_shape, self.cfg.inference, steps, self.device, observe_step,
                 fast_noise, start=self.start(tokens), rows=rows if rows is not None else self.noise_rows,
-                kl_shaping=kl_shaping,
+                kl_shaping=kl_shaping, compiled=self.compiled_fast_step,
             )
 
     def step(self, batch: np.ndarray) -> dict:
