@@ -29,7 +29,9 @@ JOBS = [
     ("ltm-m-plain-torch", "ltm-m", 16, "plain_torch"),
     ("ltm-m-plain-jax", "ltm-m", 16, "plain_jax"),
     ("ltm-m-pyro-compile", "ltm-m", 16, "pyro_compile"),
-    ("ltm-m-pyro-compile-reduce-overhead", "ltm-m", 16, "pyro_compile_ro"),  # CUDA graphs: never run yet
+    # --compile: the whole fast step compiled (CUDA graphs on CUDA); + the slow step's decoder in CUDA graphs
+    ("ltm-m-pyro-compile-reduce-overhead", "ltm-m", 16, "pyro_compile_ro"),
+    ("ltm-m-pyro-compile-decoder-only", "ltm-m", 16, "pyro_compile_decoder"),  # --compile before the whole step
     ("ltm-l-pyro", "ltm-l", 64, "pyro"),
     ("ltm-l-numpyro", "ltm-l", 64, "numpyro"),
     ("ltm-l-plain-torch", "ltm-l", 64, "plain_torch"),
@@ -48,10 +50,12 @@ def build_torch(runner: str, shape: str, steps: int, batch: int, device: str):
 
     from ltm_ppl.inference import create
 
-    cfg = make_config(shape, batch, device, steps, compile_=runner == "pyro_compile")
+    cfg = make_config(shape, batch, device, steps, compile_=runner.startswith("pyro_compile"))
     inference = create(cfg)
-    if runner == "pyro_compile_ro":  # the decoder under CUDA graphs (`ltm fit --compile` uses the default mode)
+    if runner == "pyro_compile_ro":  # the slow step's decoder under CUDA graphs too (`--compile`: its default mode)
         inference.net = torch.compile(inference.decoder, mode="reduce-overhead")
+    if runner == "pyro_compile_decoder":  # the fast loop eager (Pyro traces), only the decoder compiled
+        inference.compile_fast_step = False
     dev = inference.device
     cuda = dev.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
@@ -60,7 +64,13 @@ def build_torch(runner: str, shape: str, steps: int, batch: int, device: str):
         torch.backends.cuda.matmul.allow_tf32 = True
     tokens = np.random.default_rng(0).integers(0, cfg.model.vocab_size, size=(batch, cfg.model.block_size + 1))
     if runner.startswith("pyro"):
-        return (lambda: inference.step(tokens)), sync, peak, dev, cfg
+        def step():
+            return inference.step(tokens)
+
+        # What ran the fast steps, read after the runs (the JSON's fast_step_compiled).
+        step.info = lambda: {"fast_step_compiled": getattr(inference, "_compiled_step", None) is not None
+                             and inference.compile_fast_step}
+        return step, sync, peak, dev, cfg
     plain = PlainLocal(inference.decoder, cfg, dev, autocast=inference.autocast)
     on_device = torch.as_tensor(tokens, device=dev)
     return (lambda: plain.step(on_device)), sync, peak, dev, cfg
@@ -73,7 +83,8 @@ def build_jax(runner: str, shape: str, steps: int, batch: int, device: str):
     return build(runner, shape, steps, batch, device)
 
 
-RUNNERS = {"pyro": build_torch, "pyro_compile": build_torch, "pyro_compile_ro": build_torch, "plain_torch": build_torch,
+RUNNERS = {"pyro": build_torch, "pyro_compile": build_torch, "pyro_compile_ro": build_torch,
+           "pyro_compile_decoder": build_torch, "plain_torch": build_torch,
            "numpyro": build_jax, "plain_jax": build_jax}
 
 
@@ -113,7 +124,7 @@ def measure_one(label: str, shape: str, steps: int, runner: str, batch: int, dev
             "device_name": _device_name(dev, cuda_torch),
             "tokens_per_s": tokens / median, "s_per_iteration": median, "s_all": times,
             "first_call_s": first, "compile_s": max(0.0, first - median), "peak_memory_gib": peak(),
-            "repeats": repeats, "versions": library_versions()}
+            "repeats": repeats, "versions": library_versions(), **getattr(step, "info", dict)()}
 
 
 def main() -> None:

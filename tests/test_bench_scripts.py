@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -20,3 +22,19 @@ def test_gpu_speed_script_rehearses_on_the_cpu(tmp_path):
         result = json.loads((tmp_path / f"gpu-speed-{label}.json").read_text())
         assert "error" not in result and result["tokens_per_s"] > 0 and result["batch"] == 2, result
     assert len(json.loads((tmp_path / "gpu-speed-summary.json").read_text())) == 4
+
+
+@pytest.mark.slow  # two inductor compiles on the CPU
+def test_gpu_speed_pyro_compile_entries_run_the_whole_compiled_fast_step(tmp_path):
+    """The GPU script's `--compile` entry runs the fast step compiled whole; its decoder-only entry
+    (the route before) does not. Rehearsed on the CPU at the tiny shape, as the device will run it."""
+    labels = ("ltm-m-pyro-compile", "ltm-m-pyro-compile-decoder-only")
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "gpu_speed.py"), "--shape", "tiny", "--device", "cpu", "--batch", "2",
+         "--repeats", "1", "--time-box", "600", "--only", ",".join(labels), "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=1300)
+    assert out.returncode == 0, out.stderr
+    for label, whole in zip(labels, (True, False)):
+        result = json.loads((tmp_path / f"gpu-speed-{label}.json").read_text())
+        assert "error" not in result and result["tokens_per_s"] > 0, result
+        assert result["fast_step_compiled"] is whole, result

@@ -81,6 +81,7 @@ class CompiledFastStep:
         if mode is None:  # CUDA graphs where the shapes are static (always, here); the CPU has none
             mode = "reduce-overhead" if next(decoder.parameters()).is_cuda else None
         self.mode = mode
+        self.captured = False  # set after the first call compiled and ran
         options = {"mode": mode} if backend == "inductor" else {}
         self.compiled = torch.compile(self.step, backend=backend, fullgraph=True, dynamic=False, **options)
 
@@ -122,6 +123,7 @@ class CompiledFastStep:
                 torch.compiler.cudagraph_mark_step_begin()  # the previous step's outputs are inputs now
             _, _, _, loc, scale_param, moments = self.compiled(tokens, noise_of(t), loc, scale_param, moments,
                                                                 scalars[t], shaping)
+            self.captured = True
             if observe_step is not None:
                 observe_step(t)
         # Own copies: CUDA graphs overwrite their outputs at the next replay (the next iteration).

@@ -10,6 +10,7 @@ from the refined q.
 from __future__ import annotations
 
 import functools
+import sys
 
 import numpy as np
 import pyro
@@ -143,12 +144,25 @@ class PyroLocal(PyroBackend):
             fast_noise = torch.as_tensor(fast_noise, dtype=torch.float32, device=self.device)
         # No argument validation in the hot loop: a diverged decoder then yields a non-finite loss
         # that the trainer reports (naming the iteration) instead of a ValueError deep in Pyro.
+        fit = functools.partial(
+            fit_local_posterior, self.model, tokens, self.latent_shape, self.cfg.inference, steps, self.device,
+            observe_step, fast_noise, start=self.start(tokens), rows=rows if rows is not None else self.noise_rows,
+            kl_shaping=kl_shaping)
         with frozen(self.decoder), pyro.validation_enabled(False):
-            return fit_local_posterior(
-                self.model, tokens, self.latent_shape, self.cfg.inference, steps, self.device, observe_step,
-                fast_noise, start=self.start(tokens), rows=rows if rows is not None else self.noise_rows,
-                kl_shaping=kl_shaping, compiled=self.compiled_fast_step,
-            )
+            compiled = self.compiled_fast_step
+            if compiled is None:
+                return fit()
+            try:
+                return fit(compiled=compiled)
+            except torch._dynamo.exc.TorchDynamoException as err:
+                if compiled.captured:  # it compiled and ran before: a real error, not a capture limit
+                    raise
+                # A kernel the capture cannot take (e.g. one a GPU library brings): say so once and
+                # keep the decoder-only compile; the step is functional, so nothing moved yet.
+                print(f"warning: the whole fast step did not compile ({type(err).__name__}); "
+                      "--compile compiles the decoder only", file=sys.stderr)
+                self.compile_fast_step = False
+                return fit()
 
     def step(self, batch: np.ndarray) -> dict:
         tokens = self.tensor(batch)
