@@ -201,7 +201,7 @@ def method_overrides(kw: dict) -> dict:
 @click.option("--attention-window", type=int, default=None, help="Self-attention sees the last W tokens (itself included); 0: all.")
 @click.option("--out", default=None, show_default="runs/<timestamp>", help="Directory of the new run.")
 @click.option("--resume", default=None, help="Continue this run from its last checkpoint.")
-@click.option("--compile", "compile_", is_flag=True, default=None, help="torch.compile the decoder.")
+@click.option("--compile", "compile_", is_flag=True, default=None, help="torch.compile the decoder, and (local, pyro) the whole fast step.")
 @click.option("--log-interval", type=int, default=None,
               help="Iterations between metric records (the device is synchronised only then, and at evaluations and checkpoints).")
 @seed_option

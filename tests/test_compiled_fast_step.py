@@ -114,3 +114,26 @@ def test_ltm_compile_runs_the_inductor_step_once_for_every_T():
     graphs = counters["stats"]["unique_graphs"]
     assert bool(inference.step(batch)["finite"])
     assert counters["stats"]["unique_graphs"] == graphs  # the next iteration compiles nothing
+
+
+def test_a_step_that_does_not_capture_falls_back_to_the_decoder_only_route(monkeypatch, capsys):
+    """A kernel the capture cannot take (here a forced graph break) costs a warning, not the run."""
+    from ltm_ppl.inference.local import compiled_fast_step
+
+    original = compiled_fast_step.negative_elbo
+
+    def breaking(*args, **kwargs):
+        torch._dynamo.graph_break()
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(compiled_fast_step, "negative_elbo", breaking)
+    torch._dynamo.reset()
+    inference = PyroLocal(tiny_config(compile_=True))
+    reference = PyroLocal(tiny_config())
+    tokens = draws()[0]
+    noise = torch.randn(2, 1, B, N_Z, D, generator=torch.Generator().manual_seed(5))
+    inference.net = inference.decoder  # the decoder-only route's decoder, uncompiled: seconds, not minutes
+    got = inference.fit_posterior(tokens, 2, fast_noise=noise)
+    assert "did not compile" in capsys.readouterr().err and not inference.compile_fast_step
+    expected = reference.fit_posterior(tokens, 2, fast_noise=noise)
+    torch.testing.assert_close(got[0], expected[0])

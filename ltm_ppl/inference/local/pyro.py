@@ -73,7 +73,6 @@ def fit_local_posterior(model, tokens, shape, inf_cfg, steps: int, device, obser
     factor = 2.0 if inf_cfg.scale_param == "log_variance" else 1.0
     scale_param = (factor * log_scale).requires_grad_(True)
     loc.requires_grad_(True)
-    opt = fast_optimizer([loc, scale_param], inf_cfg)
     S = inf_cfg.num_samples
     eps = torch.randn((S, B, *shape), device=device) if inf_cfg.fixed_noise else None
     if rows is not None and inf_cfg.fixed_noise:
@@ -88,6 +87,7 @@ def fit_local_posterior(model, tokens, shape, inf_cfg, steps: int, device, obser
         loc, scale_param = compiled.fit(tokens, loc.detach(), scale_param.detach(), steps, inf_cfg, noise_of,
                                         observe_step, kl_shaping)
         return loc, scale_param / factor, eps
+    opt = fast_optimizer([loc, scale_param], inf_cfg)
     for t in range(steps):
         for group in opt.param_groups:
             group["lr"] = fast_lr(t, steps, inf_cfg.fast_lr, inf_cfg.final_lr_ratio, inf_cfg.fast_lr_denominator)
