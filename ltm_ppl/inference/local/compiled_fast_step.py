@@ -63,11 +63,15 @@ def step_scalars(steps: int, inf_cfg, device) -> torch.Tensor:
     for t in range(steps):
         lr = fast_lr(t, steps, inf_cfg.fast_lr, inf_cfg.final_lr_ratio, inf_cfg.fast_lr_denominator)
         k = t + 1
-        rows.append((lr, 1 - lr * decay, lr / (1 - 0.9**k), math.sqrt(1 - 0.999**k)))
+        rows.append((lr, 1 - lr * decay, lr / (1 - BETA1**k), math.sqrt(1 - BETA2**k)))
     table = torch.tensor(rows, dtype=torch.float32)
     if device.type == "cuda":
         return table.pin_memory().to(device, non_blocking=True)
     return table.to(device)
+
+
+# torch.optim.Adam / AdamW defaults, as fast_optimizer (local/pyro.py) builds them.
+BETA1, BETA2, ADAM_EPS = 0.9, 0.999, 1e-8
 
 
 class CompiledFastStep:
@@ -98,9 +102,9 @@ class CompiledFastStep:
         for param, grad, (m, v) in zip((loc, scale_param), (g_loc, g_scale), moments):
             if self.optimizer == "adamw":
                 param = param * decay  # decoupled weight decay first, as torch.optim.AdamW
-            m = m.lerp(grad, 0.1)  # 1 - beta1
-            v = v * 0.999 + grad * grad * (1 - 0.999)
-            denom = v.sqrt() / bias2_sqrt + 1e-8
+            m = m.lerp(grad, 1 - BETA1)
+            v = v * BETA2 + grad * grad * (1 - BETA2)
+            denom = v.sqrt() / bias2_sqrt + ADAM_EPS
             updated.append(param - step_size * (m / denom))
             new_moments.append((m, v))
         return value, g_loc, g_scale, updated[0], updated[1], tuple(new_moments)
