@@ -34,7 +34,7 @@ class ModelConfig:
     latent: bool = True  # False: the decoder without cross-attention (the `none` baseline)
     encoder_layers: int = 2  # bidirectional layers of the amortized encoder q_phi(z | x)
     attention_window: int = 0  # causal self-attention sees the W keys ending at the token itself; 0: all
-    cross_out_zero: bool = False  # cross-attention output projections start at 0: the LTM starts as its AR twin
+    cross_out_zero: bool = True  # cross-attention output projections start at 0: the LTM starts as its AR twin (docs/results.md)
 
     @property
     def hidden(self) -> int:
