@@ -22,11 +22,11 @@ DEVICES = ("auto", "cpu", "cuda")
 
 @dataclass
 class ModelConfig:
-    n_layer: int = 4
+    n_layer: int = 2
     n_head: int = 4
-    d_model: int = 128
+    d_model: int = 64
     n_z: int = 8  # latent vectors per sequence, split evenly over the layers; d_z = d_model
-    block_size: int = 128  # predicted tokens per window = decoder context
+    block_size: int = 256  # predicted tokens per window = decoder context
     mlp_hidden: int = 0  # SwiGLU width; 0 picks 8/3 d_model rounded up to a multiple of 32
     rope_base: float = 10000.0
     norm_eps: float = 1e-5
@@ -34,7 +34,7 @@ class ModelConfig:
     latent: bool = True  # False: the decoder without cross-attention (the `none` baseline)
     encoder_layers: int = 2  # bidirectional layers of the amortized encoder q_phi(z | x)
     attention_window: int = 0  # causal self-attention sees the W keys ending at the token itself; 0: all
-    cross_out_zero: bool = False  # cross-attention output projections start at 0: the LTM starts as its AR twin
+    cross_out_zero: bool = True  # cross-attention output projections start at 0: the LTM starts as its AR twin (docs/results.md)
 
     @property
     def hidden(self) -> int:
@@ -75,8 +75,8 @@ InferenceConfig = _inference_config_class()
 @dataclass
 class TrainConfig:
     iters: int = 300
-    batch_size: int = 16
-    lr: float = 1e-3
+    batch_size: int = 8
+    lr: float = 3e-3
     min_lr_ratio: float = 0.1
     warmup_iters: int = 20
     lr_decay_iters: int = 0  # horizon of the cosine; 0 means `iters`
@@ -85,7 +85,7 @@ class TrainConfig:
     beta2: float = 0.95
     grad_clip: float = 1.0
     eval_interval: int = 100
-    eval_windows: int = 64  # val windows bounded at each periodic evaluation
+    eval_windows: int = 32  # val windows bounded at each periodic evaluation
     checkpoint_interval: int = 100
     log_interval: int = 10  # metrics reach the host (and metrics.jsonl) every N iterations: no per-iteration sync
     seed: int = 0

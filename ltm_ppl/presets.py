@@ -27,6 +27,7 @@ PRESETS: dict[str, dict[str, object]] = {
         "inference.eval_steps": 16,
         "model.block_size": 1024,
         "model.attention_window": 256,
+        "model.cross_out_zero": False,  # the published decoder initialises every projection at random
         "train.lr": 4e-4,
         "train.beta1": 0.9,
         "train.beta2": 0.95,

@@ -82,7 +82,8 @@ PRECISION = np.eye(4) + W.T @ W / SIGMA**2
 COVARIANCE = np.linalg.inv(PRECISION)
 
 # A tiny LTM for backend-parity tests: seconds per test on 2 cores.
-TINY_MODEL = dict(vocab_size=64, d_model=32, n_layer=2, n_head=4, n_z=4, block_size=16)
+# cross_out_zero off: at random weights z must reach the output, or tests of its paths cannot fail
+TINY_MODEL = dict(vocab_size=64, d_model=32, n_layer=2, n_head=4, n_z=4, block_size=16, cross_out_zero=False)
 
 
 def tiny_cfg(method: str = "local", backend: str = "numpyro", train: dict | None = None, **inference):

@@ -110,8 +110,8 @@ def test_bad_or_short_corpus_file(tmp_path, fresh, tiny_toml, content, fragment)
         (["--bogus"], ["No such option", "--bogus"]),
         (["--steps", "-1"], ["inference.steps (--steps) must be positive"]),
         (["--iters", "many"], ["--iters", "many"]),
-        (["--attention-window", "-1"], ["model.attention_window (--attention-window)", "0 (full attention) or 1..model.block_size (128)"]),
-        (["--attention-window", "129"], ["model.attention_window (--attention-window)", "got 129"]),
+        (["--attention-window", "-1"], ["model.attention_window (--attention-window)", "0 (full attention) or 1..model.block_size (256)"]),
+        (["--attention-window", "257"], ["model.attention_window (--attention-window)", "got 257"]),
     ],
 )
 def test_bad_fit_flags(fresh, args, fragments):

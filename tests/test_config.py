@@ -35,7 +35,7 @@ def test_wrong_type_or_unknown_key_names_the_field(raw, field):
     "section, name, value, message",
     [
         ("inference", "steps", -1, r"inference.steps \(--steps\) must be positive"),
-        ("model", "n_z", 6, r"model.n_z \(6\) must be divisible by model.n_layer \(4\)"),
+        ("model", "n_z", 7, r"model.n_z \(7\) must be divisible by model.n_layer \(2\)"),
         ("model", "n_head", 3, "model.d_model"),
         ("train", "beta2", 1.5, "train.beta2"),
         ("train", "device", "tpu", r"train.device \(--device\) must be one of"),

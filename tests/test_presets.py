@@ -28,7 +28,7 @@ def test_sizes_have_the_papers_parameter_counts(size):
 def test_paper_preset_sets_the_published_recipe():
     cfg = validate(build_config("paper", None, None, {"train.iters": 5000}))
     m, inf, t = cfg.model, cfg.inference, cfg.train
-    assert (m.block_size, m.attention_window, cfg.data.tokenizer) == (1024, 256, "gpt2")
+    assert (m.block_size, m.attention_window, m.cross_out_zero, cfg.data.tokenizer) == (1024, 256, False, "gpt2")
     assert (inf.method, inf.init, inf.optimizer, inf.fast_weight_decay, inf.scale_param, inf.fast_lr_denominator) == (
         "local", "published", "adamw", 0.01, "log_variance", "T")
     assert (inf.fast_lr, inf.final_lr_ratio, inf.fixed_noise, inf.report_fixed_noise) == (0.34, 0.1, True, False)
