@@ -9,6 +9,7 @@ import numpy as np
 # jit compilations of the NumPyro tests persist here across sessions (tests/conftest.py, jax_caches).
 JAX_CACHE = Path(os.environ.get("LTM_JAX_CACHE_DIR") or Path.home() / ".cache" / "ltm-ppl" / "jax-cc")
 
+# cross_out_zero = false: tests that read a model at random weights need z to reach the output
 TINY_TOML = """
 [model]
 n_layer = 2
@@ -16,6 +17,7 @@ n_head = 2
 d_model = 32
 n_z = 4
 block_size = 32
+cross_out_zero = false
 
 [inference]
 steps = 2
