@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import resource
 import subprocess
 import sys
 import tempfile
@@ -60,6 +61,7 @@ def main() -> None:
     for kernel, start in itertools.product(args.kernels.split(","), args.starts.split(",")):
         with tempfile.TemporaryDirectory() as tmp:
             began = time.perf_counter()
+            cpu_began = resource.getrusage(resource.RUSAGE_CHILDREN)
             try:
                 done = ltm("diagnose", run, "--inference", "langevin", "--backend", args.backend, *KERNELS[kernel],
                            *STARTS[start], "--leapfrog-steps", str(args.leapfrog_steps),
@@ -70,7 +72,9 @@ def main() -> None:
             except subprocess.TimeoutExpired:
                 done = None
             seconds = time.perf_counter() - began
-        row = {"kernel": kernel, "start": start, "seconds": round(seconds, 1), "warmup": args.warmup, "draws": args.draws,
+            cpu = resource.getrusage(resource.RUSAGE_CHILDREN)  # the diagnose process's CPU time: on a
+            cpu_seconds = cpu.ru_utime + cpu.ru_stime - cpu_began.ru_utime - cpu_began.ru_stime  # shared machine, steadier than wall time
+        row = {"kernel": kernel, "start": start, "seconds": round(seconds, 1), "cpu_seconds": round(cpu_seconds, 1), "warmup": args.warmup, "draws": args.draws,
                "leapfrog_steps": args.leapfrog_steps if kernel == "hmc" else None}
         if kernel == "nuts":
             row["max_tree_depth"] = args.max_tree_depth
