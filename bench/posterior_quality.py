@@ -72,9 +72,11 @@ def main() -> None:
             except subprocess.TimeoutExpired:
                 done = None
             seconds = time.perf_counter() - began
-            cpu = resource.getrusage(resource.RUSAGE_CHILDREN)  # the diagnose process's CPU time: on a
-            cpu_seconds = cpu.ru_utime + cpu.ru_stime - cpu_began.ru_utime - cpu_began.ru_stime  # shared machine, steadier than wall time
-        row = {"kernel": kernel, "start": start, "seconds": round(seconds, 1), "cpu_seconds": round(cpu_seconds, 1), "warmup": args.warmup, "draws": args.draws,
+            # the diagnose process's CPU time: on a shared machine, steadier than wall time
+            cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu_seconds = cpu.ru_utime + cpu.ru_stime - cpu_began.ru_utime - cpu_began.ru_stime
+        row = {"kernel": kernel, "start": start, "seconds": round(seconds, 1), "cpu_seconds": round(cpu_seconds, 1),
+               "warmup": args.warmup, "draws": args.draws,
                "leapfrog_steps": args.leapfrog_steps if kernel == "hmc" else None}
         if kernel == "nuts":
             row["max_tree_depth"] = args.max_tree_depth
@@ -91,7 +93,8 @@ def main() -> None:
                                "share_coordinates_converged_min": min(c["share_coordinates_converged"]),
                                "gradient_evaluations": r["gradient_evaluations"], "accept_prob": r["accept_prob"],
                                "divergences": r.get("divergences"), "step_size": r.get("step_size")}
-                       | {k: r[k] for k in ("tree_depth_mean", "tree_depth_max") if k in r} | ({"bounds": r["bounds"]} if "bounds" in r else {}))
+                       | {k: r[k] for k in ("tree_depth_mean", "tree_depth_max") if k in r}
+                       | ({"bounds": r["bounds"]} if "bounds" in r else {}))
         print(json.dumps(rows[-1]), flush=True)
     table = {"run": str(run), "config": str(PINNED), "backend": args.backend, "sequences": args.sequences,
              "leapfrog_steps": args.leapfrog_steps,

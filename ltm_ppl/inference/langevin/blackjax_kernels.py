@@ -7,7 +7,8 @@ side, so the decoder sees all C * B sequences at once, which suits HMC's fixed t
 "map" runs them one after another (`jax.lax.map`), which suits NUTS: under vmap its tree-building
 loop runs until the deepest of the C * B trees is done, so every pair pays for the deepest tree
 (measured: 50 + 50 NUTS steps of 32 pairs did not finish in 600 s), while mapped each pair pays
-for its own (on CPU at the same cost per gradient: ~12 ms per pair either way on the pinned run). NUTS trees are capped at `max_tree_depth` doublings (2^depth - 1 leapfrog steps).
+for its own (on CPU at the same cost per gradient: ~12 ms per pair either way on the pinned run).
+NUTS trees are capped at `max_tree_depth` doublings (2^depth - 1 leapfrog steps).
 Warm-up is blackjax's Stan-style `window_adaptation` (dual-averaging step size, diagonal inverse
 mass matrix) and runs during the first `warmup` steps only; the kept draws use the adapted
 parameters unchanged (adapting while sampling would break stationarity). A warm-up shorter than
