@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import resource
 import subprocess
 import sys
 import tempfile
@@ -42,6 +43,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=400)
     parser.add_argument("--local-steps", type=int, default=16, help="fast steps of the local start")
     parser.add_argument("--leapfrog-steps", type=int, default=8, help="of HMC")
+    parser.add_argument("--max-tree-depth", type=int, default=10, help="of NUTS")
     parser.add_argument("--backend", default="numpyro", help="numpyro runs all three kernels (pyro: no nuts)")
     parser.add_argument("--timeout", type=float, default=None, help="seconds per kernel x start pair (a row says it ran out)")
     parser.add_argument("--bounds", action="store_true", help="also the ELBO / IWAE_16 of the fitted Gaussian (runs the chains twice more)")
@@ -59,17 +61,25 @@ def main() -> None:
     for kernel, start in itertools.product(args.kernels.split(","), args.starts.split(",")):
         with tempfile.TemporaryDirectory() as tmp:
             began = time.perf_counter()
+            cpu_began = resource.getrusage(resource.RUSAGE_CHILDREN)
             try:
                 done = ltm("diagnose", run, "--inference", "langevin", "--backend", args.backend, *KERNELS[kernel],
-                           *STARTS[start], "--leapfrog-steps", str(args.leapfrog_steps), "--steps", str(args.local_steps),
+                           *STARTS[start], "--leapfrog-steps", str(args.leapfrog_steps),
+                           "--max-tree-depth", str(args.max_tree_depth), "--steps", str(args.local_steps),
                            "--warmup", str(args.warmup), "--sequences", str(args.sequences), "--chains", str(args.chains),
                            "--draws", str(args.draws), "--bounds" if args.bounds else "--no-bounds",
                            "--out", str(Path(tmp) / "d"), "--json", timeout=args.timeout)
             except subprocess.TimeoutExpired:
                 done = None
             seconds = time.perf_counter() - began
-        row = {"kernel": kernel, "start": start, "seconds": round(seconds, 1), "warmup": args.warmup, "draws": args.draws,
+            # the diagnose process's CPU time: on a shared machine, steadier than wall time
+            cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu_seconds = cpu.ru_utime + cpu.ru_stime - cpu_began.ru_utime - cpu_began.ru_stime
+        row = {"kernel": kernel, "start": start, "seconds": round(seconds, 1), "cpu_seconds": round(cpu_seconds, 1),
+               "warmup": args.warmup, "draws": args.draws,
                "leapfrog_steps": args.leapfrog_steps if kernel == "hmc" else None}
+        if kernel == "nuts":
+            row["max_tree_depth"] = args.max_tree_depth
         if done is None:
             rows.append(row | {"error": f"did not finish within --timeout {args.timeout:g} s", "converged": False})
         elif done.returncode != 0:
@@ -78,10 +88,13 @@ def main() -> None:
             r = json.loads(done.stdout.strip().splitlines()[-1])["methods"]["langevin"]
             c = r["chains_diagnostics"]
             rows.append(row | {"rhat_max": c["rhat_max"], "rhat_median": c["rhat_median"], "ess_bulk_min": c["ess_bulk_min"],
+                               "ess_bulk_median": c.get("ess_bulk_median"), "ess_bulk_log_joint_min": c["ess_bulk_log_joint_min"],
                                "rhat_log_joint_max": c["rhat_log_joint_max"], "converged": c["converged"],
                                "share_coordinates_converged_min": min(c["share_coordinates_converged"]),
                                "gradient_evaluations": r["gradient_evaluations"], "accept_prob": r["accept_prob"],
-                               "divergences": r.get("divergences")} | ({"bounds": r["bounds"]} if "bounds" in r else {}))
+                               "divergences": r.get("divergences"), "step_size": r.get("step_size")}
+                       | {k: r[k] for k in ("tree_depth_mean", "tree_depth_max") if k in r}
+                       | ({"bounds": r["bounds"]} if "bounds" in r else {}))
         print(json.dumps(rows[-1]), flush=True)
     table = {"run": str(run), "config": str(PINNED), "backend": args.backend, "sequences": args.sequences,
              "leapfrog_steps": args.leapfrog_steps,

@@ -299,6 +299,9 @@ def validate(cfg: RunConfig, methods: tuple[str, ...] = ()) -> RunConfig:
             CHECKS[option.check](name, getattr(inf, option.field))
         if option.choices:
             _one_of(name, getattr(inf, option.field), option.choices)
+        if option.bounds and not option.bounds[0] <= getattr(inf, option.field) <= option.bounds[1]:
+            raise LtmError(f"config: {name}{_flag(name)} must be in {option.bounds[0]}..{option.bounds[1]}, "
+                           f"got {getattr(inf, option.field)!r}")
     for name in ("iters", "batch_size", "lr", "eval_interval", "eval_windows", "checkpoint_interval", "log_interval"):
         _positive(f"train.{name}", getattr(t, name))
     for name in ("warmup_iters", "lr_decay_iters", "weight_decay", "grad_clip", "seed"):

@@ -98,6 +98,7 @@ def chain_diagnostics(z: np.ndarray, log_joint: np.ndarray) -> dict:
         "ess_bulk_min": float(np.nanmin(ess_bulk["z"].values)), "ess_tail_min": float(np.nanmin(ess_tail["z"].values)),
         "rhat_median": float(np.nanmedian(rz)) if not np.isnan(rz).all() else float("nan"),
         "ess_bulk_log_joint_min": float(np.nanmin(ess_bulk["log_joint"].values)),
+        "ess_bulk_median": float(np.nanmedian(ess_bulk["z"].values)),  # the typical coordinate, beside the worst
     } | converged(rz, ess_bulk["z"].values, rlj, ess_bulk["log_joint"].values)
 
 
@@ -417,6 +418,10 @@ def _diagnose_method(m: str, o, batch, steps, chains: int, draws: int, seed: int
         report["gradient_evaluations"] = float(post["gradient_evaluations"].mean())
         if "diverging" in post:
             report["divergences"] = int(post["diverging"].sum())
+        if "tree_depth" in post:  # NUTS: how deep its trees went against --max-tree-depth
+            report["tree_depth_mean"] = float(post["tree_depth"].mean())
+            report["tree_depth_max"] = int(post["tree_depth"].max())
+            report["max_tree_depth"] = inf.max_tree_depth
         report["verdict"] = verdict(report["chains_diagnostics"])
     else:
         report["khat"] = psis_khat(log_w[0])

@@ -204,6 +204,10 @@ def test_the_convergence_rule():
         (["diagnose", "{run}", "--inference", "langevin", "--kernel", "hmc", "--leapfrog-steps", "-2"],
          "inference.leapfrog_steps (--leapfrog-steps) must be positive"),
         (["diagnose", "{run}", "--inference", "langevin", "--kernel", "nuts"], "--kernel nuts runs on --backend numpyro only"),
+        (["diagnose", "{run}", "--inference", "langevin", "--kernel", "nuts", "--backend", "numpyro", "--max-tree-depth", "0"],
+         "inference.max_tree_depth (--max-tree-depth) must be in 1..20, got 0"),
+        (["eval", "{run}", "--inference", "langevin", "--kernel", "nuts", "--backend", "numpyro", "--max-tree-depth", "21"],
+         "inference.max_tree_depth (--max-tree-depth) must be in 1..20, got 21"),
         (["eval", "{run}", "--inference", "langevin", "--init", "amortized"], "no amortized encoder"),
     ],
 )

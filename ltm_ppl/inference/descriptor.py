@@ -27,6 +27,7 @@ class Option:
     flag: str | None = None  # e.g. "--step-size"; None: set in the TOML only. A bool gets --x/--no-x.
     choices: tuple[str, ...] | None = None
     check: str | None = None  # one of CHECKS
+    bounds: tuple | None = None  # (lowest, highest) allowed, both included: "must be in lowest..highest"
     aliases: tuple[tuple[str, str], ...] = ()  # (old value, current value): renamed choices still load
 
     def __post_init__(self):

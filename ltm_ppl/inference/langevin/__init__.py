@@ -11,6 +11,8 @@ KERNELS = ("mala", "hmc", "nuts")
 # steps only burning in: dual averaging over a handful of steps ends far too large (measured: 20
 # steps took 0.1 to ~1.5 on a small LTM, acceptance ~0), e.g. the 2 warm-up steps of a default fit.
 MIN_ADAPT_WARMUP = 50
+# A NUTS tree of 2^20 - 1 leapfrog steps per draw is beyond any budget here (and near int32 counts).
+MAX_TREE_DEPTH = 20
 FIT_KERNELS = ("mala", "hmc")  # NUTS's trajectory length varies per pair: eval / diagnose only
 
 
@@ -68,6 +70,9 @@ METHOD = MethodDescriptor(
                "(nuts: eval / diagnose only; nuts on --backend pyro is refused).", flag="--kernel", choices=KERNELS),
         Option("leapfrog_steps", int, 8, "langevin: leapfrog steps per HMC iteration.", flag="--leapfrog-steps",
                check="positive"),
+        Option("max_tree_depth", int, 10, f"langevin: most doublings of a NUTS tree (2^depth - 1 leapfrog steps per "
+               f"step), 1..{MAX_TREE_DEPTH}; 10 as in Stan and NumPyro.", flag="--max-tree-depth",
+               bounds=(1, MAX_TREE_DEPTH)),
         Option("warmup", int, 0, "langevin: warm-up (adapting) steps of the sampler; 0: --steps in eval / diagnose, "
                "half of --steps in fit.", flag="--warmup", check="non_negative"),
         Option("step_size", float, 0.1, "langevin: initial step size.", flag="--step-size", check="positive"),

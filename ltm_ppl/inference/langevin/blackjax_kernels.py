@@ -1,8 +1,14 @@
 """HMC and NUTS from blackjax, one independent sampler per (chain, sequence) pair (NumPyro backend).
 
 Each pair is its own blackjax state on its own log density (one sequence's latent, that
-sequence's data), and `jax.vmap` runs them side by side: one pair's rejection, step size or mass
-matrix never touches another's, while the decoder still sees all C * B sequences at once.
+sequence's data): one pair's rejection, step size or mass matrix never touches another's. Two
+schedules run the same per-pair computation (same keys, same draws up to float rounding): "vmap" runs the pairs side by
+side, so the decoder sees all C * B sequences at once, which suits HMC's fixed trajectory length;
+"map" runs them one after another (`jax.lax.map`), which suits NUTS: under vmap its tree-building
+loop runs until the deepest of the C * B trees is done, so every pair pays for the deepest tree
+(measured: 50 + 50 NUTS steps of 32 pairs did not finish in 600 s), while mapped each pair pays
+for its own (on CPU at the same cost per gradient: ~12 ms per pair either way on the pinned run).
+NUTS trees are capped at `max_tree_depth` doublings (2^depth - 1 leapfrog steps).
 Warm-up is blackjax's Stan-style `window_adaptation` (dual-averaging step size, diagonal inverse
 mass matrix) and runs during the first `warmup` steps only; the kept draws use the adapted
 parameters unchanged (adapting while sampling would break stationarity). A warm-up shorter than
@@ -23,12 +29,16 @@ def _algorithm(kernel: str):
     return {"hmc": blackjax.hmc, "nuts": blackjax.nuts}[kernel]
 
 
-def _extra(kernel: str, leapfrog_steps: int) -> dict:
-    return {"num_integration_steps": leapfrog_steps} if kernel == "hmc" else {}
+def _extra(kernel: str, leapfrog_steps: int, max_tree_depth: int) -> dict:
+    return {"num_integration_steps": leapfrog_steps} if kernel == "hmc" else {"max_num_doublings": max_tree_depth}
+
+
+SCHEDULES = ("vmap", "map")
 
 
 def sample_pairs(logp_pair, data, u0, key, *, kernel: str, warmup: int, draws: int, step_size: float,
-                 target_accept: float, leapfrog_steps: int, keep_z: bool = True) -> dict:
+                 target_accept: float, leapfrog_steps: int, max_tree_depth: int = 10, schedule: str = "vmap",
+                 keep_z: bool = True) -> dict:
     """Run every (chain, sequence) pair: `warmup` adapting steps, then `draws` kept steps.
 
     logp_pair(data_b, u) -> scalar: the log density of one sequence's latent u [*event] given that
@@ -37,8 +47,11 @@ def sample_pairs(logp_pair, data, u0, key, *, kernel: str, warmup: int, draws: i
     "warmup_accept" [W, C, B]; and per kept draw [D, C, B]: "accept", "draw_log_joint", "energy",
     "diverging", "n_steps" (gradient evaluations), "tree_depth" (NUTS only), "draws" [D, C, B,
     *event] when keep_z; "warmup_n_steps" [C, B] the gradient evaluations of warm-up.
+    schedule: "vmap" (pairs side by side) or "map" (one pair after another); the draws are the same.
     """
-    algorithm, extra = _algorithm(kernel), _extra(kernel, leapfrog_steps)
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+    algorithm, extra = _algorithm(kernel), _extra(kernel, leapfrog_steps, max_tree_depth)
     event = u0.shape[2:]
     size = 1
     for n in event:
@@ -81,9 +94,15 @@ def sample_pairs(logp_pair, data, u0, key, *, kernel: str, warmup: int, draws: i
                 "warmup_accept": warm_accept, "warmup_n_steps": warm_steps, **kept}
 
     C, B = u0.shape[:2]
-    keys = jax.random.split(key, C * B).reshape(C, B, -1) if key.ndim == 1 else jax.random.split(key, C * B).reshape(C, B)
-    per_sequence = jax.vmap(one_pair, in_axes=(0, 0, 0))  # over B
-    out = jax.vmap(per_sequence, in_axes=(0, None, 0))(keys, data, u0)  # over C
+    keys = jax.random.split(key, C * B)  # pair (c, b) gets keys[c * B + b] under either schedule
+    if schedule == "vmap":
+        keys = keys.reshape(C, B, *keys.shape[1:])
+        per_sequence = jax.vmap(one_pair, in_axes=(0, 0, 0))  # over B
+        out = jax.vmap(per_sequence, in_axes=(0, None, 0))(keys, data, u0)  # over C
+    else:  # every pair its own loop: the C * B pairs flattened chain-major, each with its sequence's data
+        pair_data = jax.tree.map(lambda a: jnp.broadcast_to(a[None], (C, *a.shape)).reshape(C * B, *a.shape[1:]), data)
+        flat = jax.lax.map(lambda xs: one_pair(*xs), (keys, pair_data, u0.reshape(C * B, *event)))
+        out = jax.tree.map(lambda a: a.reshape(C, B, *a.shape[1:]), flat)
     # per-draw arrays come out [C, B, D]: to the scans' [D, C, B] layout of the MALA sampler
     for name in ("accept", "draw_log_joint", "energy", "diverging", "n_steps", "tree_depth", "warmup_accept"):
         if name in out:

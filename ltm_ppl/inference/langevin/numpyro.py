@@ -184,7 +184,9 @@ class LangevinPrograms(Programs):
             out = blackjax_kernels.sample_pairs(logp_pair, (tokens, loc, scale), u0, chain_key, kernel=inf.kernel,
                                                 warmup=warmup, draws=draws, step_size=inf.step_size,
                                                 target_accept=inf.target_accept, leapfrog_steps=inf.leapfrog_steps,
-                                                keep_z=keep_z)
+                                                max_tree_depth=inf.max_tree_depth, keep_z=keep_z,
+                                                # NUTS: each pair pays for its own tree, not the deepest one
+                                                schedule="map" if inf.kernel == "nuts" else "vmap")
             evaluations = 1 + out["warmup_n_steps"] + out["n_steps"].sum(0)
         swap = lambda a: jnp.swapaxes(a, 0, 1)  # noqa: E731  the scans' [D, C, ...] -> [C, D, ...]
         run = {"log_joint": swap(out["draw_log_joint"]), "accept_prob": swap(out["accept"]), "step_size": out["step_size"],
