@@ -73,3 +73,13 @@ def test_training_flops_count_the_sliding_window():
     # per query to W (1 - W / 2L): 512 -> 224 keys.
     assert keys_per_query(1024, 256, True) == 224 and keys_per_query(1024, 1024, True) == keys_per_query(1024, 0, True) == 512
     assert full - windowed == pytest.approx(cfg.n_layer * 4 * cfg.d_model * (512 - 224))
+
+
+def test_defaults_are_the_documented_recipe():
+    """README and docs/results.md describe `ltm fit`'s default as issue 14's recipe: changing a
+    default without re-measuring those figures should fail here first."""
+    cfg = RunConfig()
+    m, t, inf = cfg.model, cfg.train, cfg.inference
+    assert (m.n_layer, m.n_head, m.d_model, m.n_z, m.block_size, m.attention_window, m.cross_out_zero) == (2, 4, 64, 8, 256, 0, True)
+    assert (t.iters, t.batch_size, t.lr, t.warmup_iters, t.eval_windows) == (300, 8, 3e-3, 20, 32)
+    assert (inf.method, inf.steps, inf.eval_steps, inf.init, inf.fast_lr, inf.optimizer) == ("local", 4, 16, "prior", 0.34, "adam")
