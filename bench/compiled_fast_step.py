@@ -27,7 +27,7 @@ import torch  # noqa: E402
 sys.path.insert(0, __file__.rsplit("/", 1)[0])  # bench/ for its sibling modules
 
 from pyro_vs_plain import make_config, timed  # noqa: E402
-from report import emit  # noqa: E402
+from report import emit, shape_record  # noqa: E402
 
 from ltm_ppl.checkpoint import library_versions  # noqa: E402
 
@@ -93,9 +93,7 @@ def main() -> None:
     emit({
         "benchmark": "compiled_fast_step",
         "method": "local",
-        "shape": {"name": args.shape, "n_layer": cfg.model.n_layer, "n_head": cfg.model.n_head, "d_model": cfg.model.d_model,
-                  "n_z": cfg.model.n_z, "block_size": L, "vocab_size": cfg.model.vocab_size, "batch": B,
-                  "fast_steps": cfg.inference.steps},
+        "shape": shape_record(args.shape, cfg, B),
         "device": str(device),
         "threads": torch.get_num_threads(),
         "tokens_per_s": {v: B * L / s for v, s in median.items()},

@@ -36,7 +36,7 @@ from train_step import SHAPES  # noqa: E402
 
 from ltm_ppl.checkpoint import library_versions  # noqa: E402
 from ltm_ppl.config import RunConfig  # noqa: E402
-from report import emit  # bench/ is on sys.path when a bench script runs
+from report import emit, shape_record  # bench/ is on sys.path when a bench script runs
 
 
 def make_config(shape: str, batch: int, device: str, steps: int = 0, compile_: bool = False) -> RunConfig:
@@ -114,9 +114,7 @@ def main() -> None:
     result = {
         "benchmark": "pyro_vs_plain",
         "method": "local",
-        "shape": {"name": args.shape, "n_layer": cfg.model.n_layer, "n_head": cfg.model.n_head, "d_model": cfg.model.d_model,
-                  "n_z": cfg.model.n_z, "block_size": L, "vocab_size": cfg.model.vocab_size, "batch": B,
-                  "fast_steps": cfg.inference.steps},
+        "shape": shape_record(args.shape, cfg, B),
         "device": str(device),
         "threads": torch.get_num_threads(),
         "tokens_per_s": {name: B * L / s for name, s in median.items()},
