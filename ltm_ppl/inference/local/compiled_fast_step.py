@@ -22,6 +22,7 @@ import torch
 
 from ...models.chunked_ce_torch import token_log_probs
 from ...models.pyro_model import decode
+from .pyro import shaped_kl
 
 
 def gaussian_kl(loc: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
@@ -30,12 +31,6 @@ def gaussian_kl(loc: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
     var_ratio = log_scale.exp().pow(2)
     kl = 0.5 * (var_ratio + loc.pow(2) - 1 - var_ratio.log())
     return kl.reshape(kl.shape[0], -1).sum(-1)
-
-
-def shaped_kl_terms(loc, log_scale, beta, free_bits):
-    """local.pyro.shaped_kl with beta and free bits as tensors (no recompile when beta warms up)."""
-    kl_vectors = 0.5 * (loc**2 + torch.exp(2 * log_scale) - 1 - 2 * log_scale).sum(-1)
-    return beta * torch.maximum(kl_vectors, free_bits).sum(-1)
 
 
 def negative_elbo(decoder, autocast: bool, tokens, eps, loc, scale_param, factor: float, shaping=None):
@@ -47,7 +42,8 @@ def negative_elbo(decoder, autocast: bool, tokens, eps, loc, scale_param, factor
     hidden = decode(decoder, tokens, z, autocast)  # [S, B, T, d]
     target = tokens[..., 1:].expand(hidden.shape[:-1])
     loglik = token_log_probs(hidden, decoder.tok_emb.weight, target).sum(-1)  # [S, B]
-    kl = gaussian_kl(loc, log_scale) if shaping is None else shaped_kl_terms(loc, log_scale, *shaping)
+    # shaping's beta and free bits come as tensors: no recompile when beta warms up
+    kl = gaussian_kl(loc, log_scale) if shaping is None else shaped_kl(loc, log_scale, *shaping)
     n_tokens = max(1, tokens.shape[-1] - 1)
     return -(loglik.mean(0) - kl).sum() / n_tokens
 

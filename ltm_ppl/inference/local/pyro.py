@@ -77,11 +77,16 @@ def fit_local_posterior(model, tokens, shape, inf_cfg, steps: int, device, obser
     eps = torch.randn((S, B, *shape), device=device) if inf_cfg.fixed_noise else None
     if rows is not None and inf_cfg.fixed_noise:
         eps = torch_eps(rows, FIXED, B, shape, S, device)
+
+    def given_eps(t):  # the one eps-draw site of the fast loop; None: the sampler draws its own
+        step_eps = eps if fast_noise is None else fast_noise[t]
+        if step_eps is None and rows is not None:
+            step_eps = torch_eps(rows, t, B, shape, S, device)
+        return step_eps
+
     if compiled is not None:
         def noise_of(t):  # the eager loop's eps of step t, drawn here where Pyro would draw it
-            step_eps = eps if fast_noise is None else fast_noise[t]
-            if step_eps is None and rows is not None:
-                step_eps = torch_eps(rows, t, B, shape, S, device)
+            step_eps = given_eps(t)
             return torch.randn((S, B, *shape), device=device) if step_eps is None else step_eps
 
         loc, scale_param = compiled.fit(tokens, loc.detach(), scale_param.detach(), steps, inf_cfg, noise_of,
@@ -93,9 +98,7 @@ def fit_local_posterior(model, tokens, shape, inf_cfg, steps: int, device, obser
             group["lr"] = fast_lr(t, steps, inf_cfg.fast_lr, inf_cfg.final_lr_ratio, inf_cfg.fast_lr_denominator)
         log_scale = scale_param / factor
         guide = functools.partial(local_guide, loc=loc, log_scale=log_scale)
-        step_eps = eps if fast_noise is None else fast_noise[t]
-        if step_eps is None and rows is not None:  # the one eps-draw site of the fast loop
-            step_eps = torch_eps(rows, t, B, shape, S, device)
+        step_eps = given_eps(t)
         value = None if step_eps is None else loc + log_scale.exp() * step_eps
         loglik, kl = elbo_terms(model, guide, tokens, num_particles=S if step_eps is None else step_eps.shape[0], latent_value=value)
         if kl_shaping is not None:
