@@ -38,3 +38,19 @@ def test_gpu_speed_pyro_compile_entries_run_the_whole_compiled_fast_step(tmp_pat
         result = json.loads((tmp_path / f"gpu-speed-{label}.json").read_text())
         assert "error" not in result and result["tokens_per_s"] > 0, result
         assert result["fast_step_compiled"] is whole, result
+
+
+@pytest.mark.slow  # three short fits
+def test_thread_policy_bench_times_settings_alone_and_in_pairs():
+    """bench/thread_policy.py (issue 26) runs as documented: s/iteration per setting from each
+    fit's own metrics, alone and two at once, with the ratio to the fastest."""
+    base = [sys.executable, str(ROOT / "bench" / "thread_policy.py"), "--shape", "tiny", "--repeats", "1",
+            "--iters", "8", "--skip", "4"]
+    out = subprocess.run(base + ["--settings", "default,threads1"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    alone = json.loads(out.stdout)
+    assert alone["mode"] == "alone" and set(alone["results"]) == {"this:default", "this:threads1"}
+    assert all(r["s_per_iter"] > 0 and r["vs_fastest"] >= 1.0 for r in alone["results"].values())
+    out = subprocess.run(base + ["--settings", "passive", "--pair"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert len(json.loads(out.stdout)["results"]["this:passive"]["each_job"]) == 2

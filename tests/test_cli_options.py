@@ -39,7 +39,7 @@ def test_every_command_takes_threads_and_quiet():
 
 
 def _in_subprocess(code: str, env: dict) -> list[str]:
-    clean = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "XLA_FLAGS", "OMP_WAIT_POLICY")}
+    clean = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "XLA_FLAGS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     out = subprocess.run([sys.executable, "-c", code], env=clean | env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     return out.stdout.split("\n")
