@@ -478,7 +478,7 @@ def import_cmd(checkpoint_file, out, data, as_json):
     click.echo(f"imported {summary['source']} (published iteration {summary['iter_num']}): {m['n_layer']} layers, "
                f"d {m['d_model']}, {m['n_head']} heads, {m['n_z']} latent vectors, {m['block_size']}-token windows, "
                f"{summary['params']} parameters; {summary['steps']} fast steps at lr {summary['fast_lr']:g}")
-    click.echo(f"run: {summary['run']}  (bound it: ltm eval {summary['run']} --data DATA --fixed-noise --bound iwae --samples 16)")
+    click.echo(f"run: {summary['run']}  (bound it: ltm eval {summary['run']} --fixed-noise --bound iwae --samples 16)")
 
 
 @cli.command()

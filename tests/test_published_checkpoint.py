@@ -224,3 +224,13 @@ def test_unsafe_code_is_never_run(tmp_path):
     torch.save({"model": {}, "model_args": {}, "x": Payload()}, path)
     result = run_cli("import", path, "--out", tmp_path / "run")
     assert result.exit_code == 2 and "needs arbitrary code" in result.output and not marker.exists()
+
+
+@pytest.mark.slow  # ~25 s per backend on 2 shared cores
+@pytest.mark.parametrize("backend", ["pyro", "numpyro"])
+def test_diagnose_reads_an_imported_run(imported, tmp_path, backend):
+    out = tmp_path / "diagnostics"
+    result = run_cli("diagnose", imported, "--inference", "local", "--sequences", 2, "--steps", 2, "--backend", backend,
+                     "--device", "cpu", "--out", out, "--json", "-q")
+    assert result.exit_code == 0, result.output
+    assert "local" in json.loads(result.stdout.strip().splitlines()[-1])["methods"]
