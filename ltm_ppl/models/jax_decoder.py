@@ -5,7 +5,7 @@ The parameters are a plain dict {canonical torch state_dict name: array} with th
 the output head), so one safetensors file serves both backends without any transpose. The maths
 mirrors ltm_ppl/models/torch_decoder.py line for line: pre-norm RMSNorm, causal self-attention with
 rotate-half RoPE (float32 tables, same inv_freq), cross-attention to the layer's share of z with
-RoPE on the latent keys at positions j * block_size / z_per_layer and no mask, SwiGLU, tied head.
+RoPE on the latent keys at the positions latent_positions gives (by model.latent_rope) and no mask, SwiGLU, tied head.
 With `attention_window` W > 0 the self-attention sees only the W keys ending at each token (the
 published decoder's sliding window); cross-attention to z stays global.
 
@@ -114,7 +114,10 @@ def apply_rope(x, cos, sin):
 
 
 def latent_positions(cfg: ModelConfig):
+    """torch_decoder.Decoder.latent_positions: by cfg.latent_rope."""
     m = cfg.z_per_layer
+    if cfg.latent_rope == "published":
+        return jnp.arange(m, dtype=jnp.float32) * float(cfg.block_size // cfg.n_z)
     return jnp.arange(m, dtype=jnp.float32) * (cfg.block_size / m)
 
 

@@ -2,7 +2,7 @@
 latent thought vectors z through cross-attention.
 
 Layer: x += SelfAttn(RMSNorm(x)) (causal, rotary); x += CrossAttn(RMSNorm(x), z_layer) (rotary on
-queries at token positions and on keys at latent positions j * block_size / z_per_layer); x +=
+queries at token positions and on keys at latent positions, latent_positions()); x +=
 SwiGLU(RMSNorm(x)). Tied input/output embedding, no biases, d_z = d_model, z goes straight into the
 key/value projection. With `latent=False` the cross-attention is absent: the autoregressive baseline.
 
@@ -25,6 +25,18 @@ def rope_tables(positions: torch.Tensor, head_dim: int, base: float) -> tuple[to
     inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=positions.device) / head_dim))
     angles = positions.float()[:, None] * inv_freq[None, :]
     return angles.cos(), angles.sin()
+
+
+def latent_positions(cfg: ModelConfig, device=None) -> torch.Tensor:
+    """Rotary positions [m] of a layer's m latent keys (the same for every layer), by
+    cfg.latent_rope: "published" j * (block_size // n_z), n_z counting every layer's vectors (the
+    authors' model.py: interval = max_seq_len // max_z_len, then freqs_cos_z[:m]); "per_layer"
+    j * block_size / m (ltm-ppl before the setting; old runs keep it)."""
+    m = cfg.z_per_layer
+    j = torch.arange(m, device=device, dtype=torch.float32)
+    if cfg.latent_rope == "published":
+        return j * float(cfg.block_size // cfg.n_z)
+    return j * (cfg.block_size / m)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -213,8 +225,7 @@ class Decoder(nn.Module):
         return self.cfg.d_model // self.cfg.n_head
 
     def latent_positions(self, device) -> torch.Tensor:
-        m = self.cfg.z_per_layer
-        return torch.arange(m, device=device, dtype=torch.float32) * (self.cfg.block_size / m)
+        return latent_positions(self.cfg, device)
 
     def latent_kv(self, z: torch.Tensor) -> list:
         """Per-layer cross-attention keys/values of z [B, n_z, d_model] (None without latents)."""
