@@ -161,9 +161,8 @@ def run_config(args: dict, settings: dict, data: str | None):
         "block_size": args["max_seq_len"], "mlp_hidden": mlp_hidden(args), "rope_base": 10000.0,
         "norm_eps": float(args["norm_eps"]), "vocab_size": args["vocab_size"], "latent": True,
         "attention_window": window if window < args["max_seq_len"] else 0, "cross_out_zero": False,
+        "latent_rope": "published",
     }
-    if any(f.name == "latent_rope" for f in dataclasses.fields(cfg.model)):
-        model["latent_rope"] = "published"
     cfg.model = dataclasses.replace(cfg.model, **model)
     if "num_steps" in settings:
         cfg.inference.steps = cfg.inference.eval_steps = settings["num_steps"]
