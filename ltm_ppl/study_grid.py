@@ -183,6 +183,7 @@ def twin_configs(cfg: RunConfig, flops_matched: bool = False) -> list[tuple[str,
             break
         twin = copy.deepcopy(cfg)
         twin.inference.method = "none"
+        twin.train.slow_gradient = "elbo"  # the AR twin's only training signal: its exact NLL
         twin.model.latent = False
         twin.model.attention_window = window
         twins.append((label, validate(twin, methods())))

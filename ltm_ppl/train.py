@@ -72,6 +72,9 @@ def check_fit(cfg: RunConfig) -> None:
     """What the method refuses to train with (its descriptor's check_fit), before anything is written."""
     from .inference import descriptor
 
+    if cfg.train.slow_gradient != "elbo" and cfg.inference.method != "local":
+        raise LtmError(f"train.slow_gradient = \"{cfg.train.slow_gradient}\" is a training signal of --inference local "
+                       f"(the published update); --inference {cfg.inference.method} trains with \"elbo\"")
     descriptor(cfg.inference.method).check_fit(cfg)
 
 

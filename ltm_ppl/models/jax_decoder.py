@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -52,7 +53,8 @@ def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
 
 
 def init_params(cfg: ModelConfig, key) -> dict[str, jax.Array]:
-    """Same scheme as torch: every matrix N(0, 0.02^2) (cross-attention output projections 0 with
+    """Same scheme as torch: every matrix N(0, 0.02^2), the residual projections N(0, 0.02^2 /
+    (2 n_layer)) with residual_init "scaled" (cross-attention output projections 0 with
     `cross_out_zero`), every norm weight 1; float32."""
     shapes = param_shapes(cfg)
     keys = jax.random.split(key, len(shapes))
@@ -63,8 +65,19 @@ def init_params(cfg: ModelConfig, key) -> dict[str, jax.Array]:
         elif cfg.cross_out_zero and name.endswith("cross.o.weight"):
             params[name] = jnp.zeros(shape, jnp.float32)
         else:
-            params[name] = 0.02 * jax.random.normal(k, shape, jnp.float32)
+            std = residual_std(cfg) if is_residual_projection(name) else 0.02
+            params[name] = std * jax.random.normal(k, shape, jnp.float32)
     return params
+
+
+def is_residual_projection(name: str) -> bool:
+    """torch_decoder.is_residual_projection (its attn.o, cross.o and mlp.up)."""
+    return name.endswith(("attn.o.weight", "cross.o.weight", "mlp.up.weight"))
+
+
+def residual_std(cfg: ModelConfig) -> float:
+    """torch_decoder.residual_std: 0.02, or 0.02 / sqrt(2 n_layer) with residual_init "scaled"."""
+    return 0.02 / math.sqrt(2 * cfg.n_layer) if cfg.residual_init == "scaled" else 0.02
 
 
 def layer_fields(cfg: ModelConfig) -> tuple[str, ...]:
