@@ -121,6 +121,10 @@ def read_config(run: Path) -> tuple[RunConfig, dict]:
     if not isinstance(record.get("config"), dict):
         raise LtmError(f"config {run / 'config.json'} is damaged (no [config] object)")
     cfg = config_from_dict(record["config"])
+    model = record["config"].get("model")
+    if isinstance(model, dict) and "latent_rope" not in model:
+        # Saved before the setting existed: trained with each layer's vectors spread over the block.
+        cfg.model.latent_rope = "per_layer"
     if record["format_version"] == 1 and cfg.train.lr_decay_iters == 0:
         # Format 1 stored 0 for "the current --iters": the horizon its last stretch was trained to.
         cfg.train.lr_decay_iters = cfg.train.iters

@@ -458,6 +458,29 @@ def compare(runs, split, data, steps, samples, max_windows, batch_size, plot, ba
                    f"{r['nll_per_token']:>11.4f} {r['perplexity']:>11.3f} {kl:>8} {r['flops_per_token']:>18.4g}")
 
 
+@cli.command("import")
+@common_options
+@click.argument("checkpoint_file", metavar="CHECKPOINT")
+@click.option("--out", default=None, show_default="runs/<timestamp>", help="Directory of the new run.")
+@click.option("--data", default=None, show_default="builtin:kjv",
+              help="The run's corpus (eval's default --data); the checkpoint does not say what it was trained on.")
+@json_option
+def import_cmd(checkpoint_file, out, data, as_json):
+    """A checkpoint of the published LTM code (torch.save of model, model_args, ...) as a run that
+    eval, sample, diagnose and compare read. Loaded with weights_only=True: code is never run."""
+    from .published_checkpoint import import_checkpoint
+
+    summary = import_checkpoint(checkpoint_file, out, data)
+    if as_json:
+        emit_json(summary)
+        return
+    m = summary["model"]
+    click.echo(f"imported {summary['source']} (published iteration {summary['iter_num']}): {m['n_layer']} layers, "
+               f"d {m['d_model']}, {m['n_head']} heads, {m['n_z']} latent vectors, {m['block_size']}-token windows, "
+               f"{summary['params']} parameters; {summary['steps']} fast steps at lr {summary['fast_lr']:g}")
+    click.echo(f"run: {summary['run']}  (bound it: ltm eval {summary['run']} --fixed-noise --bound iwae --samples 16)")
+
+
 @cli.command()
 @common_options
 @click.argument("grid", type=click.Path(dir_okay=False))

@@ -18,6 +18,20 @@ from .errors import LtmError
 FORMAT_VERSION = 2  # 2: checkpoints/<iter>/ folders, train.lr_decay_iters stored resolved
 READABLE_FORMATS = (1, 2)
 DEVICES = ("auto", "cpu", "cuda")
+# Rotary positions of the latent keys (models/torch_decoder.latent_positions): "published" spaces
+# ALL n_z vectors over the block and gives every layer the first m of those positions (the
+# authors' model.py); "per_layer" spaces each layer's m vectors over the block (runs saved before
+# the setting existed were trained with it, and load with it: checkpoint.read_config).
+LATENT_ROPE = ("published", "per_layer")
+# Initial std of the residual projections (every attention output projection, self and cross, and
+# the MLP's up projection): "flat" 0.02 like every matrix; "scaled" 0.02 / sqrt(2 n_layer), the
+# authors' model.py (GPT-2's scaled init, applied by name to wo and w3).
+RESIDUAL_INIT = ("flat", "scaled")
+# What the slow step's decoder gradient is (`local` only; docs/design.md): "elbo" the ELBO at the
+# fitted q with fresh noise, decoder frozen in the fast steps; "trajectory" the authors' update: the
+# decoder gradients of the fast loop's loss at every fast iterate (one eps for the whole loop)
+# summed, plus the cross-entropy's at the final z = mu + sigma eps with that eps.
+SLOW_GRADIENTS = ("elbo", "trajectory")
 
 
 @dataclass
@@ -35,6 +49,8 @@ class ModelConfig:
     encoder_layers: int = 2  # bidirectional layers of the amortized encoder q_phi(z | x)
     attention_window: int = 0  # causal self-attention sees the W keys ending at the token itself; 0: all
     cross_out_zero: bool = True  # cross-attention output projections start at 0: the LTM starts as its AR twin (docs/results.md)
+    latent_rope: str = "published"  # latent keys' rotary positions, one of LATENT_ROPE
+    residual_init: str = "flat"  # initial std of the residual projections, one of RESIDUAL_INIT
 
     @property
     def hidden(self) -> int:
@@ -92,6 +108,7 @@ class TrainConfig:
     device: str = "auto"
     backend: str = "pyro"
     compile: bool = False
+    slow_gradient: str = "elbo"  # the decoder's training signal (local), one of SLOW_GRADIENTS
 
 
 @dataclass
@@ -284,10 +301,15 @@ def validate(cfg: RunConfig, methods: tuple[str, ...] = ()) -> RunConfig:
             f"config: model.attention_window{_flag('model.attention_window')} must be 0 (full attention) or "
             f"1..model.block_size ({m.block_size}) keys, got {m.attention_window}"
         )
+    _one_of("model.latent_rope", m.latent_rope, LATENT_ROPE)
+    _one_of("model.residual_init", m.residual_init, RESIDUAL_INIT)
     if m.latent:
         _positive("model.n_z", m.n_z)
         if m.n_z % m.n_layer:
             raise LtmError(f"config: model.n_z ({m.n_z}) must be divisible by model.n_layer ({m.n_layer})")
+        if m.latent_rope == "published" and m.n_z > m.block_size:  # the spacing block_size // n_z would be 0
+            raise LtmError(f"config: model.n_z ({m.n_z}) must be at most model.block_size ({m.block_size}) with "
+                           f"model.latent_rope = \"published\"")
     if methods:
         _one_of("inference.method", inf.method, methods)
     for name in ("steps", "eval_steps", "num_samples"):
@@ -314,5 +336,6 @@ def validate(cfg: RunConfig, methods: tuple[str, ...] = ()) -> RunConfig:
         if not 0 <= getattr(t, name) < 1:
             raise LtmError(f"config: train.{name} must be in [0, 1), got {getattr(t, name)}")
     _one_of("train.device", t.device, DEVICES)
+    _one_of("train.slow_gradient", t.slow_gradient, SLOW_GRADIENTS)
     _one_of("train.backend", t.backend, backends())
     return cfg

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .checks import require_at_most, require_non_negative, require_positive, require_seed
+from .data.utf8 import widen
 from .errors import LtmError
 
 # New tokens per sample at most: generation is one decoder step per token (a few ms on a CPU), so
@@ -73,7 +74,7 @@ def generate_text(inference, tokenizer, prompt: str | None, num: int = 1, max_to
 
         new = inference.generate(context, z, max_tokens, temperature, top_k,
                                  stop_id=tokenizer.eot_id if stop_at_eos else None,
-                                 utf8=tokenizer.utf8_tables(), progress=per_token)
+                                 utf8=widen(tokenizer.utf8_tables(), cfg.model.vocab_size), progress=per_token)
         advance(max_tokens - len(steps_done))  # stopped early at end-of-text: the bar completes
     texts = []
     for row in new:

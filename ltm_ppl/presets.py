@@ -4,8 +4,10 @@ paper's model shapes), as dotted overrides of RunConfig.
 Precedence, lowest first: preset, size, the --config TOML, flags (build_config). The published
 values come from the authors' training code (issue 10): the fast loop is AdamW (weight decay 0.01)
 on (mu, log variance) from mu 0.01 N(0,1), log variance -5 + 0.1 N(0,1), step size
-lr/10 + 0.5 (1 + cos(pi s / T)) (lr - lr/10) with lr 0.34, one eps reused at every step; the
-decoder sees a 256-token sliding window over 1024-token sequences.
+lr/10 + 0.5 (1 + cos(pi s / T)) (lr - lr/10) with lr 0.34, one eps reused at every step, on the
+negative ELBO summed over tokens and sequences; the decoder sees a 256-token sliding window over
+1024-token sequences, its residual projections start at std 0.02 / sqrt(2 n_layer), and its slow
+update is the trajectory-summed gradient (issue 20).
 """
 from __future__ import annotations
 
@@ -22,17 +24,21 @@ PRESETS: dict[str, dict[str, object]] = {
         "inference.fast_lr": 0.34,
         "inference.final_lr_ratio": 0.1,
         "inference.fixed_noise": True,
+        "inference.fast_loss": "sum",  # the negative ELBO summed over tokens and sequences (model.py's training branch)
         "inference.num_samples": 1,
         "inference.steps": 16,
         "inference.eval_steps": 16,
         "model.block_size": 1024,
         "model.attention_window": 256,
         "model.cross_out_zero": False,  # the published decoder initialises every projection at random
+        "model.residual_init": "scaled",  # and its residual projections at 0.02 / sqrt(2 n_layer)
+        "model.latent_rope": "published",
         "train.lr": 4e-4,
         "train.beta1": 0.9,
         "train.beta2": 0.95,
         "train.weight_decay": 0.1,
         "train.grad_clip": 1.0,
+        "train.slow_gradient": "trajectory",  # train_ltm.py: the fast loop's backward passes reach the decoder
         "train.warmup_iters": 1000,
         "train.min_lr_ratio": 0.1,  # not in the recipe we read: the cosine ends at lr/10 (our choice)
         "data.tokenizer": "gpt2",

@@ -144,6 +144,7 @@ def evaluate_run(opened: OpenRun, split: str = "val", data: str | None = None, s
         "rows": rows,
         "backend": cfg.train.backend, "inference": cfg.inference.method, "trained_with": opened.trained_method,
         "split": split, "data": corpus.spec, "tokenizer": cfg.data.tokenizer,
+        "latent_rope": cfg.model.latent_rope,  # the decoder function's latent positions (old runs: per_layer)
         "split_windows": num_windows(len(tokens), cfg.model.block_size),  # rows cover the first num_sequences
         "exact": not method.latent,  # the rows are the exact log-likelihood, not bounds
         "proposal": method.proposal,

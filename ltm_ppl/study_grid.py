@@ -37,7 +37,7 @@ from .errors import LtmError
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=+-]{0,63}$")  # a point's name is a file name too
 STUDY_KEYS = {"seeds", "eval_steps", "iwae_samples", "iwae_steps", "eval_windows", "twins", "batch_size", "flops_twins"}
 # Settings a twin without latents does not read: twins that differ only in these are one run.
-NOT_READ_BY_TWIN = ("model.n_z", "model.encoder_layers", "model.latent", "model.cross_out_zero")
+NOT_READ_BY_TWIN = ("model.n_z", "model.encoder_layers", "model.latent", "model.cross_out_zero", "model.latent_rope")
 
 
 @dataclass
@@ -183,6 +183,7 @@ def twin_configs(cfg: RunConfig, flops_matched: bool = False) -> list[tuple[str,
             break
         twin = copy.deepcopy(cfg)
         twin.inference.method = "none"
+        twin.train.slow_gradient = "elbo"  # the AR twin's only training signal: its exact NLL
         twin.model.latent = False
         twin.model.attention_window = window
         twins.append((label, validate(twin, methods())))

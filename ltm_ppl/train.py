@@ -47,7 +47,10 @@ def load_data(cfg: RunConfig, tokenizer=None) -> Data:
 
 def run_tokenizer(run: Path, cfg: RunConfig):
     tokenizer = load_tokenizer(run / "tokenizer.json", cfg.data.tokenizer)
-    if cfg.model.vocab_size and tokenizer.vocab_size != cfg.model.vocab_size:  # token ids would overrun the embedding
+    # More tokens than embedding rows: token ids would overrun the embedding. Fewer is an imported
+    # model's padded vocabulary (the published 50258 rows over GPT-2's 50257 tokens): ids the
+    # tokenizer never produces, and generation masks.
+    if cfg.model.vocab_size and tokenizer.vocab_size > cfg.model.vocab_size:
         raise LtmError(f"{run / 'tokenizer.json'} is damaged: {tokenizer.vocab_size} tokens where the model has "
                        f"{cfg.model.vocab_size} (config.json)")
     return tokenizer
@@ -69,6 +72,9 @@ def check_fit(cfg: RunConfig) -> None:
     """What the method refuses to train with (its descriptor's check_fit), before anything is written."""
     from .inference import descriptor
 
+    if cfg.train.slow_gradient != "elbo" and cfg.inference.method != "local":
+        raise LtmError(f"train.slow_gradient = \"{cfg.train.slow_gradient}\" is a training signal of --inference local "
+                       f"(the published update); --inference {cfg.inference.method} trains with \"elbo\"")
     descriptor(cfg.inference.method).check_fit(cfg)
 
 

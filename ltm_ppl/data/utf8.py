@@ -63,6 +63,17 @@ def utf8_tables(token_bytes: list[bytes | None]) -> tuple[np.ndarray, np.ndarray
     return allowed, next_state
 
 
+def widen(tables: tuple[np.ndarray, np.ndarray], vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The tables over a model's vocab_size logits: ids past the tokenizer's (a padded embedding,
+    e.g. an imported model's) are never allowed, so they are never sampled."""
+    allowed, next_state = tables
+    extra = vocab_size - allowed.shape[1]
+    if extra <= 0:
+        return tables
+    return (np.pad(allowed, ((0, 0), (0, extra)), constant_values=False),
+            np.pad(next_state, ((0, 0), (0, extra)), constant_values=0))
+
+
 def complete_prefix(data: bytes) -> str:
     """The text of `data` without a trailing incomplete character (at most 3 bytes: generation
     stopped by --max-tokens mid-character); anything else invalid shows as U+FFFD."""

@@ -290,7 +290,7 @@ def programs_for(cls, cfg, dtype, platform: str, injected: LatentModel | None = 
     """The cached `cls` programs of cfg's setting (and injected model)."""
     t = cfg.train
     key = (cls.__module__, cls.__qualname__, _frozen_copy(cfg.model), _frozen_copy(cfg.inference), t.beta1, t.beta2,
-           t.weight_decay, t.grad_clip, jnp.dtype(dtype).name, platform, injected)
+           t.weight_decay, t.grad_clip, t.slow_gradient, jnp.dtype(dtype).name, platform, injected)
     if key not in _PROGRAMS:
         _PROGRAMS[key] = cls(copy.deepcopy(cfg.model), copy.deepcopy(cfg.inference), copy.deepcopy(t), dtype, platform,
                              injected)

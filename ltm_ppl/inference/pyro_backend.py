@@ -137,15 +137,17 @@ class PyroBackend:
         # shape), and it takes found_inf, which skips the update on the device (slow_update).
         return torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2), fused=True)
 
-    def slow_update(self, loss: torch.Tensor, metrics: dict | None = None) -> dict:
+    def slow_update(self, loss: torch.Tensor, metrics: dict | None = None, keep_grads: bool = False) -> dict:
         """One AdamW step on the decoder (and encoder), applied only if the loss, the gradients and
         every tensor in `metrics` are finite, decided on the device (no host sync): the fused
         AdamW's found_inf skips the whole update, moments and step counts included, as under a
-        GradScaler. Returns the learning rate, gradient norm and `finite` (0-d tensors)."""
+        GradScaler. Returns the learning rate, gradient norm and `finite` (0-d tensors).
+        keep_grads: loss's gradients add to those already in .grad (the trajectory update's)."""
         lr = slow_lr(self.iteration, self.cfg.train)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        self.optimizer.zero_grad(set_to_none=True)
+        if not keep_grads:
+            self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         clip = self.cfg.train.grad_clip or float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.parameters(), clip)  # inf / nan if any gradient is

@@ -39,3 +39,10 @@ def kl_shape(iteration: int, inf_cfg) -> tuple[float, float] | None:
     if not (inf_cfg.kl_warmup_iters > 0 or inf_cfg.free_bits > 0):
         return None
     return kl_weight(iteration, inf_cfg.kl_warmup_iters), float(inf_cfg.free_bits)
+
+
+def fast_loss_divisor(inf_cfg, window_tokens: int) -> float:
+    """What the fast steps divide their summed negative ELBO by: the predicted tokens per window
+    (fast_loss "per_token"), or 1 (fast_loss "sum": summed over tokens and sequences, as the
+    published loop; through Adam's eps the scale moves q, slightly)."""
+    return float(max(1, window_tokens - 1)) if inf_cfg.fast_loss == "per_token" else 1.0

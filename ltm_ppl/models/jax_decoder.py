@@ -5,7 +5,7 @@ The parameters are a plain dict {canonical torch state_dict name: array} with th
 the output head), so one safetensors file serves both backends without any transpose. The maths
 mirrors ltm_ppl/models/torch_decoder.py line for line: pre-norm RMSNorm, causal self-attention with
 rotate-half RoPE (float32 tables, same inv_freq), cross-attention to the layer's share of z with
-RoPE on the latent keys at positions j * block_size / z_per_layer and no mask, SwiGLU, tied head.
+RoPE on the latent keys at the positions latent_positions gives (by model.latent_rope) and no mask, SwiGLU, tied head.
 With `attention_window` W > 0 the self-attention sees only the W keys ending at each token (the
 published decoder's sliding window); cross-attention to z stays global.
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -52,7 +53,8 @@ def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
 
 
 def init_params(cfg: ModelConfig, key) -> dict[str, jax.Array]:
-    """Same scheme as torch: every matrix N(0, 0.02^2) (cross-attention output projections 0 with
+    """Same scheme as torch: every matrix N(0, 0.02^2), the residual projections N(0, 0.02^2 /
+    (2 n_layer)) with residual_init "scaled" (cross-attention output projections 0 with
     `cross_out_zero`), every norm weight 1; float32."""
     shapes = param_shapes(cfg)
     keys = jax.random.split(key, len(shapes))
@@ -63,8 +65,19 @@ def init_params(cfg: ModelConfig, key) -> dict[str, jax.Array]:
         elif cfg.cross_out_zero and name.endswith("cross.o.weight"):
             params[name] = jnp.zeros(shape, jnp.float32)
         else:
-            params[name] = 0.02 * jax.random.normal(k, shape, jnp.float32)
+            std = residual_std(cfg) if is_residual_projection(name) else 0.02
+            params[name] = std * jax.random.normal(k, shape, jnp.float32)
     return params
+
+
+def is_residual_projection(name: str) -> bool:
+    """torch_decoder.is_residual_projection (its attn.o, cross.o and mlp.up)."""
+    return name.endswith(("attn.o.weight", "cross.o.weight", "mlp.up.weight"))
+
+
+def residual_std(cfg: ModelConfig) -> float:
+    """torch_decoder.residual_std: 0.02, or 0.02 / sqrt(2 n_layer) with residual_init "scaled"."""
+    return 0.02 / math.sqrt(2 * cfg.n_layer) if cfg.residual_init == "scaled" else 0.02
 
 
 def layer_fields(cfg: ModelConfig) -> tuple[str, ...]:
@@ -114,7 +127,10 @@ def apply_rope(x, cos, sin):
 
 
 def latent_positions(cfg: ModelConfig):
+    """torch_decoder.Decoder.latent_positions: by cfg.latent_rope."""
     m = cfg.z_per_layer
+    if cfg.latent_rope == "published":
+        return jnp.arange(m, dtype=jnp.float32) * float(cfg.block_size // cfg.n_z)
     return jnp.arange(m, dtype=jnp.float32) * (cfg.block_size / m)
 
 

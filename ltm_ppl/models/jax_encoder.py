@@ -5,8 +5,7 @@ the window's tokens, then n_z learned queries cross-attend to its output (the "p
 head emits (mu, log sigma) of every latent vector. Parameter names are `encoder.` + the torch
 Encoder's state_dict names, in torch layouts (a Linear weight is [out, in]), so one safetensors
 file serves both backends. Rotary positions as in torch: token i at position i; latent query j at
-(j mod z_per_layer) * block_size / z_per_layer, the position the decoder gives latent vector j of
-its layer. The head starts at zero: a fresh encoder proposes the prior N(0, I).
+the position the decoder gives latent vector j of its layer (jax_decoder.latent_positions). The head starts at zero: a fresh encoder proposes the prior N(0, I).
 
 Nothing here imports torch.
 """
@@ -16,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from ..config import ModelConfig
-from .jax_decoder import apply_rope, attention_block, linear, mlp_block, rms_norm, rope_tables
+from .jax_decoder import apply_rope, attention_block, latent_positions, linear, mlp_block, rms_norm, rope_tables
 
 PREFIX = "encoder."
 
@@ -60,8 +59,7 @@ def init_encoder_params(cfg: ModelConfig, key) -> dict[str, jax.Array]:
 
 
 def query_positions(cfg: ModelConfig):
-    m = cfg.z_per_layer
-    return (jnp.arange(cfg.n_z) % m).astype(jnp.float32) * (cfg.block_size / m)
+    return jnp.tile(latent_positions(cfg), cfg.n_layer)
 
 
 def encode(params, cfg: ModelConfig, tokens, dtype=jnp.float32):

@@ -2,7 +2,7 @@
 latent thought vectors z through cross-attention.
 
 Layer: x += SelfAttn(RMSNorm(x)) (causal, rotary); x += CrossAttn(RMSNorm(x), z_layer) (rotary on
-queries at token positions and on keys at latent positions j * block_size / z_per_layer); x +=
+queries at token positions and on keys at latent positions, latent_positions()); x +=
 SwiGLU(RMSNorm(x)). Tied input/output embedding, no biases, d_z = d_model, z goes straight into the
 key/value projection. With `latent=False` the cross-attention is absent: the autoregressive baseline.
 
@@ -12,6 +12,7 @@ the safetensors files use them too).
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 import torch.nn as nn
@@ -25,6 +26,29 @@ def rope_tables(positions: torch.Tensor, head_dim: int, base: float) -> tuple[to
     inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=positions.device) / head_dim))
     angles = positions.float()[:, None] * inv_freq[None, :]
     return angles.cos(), angles.sin()
+
+
+def is_residual_projection(name: str) -> bool:
+    """The matrices the published init scales (its wo and w3): every attention output projection,
+    self and cross, and the MLP's up projection (w3 in the authors' SwiGLU w2(silu(w1 x) * w3 x))."""
+    return name.endswith(("attn.o.weight", "cross.o.weight", "mlp.up.weight"))
+
+
+def residual_std(cfg: ModelConfig) -> float:
+    """Initial std of a residual projection: 0.02, or 0.02 / sqrt(2 n_layer) with residual_init "scaled"."""
+    return 0.02 / math.sqrt(2 * cfg.n_layer) if cfg.residual_init == "scaled" else 0.02
+
+
+def latent_positions(cfg: ModelConfig, device=None) -> torch.Tensor:
+    """Rotary positions [m] of a layer's m latent keys (the same for every layer), by
+    cfg.latent_rope: "published" j * (block_size // n_z), n_z counting every layer's vectors (the
+    authors' model.py: interval = max_seq_len // max_z_len, then freqs_cos_z[:m]); "per_layer"
+    j * block_size / m (ltm-ppl before the setting; old runs keep it)."""
+    m = cfg.z_per_layer
+    j = torch.arange(m, device=device, dtype=torch.float32)
+    if cfg.latent_rope == "published":
+        return j * float(cfg.block_size // cfg.n_z)
+    return j * (cfg.block_size / m)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -180,6 +204,10 @@ class Decoder(nn.Module):
         self.layers = nn.ModuleList(Layer(cfg) for _ in range(cfg.n_layer))
         self.final_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.apply(self._init)
+        if cfg.residual_init == "scaled":  # GPT-2's scaled init of the residual projections (the authors' model.py)
+            for name, p in self.named_parameters():
+                if is_residual_projection(name):
+                    nn.init.normal_(p, std=residual_std(cfg))
         if cfg.latent and cfg.cross_out_zero:  # z's contribution starts at exactly 0 (an init, not a change of the model)
             for layer in self.layers:
                 nn.init.zeros_(layer.cross.o.weight)
@@ -213,8 +241,7 @@ class Decoder(nn.Module):
         return self.cfg.d_model // self.cfg.n_head
 
     def latent_positions(self, device) -> torch.Tensor:
-        m = self.cfg.z_per_layer
-        return torch.arange(m, device=device, dtype=torch.float32) * (self.cfg.block_size / m)
+        return latent_positions(self.cfg, device)
 
     def latent_kv(self, z: torch.Tensor) -> list:
         """Per-layer cross-attention keys/values of z [B, n_z, d_model] (None without latents)."""

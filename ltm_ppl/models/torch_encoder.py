@@ -3,8 +3,8 @@ window's tokens, then n_z learned queries cross-attend to it and a linear head e
 (mu, log sigma) of every latent vector.
 
 The head starts at zero, so a fresh encoder proposes the prior N(0, I). Latent query j gets the
-rotary position the decoder gives latent vector j of its layer (j mod z_per_layer) * block_size /
-z_per_layer; token i gets position i. Saved under the prefix `encoder.` beside the decoder.
+rotary position the decoder gives latent vector j of its layer (torch_decoder.latent_positions,
+by model.latent_rope); token i gets position i. Saved under the prefix `encoder.` beside the decoder.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from ..config import ModelConfig
-from .torch_decoder import CrossAttention, RMSNorm, SelfAttention, SwiGLU, rope_tables
+from .torch_decoder import CrossAttention, RMSNorm, SelfAttention, SwiGLU, latent_positions, rope_tables
 
 
 class EncoderLayer(nn.Module):
@@ -47,9 +47,7 @@ class Encoder(nn.Module):
         nn.init.zeros_(self.head.weight)
 
     def query_positions(self, device) -> torch.Tensor:
-        m = self.cfg.z_per_layer
-        j = torch.arange(self.cfg.n_z, device=device) % m
-        return j.float() * (self.cfg.block_size / m)
+        return latent_positions(self.cfg, device).repeat(self.cfg.n_layer)
 
     def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(loc, log_scale), each [B, n_z, d_model], from token windows [B, L]."""

@@ -2,20 +2,37 @@
 semi-amortized with `init = "amortized"`. Pyro in pyro.py, NumPyro in numpyro.py."""
 from __future__ import annotations
 
+from ...errors import LtmError
 from ..descriptor import MethodDescriptor, Option
-from ..kl_shaping import FREE_BITS, KL_WARMUP, loss_is_bound
+from ..kl_shaping import FREE_BITS, KL_WARMUP, loss_is_bound as shaped_loss_is_bound
 
 
 def flops_per_token(cfg) -> float:
-    """Fast steps (forward + activation-only backward), then the slow step (forward + full backward)."""
+    """Fast steps (forward + activation-only backward; a full backward with slow_gradient
+    "trajectory", whose fast steps reach the weights too), then the slow step (forward + full backward)."""
     from ...flops import decoder_forward, encoder_forward
 
     m, inf = cfg.model, cfg.inference
     F, S = decoder_forward(m), inf.num_samples
-    flops = 2 * F * inf.steps * S + 3 * F * S
+    fast = 3 if cfg.train.slow_gradient == "trajectory" else 2
+    flops = fast * F * inf.steps * S + 3 * F * S
     if inf.init == "amortized":  # the encoder's own ELBO: decoder forward, backward into the encoder
         flops += 2 * F * S + 3 * encoder_forward(m)
     return flops
+
+
+def check_fit(cfg) -> None:
+    """What `ltm fit` refuses for `local`: the trajectory update with the encoder's start (the
+    published update has no encoder; its gradient would have to pass the refinement)."""
+    if cfg.train.slow_gradient == "trajectory" and cfg.inference.init == "amortized":
+        raise LtmError("train.slow_gradient = \"trajectory\" (the published update) does not train an encoder: "
+                       "use it without --init amortized")
+
+
+def loss_is_bound(cfg, metrics) -> bool:
+    """The training loss bounds the NLL for the plain ELBO step; the trajectory update reports the
+    ELBO at the eps its q was fitted to (the published reference's figure), no bound."""
+    return cfg.train.slow_gradient != "trajectory" and shaped_loss_is_bound(cfg, metrics)
 
 
 METHOD = MethodDescriptor(
@@ -28,6 +45,7 @@ METHOD = MethodDescriptor(
     needs_encoder=lambda cfg: cfg.inference.init == "amortized",
     # The negative ELBO per token, unless a KL warm-up or free bits shape the training objective.
     loss_is_bound=loss_is_bound,
+    check_fit=check_fit,
     options=(
         # One flag, one meaning: where inference starts. local: prior, narrow, published or amortized;
         # langevin: prior, local (draws of a q fitted by --steps fast steps) or amortized.
@@ -51,6 +69,10 @@ METHOD = MethodDescriptor(
         Option("fast_lr_denominator", str, "T-1",
                "local: cosine over step/(T-1), ending at fast_lr * final_lr_ratio, or step/T (published)",
                choices=("T-1", "T")),
+        Option("fast_loss", str, "per_token",
+               "local: the fast steps' loss: the negative ELBO summed over sequences and divided by the tokens per "
+               "window, or summed over tokens and sequences (published; through Adam's eps it moves q differently)",
+               choices=("per_token", "sum")),
         Option("fixed_noise", bool, False, "local: the fast steps reuse one eps per batch (the published loop)"),
         # Internal: the reported ELBO at that same eps, the reference's per-sequence figure (not a
         # bound); set only on `ltm eval --fixed-noise`'s labelled row.

@@ -33,9 +33,10 @@ def gaussian_kl(loc: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
     return kl.reshape(kl.shape[0], -1).sum(-1)
 
 
-def negative_elbo(decoder, autocast: bool, tokens, eps, loc, scale_param, factor: float, shaping=None):
+def negative_elbo(decoder, autocast: bool, tokens, eps, loc, scale_param, factor: float, shaping=None,
+                  sum_loss: bool = False):
     """The fast loop's loss: -(mean_s loglik[s, i] - kl[i]) summed over sequences, per predicted
-    token, at z = loc + exp(log_scale) eps [S, B, *event], log_scale = scale_param / factor.
+    token (summed over tokens too with sum_loss: fast_loss "sum"), at z = loc + exp(log_scale) eps [S, B, *event], log_scale = scale_param / factor.
     shaping = (beta, free_bits) tensors replaces the KL by the shaped one (training only)."""
     log_scale = scale_param / factor
     z = loc + log_scale.exp() * eps
@@ -44,7 +45,7 @@ def negative_elbo(decoder, autocast: bool, tokens, eps, loc, scale_param, factor
     loglik = token_log_probs(hidden, decoder.tok_emb.weight, target).sum(-1)  # [S, B]
     # shaping's beta and free bits come as tensors: no recompile when beta warms up
     kl = gaussian_kl(loc, log_scale) if shaping is None else shaped_kl(loc, log_scale, *shaping)
-    n_tokens = max(1, tokens.shape[-1] - 1)
+    n_tokens = 1 if sum_loss else max(1, tokens.shape[-1] - 1)
     return -(loglik.mean(0) - kl).sum() / n_tokens
 
 
@@ -76,8 +77,9 @@ class CompiledFastStep:
     (0.9, 0.999), eps 1e-8; SGD without momentum)."""
 
     def __init__(self, decoder, autocast: bool, optimizer: str, factor: float, mode: str | None = None,
-                 backend="inductor"):
+                 backend="inductor", sum_loss: bool = False):
         self.decoder, self.autocast, self.optimizer, self.factor = decoder, autocast, optimizer, factor
+        self.sum_loss = sum_loss
         if mode is None:  # CUDA graphs where the shapes are static (always, here); the CPU has none
             mode = "reduce-overhead" if next(decoder.parameters()).is_cuda else None
         self.mode = mode
@@ -88,7 +90,8 @@ class CompiledFastStep:
     def step(self, tokens, eps, loc, scale_param, moments, scalars, shaping):
         """(loss, grad loc, grad scale_param, loc', scale_param', moments') of one fast step."""
         def loss(loc, scale_param):
-            return negative_elbo(self.decoder, self.autocast, tokens, eps, loc, scale_param, self.factor, shaping)
+            return negative_elbo(self.decoder, self.autocast, tokens, eps, loc, scale_param, self.factor, shaping,
+                                 self.sum_loss)
 
         (g_loc, g_scale), value = torch.func.grad_and_value(loss, argnums=(0, 1))(loc, scale_param)
         lr, decay, step_size, bias2_sqrt = scalars[0], scalars[1], scalars[2], scalars[3]

@@ -5,7 +5,10 @@ cosine-decayed step size (passed into the loop as an array), fresh noise at ever
 gradients w.r.t. (mu, log sigma) only, so the decoder computes no weight gradients; the whole
 loop is one `lax.scan` under `jax.jit`.
 Slow: one AdamW step on the decoder at the fitted q_i with fresh noise; the fast loop, the slow
-gradient and the optimiser update are one compiled program per (steps, shapes).
+gradient and the optimiser update are one compiled program per (steps, shapes). With
+train.slow_gradient "trajectory" (the published update) the fast loop uses one eps and also
+differentiates each step's loss w.r.t. the decoder's parameters; the slow gradient is the sum of
+those plus the cross-entropy's at the final z = mu + sigma eps (same eps), clipped, then AdamW.
 Semi-amortized (`init = "amortized"`): the fast steps start from the encoder's q (a constant for
 them); the encoder learns from its own ELBO at its output (decoder held constant for that term,
 no backpropagation through the refinement), the decoder from the refined q; one AdamW over both.
@@ -26,7 +29,7 @@ from ...models.numpyro_model import local_guide
 from ..numpyro_backend import NumPyroBackend, Programs
 from ..numpyro_elbo import elbo_terms
 from ..kl_shaping import shaping_on
-from ..schedules import fast_lr, kl_shape
+from ..schedules import fast_loss_divisor, fast_lr, kl_shape
 from ...noise import INIT, SLOW, jax_eps
 
 
@@ -68,15 +71,17 @@ def fast_optimizer(inf_cfg):
 
 
 def fit_local_posterior(model, tokens, shape, inf_cfg, lrs, key=None, fast_noise=None, fixed_eps=None, start=None,
-                        kl_shaping=None):
+                        kl_shaping=None, params=None):
     """Fit (loc, log_scale) of shape [B, *shape] by len(lrs) fast steps; model(tokens) is the joint.
 
     Starts at `start` = (loc, log_scale) when given (semi-amortized: the encoder's q), else at
     initial_local (inf_cfg.init, drawn from `key` for the published start). The steps move
     (loc, log sigma), or (loc, log variance) with inf_cfg.scale_param = "log_variance".
 
-    Minimises the negative ELBO per predicted token, summed over sequences (each sequence's
-    parameters see only their own term), differentiating w.r.t. (loc, scale parameter) only. Each
+    Minimises the negative ELBO summed over sequences (each sequence's parameters see only their
+    own term), per predicted token or summed over tokens too (inf_cfg.fast_loss), differentiating
+    w.r.t. (loc, scale parameter) only; with `params` given, model is a function params -> model
+    and each step's gradient w.r.t. params is summed too and returned third (the trajectory update). Each
     step draws fresh noise from `key`, keyed per sequence (noise.jax_eps: step, global row), unless fast_noise [steps, S, B, *shape] gives every step's
     eps (backend parity tests) or fixed_eps [S, B, *shape] is reused at every step (the published
     reference's mode, comparison only). kl_shaping = (beta, free bits) replaces the KL term by
@@ -89,15 +94,16 @@ def fit_local_posterior(model, tokens, shape, inf_cfg, lrs, key=None, fast_noise
         loc, log_scale = (jax.lax.stop_gradient(jnp.asarray(t, jnp.float32)) for t in start)
     factor = 2.0 if inf_cfg.scale_param == "log_variance" else 1.0  # log variance = 2 log sigma
     opt = fast_optimizer(inf_cfg)
-    n_tokens = max(1, tokens.shape[-1] - 1)
+    n_tokens = fast_loss_divisor(inf_cfg, tokens.shape[-1])
 
-    def loss(local, eps, rng):
+    def loss(local, eps, rng, weights=None):
         loc, scale_param = local
         log_scale = scale_param / factor
         guide = functools.partial(local_guide, loc=loc, log_scale=log_scale)
         value = None if eps is None else loc + jnp.exp(log_scale) * eps
         particles = inf_cfg.num_samples if eps is None else eps.shape[0]
-        loglik, kl = elbo_terms(model, guide, tokens, num_particles=particles, latent_value=value, rng_key=rng)
+        joint = model if weights is None else model(weights)
+        loglik, kl = elbo_terms(joint, guide, tokens, num_particles=particles, latent_value=value, rng_key=rng)
         if kl_shaping is not None:
             kl = shaped_kl(loc, log_scale, *kl_shaping)
         return -(loglik.mean(0) - kl).sum() / n_tokens
@@ -105,19 +111,27 @@ def fit_local_posterior(model, tokens, shape, inf_cfg, lrs, key=None, fast_noise
     rows = jnp.arange(B)  # global row indices: on a sharded batch each device draws its own rows' eps
 
     def body(carry, xs):
-        local, state = carry
+        local, state, summed = carry
         lr, step_eps, t = xs
         if step_eps is None and fixed_eps is None:  # the one eps-draw site of the fast loop
             step_eps = jax_eps(key, t, rows, shape, inf_cfg.num_samples)
-        grads = jax.grad(loss)(local, fixed_eps if step_eps is None else step_eps, None)
+        step_eps = fixed_eps if step_eps is None else step_eps
+        if params is None:
+            grads = jax.grad(loss)(local, step_eps, None)
+        else:  # the decoder's gradient at this fast iterate, added to the running sum
+            grads, weight_grads = jax.grad(loss, argnums=(0, 3))(local, step_eps, None, params)
+            summed = jax.tree.map(jnp.add, summed, weight_grads)
         updates, state = opt.update(grads, state, local)
         local = jax.tree.map(lambda p, u: p - lr * u, local, updates)
-        return (local, state), None
+        return (local, state, summed), None
 
     steps = lrs.shape[0]
     local = (loc, factor * log_scale)
-    (local, _), _ = jax.lax.scan(body, (local, opt.init(local)), (lrs, fast_noise, jnp.arange(steps)))
-    return local[0], local[1] / factor
+    summed = None if params is None else jax.tree.map(jnp.zeros_like, params)
+    (local, _, summed), _ = jax.lax.scan(body, (local, opt.init(local), summed), (lrs, fast_noise, jnp.arange(steps)))
+    if params is None:
+        return local[0], local[1] / factor
+    return local[0], local[1] / factor, summed
 
 
 class LocalPrograms(Programs):
@@ -126,7 +140,8 @@ class LocalPrograms(Programs):
     def build(self):
         self.semi_amortized = self.inf.init == "amortized"
         self.shaped = shaping_on(self.inf)  # a KL warm-up or free bits in the training objective
-        self.step = jax.jit(self._step, donate_argnums=self.donate)
+        self.trajectory = self.train.slow_gradient == "trajectory"
+        self.step = jax.jit(self._trajectory_step if self.trajectory else self._step, donate_argnums=self.donate)
 
     def start(self, params, tokens):
         """Where the fast steps begin: the encoder's q (semi-amortized), else the configured point."""
@@ -153,6 +168,35 @@ class LocalPrograms(Programs):
         --fixed-noise's labelled row (inference.report_fixed_noise): the reference's number."""
         loc, log_scale, fixed = self.fit(params, tokens, lrs, key, fast_noise)
         return loc, log_scale, fixed if self.inf.report_fixed_noise else None
+
+    def _trajectory_step(self, params, opt_state, tokens, lrs, key, lr, beta=1.0):
+        """train.slow_gradient "trajectory" (pyro.py's trajectory_step): one eps for the fast loop,
+        whose every step's gradient w.r.t. the decoder is summed; plus the mean cross-entropy's at
+        the final z = mu + sigma eps with that eps; then the clipped AdamW step."""
+        fixed_key, fit_key = jax.random.split(key)
+        shaping = (beta, self.inf.free_bits) if self.shaped else None
+        eps = jax.random.normal(fixed_key, (self.inf.num_samples, tokens.shape[0], *self.shape), jnp.float32)
+        total, out, grads = self.trajectory_gradient(params, tokens, lrs, eps, key=fit_key, shaping=shaping)
+        params, opt_state, guard = self.update(params, opt_state, grads, lr, total)  # clipped there
+        return params, opt_state, out | guard
+
+    def trajectory_gradient(self, params, tokens, lrs, eps, start=None, key=None, shaping=None):
+        """(loss, metrics, the decoder's unclipped gradient) of the trajectory update with the fast
+        loop's one eps [S, B, *event] given, from `start` (else initial_local from key)."""
+        loc, log_scale, summed = fit_local_posterior(
+            lambda p: self.model(p), tokens, self.shape, self.inf, lrs, key, fixed_eps=eps, start=start,
+            kl_shaping=shaping, params=params)
+        loc, log_scale = jax.lax.stop_gradient(loc), jax.lax.stop_gradient(log_scale)
+        n_tokens = tokens.shape[0] * (tokens.shape[1] - 1)
+
+        def loss_fn(p):
+            loglik, kl = self.elbo(p, tokens, loc, log_scale, eps.shape[0], eps, None)
+            nll = -loglik.mean(0).sum() / n_tokens  # the published last_loss: mean cross-entropy at z
+            loss = nll + kl.sum() / n_tokens  # (its KL term is constant in the decoder)
+            return loss, {"loss": loss, "nll": nll, "kl": kl.mean()}
+
+        (total, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        return total, out, jax.tree.map(jnp.add, grads, summed)
 
     def _step(self, params, opt_state, tokens, lrs, key, lr, beta=1.0):
         fit_key, slow_key = jax.random.split(key)

@@ -2,13 +2,17 @@
 
 Fast: per-sequence q_i = N(mu_i, diag sigma_i^2) fitted by T steps of Adam (AdamW, SGD) on the ELBO,
 cosine-decayed step size, fresh noise at every step, decoder frozen (no weight gradients).
-Slow: one AdamW step on the decoder at the fitted q_i with fresh noise.
+Slow: one AdamW step on the decoder at the fitted q_i with fresh noise (train.slow_gradient
+"elbo"), or the published update ("trajectory"): one eps for the whole fast loop, whose backward
+passes reach the decoder too; its gradient is their sum plus the cross-entropy's at the final
+z = mu + sigma eps, then clipped and AdamW.
 Semi-amortized (`init = "amortized"`): the fast steps start from the encoder's q; the encoder
 learns from its own ELBO at its output (no backpropagation through the refinement), the decoder
 from the refined q.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import sys
 
@@ -19,7 +23,7 @@ import torch
 from ...models.pyro_model import local_guide
 from ..pyro_backend import PyroBackend, frozen
 from ..pyro_elbo import elbo_terms
-from ..schedules import fast_lr, kl_shape
+from ..schedules import fast_loss_divisor, fast_lr, kl_shape
 from ...noise import ENCODER, FIXED, INIT, SLOW, torch_eps
 
 
@@ -52,11 +56,12 @@ def fast_optimizer(params, inf_cfg):
 
 
 def fit_local_posterior(model, tokens, shape, inf_cfg, steps: int, device, observe_step=None, fast_noise=None, start=None,
-                        rows=None, kl_shaping=None, compiled=None):
+                        rows=None, kl_shaping=None, compiled=None, train_decoder=False):
     """Fit (loc, log_scale) of shape [B, *shape] by `steps` fast steps; model(tokens) is the joint.
 
-    Minimises the negative ELBO per predicted token, summed over sequences (each sequence's
-    parameters see only their own term). Starts at `start` = (loc, log_scale) when given, else at
+    Minimises the negative ELBO summed over sequences (each sequence's parameters see only their
+    own term), per predicted token or summed over tokens too (inf_cfg.fast_loss,
+    schedules.fast_loss_divisor). Starts at `start` = (loc, log_scale) when given, else at
     initial_local (inf_cfg.init). The steps move (loc, log sigma), or (loc, log variance) with
     inf_cfg.scale_param = "log_variance" (the published loop). With inf_cfg.fixed_noise one eps is
     drawn (after the start) and reused (the published reference's mode, for comparison only); it
@@ -66,6 +71,8 @@ def fit_local_posterior(model, tokens, shape, inf_cfg, steps: int, device, obser
     kl_shaping = (beta, free bits) replaces the KL term by shaped_kl's (training iterations
     only, never a reported bound). compiled (a CompiledFastStep, `--compile` on the LTM) runs the
     same steps as one compiled function each (compiled_fast_step.py); eps never left to Pyro then.
+    train_decoder: every step's backward pass also reaches the decoder's weights, whose .grad
+    accumulate over the steps (the published trajectory update; the caller zeroes them first).
     """
     B = tokens.shape[0]
     loc, log_scale = initial_local(B, shape, inf_cfg, device, rows) if start is None else (t.detach().clone() for t in start)
@@ -103,9 +110,12 @@ def fit_local_posterior(model, tokens, shape, inf_cfg, steps: int, device, obser
         loglik, kl = elbo_terms(model, guide, tokens, num_particles=S if step_eps is None else step_eps.shape[0], latent_value=value)
         if kl_shaping is not None:
             kl = shaped_kl(loc, log_scale, *kl_shaping)
-        n_tokens = max(1, tokens.shape[-1] - 1)
-        loss = -(loglik.mean(0) - kl).sum() / n_tokens
-        loc.grad, scale_param.grad = torch.autograd.grad(loss, [loc, scale_param])
+        loss = -(loglik.mean(0) - kl).sum() / fast_loss_divisor(inf_cfg, tokens.shape[-1])
+        if train_decoder:  # the weights' .grad accumulate step after step
+            loc.grad = scale_param.grad = None
+            loss.backward()
+        else:
+            loc.grad, scale_param.grad = torch.autograd.grad(loss, [loc, scale_param])
         opt.step()
         if observe_step is not None:
             observe_step(t)
@@ -129,7 +139,8 @@ class PyroLocal(PyroBackend):
 
             inf = self.cfg.inference
             self._compiled_step = CompiledFastStep(self.decoder, self.autocast, inf.optimizer,
-                                                   2.0 if inf.scale_param == "log_variance" else 1.0)
+                                                   2.0 if inf.scale_param == "log_variance" else 1.0,
+                                                   sum_loss=inf.fast_loss == "sum")
         return self._compiled_step
 
     compile_fast_step = True  # benches switch it off to time today's decoder-only compile
@@ -167,10 +178,33 @@ class PyroLocal(PyroBackend):
                 self.compile_fast_step = False
                 return fit()
 
+    def trajectory_step(self, tokens, rows, shaping) -> dict:
+        """train.slow_gradient "trajectory", the published update: the fast loop with one eps and the
+        decoder's weights not frozen, so each step's backward adds the gradient of its loss at that
+        fast iterate; then the cross-entropy at the final z = mu + sigma eps (same eps) adds its
+        own, and slow_update clips the sum and steps, keeping what the fast loop accumulated."""
+        inf = dataclasses.replace(self.cfg.inference, fixed_noise=True)
+        self.optimizer.zero_grad(set_to_none=True)
+        with pyro.validation_enabled(False):
+            loc, log_scale, eps = fit_local_posterior(
+                self.model, tokens, self.latent_shape, inf, inf.steps, self.device, rows=rows, kl_shaping=shaping,
+                train_decoder=True)
+        loglik, kl = self.gaussian_elbo(tokens, loc, log_scale, eps.shape[0], eps)
+        n_tokens = tokens.shape[0] * (tokens.shape[1] - 1)
+        nll = -loglik.mean(0).sum() / n_tokens  # the published last_loss: mean cross-entropy at z
+        loss = nll + kl.sum() / n_tokens  # (its KL term is constant in the decoder)
+        metrics = {"loss": loss.detach(), "nll": nll.detach(), "kl": kl.mean().detach()}
+        if shaping is not None:
+            metrics["beta"] = shaping[0]
+        metrics.update(self.slow_update(loss, metrics, keep_grads=True))
+        return metrics
+
     def step(self, batch: np.ndarray) -> dict:
         tokens = self.tensor(batch)
         rows = self.training_rows(tokens.shape[0])
         shaping = kl_shape(self.iteration, self.cfg.inference)  # None: the plain ELBO
+        if self.cfg.train.slow_gradient == "trajectory":
+            return self.trajectory_step(tokens, rows, shaping)
         loc, log_scale, _ = self.fit_posterior(tokens, self.cfg.inference.steps, rows=rows, kl_shaping=shaping)
         slow_eps = torch_eps(rows, SLOW, tokens.shape[0], self.latent_shape, self.cfg.inference.num_samples, self.device)
         loglik, kl = self.gaussian_elbo(tokens, loc, log_scale, self.cfg.inference.num_samples, slow_eps)
