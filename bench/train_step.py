@@ -23,7 +23,8 @@ import numpy as np
 
 from ltm_ppl.checkpoint import library_versions
 from ltm_ppl.config import RunConfig
-from ltm_ppl.flops import decoder_forward, training_flops_per_token
+from ltm_ppl.flops import decoder_forward
+from ltm_ppl.inference import training_flops_per_token
 from ltm_ppl.inference import descriptor, methods
 from report import emit  # bench/ is on sys.path when a bench script runs
 

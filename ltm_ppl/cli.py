@@ -229,7 +229,7 @@ def fit(config_file, preset, size, backend, inference, data, tokenizer, iters, l
         cfg, _ = read_config(Path(resume))
         apply_overrides(cfg, overrides)
     else:
-        from .presets import build_config
+        from .config import build_config
 
         cfg = build_config(preset, size, config_file, overrides)
     summary = fit_run(cfg, out=out, resume=resume, progress=not quiet(),

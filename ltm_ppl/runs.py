@@ -98,7 +98,8 @@ def evaluate_run(opened: OpenRun, split: str = "val", data: str | None = None, s
     and the function it yields is called with the windows done."""
     from .data import load_corpus, num_windows, split_tokens
     from .evaluate import unigram_bound, windows_bound
-    from .flops import decoder_forward, training_flops_per_token
+    from .flops import decoder_forward
+    from .inference import training_flops_per_token
     from .inference import descriptor, methods
     from .train import load_inference, require_windows
 

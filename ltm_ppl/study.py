@@ -137,7 +137,7 @@ def evaluate_twin(run: Path, grid: Grid, seed: int) -> list[dict]:
 
 
 def _describe(cfg) -> dict:
-    from .flops import training_flops_per_token
+    from .inference import training_flops_per_token
 
     m, t = cfg.model, cfg.train
     tokens = t.iters * t.batch_size * m.block_size

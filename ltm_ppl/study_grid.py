@@ -174,7 +174,7 @@ def twin_configs(cfg: RunConfig, flops_matched: bool = False) -> list[tuple[str,
     the same-window twin trained for as many iterations as the LTM's training FLOPs buy it)."""
     import copy
 
-    from .flops import training_flops_per_token
+    from .inference import training_flops_per_token
     from .inference import methods
 
     twins = []

@@ -15,7 +15,7 @@ from .data import build_tokenizer, load_corpus, load_tokenizer, num_windows, spl
 from .destination import check_creatable
 from .errors import Interrupted, LtmError
 from .evaluate import unigram_bound, windows_bound
-from .flops import training_flops_per_token
+from .inference import training_flops_per_token
 from .stop_signals import StopRequest
 
 

@@ -12,48 +12,17 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
 from ..errors import LtmError
-from . import shards as S
-from .corpus import SPLITS, assign_parts
+from .jobs import Job, job_parts
+from .splits import SPLITS
+from .tokenizer import Tokenizer
 
 BATCH_CHARS = 1 << 20  # documents are encoded in batches of about this many characters
 POOL_MIN_BYTES = 8 << 20  # smaller corpora are tokenised in this process (no pool start-up)
-
-
-@dataclass(frozen=True)
-class Job:
-    index: int
-    num_bytes: int
-    # (path, kind, start, stop, first document, first line, bytes) per piece of a shard
-    pieces: tuple = ()
-    num_documents: int = 0  # documents in the whole corpus (the split rule needs it)
-    assigned: tuple = field(default=(), repr=False)  # ((split, text), ...) of an in-memory corpus
-
-
-def piece_documents(path: Path, kind: str, piece) -> Iterator[str]:
-    start, stop, _, first_line = piece[:4]
-    if kind == "txt":
-        yield S.read_txt(path)
-    elif kind == "parquet":
-        yield from S.parquet_documents(path, start, stop)
-    else:
-        yield from S.jsonl_documents(path, kind, start, stop, first_line)
-
-
-def job_parts(job: Job) -> Iterator[tuple[str, str, str]]:
-    """(split, text, source file) of every document part of the job, in corpus order."""
-    for split, text in job.assigned:
-        yield split, text, "(built-in corpus)"
-    for path, kind, *piece in job.pieces:
-        for i, text in enumerate(piece_documents(Path(path), kind, piece)):
-            for split, part in assign_parts(piece[2] + i, text, job.num_documents):
-                yield split, part, path
 
 
 class ShardWriter:
@@ -134,8 +103,6 @@ _worker: dict = {}
 
 def _init_worker(tokenizer_json: str, name: str, out_dir: str, dtype: str) -> None:
     from tokenizers import Tokenizer as HF
-
-    from .tokenizer import Tokenizer
 
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # the processes are the parallelism
     _worker.update(tokenizer=Tokenizer(HF.from_str(tokenizer_json), name), out_dir=Path(out_dir), dtype=np.dtype(dtype))

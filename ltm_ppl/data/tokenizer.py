@@ -17,7 +17,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Iterable
 
+from ..durable import atomic_write_text
 from ..errors import LtmError
+from .location import cache_dir
+from .utf8 import complete_prefix, utf8_tables
 
 EOT = "<|endoftext|>"
 
@@ -91,8 +94,6 @@ class Tokenizer:
 
     def utf8_tables(self):
         """(allowed, next_state) of data.utf8 for this vocabulary, built once."""
-        from .utf8 import utf8_tables
-
         if getattr(self, "_utf8_tables", None) is None:
             self._utf8_tables = utf8_tables(self.token_bytes())
         return self._utf8_tables
@@ -100,8 +101,6 @@ class Tokenizer:
     def decode_text(self, ids) -> str:
         """Text of sampled ids: bytes joined and decoded strictly, a trailing incomplete character
         dropped; each end-of-text token shows as <|endoftext|>."""
-        from .utf8 import complete_prefix
-
         table = self.token_bytes()
         parts, current = [], bytearray()
         for i in ids:
@@ -114,8 +113,6 @@ class Tokenizer:
         return "".join(parts) + complete_prefix(bytes(current))
 
     def save(self, path: Path) -> None:
-        from .cache import atomic_write_text
-
         atomic_write_text(Path(path), self.hf.to_str())
 
 
@@ -155,8 +152,6 @@ def _trained_bpe(size: int, texts: Iterable[str], cache_key: str) -> Tokenizer:
     from tokenizers import pre_tokenizers
     from tokenizers.models import BPE
     from tokenizers.trainers import BpeTrainer
-
-    from .cache import atomic_write_text, cache_dir
 
     cached = cache_dir() / f"bpe-{size}-{cache_key[:24]}.json"
     if cached.exists():

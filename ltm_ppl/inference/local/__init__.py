@@ -2,14 +2,13 @@
 semi-amortized with `init = "amortized"`. Pyro in pyro.py, NumPyro in numpyro.py."""
 from __future__ import annotations
 
+from ...flops import decoder_forward, encoder_forward
 from ..descriptor import MethodDescriptor, Option
 from ..kl_shaping import FREE_BITS, KL_WARMUP, loss_is_bound
 
 
 def flops_per_token(cfg) -> float:
     """Fast steps (forward + activation-only backward), then the slow step (forward + full backward)."""
-    from ...flops import decoder_forward, encoder_forward
-
     m, inf = cfg.model, cfg.inference
     F, S = decoder_forward(m), inf.num_samples
     flops = 2 * F * inf.steps * S + 3 * F * S

@@ -22,7 +22,7 @@ import torch
 
 from ...models.chunked_ce_torch import token_log_probs
 from ...models.pyro_model import decode
-from .pyro import shaped_kl
+from ..gaussian import shaped_kl
 
 
 def gaussian_kl(loc: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
@@ -43,7 +43,7 @@ def negative_elbo(decoder, autocast: bool, tokens, eps, loc, scale_param, factor
     target = tokens[..., 1:].expand(hidden.shape[:-1])
     loglik = token_log_probs(hidden, decoder.tok_emb.weight, target).sum(-1)  # [S, B]
     # shaping's beta and free bits come as tensors: no recompile when beta warms up
-    kl = gaussian_kl(loc, log_scale) if shaping is None else shaped_kl(loc, log_scale, *shaping)
+    kl = gaussian_kl(loc, log_scale) if shaping is None else shaped_kl(loc, log_scale, *shaping, torch)
     n_tokens = max(1, tokens.shape[-1] - 1)
     return -(loglik.mean(0) - kl).sum() / n_tokens
 

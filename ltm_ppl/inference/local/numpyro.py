@@ -25,16 +25,10 @@ from ...models import jax_encoder
 from ...models.numpyro_model import local_guide
 from ..numpyro_backend import NumPyroBackend, Programs
 from ..numpyro_elbo import elbo_terms
+from ..gaussian import shaped_kl
 from ..kl_shaping import shaping_on
 from ..schedules import fast_lr, kl_shape
 from ...noise import INIT, SLOW, jax_eps
-
-
-def shaped_kl(loc, log_scale, beta, free_bits):
-    """The training objective's KL term per sequence [B]: beta * sum_j max(free_bits, KL_j), KL_j
-    the analytic KL of latent vector j (a KL warm-up, free bits). Never in a reported bound."""
-    kl_vectors = 0.5 * (loc**2 + jnp.exp(2 * log_scale) - 1 - 2 * log_scale).sum(-1)
-    return beta * jnp.maximum(kl_vectors, free_bits).sum(-1)
 
 
 def fast_lrs(steps: int, inf_cfg) -> np.ndarray:
@@ -99,7 +93,7 @@ def fit_local_posterior(model, tokens, shape, inf_cfg, lrs, key=None, fast_noise
         particles = inf_cfg.num_samples if eps is None else eps.shape[0]
         loglik, kl = elbo_terms(model, guide, tokens, num_particles=particles, latent_value=value, rng_key=rng)
         if kl_shaping is not None:
-            kl = shaped_kl(loc, log_scale, *kl_shaping)
+            kl = shaped_kl(loc, log_scale, *kl_shaping, jnp)
         return -(loglik.mean(0) - kl).sum() / n_tokens
 
     rows = jnp.arange(B)  # global row indices: on a sharded batch each device draws its own rows' eps
@@ -170,7 +164,7 @@ class LocalPrograms(Programs):
             nll = -loglik.mean(0).sum() / n_tokens
             loss = nll + kl.sum() / n_tokens
             if shaping is not None:  # the shaped training loss (its KL term is constant in the decoder)
-                loss = nll + shaped_kl(loc, log_scale, *shaping).sum() / n_tokens
+                loss = nll + shaped_kl(loc, log_scale, *shaping, jnp).sum() / n_tokens
             aux = {"loss": loss, "nll": nll, "kl": kl.mean()}
             if not self.semi_amortized:
                 return loss, aux

@@ -17,17 +17,11 @@ import pyro
 import torch
 
 from ...models.pyro_model import local_guide
+from ..gaussian import shaped_kl
 from ..pyro_backend import PyroBackend, frozen
 from ..pyro_elbo import elbo_terms
 from ..schedules import fast_lr, kl_shape
 from ...noise import ENCODER, FIXED, INIT, SLOW, torch_eps
-
-
-def shaped_kl(loc, log_scale, beta: float, free_bits: float):
-    """The training objective's KL term per sequence [B]: beta * sum_j max(free_bits, KL_j), KL_j
-    the analytic KL of latent vector j (a KL warm-up, free bits). Never in a reported bound."""
-    kl_vectors = 0.5 * (loc**2 + torch.exp(2 * log_scale) - 1 - 2 * log_scale).sum(-1)
-    return beta * torch.clamp(kl_vectors, min=free_bits).sum(-1)
 
 
 def initial_local(B, shape, inf_cfg, device, rows=None):
@@ -102,7 +96,7 @@ def fit_local_posterior(model, tokens, shape, inf_cfg, steps: int, device, obser
         value = None if step_eps is None else loc + log_scale.exp() * step_eps
         loglik, kl = elbo_terms(model, guide, tokens, num_particles=S if step_eps is None else step_eps.shape[0], latent_value=value)
         if kl_shaping is not None:
-            kl = shaped_kl(loc, log_scale, *kl_shaping)
+            kl = shaped_kl(loc, log_scale, *kl_shaping, torch)
         n_tokens = max(1, tokens.shape[-1] - 1)
         loss = -(loglik.mean(0) - kl).sum() / n_tokens
         loc.grad, scale_param.grad = torch.autograd.grad(loss, [loc, scale_param])
@@ -180,7 +174,7 @@ class PyroLocal(PyroBackend):
         metrics = {"loss": loss.detach(), "nll": nll.detach(), "kl": kl.mean().detach()}  # device scalars: no sync
         objective = loss
         if shaping is not None:  # the training loss is the shaped objective (its KL term is constant in the decoder)
-            objective = nll + shaped_kl(loc, log_scale, *shaping).sum() / n_tokens
+            objective = nll + shaped_kl(loc, log_scale, *shaping, torch).sum() / n_tokens
             metrics |= {"loss": objective.detach(), "beta": shaping[0]}
         if self.encoder is not None:
             # The encoder's own ELBO at its output, its eps keyed per sequence; the decoder is frozen
