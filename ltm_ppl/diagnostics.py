@@ -26,6 +26,7 @@ from .durable import atomic_write_text
 from .errors import LtmError
 from .evaluate import corpus_bound
 from .inference import descriptor, methods as known_methods
+from .inference.gaussian import kl_per_vector
 from .runs import open_run
 
 RHAT_LIMIT = 1.01
@@ -119,7 +120,7 @@ def gaussian_kl_per_vector(loc: np.ndarray, log_scale: np.ndarray) -> np.ndarray
     """Analytic KL(N(loc, exp(log_scale)^2) || N(0, I)) per sequence and latent vector [B, n_z]
     (the elementwise KL summed over the last dim)."""
     loc, log_scale = np.asarray(loc, np.float64), np.asarray(log_scale, np.float64)
-    return (0.5 * (loc**2 + np.exp(2.0 * log_scale) - 1.0 - 2.0 * log_scale)).sum(-1)
+    return kl_per_vector(loc, log_scale, np)
 
 
 def active_units(means: np.ndarray) -> np.ndarray:

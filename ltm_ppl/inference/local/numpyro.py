@@ -25,7 +25,7 @@ from ...models import jax_encoder
 from ...models.numpyro_model import local_guide
 from ..numpyro_backend import NumPyroBackend, Programs
 from ..numpyro_elbo import elbo_terms
-from ..gaussian import shaped_kl
+from ..gaussian import FAST_ADAM_EPS, FAST_BETA1, FAST_BETA2, published_start, shaped_kl
 from ..kl_shaping import shaping_on
 from ..schedules import fast_lr, kl_shape
 from ...noise import INIT, SLOW, jax_eps
@@ -42,11 +42,11 @@ def initial_local(B, shape, inf_cfg, key):
     published random start (mu 0.01 N(0,1), log variance -5 + 0.1 N(0,1), fresh per key)."""
     if inf_cfg.init == "published" and key is not None:  # keyed per sequence (noise.py)
         draw = jax_eps(key, INIT, jnp.arange(B), shape, 2)
-        return 0.01 * draw[0], 0.5 * (-5.0 + 0.1 * draw[1])
+        return published_start(draw[0], draw[1])
     if inf_cfg.init == "published":
         loc_key, var_key = jax.random.split(jax.random.fold_in(key, 7))
-        loc = 0.01 * jax.random.normal(loc_key, (B, *shape), jnp.float32)
-        return loc, 0.5 * (-5.0 + 0.1 * jax.random.normal(var_key, (B, *shape), jnp.float32))
+        return published_start(jax.random.normal(loc_key, (B, *shape), jnp.float32),
+                               jax.random.normal(var_key, (B, *shape), jnp.float32))
     return jnp.zeros((B, *shape), jnp.float32), jnp.full((B, *shape), inf_cfg.init_log_scale, jnp.float32)
 
 
@@ -55,7 +55,7 @@ def fast_optimizer(inf_cfg):
     (decoupled weight decay: u = adam + wd p, as torch's p(1 - lr wd) - lr adam) or SGD."""
     if inf_cfg.optimizer == "sgd":
         return optax.identity()
-    adam = optax.scale_by_adam(b1=0.9, b2=0.999, eps=1e-8)
+    adam = optax.scale_by_adam(b1=FAST_BETA1, b2=FAST_BETA2, eps=FAST_ADAM_EPS)
     if inf_cfg.optimizer == "adamw":
         return optax.chain(adam, optax.add_decayed_weights(inf_cfg.fast_weight_decay))
     return adam

@@ -17,7 +17,7 @@ import pyro
 import torch
 
 from ...models.pyro_model import local_guide
-from ..gaussian import shaped_kl
+from ..gaussian import FAST_ADAM_EPS, FAST_BETA1, FAST_BETA2, published_start, shaped_kl
 from ..pyro_backend import PyroBackend, frozen
 from ..pyro_elbo import elbo_terms
 from ..schedules import fast_lr, kl_shape
@@ -29,17 +29,15 @@ def initial_local(B, shape, inf_cfg, device, rows=None):
     published random start (mu 0.01 N(0,1), log variance -5 + 0.1 N(0,1), fresh per call)."""
     if inf_cfg.init == "published" and rows is not None:  # keyed per sequence (noise.py)
         draw = torch_eps(rows, INIT, B, shape, 2, device)
-        return 0.01 * draw[0], 0.5 * (-5.0 + 0.1 * draw[1])
+        return published_start(draw[0], draw[1])
     if inf_cfg.init == "published":
-        loc = 0.01 * torch.randn((B, *shape), device=device)
-        log_var = -5.0 + 0.1 * torch.randn((B, *shape), device=device)
-        return loc, 0.5 * log_var
+        return published_start(torch.randn((B, *shape), device=device), torch.randn((B, *shape), device=device))
     return torch.zeros((B, *shape), device=device), torch.full((B, *shape), inf_cfg.init_log_scale, device=device)
 
 
 def fast_optimizer(params, inf_cfg):
     if inf_cfg.optimizer == "adamw":  # the published loop: torch's AdamW defaults
-        return torch.optim.AdamW(params, lr=inf_cfg.fast_lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=inf_cfg.fast_weight_decay)
+        return torch.optim.AdamW(params, lr=inf_cfg.fast_lr, betas=(FAST_BETA1, FAST_BETA2), eps=FAST_ADAM_EPS, weight_decay=inf_cfg.fast_weight_decay)
     if inf_cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=inf_cfg.fast_lr)
     return torch.optim.SGD(params, lr=inf_cfg.fast_lr)
