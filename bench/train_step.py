@@ -23,7 +23,8 @@ import numpy as np
 
 from ltm_ppl.checkpoint import library_versions
 from ltm_ppl.config import RunConfig
-from ltm_ppl.flops import decoder_forward, training_flops_per_token
+from ltm_ppl.flops import decoder_forward
+from ltm_ppl.inference import training_flops_per_token
 from ltm_ppl.inference import descriptor, methods
 from report import emit  # bench/ is on sys.path when a bench script runs
 
@@ -31,7 +32,7 @@ SHAPES = {  # name: (n_layer, n_head, d_model, n_z, block_size, vocab, T)
     "tiny": (2, 2, 64, 4, 64, 257, 4),
     "small": (4, 4, 128, 8, 128, 1024, 4),  # the `ltm fit` default until issue 14 (batch 16)
     "default": (2, 4, 64, 8, 256, 1024, 4),  # the `ltm fit` default since issue 14 (batch 8)
-    "ltm-s": (3, 8, 512, 24, 1024, 50257, 16),  # DESIGN.md section 6
+    "ltm-s": (3, 8, 512, 24, 1024, 50257, 16),  # the paper's LTM-S (presets.SIZES)
     "ltm-m": (6, 8, 512, 24, 1024, 50257, 16),
     "ltm-l": (12, 8, 512, 96, 1024, 50257, 64),
 }

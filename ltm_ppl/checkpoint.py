@@ -32,6 +32,7 @@ from importlib import metadata
 from pathlib import Path
 
 import numpy as np
+from safetensors.numpy import load, save
 
 from . import durable
 from .config import FORMAT_VERSION, READABLE_FORMATS, RunConfig, config_from_dict
@@ -180,8 +181,6 @@ def _retire(path: Path) -> None:
 def save_checkpoint(run: Path, weights: dict, opt_tensors: dict, scalars: dict) -> Path:
     """Commit a checkpoint of iteration scalars["iteration"] (see the module's commit protocol);
     the previous one stays readable until this one is committed, and is pruned after."""
-    from safetensors.numpy import save
-
     weight_bytes = save({k: np.require(v, requirements="C") for k, v in weights.items()})
     opt_bytes = save({k: np.require(v, requirements="C") for k, v in opt_tensors.items()})
     state = dict(scalars, weights_sha256=_sha256(weight_bytes), optimizer_sha256=_sha256(opt_bytes))
@@ -302,8 +301,6 @@ def trainer_state(where: Path) -> dict:
 
 
 def _load_safetensors(path: Path, checksum: str | None) -> dict[str, np.ndarray]:
-    from safetensors.numpy import load
-
     try:
         data = path.read_bytes()
     except FileNotFoundError:

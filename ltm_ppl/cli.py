@@ -5,17 +5,29 @@ Every failure a user can cause prints one line `error: ...` on stderr and exits 
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import sys
 from pathlib import Path
 
 import click
+from tqdm import tqdm
 
 from . import __version__
-from .config import FLAGS, RunConfig, apply_overrides
+from .checkpoint import read_config
+from .config import FLAGS, RunConfig, apply_overrides, build_config
+from .diagnostics import DiagnoseSettings, diagnose_run
+from .distributed import env_rank
 from .errors import Interrupted, LtmError
+from .generate import SampleSettings, sample_run
 from .inference import registry
+from .plots import check_plot_path, plot_compare, plot_eval_steps
+from .published_checkpoint import import_checkpoint
+from .runs import check_eval_options, compare_runs, evaluate_run, open_run, parse_steps
+from .study import rebuild_tables, run_study
+from .threads import configure_threads
+from .train import fit as fit_run
 
 
 class LtmGroup(click.Group):
@@ -28,20 +40,14 @@ class LtmGroup(click.Group):
             click.echo(exc.ctx.get_help())
             sys.exit(0)
         except click.ClickException as exc:
-            from .distributed import env_rank
-
             if env_rank() == 0:
                 click.echo(f"error: {exc.format_message()}", err=True)
             sys.exit(2)
         except Interrupted as exc:  # a checkpoint was committed; the message says how to resume
-            from .distributed import env_rank
-
             if env_rank() == 0:
                 click.echo(str(exc), err=True)
             sys.exit(exc.exit_code)
         except LtmError as exc:
-            from .distributed import env_rank
-
             if env_rank() == 0:  # every worker refuses alike; the first one says why
                 click.echo(f"error: {exc}", err=True)
             sys.exit(2)
@@ -53,8 +59,6 @@ class LtmGroup(click.Group):
 
 def _set_threads(ctx, param, value):
     """Eager: the thread settings reach the environment before torch or jax is imported."""
-    from .threads import configure_threads
-
     configure_threads(value)
 
 
@@ -78,16 +82,10 @@ def common_options(command):
 def progress_bar(desc: str, unit: str):
     """A progress factory for the library, on stderr unless --quiet: entered with the total once
     every check has passed."""
-    import contextlib
-
-    from .distributed import env_rank
-
     disable = quiet() or env_rank() != 0  # one progress bar across workers
 
     @contextlib.contextmanager
     def factory(total: int):
-        from tqdm import tqdm
-
         with tqdm(total=total, desc=desc, unit=unit, disable=disable, dynamic_ncols=True) as bar:
             yield bar.update
 
@@ -210,9 +208,6 @@ def method_overrides(kw: dict) -> dict:
 def fit(config_file, preset, size, backend, inference, data, tokenizer, iters, lr_decay_iters, steps, batch_size, attention_window, out,
         resume, compile_, log_interval, seed, device, as_json, **kw):
     """Train an LTM; a new run directory unless --resume."""
-    from .checkpoint import read_config
-    from .train import fit as fit_run
-
     overrides = method_overrides(kw) | {
         "train.backend": backend, "inference.method": inference, "data.data": data, "data.tokenizer": tokenizer,
         "train.iters": iters, "train.lr_decay_iters": lr_decay_iters, "inference.steps": steps, "train.batch_size": batch_size, "train.compile": compile_,
@@ -229,8 +224,6 @@ def fit(config_file, preset, size, backend, inference, data, tokenizer, iters, l
         cfg, _ = read_config(Path(resume))
         apply_overrides(cfg, overrides)
     else:
-        from .presets import build_config
-
         cfg = build_config(preset, size, config_file, overrides)
     summary = fit_run(cfg, out=out, resume=resume, progress=not quiet(),
                       echo=(lambda s: click.echo(s, err=True)) if as_json else click.echo)
@@ -239,8 +232,6 @@ def fit(config_file, preset, size, backend, inference, data, tokenizer, iters, l
 
 
 def _open_run(run: str, backend, device, overrides: dict | None = None):
-    from .runs import open_run
-
     return open_run(run, {"train.backend": backend, "train.device": device, **(overrides or {})})
 
 
@@ -265,9 +256,6 @@ def _open_run(run: str, backend, device, overrides: dict | None = None):
 @json_option
 def eval_cmd(run, split, data, steps, kind, samples, fixed_noise, batch_size, max_windows, plot, inference, backend, seed, device, as_json, **kw):
     """Held-out bounds of a run: nats/token and perplexity, corpus-level, fresh noise."""
-    from .plots import check_plot_path, plot_eval_steps
-    from .runs import check_eval_options, evaluate_run, parse_steps
-
     check_eval_options(samples, batch_size, max_windows)
     plot = check_plot_path(plot)
     opened = _open_run(run, backend, device, method_overrides(kw) | {"inference.method": inference})
@@ -335,8 +323,6 @@ def print_eval(record: dict, split: str) -> None:
 def sample(run, prompt, num, max_tokens, temperature, top_k, steps, stop_at_eos, inference, backend, seed, device, as_json, **kw):
     """Generate text: latents from the prior, or from the posterior given --prompt. Tokens whose
     bytes cannot continue valid UTF-8 are never sampled."""
-    from .generate import SampleSettings, sample_run
-
     settings = SampleSettings(prompt, num, max_tokens, temperature, top_k, steps, seed, stop_at_eos)  # checks first
     opened = _open_run(run, backend, device, method_overrides(kw) | {"inference.method": inference})
     record = sample_run(opened, settings, progress_bar("sample", "tok"))
@@ -372,8 +358,6 @@ def sample(run, prompt, num, max_tokens, temperature, top_k, steps, stop_at_eos,
 @functools.partial(method_options, without=("chains", "draws"))
 def diagnose(run, methods, sequences, chains, draws, steps, split, data, out, bounds, backend, seed, device, as_json, **kw):
     """Posterior quality: R-hat / ESS of chains, PSIS k-hat of variational posteriors, collapse."""
-    from .diagnostics import DiagnoseSettings, diagnose_run
-
     names = [m.strip() for m in methods.split(",")] if methods else None
     settings = DiagnoseSettings(names, sequences, chains, draws, steps, split, data, out, backend, device,
                                 0 if seed is None else seed, overrides=method_overrides(kw), bounds=bounds)
@@ -439,9 +423,6 @@ def diagnose(run, methods, sequences, chains, draws, steps, split, data, out, bo
 @json_option
 def compare(runs, split, data, steps, samples, max_windows, batch_size, plot, backend, seed, device, as_json):
     """Bounds of several runs on the same tokens, with FLOPs per token (e.g. an LTM vs its baseline)."""
-    from .plots import check_plot_path, plot_compare
-    from .runs import compare_runs
-
     plot = check_plot_path(plot)
     table = compare_runs(list(runs), split, data, steps, samples, max_windows, batch_size, seed,
                          progress=progress_bar("compare", "seq"), overrides={"train.backend": backend, "train.device": device})
@@ -468,8 +449,6 @@ def compare(runs, split, data, steps, samples, max_windows, batch_size, plot, ba
 def import_cmd(checkpoint_file, out, data, as_json):
     """A checkpoint of the published LTM code (torch.save of model, model_args, ...) as a run that
     eval, sample, diagnose and compare read. Loaded with weights_only=True: code is never run."""
-    from .published_checkpoint import import_checkpoint
-
     summary = import_checkpoint(checkpoint_file, out, data)
     if as_json:
         emit_json(summary)
@@ -491,8 +470,6 @@ def import_cmd(checkpoint_file, out, data, as_json):
 def study(grid, out, only, table_only, as_json):
     """A grid of `ltm fit` runs from one base recipe (TOML), each bounded as `ltm eval` does, with
     its autoregressive twin; one table (JSON + Markdown) and plots. Resumable."""
-    from .study import rebuild_tables, run_study
-
     echo = functools.partial(click.echo, err=True)  # one line per run started, on stderr
     if table_only:
         summary = rebuild_tables(grid, out)

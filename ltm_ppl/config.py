@@ -14,6 +14,10 @@ from pathlib import Path
 
 from .checks import MAX_SEED, require_non_negative, require_positive
 from .errors import LtmError
+# Methods as data: [inference]'s fields are the registered methods' options. The registry and the
+# method descriptors import no config (and neither torch nor jax), so this is no circle.
+from .inference.registry import backends, options
+from .presets import preset_settings, size_settings
 
 FORMAT_VERSION = 2  # 2: checkpoints/<iter>/ folders, train.lr_decay_iters stored resolved
 READABLE_FORMATS = (1, 2)
@@ -72,8 +76,6 @@ def _init_log_scale(self) -> float:
 def _inference_config_class():
     """[inference]: the settings every method reads, then each registered method's options (their
     fields, types and defaults come from the method descriptors: an option is declared once)."""
-    from .inference.registry import options
-
     common = [
         ("method", str, field(default="local")),
         ("steps", int, field(default=4)),  # inner steps per training iteration: fast steps (local), Langevin steps
@@ -192,8 +194,6 @@ def config_from_dict(raw: dict) -> RunConfig:
 def apply_aliases(inf) -> None:
     """Older names of option values (an Option's aliases) replaced by their current names, so runs
     and commands written before a rename keep their meaning."""
-    from .inference.registry import options
-
     for option in options():
         value = getattr(inf, option.field)
         renamed = dict(option.aliases).get(value) if isinstance(value, str) else None
@@ -213,14 +213,12 @@ def _parse_toml(path: str | Path) -> dict:
 
 def load_toml(path: str | Path) -> RunConfig:
     """The file's settings over the defaults (and over its named preset and size, if any)."""
-    from .presets import build_config
-
     return build_config(None, None, path, {})
 
 
 def read_toml(path: str | Path) -> tuple[dict[str, object], dict[str, str]]:
     """({"section.field": value} of the settings the file sets, {"preset"/"size": name}), so the
-    file can be layered over a preset (ltm_ppl.presets.build_config)."""
+    file can be layered over a preset (build_config)."""
     raw = _parse_toml(path)
     names = {}
     for key in NAMED:
@@ -254,8 +252,6 @@ FLAGS = {
 
 
 def _flag(name: str) -> str:
-    from .inference.registry import options
-
     flags = FLAGS | {f"inference.{o.field}": o.flag for o in options() if o.flag}
     return f" ({flags[name]})" if name in flags else ""
 
@@ -282,8 +278,6 @@ CHECKS = {"positive": _positive, "non_negative": _non_negative, "open_unit": _op
 
 
 def validate(cfg: RunConfig, methods: tuple[str, ...] = ()) -> RunConfig:
-    from .inference.registry import backends, options
-
     m, inf, t = cfg.model, cfg.inference, cfg.train
     for name in ("n_layer", "n_head", "d_model", "block_size"):
         _positive(f"model.{name}", getattr(m, name))
@@ -338,4 +332,26 @@ def validate(cfg: RunConfig, methods: tuple[str, ...] = ()) -> RunConfig:
     _one_of("train.device", t.device, DEVICES)
     _one_of("train.slow_gradient", t.slow_gradient, SLOW_GRADIENTS)
     _one_of("train.backend", t.backend, backends())
+    return cfg
+
+
+def build_config(preset: str | None, size: str | None, config_file: str | None, overrides: dict):
+    """RunConfig from defaults < preset < size < TOML < flags. The TOML may name `preset` and
+    `size` at its top level; the flags --preset / --size win over those names.
+
+    The preset's 1000 warm-up iterations shrink to a tenth of train.iters when the run is shorter
+    than them (and nothing but the preset set the warm-up), so a short run still decays."""
+    sections, names = read_toml(config_file) if config_file else ({}, {})
+    preset = preset if preset is not None else names.get("preset")
+    size = size if size is not None else names.get("size")
+    cfg = RunConfig()
+    if preset is not None:
+        apply_overrides(cfg, preset_settings(preset))
+    if size is not None:
+        apply_overrides(cfg, size_settings(size))
+    apply_overrides(cfg, sections)
+    apply_overrides(cfg, overrides)
+    warmup_from_preset = preset is not None and "train.warmup_iters" not in sections and overrides.get("train.warmup_iters") is None
+    if warmup_from_preset and cfg.train.warmup_iters >= cfg.train.iters:
+        cfg.train.warmup_iters = max(1, cfg.train.iters // 10)
     return cfg

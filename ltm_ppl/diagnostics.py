@@ -9,6 +9,8 @@ MCMC draws are measured from the draws, beside the same estimator's value on pri
 from __future__ import annotations
 
 import contextlib
+import datetime
+import json
 import math
 import warnings
 from dataclasses import dataclass
@@ -16,8 +18,16 @@ from pathlib import Path
 
 import numpy as np
 
+from .checkpoint import read_config
 from .checks import require_positive, require_seed
+from .data import eval_batches, load_corpus, split_tokens
+from .destination import check_creatable
+from .durable import atomic_write_text
 from .errors import LtmError
+from .evaluate import corpus_bound
+from .inference import descriptor, methods as known_methods
+from .inference.gaussian import kl_per_vector
+from .runs import open_run
 
 RHAT_LIMIT = 1.01
 ESS_MIN = 400  # bulk ESS summed over chains
@@ -110,7 +120,7 @@ def gaussian_kl_per_vector(loc: np.ndarray, log_scale: np.ndarray) -> np.ndarray
     """Analytic KL(N(loc, exp(log_scale)^2) || N(0, I)) per sequence and latent vector [B, n_z]
     (the elementwise KL summed over the last dim)."""
     loc, log_scale = np.asarray(loc, np.float64), np.asarray(log_scale, np.float64)
-    return (0.5 * (loc**2 + np.exp(2.0 * log_scale) - 1.0 - 2.0 * log_scale)).sum(-1)
+    return kl_per_vector(loc, log_scale, np)
 
 
 def active_units(means: np.ndarray) -> np.ndarray:
@@ -254,8 +264,6 @@ class DiagnoseSettings:
 
 
 def check_diagnose_options(methods: list[str], draws: int) -> None:
-    from .inference import descriptor
-
     if draws < MIN_KHAT_DRAWS and any(descriptor(m).posterior_kind == "variational" for m in methods):
         raise LtmError(f"--draws {draws} is below {MIN_KHAT_DRAWS}, the draws PSIS k-hat of a variational posterior needs")
 
@@ -285,17 +293,6 @@ def diagnose_run(run, settings: DiagnoseSettings | None = None, progress=None) -
     settings.overrides ("inference.<field>": value, None skipped) set method options (kernel, warm-up, init).
     Everything is checked first; then progress(2 per method, 1 more for the amortization gap) is
     entered and advanced after each method's draws and after its statistics and files."""
-    import datetime
-    import json
-
-    from .checkpoint import read_config
-    from .data import eval_batches, load_corpus, split_tokens
-    from .data.cache import atomic_write_text
-    from .destination import check_creatable
-    from .inference import descriptor
-    from .inference import methods as known_methods
-    from .runs import open_run
-
     s = settings or DiagnoseSettings()
     sequences, chains, draws, steps, split, seed = s.sequences, s.chains, s.draws, s.steps, s.split, s.seed
     run = Path(run)
@@ -361,8 +358,6 @@ def method_bounds(inference, batch, steps: int, seed: int) -> dict:
     STEPS --samples 16 [--bound iwae] --max-windows B --batch-size B --seed SEED` (and, for a chain
     method, the same --chains / --draws / kernel options). A chain method's q is the diagonal
     Gaussian fitted to its kept draws (its own bound / log_weights)."""
-    from .evaluate import corpus_bound
-
     elbo = corpus_bound(inference, [batch], steps, BOUND_SAMPLES, seed=seed, kind="elbo")
     iwae = corpus_bound(inference, [batch], steps, BOUND_SAMPLES, seed=seed, kind="iwae")
     return {"steps": steps, "samples": BOUND_SAMPLES, "num_tokens": elbo["num_tokens"],

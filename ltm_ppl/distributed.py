@@ -17,10 +17,13 @@ Importing this module imports neither torch nor jax.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from .errors import LtmError
 
@@ -87,7 +90,6 @@ class World:
             box = [text]
             dist.broadcast_object_list(box, src=0)
             return box[0]
-        import numpy as np
         from jax.experimental import multihost_utils
 
         raw = np.zeros(4096, np.uint8)
@@ -241,8 +243,6 @@ def describe(w: World) -> str:
 
 def fingerprint(cfg) -> str:
     """What every worker must agree on: the whole config, backend included."""
-    import dataclasses
-
     return json.dumps(dataclasses.asdict(cfg), sort_keys=True, default=str)
 
 

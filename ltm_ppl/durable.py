@@ -76,3 +76,35 @@ def atomic_replace(path: Path, data: bytes) -> None:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+# Quiet variants for files that belong to no run (token caches, indexes, tables of a study): no
+# fault points, so the steps a crash test counts are those of a run's commit alone.
+def _create_temporary(path: Path):
+    """An open, new, hidden sibling of `path`, created mode 0666 minus the umask (mkstemp's 0600
+    would make run and cache files unreadable to the group where the umask allows it)."""
+    while True:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+        try:
+            return tmp, os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb")
+        except FileExistsError:
+            continue
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `path` as a whole or not at all: a synced temporary sibling renamed into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp, fh = _create_temporary(path)
+    try:
+        with fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))

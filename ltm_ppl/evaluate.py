@@ -7,7 +7,9 @@ from collections.abc import Iterable
 import numpy as np
 
 from .data.windows import eval_batches, num_windows
+from .distributed import world
 from .errors import LtmError
+from .noise import Rows
 
 def iwae_terms(log_weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(IWAE_K, sampled-KL ELBO) per sequence from log weights [K, B] of the same draws.
@@ -34,9 +36,6 @@ def corpus_bound(inference, batches: Iterable[np.ndarray], steps: int, num_sampl
     total = loglik = kl = sampled_elbo = 0.0
     n_tokens = n_seq = 0
     per_seq_ppl = []
-    from .distributed import world
-    from .noise import Rows
-
     w = world()
     with inference.rng_scope(seed):
         for index, batch in enumerate(batches):

@@ -1,14 +1,17 @@
 """Matmul FLOPs per predicted token, from the config alone (2 FLOPs per multiply-add).
 
-So runs can be compared token-matched (the paper's) or compute-matched: `training_flops_per_token`
-counts the whole training iteration of a method per training token (the method's descriptor says
-how many forwards and backwards that is). A backward pass costs two
+So runs can be compared token-matched (the paper's) or compute-matched: a method's descriptor counts
+its whole training iteration per training token from these (inference.registry's
+`training_flops_per_token`). A backward pass costs two
 forwards when it computes weight and activation gradients, one when it computes activation
 gradients only (the fast steps, the Langevin steps: the decoder is frozen there).
 """
 from __future__ import annotations
 
-from .config import ModelConfig, RunConfig
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only: the method descriptors (below config) count with these
+    from .config import ModelConfig
 
 
 def keys_per_query(L: int, window: int, causal: bool) -> float:
@@ -39,10 +42,3 @@ def encoder_forward(m: ModelConfig) -> float:
     pool = 2 * 2 * d * d + (2 * 2 * d * d * m.n_z + 2 * 2 * m.n_z * L * d + 2 * 2 * d * d * m.n_z) / L
     return layers + pool + 2 * 2 * d * d * m.n_z / L
 
-
-def training_flops_per_token(cfg: RunConfig) -> float:
-    """FLOPs of one training iteration divided by the predicted tokens it trains on (each method's
-    count is in its descriptor, built from decoder_forward and encoder_forward)."""
-    from .inference.registry import descriptor
-
-    return descriptor(cfg.inference.method).flops_per_token(cfg)

@@ -2,9 +2,11 @@
 Every LTM curve is labelled as a bound; an AR (no latent) number as exact."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from .errors import LtmError
+from .inference import descriptor
 
 
 def check_plot_path(path: str | Path | None) -> Path | None:
@@ -32,8 +34,6 @@ def _pyplot():
 
 def _save(fig, path: Path) -> None:
     """Written to a hidden sibling, then renamed: a plot is either complete or absent."""
-    import os
-
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
     try:
         fig.savefig(tmp, dpi=90, bbox_inches="tight")
@@ -66,8 +66,6 @@ def plot_eval_steps(record: dict, path: Path) -> None:
 
 def plot_compare(table: dict, path: Path) -> None:
     """One bar per run of `ltm compare`: its bound (LTM) or exact NLL (no latent), nats/token."""
-    from .inference import descriptor
-
     plt = _pyplot()
     rows = table["rows"]
     exact = [not descriptor(r["inference"]).latent for r in rows]  # no latent: the exact NLL

@@ -1,7 +1,7 @@
 """Named settings: `--preset paper` (the published recipe) and `--size ltm-s|ltm-m|ltm-l` (the
 paper's model shapes), as dotted overrides of RunConfig.
 
-Precedence, lowest first: preset, size, the --config TOML, flags (build_config). The published
+Precedence, lowest first: preset, size, the --config TOML, flags (config.build_config). The published
 values come from the authors' training code (issue 10): the fast loop is AdamW (weight decay 0.01)
 on (mu, log variance) from mu 0.01 N(0,1), log variance -5 + 0.1 N(0,1), step size
 lr/10 + 0.5 (1 + cos(pi s / T)) (lr - lr/10) with lr 0.34, one eps reused at every step, on the
@@ -69,26 +69,3 @@ def preset_settings(name: str) -> dict:
 def size_settings(name: str) -> dict:
     return _named(SIZES, "size", name)
 
-
-def build_config(preset: str | None, size: str | None, config_file: str | None, overrides: dict):
-    """RunConfig from defaults < preset < size < TOML < flags. The TOML may name `preset` and
-    `size` at its top level; the flags --preset / --size win over those names.
-
-    The preset's 1000 warm-up iterations shrink to a tenth of train.iters when the run is shorter
-    than them (and nothing but the preset set the warm-up), so a short run still decays."""
-    from .config import RunConfig, apply_overrides, read_toml
-
-    sections, names = read_toml(config_file) if config_file else ({}, {})
-    preset = preset if preset is not None else names.get("preset")
-    size = size if size is not None else names.get("size")
-    cfg = RunConfig()
-    if preset is not None:
-        apply_overrides(cfg, preset_settings(preset))
-    if size is not None:
-        apply_overrides(cfg, size_settings(size))
-    apply_overrides(cfg, sections)
-    apply_overrides(cfg, overrides)
-    warmup_from_preset = preset is not None and "train.warmup_iters" not in sections and overrides.get("train.warmup_iters") is None
-    if warmup_from_preset and cfg.train.warmup_iters >= cfg.train.iters:
-        cfg.train.warmup_iters = max(1, cfg.train.iters // 10)
-    return cfg

@@ -21,6 +21,7 @@ renamed into place (checkpoint.stage_run / commit_run).
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -30,7 +31,13 @@ from pathlib import Path
 
 import numpy as np
 
+from . import checkpoint, durable
+from .config import build_config, validate
+from .data import build_tokenizer, load_corpus
+from .destination import check_creatable
 from .errors import LtmError
+from .inference import create, methods
+from .train import resolve_horizon
 
 PROVENANCE = "imported.json"  # what the run was imported from (source, iteration, model_args)
 GPT2_TOKENS = 50257
@@ -151,9 +158,6 @@ def mlp_hidden(args: dict) -> int:
 def run_config(args: dict, settings: dict, data: str | None):
     """The run's config: the paper preset (the published fast loop) with the checkpoint's shapes,
     its own num_steps / fast_lr where its training config has them, and the GPT-2 tokenizer."""
-    from .presets import build_config
-    from .train import resolve_horizon
-
     cfg = build_config("paper", None, None, {})
     window = args["window_size"]
     model = {
@@ -325,14 +329,6 @@ def _plain(value):
 
 def import_checkpoint(source: str | Path, out: str | None = None, data: str | None = None) -> dict:
     """Write the run; returns a summary (run, source, shapes, settings)."""
-    import copy
-
-    from . import checkpoint, durable
-    from .config import validate
-    from .data import build_tokenizer, load_corpus
-    from .destination import check_creatable
-    from .inference import create, methods
-
     source = Path(source)
     run = checkpoint.new_run_dir(out)  # refuses an existing run or a non-empty folder
     check_creatable(run)

@@ -9,9 +9,16 @@ from pathlib import Path
 
 import numpy as np
 
+from .checkpoint import read_config
 from .checks import require_positive, require_seed
 from .config import RunConfig, apply_overrides, validate
+from .data import load_corpus, num_windows, split_tokens
+from .distributed import start
 from .errors import LtmError
+from .evaluate import unigram_bound, windows_bound
+from .flops import decoder_forward
+from .inference import descriptor, methods, training_flops_per_token
+from .train import check_method_fits_run, load_inference, require_windows, run_tokenizer
 
 
 @dataclass
@@ -30,17 +37,12 @@ class OpenRun:
 def open_run(run: str | Path, overrides: dict | None = None) -> OpenRun:
     """The run at `run` with its weights loaded; overrides ("section.field": value, None skipped)
     may switch backend, device or inference method (and its options)."""
-    from .checkpoint import read_config
-    from .inference import methods
-    from .train import check_method_fits_run, load_inference, run_tokenizer
-
     path = Path(run)
     cfg, _ = read_config(path)
     trained_cfg = copy.deepcopy(cfg)
     apply_overrides(cfg, overrides or {})
     validate(cfg, methods())
     check_method_fits_run(cfg, trained_cfg.inference.method)
-    from .distributed import start
 
     start(cfg.train.backend, cfg.train.device)  # under torchrun: the workers share the windows
     tokenizer = run_tokenizer(path, cfg)
@@ -96,12 +98,6 @@ def evaluate_run(opened: OpenRun, split: str = "val", data: str | None = None, s
 
     Everything is checked before any bound is computed; then progress(total windows) is entered
     and the function it yields is called with the windows done."""
-    from .data import load_corpus, num_windows, split_tokens
-    from .evaluate import unigram_bound, windows_bound
-    from .flops import decoder_forward, training_flops_per_token
-    from .inference import descriptor, methods
-    from .train import load_inference, require_windows
-
     cfg = opened.cfg
     method = descriptor(cfg.inference.method)
     check_eval_options(samples, batch_size, max_windows)

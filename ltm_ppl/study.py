@@ -15,8 +15,18 @@ from pathlib import Path
 
 import numpy as np
 
+from . import checkpoint
+from .checkpoint import read_config
+from .data import load_corpus, split_tokens
+from .diagnostics import collapse_from_q
+from .durable import atomic_write_text
 from .errors import LtmError
+from .evaluate import eval_batches
+from .inference import training_flops_per_token
+from .plots import study_plots
+from .runs import evaluate_run, open_run
 from .study_grid import Grid, Point, load_grid, twin_configs, twin_key
+from .train import fit
 
 # The issue's rule for "latents in use": held-out KL >= 0.02 nats/token, and at least half of the
 # latent vectors above 0.5 nats each (KL of q against the prior, averaged over windows).
@@ -25,24 +35,17 @@ IN_USE_VECTOR_NATS = 0.5
 
 
 def _write_json(path: Path, record: dict) -> None:
-    from .data.cache import atomic_write_text
-
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(record, indent=1, default=float) + "\n")
 
 
 def _run_finished(run: Path, iters: int) -> bool:
-    from . import checkpoint
-
     return checkpoint.trainer_state(checkpoint.latest_checkpoint(run))["iteration"] >= iters
 
 
 def train_run(cfg, run: Path, echo) -> dict:
     """`ltm fit` of cfg into `run`, resumed if a killed study left it unfinished. Returns wall
     seconds of this call and whether it resumed."""
-    from . import checkpoint
-    from .train import fit
-
     start = time.perf_counter()
     resumed = False
     if checkpoint.is_run(run):
@@ -86,10 +89,6 @@ def in_use(kl_per_vector, predicted_tokens: int) -> dict:
 def latent_use(opened, windows: int, steps: int, batch_size: int, seed: int) -> dict:
     """KL of q (fitted by `steps` fast steps) per window and per latent vector, active units and
     the issue's "in use" rule, over the first `windows` val windows."""
-    from .data import load_corpus, split_tokens
-    from .diagnostics import collapse_from_q
-    from .evaluate import eval_batches
-
     cfg = opened.cfg
     tokens = split_tokens(load_corpus(cfg.data.data), "val", opened.tokenizer)
     locs, scales = [], []
@@ -106,8 +105,6 @@ def latent_use(opened, windows: int, steps: int, batch_size: int, seed: int) -> 
 def evaluate_ltm(run: Path, grid: Grid, seed: int) -> list[dict]:
     """Rows of one LTM run: an ELBO row per test-time T (KL per window, active units beside it) and
     an IWAE_K row per (T, K)."""
-    from .runs import evaluate_run, open_run
-
     opened = open_run(run)
     batch = grid.batch_size or opened.cfg.train.batch_size
     W = grid.eval_windows
@@ -127,8 +124,6 @@ def evaluate_ltm(run: Path, grid: Grid, seed: int) -> list[dict]:
 
 
 def evaluate_twin(run: Path, grid: Grid, seed: int) -> list[dict]:
-    from .runs import evaluate_run, open_run
-
     opened = open_run(run)
     rec = evaluate_run(opened, "val", None, None, 1, "elbo", False, grid.batch_size or opened.cfg.train.batch_size,
                        grid.eval_windows, seed)
@@ -137,8 +132,6 @@ def evaluate_twin(run: Path, grid: Grid, seed: int) -> list[dict]:
 
 
 def _describe(cfg) -> dict:
-    from .flops import training_flops_per_token
-
     m, t = cfg.model, cfg.train
     tokens = t.iters * t.batch_size * m.block_size
     fpt = training_flops_per_token(cfg)
@@ -160,7 +153,6 @@ def run_one(run_id: str, cfg, kind: str, out: Path, grid: Grid, echo, extra: dic
     echo(f"study: {run_id}: eval")
     start = time.perf_counter()
     rows = evaluate_ltm(run, grid, cfg.train.seed) if kind == "ltm" else evaluate_twin(run, grid, cfg.train.seed)
-    from .checkpoint import read_config
 
     _, stored = read_config(run)
     record = {"id": run_id, "kind": kind, "run": str(run), "seed": cfg.train.seed, **extra, **_describe(cfg), **fitted,
@@ -181,7 +173,6 @@ def run_study(grid_path: str | Path, out: str | Path, only: list[str] | None = N
             raise LtmError(f"--only {name}: no such point (points: {', '.join(names)})")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    from .data.cache import atomic_write_text
 
     atomic_write_text(out / "grid.toml", Path(grid_path).read_text())  # what produced the table
     for point in grid.points:
@@ -290,9 +281,6 @@ def markdown(rows: list[dict], grid: Grid) -> str:
 
 def write_tables(grid: Grid, out: Path) -> dict:
     """study.json (records and table rows), study.md and the plots, from what out/points holds."""
-    from .data.cache import atomic_write_text
-    from .plots import study_plots
-
     ltm, twins = collect(grid, out)
     rows = table_rows(ltm, twins)
     summary = {"out": str(out), "points_done": len(ltm), "points_total": sum(len(p.seeds) for p in grid.points),

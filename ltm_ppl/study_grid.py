@@ -23,6 +23,7 @@ how every run is evaluated. Only parsing and checking here (no torch, no jax); s
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import re
@@ -31,8 +32,9 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import SECTIONS, RunConfig, apply_overrides, validate
+from .config import RunConfig, SECTIONS, apply_overrides, validate
 from .errors import LtmError
+from .inference import descriptor, methods, training_flops_per_token
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=+-]{0,63}$")  # a point's name is a file name too
 STUDY_KEYS = {"seeds", "eval_steps", "iwae_samples", "iwae_steps", "eval_windows", "twins", "batch_size", "flops_twins"}
@@ -64,7 +66,6 @@ class Grid:
         cfg = apply_overrides(RunConfig(), self.base)
         apply_overrides(cfg, point.settings)
         cfg.train.seed = seed
-        from .inference import methods
 
         return validate(cfg, methods())
 
@@ -149,8 +150,6 @@ def parse_grid(raw: dict, source: str = "grid") -> Grid:
     for point in grid.points:  # every config checked before anything runs
         for seed in point.seeds:
             cfg = grid.config(point, seed)
-            from .inference import descriptor
-
             if not descriptor(cfg.inference.method).latent:
                 raise LtmError(f"{source}: point {point.name} trains without latents; AR twins are added by the study (study.twins)")
     return grid
@@ -172,11 +171,6 @@ def twin_configs(cfg: RunConfig, flops_matched: bool = False) -> list[tuple[str,
     the LTM's self-attention is windowed, ("full attention", the same with full attention). Same
     shapes, batches and iterations: equal training tokens. With flops_matched, also ("equal FLOPs",
     the same-window twin trained for as many iterations as the LTM's training FLOPs buy it)."""
-    import copy
-
-    from .flops import training_flops_per_token
-    from .inference import methods
-
     twins = []
     for label, window in (("same window", cfg.model.attention_window), ("full attention", 0)):
         if label == "full attention" and cfg.model.attention_window == 0:

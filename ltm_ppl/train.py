@@ -8,14 +8,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
-from . import checkpoint
+from . import checkpoint, distributed
 from .config import RunConfig, validate
 from .data import build_tokenizer, load_corpus, load_tokenizer, num_windows, split_tokens, train_batch
 from .destination import check_creatable
+from .distributed import describe, world
 from .errors import Interrupted, LtmError
 from .evaluate import unigram_bound, windows_bound
-from .flops import training_flops_per_token
+from .inference import create, descriptor, methods, training_flops_per_token
 from .stop_signals import StopRequest
 
 
@@ -58,8 +60,6 @@ def run_tokenizer(run: Path, cfg: RunConfig):
 
 def check_method_fits_run(cfg: RunConfig, trained_method: str) -> None:
     """A run's decoder either reads latents or not; refuse a method that needs the other kind."""
-    from .inference import descriptor
-
     method = cfg.inference.method
     wants_latent = descriptor(method).latent
     if not cfg.model.latent and wants_latent:
@@ -70,8 +70,6 @@ def check_method_fits_run(cfg: RunConfig, trained_method: str) -> None:
 
 def check_fit(cfg: RunConfig) -> None:
     """What the method refuses to train with (its descriptor's check_fit), before anything is written."""
-    from .inference import descriptor
-
     if cfg.train.slow_gradient != "elbo" and cfg.inference.method != "local":
         raise LtmError(f"train.slow_gradient = \"{cfg.train.slow_gradient}\" is a training signal of --inference local "
                        f"(the published update); --inference {cfg.inference.method} trains with \"elbo\"")
@@ -80,8 +78,6 @@ def check_fit(cfg: RunConfig) -> None:
 
 def load_inference(run: Path, cfg: RunConfig, with_optimizer: bool = False):
     """The inference object of a run with its newest committed checkpoint's weights (and optimiser state)."""
-    from .inference import create
-
     where = checkpoint.latest_checkpoint(run)
     inference = create(cfg)
     inference.load_weights(checkpoint.load_weights(where))
@@ -103,8 +99,6 @@ def resolve_horizon(cfg: RunConfig) -> None:
 def closing_line(last_eval: dict, cfg: RunConfig) -> str:
     """fit's last val line: which windows it covers, and whether its number is a bound (a latent
     method's ELBO) or the exact likelihood (no latent: the method's descriptor says which)."""
-    from .inference import descriptor
-
     method = descriptor(cfg.inference.method)
     exact = not method.latent
     what, relation = ("exact NLL", "=") if exact else ("bound", "<=")
@@ -118,8 +112,6 @@ def closing_line(last_eval: dict, cfg: RunConfig) -> str:
 def fit(cfg: RunConfig, out: str | None = None, resume: str | None = None, progress: bool = True, echo=print) -> dict:
     """Train a new run (into `out`) or continue `resume` up to cfg.train.iters. Returns a summary.
     Raises Interrupted after SIGINT / SIGTERM, with a checkpoint committed."""
-    from .inference import methods
-
     w = start_world(cfg)
     echo = echo if w.is_writer else (lambda *_: None)
     if resume is not None:
@@ -159,8 +151,6 @@ def fit(cfg: RunConfig, out: str | None = None, resume: str | None = None, progr
         check_fit(cfg)
         data = w.in_turn(lambda: load_data(cfg))  # the first worker builds the token cache
         cfg.model.vocab_size = data.tokenizer.vocab_size
-        from .inference import create, descriptor
-
         cfg.model.latent = descriptor(cfg.inference.method).latent
 
         inference = create(cfg)
@@ -185,7 +175,6 @@ def _create_run(run: Path, inference, data: Data, cfg: RunConfig) -> None:
 
 def start_world(cfg: RunConfig):
     """The workers of this fit (distributed.py), with the checks they must pass together."""
-    from . import distributed
     w = distributed.start(cfg.train.backend, cfg.train.device)
     distributed.check_same_config(w, cfg)
     w.check_batch(cfg.train.batch_size)
@@ -195,8 +184,6 @@ def start_world(cfg: RunConfig):
 def loss_is_bound(cfg: RunConfig, metrics: dict) -> bool:
     """Is the training loss a bound on the NLL per token (so exp(loss) bounds the perplexity)?
     The method's descriptor says (not for Langevin's NLL at one draw, nor a shaped objective)."""
-    from .inference import descriptor
-
     return descriptor(cfg.inference.method).loss_is_bound(cfg, metrics)
 
 
@@ -258,11 +245,6 @@ class MetricsBuffer:
 
 
 def _loop(cfg: RunConfig, run: Path, inference, data: Data, progress: bool, echo) -> dict:
-    from tqdm import tqdm
-
-    from .distributed import describe, world
-    from .inference import descriptor
-
     t = cfg.train
     w = world()
     if describe(w):

@@ -49,7 +49,7 @@ def draws(seed=1):
 
 def pyro_loss_and_grads(inference, tokens, loc, scale_param, eps, factor, shaping=None):
     """The fast loop's loss through Pyro's traces (elbo_terms) and its autograd gradients."""
-    from ltm_ppl.inference.local.pyro import shaped_kl
+    from ltm_ppl.inference.gaussian import shaped_kl
 
     loc = loc.clone().requires_grad_(True)
     scale_param = scale_param.clone().requires_grad_(True)
@@ -58,7 +58,7 @@ def pyro_loss_and_grads(inference, tokens, loc, scale_param, eps, factor, shapin
     with frozen(inference.decoder), pyro.validation_enabled(False):
         loglik, kl = elbo_terms(inference.model, guide, tokens, latent_value=loc + log_scale.exp() * eps)
     if shaping is not None:
-        kl = shaped_kl(loc, log_scale, *shaping)
+        kl = shaped_kl(loc, log_scale, *shaping, torch)
     loss = -(loglik.mean(0) - kl).sum() / L
     return (loss, *torch.autograd.grad(loss, [loc, scale_param]))
 

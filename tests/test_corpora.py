@@ -14,7 +14,7 @@ from ltm_ppl.data import build_tokenizer, load_corpus, split_tokens
 from ltm_ppl.data import cache as C
 from ltm_ppl.data import corpus_index as I
 from ltm_ppl.data import order as O
-from ltm_ppl.data.corpus import split_documents
+from ltm_ppl.data.splits import split_documents
 from ltm_ppl.data.stream import TokenStream
 from ltm_ppl.data.windows import num_windows, train_batch
 from ltm_ppl.errors import LtmError

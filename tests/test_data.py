@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from ltm_ppl.data import build_tokenizer, load_corpus, split_tokens, train_batch
-from ltm_ppl.data.corpus import TEST_BOOKS, VAL_BOOKS, split_documents
+from ltm_ppl.data.corpus import TEST_BOOKS, VAL_BOOKS
+from ltm_ppl.data.splits import split_documents
 from ltm_ppl.data.windows import eval_batches, num_windows, windows
 from ltm_ppl.errors import LtmError
 

@@ -177,7 +177,7 @@ COUNT_REDUCTIONS = """
 import json, sys
 from ltm_ppl import distributed
 from ltm_ppl.config import RunConfig
-from ltm_ppl.presets import build_config
+from ltm_ppl.config import build_config
 from ltm_ppl.inference import create
 
 cfg = build_config(None, None, "{toml}", {{}})

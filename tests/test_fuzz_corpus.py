@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ltm_ppl.data import build_tokenizer, load_corpus, split_tokens
-from ltm_ppl.data.corpus import SPLITS
+from ltm_ppl.data.splits import SPLITS
 from ltm_ppl.errors import LtmError
 
 FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])

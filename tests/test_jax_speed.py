@@ -82,7 +82,8 @@ def test_elbo_and_gradients_equal_numpyros_own_trace_mean_field_elbo(method, sma
     from ltm_ppl.inference import create
     from ltm_ppl.models import numpyro_model
     from ltm_ppl.models.jax_decoder import decoder_logits
-    from ltm_ppl.models.numpyro_model import TokenSequence, amortized_guide, local_guide
+    from jax_token_sequence import TokenSequence
+    from ltm_ppl.models.numpyro_model import amortized_guide, local_guide
 
     cfg = tiny_cfg(method)
     inference = create(cfg)

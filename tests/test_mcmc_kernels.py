@@ -238,7 +238,8 @@ def test_fit_and_diagnose_with_hmc_from_a_local_start(trained_run, train_toml, t
     import json
 
     from ltm_ppl.config import load_toml
-    from ltm_ppl.flops import decoder_forward, training_flops_per_token
+    from ltm_ppl.flops import decoder_forward
+    from ltm_ppl.inference import training_flops_per_token
 
     run = tmp_path / "hmc"
     result = helpers.run_cli("fit", "--config", train_toml, "--inference", "langevin", "--kernel", "hmc",

@@ -65,7 +65,7 @@ def test_decoder_token_log_probs_match_torch(latent, torch_one_thread):
 
     from ltm_ppl.config import ModelConfig
     from ltm_ppl.models import jax_decoder
-    from ltm_ppl.models.numpyro_model import TokenSequence as JaxTokens
+    from jax_token_sequence import TokenSequence as JaxTokens
     from ltm_ppl.models.token_sequence_torch import TokenSequence as TorchTokens
     from ltm_ppl.models.torch_decoder import Decoder
 

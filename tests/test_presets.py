@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from helpers import run_cli
 
-from ltm_ppl.config import validate
+from ltm_ppl.config import build_config, validate
 from ltm_ppl.errors import LtmError
-from ltm_ppl.presets import SIZE_PARAMETERS, build_config
+from ltm_ppl.presets import SIZE_PARAMETERS
 
 
 @pytest.mark.parametrize("size", ["ltm-s", "ltm-m", "ltm-l"])

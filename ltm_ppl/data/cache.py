@@ -23,43 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ..durable import atomic_write_text
 from ..errors import LtmError
-
-
-def cache_dir() -> Path:
-    root = Path(os.environ.get("LTM_CACHE_DIR") or Path.home() / ".cache" / "ltm-ppl")
-    root.mkdir(parents=True, exist_ok=True)
-    return root
-
-
-def _create_temporary(path: Path):
-    """An open, new, hidden sibling of `path`, created mode 0666 minus the umask (mkstemp's 0600
-    would make run and cache files unreadable to the group where the umask allows it)."""
-    while True:
-        tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
-        try:
-            return tmp, os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb")
-        except FileExistsError:
-            continue
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `path` as a whole or not at all: a synced temporary sibling renamed into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp, fh = _create_temporary(path)
-    try:
-        with fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+from .location import cache_dir
+from .splits import SPLITS, check_split
+from .stream import TokenStream
+from .tokenise import ShardWriter, run_jobs
 
 
 CACHE_FORMAT = 2  # format 1: one tokens-<key>.npy per split (no longer read; safe to delete)
@@ -122,9 +91,6 @@ def _remove_dead_builds(root: Path) -> None:
 
 
 def _build(corpus, tokenizer, folder: Path, workers, progress) -> None:
-    from .corpus import SPLITS
-    from .tokenise import ShardWriter, run_jobs
-
     _remove_dead_builds(folder.parent)
     tmp = folder.parent / f".{folder.name}.build-{os.getpid()}-{secrets.token_hex(4)}"
     tmp.mkdir()
@@ -176,9 +142,6 @@ def token_cache(corpus, tokenizer, workers: int | None = None, progress: bool | 
 
 def split_tokens(corpus, split: str, tokenizer, workers: int | None = None, progress: bool | None = None):
     """The split as one lazily read stream: EOT doc EOT doc ... EOT (each document is BOS + text + EOS)."""
-    from .corpus import check_split
-    from .stream import TokenStream
-
     check_split(split)
     folder, manifest = token_cache(corpus, tokenizer, workers, progress)
     entry = manifest["splits"][split]

@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import Iterator
 
 from ..errors import LtmError
+from .corpus_index import load_index
+from .jobs import Job, piece_documents
+from .splits import SPLITS, assign_parts, check_split
 
-SPLITS = ("train", "val", "test")
 VAL_BOOKS = ("Ruth", "Ecclesiastes", "Galatians", "James")
 TEST_BOOKS = ("Lamentations", "Jonah", "Ephesians", "1 Peter")
 
@@ -51,11 +53,6 @@ class Corpus:
         return docs
 
 
-def check_split(split: str) -> None:
-    if split not in SPLITS:
-        raise LtmError(f"unknown split {split!r} (choose from {', '.join(SPLITS)})")
-
-
 class MemoryCorpus(Corpus):
     """A built-in corpus, small enough to hold: documents already assigned to splits."""
 
@@ -71,8 +68,6 @@ class MemoryCorpus(Corpus):
         return self._splits
 
     def tokenise_jobs(self, target_bytes: int) -> list:
-        from .tokenise import Job
-
         jobs, batch, size = [], [], 0
         for split in SPLITS:
             for doc in self._splits[split]:
@@ -99,8 +94,6 @@ class ShardedCorpus(Corpus):
 
     def iter_documents(self, split: str) -> Iterator[str]:
         check_split(split)
-        from .tokenise import piece_documents
-
         for shard in self.index["shards"]:
             for piece in shard["pieces"]:
                 for i, text in enumerate(piece_documents(self.path_of(shard), shard["kind"], piece)):
@@ -109,8 +102,6 @@ class ShardedCorpus(Corpus):
                             yield part
 
     def tokenise_jobs(self, target_bytes: int) -> list:
-        from .tokenise import Job
-
         jobs, batch, size = [], [], 0
         for shard in self.index["shards"]:
             for piece in shard["pieces"]:
@@ -158,33 +149,6 @@ def _ptb() -> Corpus:
 BUILTINS = {"kjv": _kjv, "ptb": _ptb}
 
 
-def _cut_by_lines(text: str) -> tuple[str, str, str]:
-    """First 90% / next 5% / last 5% of the characters, moved to the nearest line break."""
-    def boundary(fraction: float) -> int:
-        at = int(len(text) * fraction)
-        newline = text.find("\n", at)
-        return newline + 1 if newline != -1 else at
-    a, b = boundary(0.90), boundary(0.95)
-    b = max(a, b)
-    return text[:a], text[a:b], text[b:]
-
-
-def assign_parts(index: int, text: str, num_documents: int) -> list[tuple[str, str]]:
-    """(split, text) of document `index` of `num_documents`: the whole document in one split, or,
-    in a corpus of fewer than 20 documents, its three line-aligned parts."""
-    if num_documents >= 20:
-        return [(SPLITS[1] if index % 20 == 18 else SPLITS[2] if index % 20 == 19 else SPLITS[0], text)]
-    return list(zip(SPLITS, _cut_by_lines(text)))
-
-
-def split_documents(docs: list[str]) -> dict[str, list[str]]:
-    splits: dict[str, list[str]] = {s: [] for s in SPLITS}
-    for i, doc in enumerate(docs):
-        for split, part in assign_parts(i, doc, len(docs)):
-            splits[split].append(part)
-    return splits
-
-
 def load_corpus(spec: str) -> Corpus:
     """The corpus named by `spec`; every document of a user corpus is checked here (once per change
     of its files: see data/corpus_index.py), so bad input fails before anything is written."""
@@ -193,8 +157,6 @@ def load_corpus(spec: str) -> Corpus:
         if name not in BUILTINS:
             raise LtmError(f"unknown built-in corpus {spec!r} (known: {', '.join('builtin:' + b for b in BUILTINS)})")
         return BUILTINS[name]()
-    from .corpus_index import load_index
-
     path = Path(spec)
     if not path.exists():
         raise LtmError(f"corpus not found: {spec}")

@@ -12,8 +12,10 @@ import hashlib
 import json
 from pathlib import Path
 
+from ..durable import atomic_write_text
 from ..errors import LtmError
 from . import shards as S
+from .location import cache_dir
 
 INDEX_FORMAT = 1
 PIECE_BYTES = 4 << 20  # where a worker may start reading: jsonl line starts / Parquet row groups
@@ -117,8 +119,6 @@ def scan(root: Path, files: list[Path]) -> dict:
 
 def load_index(root: Path) -> dict:
     """The corpus index, from the cache when the shards' metadata are unchanged."""
-    from .cache import atomic_write_text, cache_dir
-
     files = corpus_files(root)
     key, total = cheap_key(root, files)
     cached = cache_dir() / f"corpus-{key}.json"

@@ -11,49 +11,23 @@ or JAX threads, which fork would copy in an unusable state).
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 import os
-from dataclasses import dataclass, field
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
+from tokenizers import Tokenizer as HF
+from tqdm import tqdm
 
 from ..errors import LtmError
-from . import shards as S
-from .corpus import SPLITS, assign_parts
+from .jobs import Job, job_parts
+from .splits import SPLITS
+from .tokenizer import Tokenizer
 
 BATCH_CHARS = 1 << 20  # documents are encoded in batches of about this many characters
 POOL_MIN_BYTES = 8 << 20  # smaller corpora are tokenised in this process (no pool start-up)
-
-
-@dataclass(frozen=True)
-class Job:
-    index: int
-    num_bytes: int
-    # (path, kind, start, stop, first document, first line, bytes) per piece of a shard
-    pieces: tuple = ()
-    num_documents: int = 0  # documents in the whole corpus (the split rule needs it)
-    assigned: tuple = field(default=(), repr=False)  # ((split, text), ...) of an in-memory corpus
-
-
-def piece_documents(path: Path, kind: str, piece) -> Iterator[str]:
-    start, stop, _, first_line = piece[:4]
-    if kind == "txt":
-        yield S.read_txt(path)
-    elif kind == "parquet":
-        yield from S.parquet_documents(path, start, stop)
-    else:
-        yield from S.jsonl_documents(path, kind, start, stop, first_line)
-
-
-def job_parts(job: Job) -> Iterator[tuple[str, str, str]]:
-    """(split, text, source file) of every document part of the job, in corpus order."""
-    for split, text in job.assigned:
-        yield split, text, "(built-in corpus)"
-    for path, kind, *piece in job.pieces:
-        for i, text in enumerate(piece_documents(Path(path), kind, piece)):
-            for split, part in assign_parts(piece[2] + i, text, job.num_documents):
-                yield split, part, path
 
 
 class ShardWriter:
@@ -133,10 +107,6 @@ _worker: dict = {}
 
 
 def _init_worker(tokenizer_json: str, name: str, out_dir: str, dtype: str) -> None:
-    from tokenizers import Tokenizer as HF
-
-    from .tokenizer import Tokenizer
-
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # the processes are the parallelism
     _worker.update(tokenizer=Tokenizer(HF.from_str(tokenizer_json), name), out_dir=Path(out_dir), dtype=np.dtype(dtype))
 
@@ -157,8 +127,6 @@ def default_workers() -> int:
 def run_jobs(jobs: list[Job], tokenizer, out_dir: Path, dtype, workers: int | None = None, progress: bool | None = None) -> list[dict]:
     """Every job's result, in job order. workers=None: $LTM_TOKENIZE_WORKERS processes if set,
     else a process per core for corpora of POOL_MIN_BYTES or more and this process below; 1: this process."""
-    from tqdm import tqdm
-
     total = sum(j.num_bytes for j in jobs)
     if workers is None:
         chosen = "LTM_TOKENIZE_WORKERS" in os.environ
@@ -173,10 +141,6 @@ def run_jobs(jobs: list[Job], tokenizer, out_dir: Path, dtype, workers: int | No
                 results.append(run_job(job, tokenizer, out_dir, dtype))
                 bar.update(job.num_bytes)
         else:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor
-            from concurrent.futures.process import BrokenProcessPool
-
             # An executor, not multiprocessing.Pool: a worker that dies (killed, out of memory, or
             # unable to start) ends the build with an error instead of a silent respawn loop.
             args = (tokenizer.hf.to_str(), tokenizer.name, str(out_dir), np.dtype(dtype).str)

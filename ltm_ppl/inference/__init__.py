@@ -4,6 +4,7 @@ generic base per backend (pyro_backend.py, numpyro_backend.py). Importing this p
 neither torch nor jax."""
 from __future__ import annotations
 
-from .registry import backends, create, descriptor, inference_class, methods, needs_encoder, options, register
+from .registry import backends, create, descriptor, inference_class, methods, needs_encoder, options, register, training_flops_per_token
 
-__all__ = ["backends", "create", "descriptor", "inference_class", "methods", "needs_encoder", "options", "register"]
+__all__ = ["backends", "create", "descriptor", "inference_class", "methods", "needs_encoder", "options", "register",
+           "training_flops_per_token"]

@@ -32,6 +32,7 @@ import numpy as np
 import optax
 
 from ..config import RunConfig
+from ..distributed import world
 from ..errors import LtmError
 from ..models import jax_decoder, jax_encoder
 from ..models.numpyro_model import amortized_guide, local_guide, ltm_model
@@ -61,8 +62,6 @@ def resolve_device(name: str):
 def placements(device):
     """(where weights go, where batches go): the device and None on one device; on a Mesh of
     several (distributed.world), replicated weights and batches split along the "batch" axis."""
-    from ..distributed import world
-
     mesh = world().mesh
     if mesh is None:
         return device, None

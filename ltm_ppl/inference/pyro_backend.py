@@ -16,19 +16,22 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 
 import numpy as np
 import pyro
 import torch
 
 from ..config import RunConfig
+from ..distributed import world
 from ..errors import LtmError
 from ..models.pyro_model import local_guide, ltm_model
 from ..models.torch_decoder import Decoder
+from ..noise import EVAL, Rows, torch_eps
 from .latent_model import LatentModel
 from .pyro_elbo import elbo_terms, log_joint, log_weights
-from .schedules import slow_lr
 from .registry import needs_encoder
+from .schedules import slow_lr
 from .weights import NO_LATENT, checked_weights
 
 
@@ -48,16 +51,12 @@ def data_parallel(decoder: torch.nn.Module):
     """The decoder (or encoder) in DistributedDataParallel when torchrun started several workers, else None.
     No buffer broadcast (the RoPE tables are the same everywhere): the forward passes of the fast
     steps and evaluation stay free of collectives."""
-    from ..distributed import world
-
     w = world()
     if w.runtime != "torch":
         return None
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [w.local_rank] if next(decoder.parameters()).is_cuda else None
-    import inspect
-
     no_sync_buffers = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
                        else {"broadcast_buffers": False})
     wrapped = DistributedDataParallel(decoder, device_ids=ids, **no_sync_buffers)
@@ -179,11 +178,8 @@ class PyroBackend:
     noise_rows = None
 
     def training_rows(self, count: int):
-        from .. import noise
-        from ..distributed import world
-
         w = world()
-        return noise.Rows(self.cfg.train.seed, self.iteration, w.rank * count if w.runtime == "torch" else 0,
+        return Rows(self.cfg.train.seed, self.iteration, w.rank * count if w.runtime == "torch" else 0,
                           count * (w.size if w.runtime == "torch" else 1))
 
     @property
@@ -270,9 +266,7 @@ class PyroBackend:
         loc, log_scale, fixed = self._q(tokens, steps, fast_noise)
         noise = fixed if noise is None else noise
         if noise is None and self.noise_rows is not None:  # sharded evaluation: each window's own eps
-            from .. import noise as keyed
-
-            noise = keyed.torch_eps(self.noise_rows, keyed.EVAL, tokens.shape[0], tuple(loc.shape[1:]), num_samples, self.device)
+            noise = torch_eps(self.noise_rows, EVAL, tokens.shape[0], tuple(loc.shape[1:]), num_samples, self.device)
         return self.gaussian_bound(tokens, loc, log_scale, num_samples, noise)
 
     def log_weights(self, batch: np.ndarray, steps: int, num_samples: int) -> np.ndarray:

@@ -75,6 +75,12 @@ def needs_encoder(cfg) -> bool:
     return descriptor(cfg.inference.method).needs_encoder(cfg)
 
 
+def training_flops_per_token(cfg) -> float:
+    """FLOPs of one training iteration divided by the predicted tokens it trains on (each method's
+    count is in its descriptor, built from flops.decoder_forward and flops.encoder_forward)."""
+    return descriptor(cfg.inference.method).flops_per_token(cfg)
+
+
 def create(cfg, model=None):
     """A fresh inference object for cfg (decoder initialised from cfg.train.seed), or, with
     `model` (a LatentModel), the method on that model instead of the LTM."""

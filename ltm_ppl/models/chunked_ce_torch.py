@@ -1,6 +1,6 @@
 """log p(x_t | ...) of every token from the final hidden states and the output weight, without
 ever holding float32 logits for all tokens: the output layer and the log-softmax run on chunks of
-tokens, and the backward pass recomputes each chunk's logits (DESIGN.md section 7; issue 11).
+tokens, and the backward pass recomputes each chunk's logits (issue 11).
 
 On CUDA, liger-kernel's fused linear cross-entropy (the published code's kernel; the `[liger]`
 extra) is used when importable; everywhere else, and when it is absent, the chunked torch

@@ -94,11 +94,6 @@ def stack_layers(params, cfg: ModelConfig) -> dict[str, jax.Array]:
     return {f: jnp.stack([params[f"layers.{i}.{f}"] for i in range(cfg.n_layer)]) for f in layer_fields(cfg)}
 
 
-def unstack_layers(stacked: dict, cfg: ModelConfig) -> dict[str, jax.Array]:
-    """The inverse of stack_layers: canonical `layers.{i}.{field}` names."""
-    return {f"layers.{i}.{f}": value[i] for f, value in stacked.items() for i in range(cfg.n_layer)}
-
-
 # ----- building blocks -------------------------------------------------------------------------
 def rms_norm(x, weight, eps: float):
     x32 = x.astype(jnp.float32)
@@ -292,7 +287,7 @@ def prefill(params, cfg: ModelConfig, tokens, lkv, dtype=jnp.float32):
 def decode_step(params, cfg: ModelConfig, cache, token, position, lkv, dtype=jnp.float32):
     """One new token [B] at `position` (< block_size): appends to the cache, attends to every cached
     key up to and including itself (the last attention_window of them) through an explicit
-    offset-aware mask (DESIGN section 4: no is_causal or local_window_size when the query and key
+    offset-aware mask (no is_causal or local_window_size when the query and key
     lengths differ: both align top-left). Returns (cache, logits [B, vocab])."""
     mask = window_mask(position, 1, cfg.block_size, cfg.attention_window)[None, None]  # [B, heads, q=1, keys]
 

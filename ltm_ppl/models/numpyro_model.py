@@ -1,7 +1,7 @@
 """The LTM as a NumPyro program, with the per-sequence Gaussian guide of the local method beside it.
 
     z_i ~ Normal(0, I)  [n_z, d_z]        site "z", inside plate "seq"
-    x_i ~ TokenSequence(f(x_i, z_i))     site "x", observed
+    x_i ~ HeadTokenSequence(f(x_i, z_i))  site "x", observed
 
 The mirror of ltm_ppl/models/pyro_model.py. `tokens` are windows [B, block_size + 1]: the first
 token is conditioned on, the rest predicted. Extra leading dimensions of z (vectorised particles,
@@ -9,49 +9,19 @@ chains) are folded into the decoder batch. Nothing here imports torch.
 """
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import numpyro
 import numpyro.distributions as dist
 from numpyro.distributions import constraints
 
 from .jax_chunked_ce import token_log_probs
-from .jax_decoder import decoder_hidden, decoder_logits
-
-
-class TokenSequence(dist.Distribution):
-    """x_1..x_T given logits [..., T, vocab]; event shape [T], batch shape logits.shape[:-2].
-
-    log_prob is one fused cross-entropy (logsumexp minus the picked logit) in float32, even when
-    the logits are bfloat16: no normalised [tokens x vocab] copy is kept (DESIGN.md section 7).
-    """
-
-    arg_constraints = {}
-    support = constraints.independent(constraints.nonnegative_integer, 1)
-
-    def __init__(self, logits, validate_args=None):
-        self.logits = logits
-        super().__init__(jnp.shape(logits)[:-2], jnp.shape(logits)[-2:-1], validate_args=False)
-
-    def token_log_probs(self, value):
-        """log p(x_t | x_<t, z) for every position: shape batch_shape + [T], float32."""
-        shape = self.batch_shape + self.event_shape
-        value = jnp.broadcast_to(jnp.asarray(value, jnp.int32), shape)
-        logits = jnp.broadcast_to(self.logits, shape + self.logits.shape[-1:])
-        picked = jnp.take_along_axis(logits, value[..., None], axis=-1)[..., 0].astype(jnp.float32)
-        return picked - jax.nn.logsumexp(logits.astype(jnp.float32), axis=-1)
-
-    def log_prob(self, value):
-        return self.token_log_probs(value).sum(-1)
-
-    def sample(self, key, sample_shape=()):
-        raise NotImplementedError("TokenSequence is autoregressive: generate with ltm_ppl.generate")
+from .jax_decoder import decoder_hidden
 
 
 class HeadTokenSequence(dist.Distribution):
     """x_1..x_T given the decoder's final hidden states [..., T, D] and the tied head [vocab, D]:
-    the same distribution as TokenSequence(hidden @ head.T), with log_prob computed a chunk of
-    tokens at a time (models/jax_chunked_ce.py) so the logits of the whole batch never exist.
+    the categorical sequence with logits hidden @ head.T, with log_prob computed a chunk of tokens
+    at a time (models/jax_chunked_ce.py) so the logits of the whole batch never exist.
     Event shape [T], batch shape hidden.shape[:-2]."""
 
     arg_constraints = {}
@@ -84,17 +54,6 @@ def decode_hidden(params, cfg, tokens, z, dtype=jnp.float32):
     flat_inputs = jnp.broadcast_to(inputs, lead + inputs.shape[-1:]).reshape(-1, inputs.shape[-1])
     hidden = decoder_hidden(params, cfg, flat_inputs, z.reshape(-1, *z.shape[-2:]), dtype=dtype)
     return hidden.reshape(*lead, *hidden.shape[-2:])
-
-
-def decode(params, cfg, tokens, z, dtype=jnp.float32):
-    """Logits [*lead, B, T, vocab] for windows tokens [B, T+1] given z [*lead, B, n_z, d_z]."""
-    inputs = tokens[..., :-1]
-    if z is None:
-        return decoder_logits(params, cfg, inputs, None, dtype=dtype)
-    lead = z.shape[:-2]
-    flat_inputs = jnp.broadcast_to(inputs, lead + inputs.shape[-1:]).reshape(-1, inputs.shape[-1])
-    logits = decoder_logits(params, cfg, flat_inputs, z.reshape(-1, *z.shape[-2:]), dtype=dtype)
-    return logits.reshape(*lead, *logits.shape[-2:])
 
 
 def ltm_model(params, cfg, tokens, dtype=jnp.float32):

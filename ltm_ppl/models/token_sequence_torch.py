@@ -1,7 +1,7 @@
 """A Pyro distribution over a whole token sequence whose log_prob is one fused cross-entropy.
 
 `Categorical(logits=...)` normalises the logits and keeps a second [tokens x vocab] tensor; this
-keeps only what cross_entropy itself needs (DESIGN.md section 7). Given the decoder's final hidden
+keeps only what cross_entropy itself needs. Given the decoder's final hidden
 states and its (tied) output weight instead of logits, the output layer and the cross-entropy run
 chunked (chunked_ce_torch.py): no float32 [tokens x vocab] logits are ever held. Log-probabilities
 in float32 even when the decoder ran in bfloat16.

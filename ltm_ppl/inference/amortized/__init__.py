@@ -2,13 +2,12 @@
 objective only. Pyro in pyro.py, NumPyro in numpyro.py."""
 from __future__ import annotations
 
+from ...flops import decoder_forward, encoder_forward
 from ..descriptor import MethodDescriptor
 from ..kl_shaping import FREE_BITS, KL_WARMUP, loss_is_bound
 
 
 def flops_per_token(cfg) -> float:
-    from ...flops import decoder_forward, encoder_forward
-
     return 3 * decoder_forward(cfg.model) * cfg.inference.num_samples + 3 * encoder_forward(cfg.model)
 
 

@@ -4,6 +4,7 @@ in blackjax_kernels.py)."""
 from __future__ import annotations
 
 from ...errors import LtmError
+from ...flops import decoder_forward
 from ..descriptor import MethodDescriptor, Option
 
 KERNELS = ("mala", "hmc", "nuts")
@@ -34,8 +35,6 @@ def flops_per_token(cfg) -> float:
     """Counted gradient evaluations: every sampler step of every chain costs gradients_per_step
     decoder forwards + activation-only backwards (2 F each), a local start its fast steps, then
     the slow step (3 F per chain)."""
-    from ...flops import decoder_forward
-
     F, inf = decoder_forward(cfg.model), cfg.inference
     warmup, kept = training_schedule(inf)
     flops = 2 * F * (warmup + kept) * gradients_per_step(inf) * inf.chains + 3 * F * inf.chains

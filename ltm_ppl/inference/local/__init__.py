@@ -3,6 +3,7 @@ semi-amortized with `init = "amortized"`. Pyro in pyro.py, NumPyro in numpyro.py
 from __future__ import annotations
 
 from ...errors import LtmError
+from ...flops import decoder_forward, encoder_forward
 from ..descriptor import MethodDescriptor, Option
 from ..kl_shaping import FREE_BITS, KL_WARMUP, loss_is_bound as shaped_loss_is_bound
 
@@ -10,8 +11,6 @@ from ..kl_shaping import FREE_BITS, KL_WARMUP, loss_is_bound as shaped_loss_is_b
 def flops_per_token(cfg) -> float:
     """Fast steps (forward + activation-only backward; a full backward with slow_gradient
     "trajectory", whose fast steps reach the weights too), then the slow step (forward + full backward)."""
-    from ...flops import decoder_forward, encoder_forward
-
     m, inf = cfg.model, cfg.inference
     F, S = decoder_forward(m), inf.num_samples
     fast = 3 if cfg.train.slow_gradient == "trajectory" else 2

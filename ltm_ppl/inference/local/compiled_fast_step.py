@@ -5,8 +5,8 @@ of the T fast steps (and every iteration), so compile time does not grow with T.
 
 The loss is the program's own negative ELBO written out once from the Pyro model's sites (the
 guide's reparameterised draw, the decoder's hidden states, the TokenSequence log-likelihood, the
-analytic KL(q || N(0, I)) Pyro takes per latent site), not Pyro's tracing machinery, which
-torch.compile cannot capture; tests/test_compiled_fast_step.py checks it and its gradients
+analytic KL(q || N(0, I)) of inference/gaussian.py, which Pyro's Normal-Normal KL equals), not
+Pyro's tracing machinery, which torch.compile cannot capture; tests/test_compiled_fast_step.py checks it and its gradients
 against Pyro's own trace for the same draws. Gradients come from torch.func.grad_and_value (it
 compiles with no graph break; autograd.grad inside a compiled region does not), and the fast
 optimiser's update (torch's Adam / AdamW / SGD formulas, single-tensor) is in the same graph.
@@ -22,15 +22,8 @@ import torch
 
 from ...models.chunked_ce_torch import token_log_probs
 from ...models.pyro_model import decode
-from .pyro import shaped_kl
-
-
-def gaussian_kl(loc: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
-    """KL(N(loc, exp(log_scale)^2) || N(0, 1)) summed over the event dims [B, *event] -> [B], in
-    torch's Normal-Normal formula (what Pyro's kl_divergence runs for the LTM's latent site)."""
-    var_ratio = log_scale.exp().pow(2)
-    kl = 0.5 * (var_ratio + loc.pow(2) - 1 - var_ratio.log())
-    return kl.reshape(kl.shape[0], -1).sum(-1)
+from ..gaussian import FAST_ADAM_EPS, FAST_BETA1, FAST_BETA2, kl_per_vector, shaped_kl
+from ..schedules import fast_lr
 
 
 def negative_elbo(decoder, autocast: bool, tokens, eps, loc, scale_param, factor: float, shaping=None,
@@ -44,7 +37,7 @@ def negative_elbo(decoder, autocast: bool, tokens, eps, loc, scale_param, factor
     target = tokens[..., 1:].expand(hidden.shape[:-1])
     loglik = token_log_probs(hidden, decoder.tok_emb.weight, target).sum(-1)  # [S, B]
     # shaping's beta and free bits come as tensors: no recompile when beta warms up
-    kl = gaussian_kl(loc, log_scale) if shaping is None else shaped_kl(loc, log_scale, *shaping)
+    kl = kl_per_vector(loc, log_scale, torch).sum(-1) if shaping is None else shaped_kl(loc, log_scale, *shaping, torch)
     n_tokens = 1 if sum_loss else max(1, tokens.shape[-1] - 1)
     return -(loglik.mean(0) - kl).sum() / n_tokens
 
@@ -53,22 +46,17 @@ def step_scalars(steps: int, inf_cfg, device) -> torch.Tensor:
     """[steps, 4] float32 on the device: per fast step (lr, 1 - lr * weight decay, lr / (1 -
     beta1^k), sqrt(1 - beta2^k)), k = step + 1, in double on the host as torch's optimisers
     compute them; one copy per fit, none inside the loop."""
-    from ..schedules import fast_lr
-
     decay = inf_cfg.fast_weight_decay if inf_cfg.optimizer == "adamw" else 0.0
     rows = []
     for t in range(steps):
         lr = fast_lr(t, steps, inf_cfg.fast_lr, inf_cfg.final_lr_ratio, inf_cfg.fast_lr_denominator)
         k = t + 1
-        rows.append((lr, 1 - lr * decay, lr / (1 - BETA1**k), math.sqrt(1 - BETA2**k)))
+        rows.append((lr, 1 - lr * decay, lr / (1 - FAST_BETA1**k), math.sqrt(1 - FAST_BETA2**k)))
     table = torch.tensor(rows, dtype=torch.float32)
     if device.type == "cuda":
         return table.pin_memory().to(device, non_blocking=True)
     return table.to(device)
 
-
-# torch.optim.Adam / AdamW defaults, as fast_optimizer (local/pyro.py) builds them.
-BETA1, BETA2, ADAM_EPS = 0.9, 0.999, 1e-8
 
 
 class CompiledFastStep:
@@ -101,9 +89,9 @@ class CompiledFastStep:
         for param, grad, (m, v) in zip((loc, scale_param), (g_loc, g_scale), moments):
             if self.optimizer == "adamw":
                 param = param * decay  # decoupled weight decay first, as torch.optim.AdamW
-            m = m.lerp(grad, 1 - BETA1)
-            v = v * BETA2 + grad * grad * (1 - BETA2)
-            denom = v.sqrt() / bias2_sqrt + ADAM_EPS
+            m = m.lerp(grad, 1 - FAST_BETA1)
+            v = v * FAST_BETA2 + grad * grad * (1 - FAST_BETA2)
+            denom = v.sqrt() / bias2_sqrt + FAST_ADAM_EPS
             updated.append(param - step_size * (m / denom))
             new_moments.append((m, v))
         return value, g_loc, g_scale, updated[0], updated[1], tuple(new_moments)

@@ -28,16 +28,10 @@ from ...models import jax_encoder
 from ...models.numpyro_model import local_guide
 from ..numpyro_backend import NumPyroBackend, Programs
 from ..numpyro_elbo import elbo_terms
+from ..gaussian import FAST_ADAM_EPS, FAST_BETA1, FAST_BETA2, published_start, shaped_kl
 from ..kl_shaping import shaping_on
 from ..schedules import fast_loss_divisor, fast_lr, kl_shape
 from ...noise import INIT, SLOW, jax_eps
-
-
-def shaped_kl(loc, log_scale, beta, free_bits):
-    """The training objective's KL term per sequence [B]: beta * sum_j max(free_bits, KL_j), KL_j
-    the analytic KL of latent vector j (a KL warm-up, free bits). Never in a reported bound."""
-    kl_vectors = 0.5 * (loc**2 + jnp.exp(2 * log_scale) - 1 - 2 * log_scale).sum(-1)
-    return beta * jnp.maximum(kl_vectors, free_bits).sum(-1)
 
 
 def fast_lrs(steps: int, inf_cfg) -> np.ndarray:
@@ -51,11 +45,11 @@ def initial_local(B, shape, inf_cfg, key):
     published random start (mu 0.01 N(0,1), log variance -5 + 0.1 N(0,1), fresh per key)."""
     if inf_cfg.init == "published" and key is not None:  # keyed per sequence (noise.py)
         draw = jax_eps(key, INIT, jnp.arange(B), shape, 2)
-        return 0.01 * draw[0], 0.5 * (-5.0 + 0.1 * draw[1])
+        return published_start(draw[0], draw[1])
     if inf_cfg.init == "published":
         loc_key, var_key = jax.random.split(jax.random.fold_in(key, 7))
-        loc = 0.01 * jax.random.normal(loc_key, (B, *shape), jnp.float32)
-        return loc, 0.5 * (-5.0 + 0.1 * jax.random.normal(var_key, (B, *shape), jnp.float32))
+        return published_start(jax.random.normal(loc_key, (B, *shape), jnp.float32),
+                               jax.random.normal(var_key, (B, *shape), jnp.float32))
     return jnp.zeros((B, *shape), jnp.float32), jnp.full((B, *shape), inf_cfg.init_log_scale, jnp.float32)
 
 
@@ -64,7 +58,7 @@ def fast_optimizer(inf_cfg):
     (decoupled weight decay: u = adam + wd p, as torch's p(1 - lr wd) - lr adam) or SGD."""
     if inf_cfg.optimizer == "sgd":
         return optax.identity()
-    adam = optax.scale_by_adam(b1=0.9, b2=0.999, eps=1e-8)
+    adam = optax.scale_by_adam(b1=FAST_BETA1, b2=FAST_BETA2, eps=FAST_ADAM_EPS)
     if inf_cfg.optimizer == "adamw":
         return optax.chain(adam, optax.add_decayed_weights(inf_cfg.fast_weight_decay))
     return adam
@@ -105,7 +99,7 @@ def fit_local_posterior(model, tokens, shape, inf_cfg, lrs, key=None, fast_noise
         joint = model if weights is None else model(weights)
         loglik, kl = elbo_terms(joint, guide, tokens, num_particles=particles, latent_value=value, rng_key=rng)
         if kl_shaping is not None:
-            kl = shaped_kl(loc, log_scale, *kl_shaping)
+            kl = shaped_kl(loc, log_scale, *kl_shaping, jnp)
         return -(loglik.mean(0) - kl).sum() / n_tokens
 
     rows = jnp.arange(B)  # global row indices: on a sharded batch each device draws its own rows' eps
@@ -214,7 +208,7 @@ class LocalPrograms(Programs):
             nll = -loglik.mean(0).sum() / n_tokens
             loss = nll + kl.sum() / n_tokens
             if shaping is not None:  # the shaped training loss (its KL term is constant in the decoder)
-                loss = nll + shaped_kl(loc, log_scale, *shaping).sum() / n_tokens
+                loss = nll + shaped_kl(loc, log_scale, *shaping, jnp).sum() / n_tokens
             aux = {"loss": loss, "nll": nll, "kl": kl.mean()}
             if not self.semi_amortized:
                 return loss, aux

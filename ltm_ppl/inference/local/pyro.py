@@ -21,17 +21,11 @@ import pyro
 import torch
 
 from ...models.pyro_model import local_guide
+from ..gaussian import FAST_ADAM_EPS, FAST_BETA1, FAST_BETA2, published_start, shaped_kl
 from ..pyro_backend import PyroBackend, frozen
 from ..pyro_elbo import elbo_terms
 from ..schedules import fast_loss_divisor, fast_lr, kl_shape
 from ...noise import ENCODER, FIXED, INIT, SLOW, torch_eps
-
-
-def shaped_kl(loc, log_scale, beta: float, free_bits: float):
-    """The training objective's KL term per sequence [B]: beta * sum_j max(free_bits, KL_j), KL_j
-    the analytic KL of latent vector j (a KL warm-up, free bits). Never in a reported bound."""
-    kl_vectors = 0.5 * (loc**2 + torch.exp(2 * log_scale) - 1 - 2 * log_scale).sum(-1)
-    return beta * torch.clamp(kl_vectors, min=free_bits).sum(-1)
 
 
 def initial_local(B, shape, inf_cfg, device, rows=None):
@@ -39,17 +33,15 @@ def initial_local(B, shape, inf_cfg, device, rows=None):
     published random start (mu 0.01 N(0,1), log variance -5 + 0.1 N(0,1), fresh per call)."""
     if inf_cfg.init == "published" and rows is not None:  # keyed per sequence (noise.py)
         draw = torch_eps(rows, INIT, B, shape, 2, device)
-        return 0.01 * draw[0], 0.5 * (-5.0 + 0.1 * draw[1])
+        return published_start(draw[0], draw[1])
     if inf_cfg.init == "published":
-        loc = 0.01 * torch.randn((B, *shape), device=device)
-        log_var = -5.0 + 0.1 * torch.randn((B, *shape), device=device)
-        return loc, 0.5 * log_var
+        return published_start(torch.randn((B, *shape), device=device), torch.randn((B, *shape), device=device))
     return torch.zeros((B, *shape), device=device), torch.full((B, *shape), inf_cfg.init_log_scale, device=device)
 
 
 def fast_optimizer(params, inf_cfg):
     if inf_cfg.optimizer == "adamw":  # the published loop: torch's AdamW defaults
-        return torch.optim.AdamW(params, lr=inf_cfg.fast_lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=inf_cfg.fast_weight_decay)
+        return torch.optim.AdamW(params, lr=inf_cfg.fast_lr, betas=(FAST_BETA1, FAST_BETA2), eps=FAST_ADAM_EPS, weight_decay=inf_cfg.fast_weight_decay)
     if inf_cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=inf_cfg.fast_lr)
     return torch.optim.SGD(params, lr=inf_cfg.fast_lr)
@@ -109,7 +101,7 @@ def fit_local_posterior(model, tokens, shape, inf_cfg, steps: int, device, obser
         value = None if step_eps is None else loc + log_scale.exp() * step_eps
         loglik, kl = elbo_terms(model, guide, tokens, num_particles=S if step_eps is None else step_eps.shape[0], latent_value=value)
         if kl_shaping is not None:
-            kl = shaped_kl(loc, log_scale, *kl_shaping)
+            kl = shaped_kl(loc, log_scale, *kl_shaping, torch)
         loss = -(loglik.mean(0) - kl).sum() / fast_loss_divisor(inf_cfg, tokens.shape[-1])
         if train_decoder:  # the weights' .grad accumulate step after step
             loc.grad = scale_param.grad = None
@@ -214,7 +206,7 @@ class PyroLocal(PyroBackend):
         metrics = {"loss": loss.detach(), "nll": nll.detach(), "kl": kl.mean().detach()}  # device scalars: no sync
         objective = loss
         if shaping is not None:  # the training loss is the shaped objective (its KL term is constant in the decoder)
-            objective = nll + shaped_kl(loc, log_scale, *shaping).sum() / n_tokens
+            objective = nll + shaped_kl(loc, log_scale, *shaping, torch).sum() / n_tokens
             metrics |= {"loss": objective.detach(), "beta": shaping[0]}
         if self.encoder is not None:
             # The encoder's own ELBO at its output, its eps keyed per sequence; the decoder is frozen

@@ -2,12 +2,11 @@
 Pyro in pyro.py, NumPyro in numpyro.py."""
 from __future__ import annotations
 
+from ...flops import decoder_forward
 from ..descriptor import MethodDescriptor
 
 
 def flops_per_token(cfg) -> float:
-    from ...flops import decoder_forward
-
     return 3 * decoder_forward(cfg.model)
 
 
