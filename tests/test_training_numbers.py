@@ -550,7 +550,7 @@ def start_spies(monkeypatch, backend, obj, starts: list):
     else:
         import ltm_ppl.inference.local.numpyro as module
         owner = obj.programs
-    keep = lambda args, kwargs, result: result is not None and starts.append(tuple(np.array(x, np.float64) for x in result))  # noqa: E731
+    keep = lambda args, kwargs, result: result is not None and starts.append(tuple(np.asarray(x, dtype=np.float64) for x in result))  # noqa: E731
     spy(monkeypatch, module, "initial_local", keep)
     spy(monkeypatch, owner, "start", keep)
 
