@@ -1,0 +1,671 @@
+"""What `fit` reports and what it trains from, checked on the path training runs (issue 25).
+
+One training iteration of every registered method (the four built in and the test-registered
+`prior`, which inherits the generic slow step), in both backends: its records `loss`, `nll`,
+`kl`, the method's extras, `lr` and `grad_norm` equal an independent computation on the same
+batch, at the same q and the same noise (the negative ELBO per predicted token from the PPL's own
+TraceMeanField_ELBO, with z replayed / substituted; the analytic KL summed over the batch; the
+gradient of that independent loss); and `ppl` is exp(loss), as metrics.jsonl records it and the
+progress bar prints it. The q and noise are read off the step as it runs (a spy that records the
+arguments of the backend's own ELBO call and passes them on unchanged); NumPyro's step runs under
+jax.disable_jit so that they are concrete values.
+"""
+from __future__ import annotations
+
+import functools
+import io
+import math
+
+import numpy as np
+import pytest
+import torch
+from helpers import random_weights, tiny_cfg
+
+from ltm_ppl.inference import registry
+
+pytestmark = pytest.mark.usefixtures("jax_caches", "torch_one_thread")
+
+RTOL = 2e-5  # float32: sums of ~100 token log-probs and 128 KL terms per sequence, another order
+S = 2  # noise draws per ELBO: a sum instead of a mean over draws cannot hide
+B = 3
+
+
+@pytest.fixture(autouse=True)
+def prior_registered():
+    """The fifth method of tests/test_fifth_method.py: the generic slow step, no override."""
+    from test_fifth_method import PRIOR
+
+    registry.register(PRIOR)
+    yield
+    registry.unregister("prior")
+
+
+def training_setup(method: str, backend: str, cls=None, **inference):
+    """An inference object at random weights (far from the init: z matters) and a batch."""
+    from ltm_ppl.inference import create
+
+    cfg = tiny_cfg(method, backend=backend, train=dict(lr=1e-3, warmup_iters=3), num_samples=S, **inference)
+    obj = create(cfg) if cls is None else cls(cfg)
+    weights = random_weights({k: v.shape for k, v in obj.weights().items()}, seed=41)
+    for name, value in weights.items():  # an encoder at these scales would give a KL of ~1e4 nats
+        if name.startswith("encoder.") and value.ndim >= 2:
+            weights[name] = 0.1 * value
+    obj.load_weights(weights)
+    batch = np.random.default_rng(42).integers(0, 64, (B, cfg.model.block_size + 1))
+    return obj, batch
+
+
+def analytic_kl(loc, log_scale) -> np.ndarray:
+    """KL(N(loc, exp(log_scale)^2) || N(0, 1)) per sequence [B], in float64."""
+    loc, log_scale = np.asarray(loc, np.float64), np.asarray(log_scale, np.float64)
+    kl = 0.5 * (loc**2 + np.exp(2 * log_scale) - 1 - 2 * log_scale)
+    return kl.reshape(len(kl), -1).sum(-1)
+
+
+def printed(cfg, metrics: dict) -> tuple[dict, dict]:
+    """(the metrics.jsonl record, the progress bar's postfix) that fit makes of a step's metrics."""
+    from tqdm import tqdm
+
+    from ltm_ppl.inference import descriptor
+    from ltm_ppl.train import MetricsBuffer, _show
+
+    written = []
+    buffer = MetricsBuffer(None, cfg, descriptor(cfg.inference.method).loss_is_bound, write=lambda run, r: written.append(r))
+    buffer.add(1, metrics, 0.0)
+    buffer.flush(0)
+    assert written == [buffer.last]
+    bar = tqdm(total=1, file=io.StringIO())
+    _show(bar, buffer.last, None)
+    postfix = dict(item.split("=") for item in bar.postfix.split(", "))
+    bar.close()
+    return buffer.last, postfix
+
+
+def check_records(obj, metrics: dict, expected: dict, grads: list[np.ndarray], bound: bool = True):
+    """The step's records against the independent numbers, then through fit's record and bar."""
+    from ltm_ppl.inference.schedules import slow_lr
+
+    got = {k: float(v) for k, v in metrics.items()}
+    for name, value in expected.items():
+        assert got[name] == pytest.approx(value, rel=RTOL, abs=1e-6), name
+    assert got["lr"] == pytest.approx(slow_lr(0, obj.cfg.train), rel=1e-7)
+    norm = math.sqrt(sum(float(np.sum(np.asarray(g, np.float64) ** 2)) for g in grads))
+    assert norm > 0 and got["grad_norm"] == pytest.approx(norm, rel=1e-4)
+    assert got["finite"] == 1.0 and obj.iteration == 1
+    extras = set(got) - set(expected) - {"lr", "grad_norm", "finite"}
+    assert not extras, f"records not checked: {extras}"
+    record, postfix = printed(obj.cfg, metrics)
+    assert record["loss"] == got["loss"] and postfix["loss"] == f"{got['loss']:.3f}"
+    if bound:  # exp(loss): a bound on the perplexity, on the bar as written
+        assert record["ppl"] == pytest.approx(math.exp(expected["loss"]), rel=1e-4)
+        assert postfix["ppl"] == f"{record['ppl']:.1f}"
+    else:
+        assert "ppl" not in record and "ppl" not in postfix
+    if "kl" in expected:
+        assert postfix["kl"] == f"{record['kl']:.2f}"
+
+
+# ----- Pyro ----------------------------------------------------------------------------------------
+def pyro_elbo_sum(model, tokens, loc, log_scale, z):
+    """sum_i ELBO_i of q = N(loc, exp(log_scale)^2), the log-likelihood averaged over the draws z
+    [S, B, *event]: -TraceMeanField_ELBO with the guide's z replayed (analytic KL). Differentiable."""
+    import pyro
+    from pyro import poutine
+
+    from ltm_ppl.models.pyro_model import local_guide
+
+    guide = functools.partial(local_guide, loc=loc, log_scale=log_scale)
+    total = 0.0
+    with pyro.validation_enabled(False):
+        for zs in z:
+            at_z = poutine.trace(guide).get_trace(tokens)
+            at_z.nodes["z"]["value"] = zs
+            total = total - pyro.infer.TraceMeanField_ELBO(max_plate_nesting=1).differentiable_loss(
+                model, poutine.replay(guide, trace=at_z), tokens)
+    return total / len(z)
+
+
+def pyro_loglik(model, tokens, z):
+    """log p(x_i | z_ci) [C, B] from a trace of the model with z [C, B, *event] conditioned on
+    (z None: the model without latent, [B])."""
+    import pyro
+    from pyro import poutine
+
+    with pyro.validation_enabled(False):
+        if z is None:
+            trace = poutine.trace(model).get_trace(tokens)
+        else:
+            with pyro.plate("chains", z.shape[0], dim=-2):
+                trace = poutine.trace(poutine.condition(model, data={"z": z})).get_trace(tokens)
+    site = trace.nodes["x"]
+    return site["fn"].log_prob(site["value"])
+
+
+def pyro_grads(obj, loss_of_params):
+    """Gradients of loss_of_params() w.r.t. every trained parameter (decoder and encoder)."""
+    params = obj.parameters()
+    grads = torch.autograd.grad(loss_of_params(), params, allow_unused=True)  # (local: the encoder has none here)
+    return [np.zeros(p.shape, np.float32) if g is None else g.numpy() for p, g in zip(params, grads)]
+
+
+def spy(monkeypatch, owner, name, record):
+    """owner.name recorded (record(args, kwargs, result)) and otherwise left as it is."""
+    real = getattr(owner, name)
+
+    def wrapped(*args, **kwargs):
+        result = real(*args, **kwargs)
+        record(args, kwargs, result)
+        return result
+
+    monkeypatch.setattr(owner, name, wrapped)
+
+
+def shifted(prior_class):
+    """The fifth method with its q moved off the prior (KL > 0), so that the generic slow step's
+    KL term counts; everything else is the registered class's."""
+    class Shifted(prior_class):
+        def proposal(self, *args, **kwargs):
+            loc, log_scale = super().proposal(*args, **kwargs)[:2]
+            return loc + 0.4, log_scale - 0.3
+
+    return Shifted
+
+
+def pyro_shifted():
+    from prior_method.pyro import PyroPrior
+
+    return shifted(PyroPrior)
+
+
+@pytest.mark.parametrize("method,options,cls", [("local", {}, None), ("local", {"init": "amortized"}, None),
+                                                ("prior", {}, None), ("prior", {}, pyro_shifted)],
+                         ids=["local", "semi-amortized", "prior", "prior-shifted"])
+def test_pyro_gaussian_slow_step_records_are_the_trace_elbo_of_its_q_and_noise(monkeypatch, method, options, cls):
+    """local (the slow step at the fitted q, keyed noise; semi-amortized: and the encoder's own
+    ELBO) and the generic slow step a new method inherits (PyroBackend.variational_step, fresh
+    noise from the torch stream): loss = -ELBO / tokens, nll = loss - KL / tokens, kl = mean KL."""
+    obj, batch = training_setup(method, "pyro", cls=cls and cls(), **options)
+    tokens = obj.tensor(batch)
+    calls = []
+    real = obj.gaussian_elbo
+
+    def recording(tokens, loc, log_scale, num_samples, noise=None):
+        calls.append((loc.detach().clone(), log_scale.detach().clone(), num_samples, noise, torch.get_rng_state()))
+        return real(tokens, loc, log_scale, num_samples, noise)
+
+    monkeypatch.setattr(obj, "gaussian_elbo", recording)
+    before = {k: v.copy() for k, v in obj.weights().items()}  # (Pyro's arrays share the tensors' memory)
+    metrics = obj.step(batch)
+    obj.load_weights(before)  # the records are of the weights before the update
+    monkeypatch.undo()
+
+    def z_of(loc, log_scale, num_samples, noise, rng):
+        if noise is None:  # fresh noise: the same torch stream, drawn again
+            torch.set_rng_state(rng)
+            noise = torch.randn((num_samples, *loc.shape))
+        return loc + log_scale.exp() * noise
+
+    loc, log_scale, num_samples, noise, rng = calls[0]
+    assert num_samples == S and (noise is None) == (method == "prior")
+    z = z_of(*calls[0])
+    n_tokens = B * (batch.shape[1] - 1)
+    kl = analytic_kl(loc, log_scale)
+    if cls is not None or method != "prior":  # the fifth method's own q is the prior: KL 0
+        assert kl.sum() > 1.0  # large enough for a dropped or halved KL to show
+    with torch.no_grad():
+        elbo = float(pyro_elbo_sum(obj.model, tokens, loc, log_scale, z))
+    expected = {"loss": -elbo / n_tokens, "nll": -elbo / n_tokens - kl.sum() / n_tokens, "kl": kl.mean()}
+
+    def loss_of_params():
+        return -pyro_elbo_sum(obj.model, tokens, loc, log_scale, z) / n_tokens
+
+    if obj.encoder is not None:
+        assert len(calls) == 2
+        enc_loc, enc_log_scale, _, enc_noise, _ = calls[1]
+        with torch.no_grad():
+            enc_elbo = float(pyro_elbo_sum(obj.model, tokens, enc_loc, enc_log_scale, enc_loc + enc_log_scale.exp() * enc_noise))
+        expected["encoder_loss"] = -enc_elbo / n_tokens
+    else:
+        assert len(calls) == 1
+    grads = pyro_grads(obj, loss_of_params)
+    if obj.encoder is not None:  # plus the encoder's own ELBO at its output and keyed eps, decoder held constant
+        def encoder_loss():
+            enc_loc, enc_log_scale = obj.encoder(tokens)
+            enc_z = enc_loc + enc_log_scale.exp() * enc_noise
+            return -pyro_elbo_sum(obj.model, tokens, enc_loc, enc_log_scale, enc_z) / n_tokens
+
+        names = [name for name, _ in obj.named_parameters()]
+        encoder_grads = torch.autograd.grad(encoder_loss(), list(obj.encoder.parameters()))
+        by_name = dict(zip([n for n in names if n.startswith("encoder.")], encoder_grads))
+        grads = [g + by_name[n].numpy() if n in by_name else g for n, g in zip(names, grads)]
+    check_records(obj, metrics, expected, grads)
+
+
+def test_pyro_amortized_records_are_the_trace_elbo_of_the_encoders_q(monkeypatch):
+    import ltm_ppl.inference.amortized.pyro as amortized
+
+    obj, batch = training_setup("amortized", "pyro")
+    tokens = obj.tensor(batch)
+    calls = []
+    spy(monkeypatch, amortized, "amortized_objective", lambda args, kwargs, result: calls.append(args[-1].clone()))
+    before = {k: v.copy() for k, v in obj.weights().items()}  # (Pyro's arrays share the tensors' memory)
+    metrics = obj.step(batch)
+    obj.load_weights(before)
+    monkeypatch.undo()
+    (eps,) = calls
+    assert eps.shape == (S, B, *obj.latent_shape)
+    n_tokens = B * (batch.shape[1] - 1)
+
+    def loss_of_params():
+        loc, log_scale = obj.encoder(tokens)
+        return -pyro_elbo_sum(obj.model, tokens, loc, log_scale, loc + log_scale.exp() * eps) / n_tokens
+
+    with torch.no_grad():
+        loc, log_scale = obj.encoder(tokens)
+        loss = float(loss_of_params())
+    kl = analytic_kl(loc, log_scale)
+    assert kl.sum() > 1.0
+    expected = {"loss": loss, "nll": loss - kl.sum() / n_tokens, "kl": kl.mean(), "beta": 1.0}
+    check_records(obj, metrics, expected, pyro_grads(obj, loss_of_params))
+
+
+def test_pyro_langevin_records_are_the_loglik_at_the_chains_last_state(monkeypatch):
+    """Monte Carlo EM: loss = nll = -mean over chains of sum_i log p(x_i | z_K) / tokens, at the
+    chains' last state; log_prior, accept and step_size are the chains' own. No ppl (no bound)."""
+    obj, batch = training_setup("langevin", "pyro", chains=2)
+    tokens = obj.tensor(batch)
+    runs = []
+    spy(monkeypatch, obj, "sample", lambda args, kwargs, result: runs.append({k: v.detach().clone() for k, v in result.items()
+                                                                             if isinstance(v, torch.Tensor)}))
+    before = {k: v.copy() for k, v in obj.weights().items()}  # (Pyro's arrays share the tensors' memory)
+    metrics = obj.step(batch)
+    obj.load_weights(before)
+    monkeypatch.undo()
+    (run,) = runs
+    z = run["last"]
+    assert z.shape == (2, B, *obj.latent_shape)
+    n_tokens = B * (batch.shape[1] - 1)
+    loss_of_params = lambda: -pyro_loglik(obj.model, tokens, z).mean(0).sum() / n_tokens  # noqa: E731
+    with torch.no_grad():
+        loss = float(loss_of_params())
+    log_prior = (-0.5 * z.double() ** 2 - 0.5 * math.log(2 * math.pi)).sum((-1, -2))
+    expected = {"loss": loss, "nll": loss, "log_prior": float(log_prior.mean()),
+                "accept": float(run["accept_prob"].double().mean()), "step_size": float(run["step_size"].double().mean())}
+    check_records(obj, metrics, expected, pyro_grads(obj, loss_of_params), bound=False)
+
+
+def test_pyro_none_records_are_the_exact_nll():
+    obj, batch = training_setup("none", "pyro")
+    tokens = obj.tensor(batch)
+    before = {k: v.copy() for k, v in obj.weights().items()}  # (Pyro's arrays share the tensors' memory)
+    metrics = obj.step(batch)
+    obj.load_weights(before)
+    n_tokens = B * (batch.shape[1] - 1)
+    loss_of_params = lambda: -pyro_loglik(obj.model, tokens, None).sum() / n_tokens  # noqa: E731
+    with torch.no_grad():
+        loss = float(loss_of_params())
+    check_records(obj, metrics, {"loss": loss, "nll": loss, "kl": 0.0}, pyro_grads(obj, loss_of_params))
+
+
+# ----- NumPyro -------------------------------------------------------------------------------------
+def numpyro_elbo_sum(model, tokens, loc, log_scale, z):
+    """sum_i ELBO_i of q = N(loc, exp(log_scale)^2), the log-likelihood averaged over the draws z
+    [S, B, *event]: -TraceMeanField_ELBO of NumPyro with the guide's z substituted. Differentiable."""
+    import jax
+    import numpyro
+    from numpyro import handlers
+
+    from ltm_ppl.models.numpyro_model import local_guide
+
+    guide = functools.partial(local_guide, loc=loc, log_scale=log_scale)
+    total = 0.0
+    for zs in z:
+        at_z = handlers.substitute(guide, data={"z": zs})
+        total = total - numpyro.infer.TraceMeanField_ELBO().loss(jax.random.PRNGKey(0), {}, model, at_z, tokens)
+    return total / len(z)
+
+
+def numpyro_guide_draws(guide, tokens, num_samples, key):
+    """The z [S, B, *event] a guide draws from `key` in S particles: NumPyro's own sampler, keyed as
+    numpyro_elbo.traced keys the guide (the first half of the split)."""
+    import jax
+    import numpyro
+    from numpyro import handlers
+
+    def in_particles(*args):
+        with numpyro.plate("particles", num_samples, dim=-2):
+            return guide(*args)
+
+    guide_key = jax.random.split(key)[0]
+    return handlers.trace(handlers.seed(in_particles, guide_key)).get_trace(tokens)["z"]["value"]
+
+
+def numpyro_step(obj, batch, monkeypatch, spies: dict):
+    """One training iteration with jit off (concrete q and noise for the spies), the parameters
+    before it, and the spies' records {name: [(args, kwargs), ...]}."""
+    import jax
+
+    records = {name: [] for name in spies}
+    for name, owner in spies.items():
+        real = getattr(owner, name)
+
+        def wrapped(*args, _real=real, _name=name, **kwargs):
+            records[_name].append((args, kwargs))
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(owner, name, wrapped)
+    params = obj.params
+    with jax.disable_jit():
+        metrics = obj.step(batch)
+    monkeypatch.undo()
+    return metrics, params, records
+
+
+def numpyro_shifted():
+    from prior_method.numpyro import NumPyroPrior, PriorPrograms
+
+    class ShiftedPrograms(PriorPrograms):
+        def proposal(self, *args, **kwargs):
+            loc, log_scale, _ = super().proposal(*args, **kwargs)
+            return loc + 0.4, log_scale - 0.3, None
+
+    class Shifted(NumPyroPrior):
+        programs_class = ShiftedPrograms
+
+    return Shifted
+
+
+@pytest.mark.parametrize("method,options,cls", [("local", {}, None), ("local", {"init": "amortized"}, None),
+                                                ("prior", {}, None), ("prior", {}, numpyro_shifted)],
+                         ids=["local", "semi-amortized", "prior", "prior-shifted"])
+def test_numpyro_gaussian_slow_step_records_are_the_trace_elbo_of_its_q_and_noise(monkeypatch, method, options, cls):
+    """local (the default method: the slow step at the fitted q, keyed noise; semi-amortized: and
+    the encoder's own ELBO) and the generic slow step (Programs._variational_step, noise from the
+    step's key): loss = -ELBO / tokens, nll = loss - KL / tokens, kl = mean KL."""
+    import jax
+    import jax.numpy as jnp
+
+    from ltm_ppl.models import jax_encoder
+    from ltm_ppl.models.numpyro_model import amortized_guide, local_guide
+
+    obj, batch = training_setup(method, "numpyro", cls=cls and cls(), **options)
+    programs = obj.programs
+    spies = {"elbo": programs} | ({"encoder_elbo": programs} if options.get("init") == "amortized" else {})
+    metrics, params, records = numpyro_step(obj, batch, monkeypatch, spies)
+    tokens = obj.tensor(batch)
+    (args, _), = records["elbo"]
+    _, _, loc, log_scale, num_samples, noise, key = args
+    assert num_samples == S and (noise is None) == (method == "prior")
+    if noise is None:  # drawn by the guide from the step's key
+        z = numpyro_guide_draws(functools.partial(local_guide, loc=loc, log_scale=log_scale), tokens, S, key)
+    else:
+        z = loc + jnp.exp(log_scale) * noise
+    n_tokens = B * (batch.shape[1] - 1)
+    kl = analytic_kl(loc, log_scale)
+    if cls is not None or method != "prior":
+        assert kl.sum() > 1.0  # large enough for a dropped or halved KL to show
+    model = programs.model
+    loss_of = lambda p: -numpyro_elbo_sum(model(p), tokens, loc, log_scale, z) / n_tokens  # noqa: E731
+    loss = float(loss_of(params))
+    expected = {"loss": loss, "nll": loss - kl.sum() / n_tokens, "kl": kl.mean()}
+    grads = jax.grad(loss_of)(params)
+    if "encoder_elbo" in records:  # the encoder's own ELBO at its output, decoder held constant
+        (enc_args, _), = records["encoder_elbo"]
+        enc_key = enc_args[-1]
+        encode = lambda p: jax_encoder.encode(p, obj.cfg.model, tokens, jnp.float32)  # noqa: E731
+        enc_loc, enc_log_scale = encode(params)
+        enc_z = numpyro_guide_draws(functools.partial(amortized_guide, encoder_fn=lambda t: (enc_loc, enc_log_scale)),
+                                    tokens, S, enc_key)
+        enc_eps = (enc_z - enc_loc) / jnp.exp(enc_log_scale)
+
+        def encoder_loss(p):
+            loc_p, log_scale_p = encode(p)
+            frozen = {k: v if k.startswith(jax_encoder.PREFIX) else jax.lax.stop_gradient(v) for k, v in p.items()}
+            return -numpyro_elbo_sum(model(frozen), tokens, loc_p, log_scale_p, loc_p + jnp.exp(log_scale_p) * enc_eps) / n_tokens
+
+        expected["encoder_loss"] = float(encoder_loss(params))
+        enc_grads = jax.grad(encoder_loss)(params)
+        grads = {k: grads[k] + enc_grads[k] for k in grads}
+    check_records(obj, metrics, expected, list(grads.values()))
+
+
+def test_numpyro_amortized_records_are_the_trace_elbo_of_the_encoders_q(monkeypatch):
+    import jax
+    import jax.numpy as jnp
+
+    import ltm_ppl.inference.amortized.numpyro as amortized
+    from ltm_ppl.models import jax_encoder
+    from ltm_ppl.models.numpyro_model import amortized_guide
+
+    obj, batch = training_setup("amortized", "numpyro")
+    metrics, params, records = numpyro_step(obj, batch, monkeypatch, {"elbo_terms_by_vector": amortized})
+    (args, kwargs), = records["elbo_terms_by_vector"]
+    assert kwargs["num_particles"] == S
+    tokens = obj.tensor(batch)
+    n_tokens = B * (batch.shape[1] - 1)
+    encode = lambda p: jax_encoder.encode(p, obj.cfg.model, tokens, jnp.float32)  # noqa: E731
+    loc, log_scale = encode(params)
+    z = numpyro_guide_draws(functools.partial(amortized_guide, encoder_fn=lambda t: (loc, log_scale)), tokens, S,
+                            kwargs["rng_key"])
+    eps = (z - loc) / jnp.exp(log_scale)
+
+    def loss_of(p):
+        loc_p, log_scale_p = encode(p)
+        return -numpyro_elbo_sum(obj.programs.model(p), tokens, loc_p, log_scale_p, loc_p + jnp.exp(log_scale_p) * eps) / n_tokens
+
+    kl = analytic_kl(loc, log_scale)
+    assert kl.sum() > 1.0
+    loss = float(loss_of(params))
+    expected = {"loss": loss, "nll": loss - kl.sum() / n_tokens, "kl": kl.mean(), "beta": 1.0}
+    check_records(obj, metrics, expected, list(jax.grad(loss_of)(params).values()))
+
+
+def numpyro_loglik(model, tokens, z):
+    """log p(x_i | z_ci) [C, B] from a trace of the model with z [C, B, *event] substituted (z None:
+    the model without latent, [B])."""
+    import jax
+    import numpyro
+    from numpyro import handlers
+
+    if z is None:
+        site = handlers.trace(handlers.seed(model, jax.random.PRNGKey(0))).get_trace(tokens)["x"]
+        return site["fn"].log_prob(site["value"])
+
+    def in_chains(tokens):
+        with numpyro.plate("chains", z.shape[0], dim=-2):
+            return model(tokens)
+
+    trace = handlers.trace(handlers.substitute(handlers.seed(in_chains, jax.random.PRNGKey(0)), data={"z": z})).get_trace(tokens)
+    return trace["x"]["fn"].log_prob(trace["x"]["value"])
+
+
+def test_numpyro_langevin_records_are_the_loglik_at_the_chains_last_state(monkeypatch):
+    import jax
+
+    obj, batch = training_setup("langevin", "numpyro", chains=2)
+    runs = []
+    real = obj.programs.sample
+
+    def recording(*args, **kwargs):
+        runs.append(real(*args, **kwargs))
+        return runs[-1]
+
+    monkeypatch.setattr(obj.programs, "sample", recording)
+    params = obj.params
+    with jax.disable_jit():
+        metrics = obj.step(batch)
+    monkeypatch.undo()
+    (run,) = runs
+    z = np.asarray(run["last"])
+    assert z.shape == (2, B, *obj.latent_shape)
+    tokens = obj.tensor(batch)
+    n_tokens = B * (batch.shape[1] - 1)
+    loss_of = lambda p: -numpyro_loglik(obj.programs.model(p), tokens, z).mean(0).sum() / n_tokens  # noqa: E731
+    loss = float(loss_of(params))
+    log_prior = (-0.5 * z.astype(np.float64) ** 2 - 0.5 * math.log(2 * math.pi)).sum((-1, -2))
+    expected = {"loss": loss, "nll": loss, "log_prior": log_prior.mean(),
+                "accept": np.asarray(run["accept_prob"], np.float64).mean(), "step_size": np.asarray(run["step_size"], np.float64).mean()}
+    check_records(obj, metrics, expected, list(jax.grad(loss_of)(params).values()), bound=False)
+
+
+def test_numpyro_none_records_are_the_exact_nll():
+    import jax
+
+    obj, batch = training_setup("none", "numpyro")
+    params = obj.params
+    metrics = obj.step(batch)
+    tokens = obj.tensor(batch)
+    n_tokens = B * (batch.shape[1] - 1)
+    loss_of = lambda p: -numpyro_loglik(obj.programs.model(p), tokens, None).sum() / n_tokens  # noqa: E731
+    loss = float(loss_of(params))
+    check_records(obj, metrics, {"loss": loss, "nll": loss, "kl": 0.0}, list(jax.grad(loss_of)(params).values()))
+
+
+# ----- fit's records and progress bar, on numbers known exactly ------------------------------------
+def test_record_and_bar_show_exp_loss_as_ppl_only_for_a_bound():
+    cfg = tiny_cfg("local", backend="pyro")
+    record, postfix = printed(cfg, {"loss": 2.0, "nll": 1.5, "kl": 3.0, "lr": 1e-3, "finite": True})
+    assert record == {"iter": 1, "loss": 2.0, "nll": 1.5, "kl": 3.0, "lr": 1e-3, "elapsed_s": 0.0, "ppl": math.exp(2.0)}
+    assert postfix == {"loss": "2.000", "ppl": "7.4", "kl": "3.00"}
+    assert printed(cfg, {"loss": 60.0, "finite": True})[0]["ppl"] == math.exp(50.0)  # capped, still a bound
+    cfg.inference.kl_warmup_iters = 4  # a shaped loss (beta < 1) bounds nothing: no ppl
+    record, postfix = printed(cfg, {"loss": 2.0, "kl": 3.0, "beta": 0.25, "finite": True})
+    assert "ppl" not in record and set(postfix) == {"loss", "kl"}
+    langevin = tiny_cfg("langevin", backend="pyro")
+    record, postfix = printed(langevin, {"loss": 2.0, "accept": 0.5, "finite": True})
+    assert "ppl" not in record and postfix == {"loss": "2.000", "accept": "0.50"}
+
+
+# ----- the starts of the fast loop, on fit's path and on eval's ------------------------------------
+STARTS = ("prior", "narrow", "published", "amortized")
+MANY = 64  # sequences: 64 * 4 * 32 = 8192 draws of each start parameter
+
+
+def start_spies(monkeypatch, backend, obj, starts: list):
+    """Record every (loc, log_scale) a fast loop begins from: initial_local's (a fixed point, the
+    published draw) or the method's `start` hook's (the encoder's q), as numpy."""
+    if backend == "pyro":
+        import ltm_ppl.inference.local.pyro as module
+        owner = obj
+    else:
+        import ltm_ppl.inference.local.numpyro as module
+        owner = obj.programs
+    keep = lambda args, kwargs, result: result is not None and starts.append(tuple(np.asarray(x, dtype=np.float64) for x in result))  # noqa: E731
+    spy(monkeypatch, module, "initial_local", keep)
+    spy(monkeypatch, owner, "start", keep)
+
+
+def check_start(obj, backend, init, batch, loc, log_scale):
+    assert loc.shape == log_scale.shape == (len(batch), *obj.latent_shape)
+    if init == "prior":
+        assert (loc == 0).all() and (log_scale == 0).all()
+    elif init == "narrow":
+        assert (loc == 0).all() and (log_scale == -5).all()
+    elif init == "amortized":  # the encoder's q of these sequences
+        if backend == "pyro":
+            with torch.no_grad():
+                expected = [t.numpy() for t in obj.encoder(obj.tensor(batch))]
+        else:
+            import jax.numpy as jnp
+
+            from ltm_ppl.models import jax_encoder
+
+            expected = jax_encoder.encode(obj.params, obj.cfg.model, obj.tensor(batch), jnp.float32)
+        np.testing.assert_allclose(loc, expected[0], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(log_scale, expected[1], rtol=1e-5, atol=1e-6)
+        assert np.std(loc) > 1e-3  # not a fixed point
+    else:  # published: mu = 0.01 N(0, 1), log variance = -5 + 0.1 N(0, 1), every element its own draw
+        check_published_spread(loc, 2 * log_scale)
+
+
+def check_published_spread(mu, log_var):
+    """Mean and standard deviation within 5 standard errors of the published ones: the mean's SE is
+    sd / sqrt(n), the sample standard deviation's sd / sqrt(2 (n - 1)) (normal draws)."""
+    for values, mean, sd in ((mu, 0.0, 0.01), (log_var, -5.0, 0.1)):
+        n = values.size
+        assert n >= 8000
+        assert abs(values.mean() - mean) < 5 * sd / math.sqrt(n)
+        assert abs(values.std(ddof=1) - sd) < 5 * sd / math.sqrt(2 * (n - 1))
+    assert len(np.unique(mu.reshape(len(mu), -1), axis=0)) == len(mu)  # each sequence its own draw
+
+
+def many_windows(obj, seed=51):
+    return np.random.default_rng(seed).integers(0, 64, (MANY, obj.cfg.model.block_size + 1))
+
+
+@pytest.mark.parametrize("init", STARTS)
+def test_pyro_fit_starts_on_one_worker_and_on_two(monkeypatch, init):
+    """The start training's fast loop takes (keyed per sequence, noise.Rows from the iteration and
+    the worker's share): what --init says, and the same for a sequence on one worker or on either
+    of two (distributed.World as torchrun sets it, each worker stepping on its half)."""
+    from ltm_ppl import distributed
+
+    obj, _ = training_setup("local", "pyro", init=init, steps=1)
+    batch = many_windows(obj)
+    before = {k: v.copy() for k, v in obj.weights().items()}
+    starts = []
+    start_spies(monkeypatch, "pyro", obj, starts)
+    obj.step(batch)
+    obj.load_weights(before)  # (the encoder's q before its update)
+    (one,) = starts
+    check_start(obj, "pyro", init, batch, *one)
+    halves = []
+    for rank in range(2):
+        obj.load_weights(before)
+        obj.iteration = 0
+        monkeypatch.setattr(distributed, "_WORLD", distributed.World(rank=rank, size=2, runtime="torch"))
+        starts.clear()
+        obj.step(batch[rank * MANY // 2 : (rank + 1) * MANY // 2])
+        halves.append(starts[0])
+    for i in range(2):
+        np.testing.assert_allclose(np.concatenate([h[i] for h in halves]), one[i], rtol=1e-6, atol=1e-7)
+    if init == "published":  # fresh at the next iteration
+        monkeypatch.setattr(distributed, "_WORLD", distributed.World())
+        starts.clear()
+        obj.step(batch)
+        assert not np.allclose(starts[0][0], one[0])
+        check_published_spread(starts[0][0], 2 * starts[0][1])
+
+
+@pytest.mark.parametrize("init", STARTS)
+def test_numpyro_fit_starts(monkeypatch, init):
+    """The start of the compiled step's fast loop (keyed per global row: a mesh of several devices
+    draws the same rows, tests/test_distributed.py), what --init says; fresh at the next iteration."""
+    import jax
+
+    obj, _ = training_setup("local", "numpyro", init=init, steps=1)
+    batch = many_windows(obj)
+    starts = []
+    start_spies(monkeypatch, "numpyro", obj, starts)
+    params = obj.params
+    with jax.disable_jit():
+        obj.step(batch)
+        (first,) = starts
+        updated, obj.params = obj.params, params  # (the encoder's q before its update)
+        check_start(obj, "numpyro", init, batch, *first)
+        obj.params = updated
+        if init == "published":
+            obj.step(batch)
+            assert not np.allclose(starts[1][0], first[0])
+            check_published_spread(starts[1][0], 2 * starts[1][1])
+
+
+@pytest.mark.parametrize("backend", ["pyro", "numpyro"])
+@pytest.mark.parametrize("init", STARTS)
+def test_eval_starts(monkeypatch, backend, init):
+    """The start of the fast loop of a reported bound (evaluate.windows_bound: keyed by the eval
+    batch and row in Pyro, by the bound's key in NumPyro), what --init says, over many windows."""
+    import jax
+
+    from ltm_ppl.evaluate import windows_bound
+
+    obj, _ = training_setup("local", backend, init=init)
+    tokens = np.random.default_rng(52).integers(0, 64, MANY * obj.cfg.model.block_size + 1)
+    starts = []
+    start_spies(monkeypatch, backend, obj, starts)
+    with jax.disable_jit():
+        windows_bound(obj, tokens, steps=1, num_samples=1, batch_size=MANY // 2, seed=3)
+    assert len(starts) == 2  # two eval batches
+    loc, log_scale = (np.concatenate([s[i] for s in starts]) for i in range(2))
+    batch = np.stack([tokens[i * obj.cfg.model.block_size : (i + 1) * obj.cfg.model.block_size + 1] for i in range(MANY)])
+    check_start(obj, backend, init, batch, loc, log_scale)
