@@ -137,6 +137,15 @@ def test_pyro_trajectory_update_is_the_hand_written_one(fast_loss, torch_one_thr
         w1 = w0 * (1 - lr * decay) - lr * g / (np.abs(g) + 1e-8)
         # (a gradient entry near Adam's eps 1e-8 moves by less than lr: the tolerance is a share of lr)
         np.testing.assert_allclose(inference.weights()[name], w1, rtol=1e-6, atol=0.05 * lr, err_msg=name)
+    # The next iteration starts from zero gradients: nothing of this step's sum carries over.
+    weights = inference.weights()
+    rows = noise.Rows(cfg.train.seed, 1, 0, B)
+    loc0, log_scale0 = initial_local(B, shape, cfg.inference, "cpu", rows)
+    eps = noise.torch_eps(rows, noise.FIXED, B, shape, 1, "cpu")[0]
+    expected, _ = by_hand(weights, cfg, torch.from_numpy(batch), loc0, 2 * log_scale0, eps)
+    inference.step(batch)
+    for name, p in inference.decoder.named_parameters():
+        np.testing.assert_allclose(p.grad.numpy(), expected[name], rtol=2e-3, atol=1e-6, err_msg=name)
 
 
 @pytest.mark.usefixtures("jax_caches")
