@@ -6,6 +6,7 @@ stray top-level `tests` package in site-packages never shadows this folder.
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -74,3 +75,17 @@ def torch_one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_jax_programs():
+    """Every XLA CPU program compiled in this process holds ~18 memory mappings until jax's caches
+    drop it (300 eager ops: +5,400). A whole suite's worth passed the kernel's 65,530-mapping limit
+    and XLA segfaulted in the next compile (tests/test_training_numbers.py, run with jit off, after
+    ~400 tests). Dropping them after each test module keeps the count low; the on-disk compilation
+    cache makes the recompiles cheap."""
+    yield
+    if "jax" in sys.modules:
+        import jax
+
+        jax.clear_caches()
