@@ -9,6 +9,7 @@ import contextlib
 import functools
 import json
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -42,6 +43,8 @@ class LtmGroup(click.Group):
         except click.ClickException as exc:
             if env_rank() == 0:
                 click.echo(f"error: {exc.format_message()}", err=True)
+            else:
+                _let_rank_zero_speak()
             sys.exit(2)
         except Interrupted as exc:  # a checkpoint was committed; the message says how to resume
             if env_rank() == 0:
@@ -50,11 +53,19 @@ class LtmGroup(click.Group):
         except LtmError as exc:
             if env_rank() == 0:  # every worker refuses alike; the first one says why
                 click.echo(f"error: {exc}", err=True)
+            else:
+                _let_rank_zero_speak()
             sys.exit(2)
         except click.Abort:
             click.echo("error: interrupted", err=True)
             sys.exit(130)
         sys.exit(code if isinstance(code, int) else 0)
+
+
+def _let_rank_zero_speak(seconds: float = 5.0) -> None:
+    """A silent worker that refuses first would have torchrun stop the group before rank 0 prints
+    why: wait for rank 0 to speak and exit (torchrun then ends this worker)."""
+    time.sleep(seconds)
 
 
 def _set_threads(ctx, param, value):

@@ -628,7 +628,12 @@ def test_pyro_fit_starts_on_one_worker_and_on_two(monkeypatch, init):
         check_published_spread(starts[0][0], 2 * starts[0][1])
 
 
-@pytest.mark.parametrize("init", STARTS)
+# NumPyro's start checks run with jit off (8-22 s each): the published start's stays in the default
+# suite, the other three run with the slow tests.
+NUMPYRO_STARTS = [s if s == "published" else pytest.param(s, marks=pytest.mark.slow) for s in STARTS]
+
+
+@pytest.mark.parametrize("init", NUMPYRO_STARTS)
 def test_numpyro_fit_starts(monkeypatch, init):
     """The start of the compiled step's fast loop (keyed per global row: a mesh of several devices
     draws the same rows, tests/test_distributed.py), what --init says; fresh at the next iteration."""
@@ -651,8 +656,10 @@ def test_numpyro_fit_starts(monkeypatch, init):
             check_published_spread(starts[1][0], 2 * starts[1][1])
 
 
-@pytest.mark.parametrize("backend", ["pyro", "numpyro"])
-@pytest.mark.parametrize("init", STARTS)
+@pytest.mark.parametrize("init,backend", [
+    pytest.param(init, backend, id=f"{init}-{backend}",
+                 marks=[pytest.mark.slow] if backend == "numpyro" and init != "published" else [])
+    for init in STARTS for backend in ("pyro", "numpyro")])
 def test_eval_starts(monkeypatch, backend, init):
     """The start of the fast loop of a reported bound (evaluate.windows_bound: keyed by the eval
     batch and row in Pyro, by the bound's key in NumPyro), what --init says, over many windows."""
