@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 from .checks import require_positive
@@ -43,8 +44,6 @@ def _cpu_times() -> tuple[float, float] | None:
 def idle_cores(seconds: float = SAMPLE_SECONDS) -> float | None:
     """Cores idle on average over the next `seconds` (this process sleeps meanwhile); None where
     /proc/stat cannot be read."""
-    import time
-
     before = _cpu_times()
     time.sleep(seconds)
     after = _cpu_times()
