@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
-from . import __version__
+from . import __version__, report
 from .checkpoint import read_config
 from .config import FLAGS, RunConfig, apply_overrides, build_config
 from .diagnostics import DiagnoseSettings, diagnose_run
@@ -145,11 +145,6 @@ def effective_defaults(source: str, **stated):
     return decorate
 
 
-def _num(value) -> str:
-    """A diagnostic for the table: 3 decimals; NaN (stored as null in JSON) shown as nan."""
-    return "nan" if value is None else f"{value:.3f}"
-
-
 def emit_json(record: dict) -> None:
     click.echo(json.dumps(record))
 
@@ -274,43 +269,11 @@ def eval_cmd(run, split, data, steps, kind, samples, fixed_noise, batch_size, ma
     record = evaluate_run(opened, split, data, steps, samples, kind, fixed_noise, batch_size, max_windows, seed,
                           progress_bar("eval", "seq"))
     if plot is not None:
-        plot_eval_steps(record, plot)
+        plot_eval_steps(record.to_dict(), plot)
     if as_json:
-        emit_json(record)
+        emit_json(record.to_dict())
         return
-    print_eval(record, split)
-
-
-def print_eval(record: dict, split: str) -> None:
-    """The eval table. Bounds (and the exact likelihood of `none`) in the table; the reference's
-    fixed-noise figures below it, each labelled as what it is: never in a column read as a bound."""
-    covered = "all" if record["num_sequences"] == record["split_windows"] else f"the first {record['num_sequences']} of"
-    click.echo(f"{record['data']} [{split}]: {covered} {record['split_windows']} windows, {record['num_tokens']} predicted "
-               f"tokens (every number below covers these windows); {record['backend']}/{record['inference']} "
-               f"(trained {record['trained_with']}); q = {record['proposal']}")
-    click.echo(f"{'steps':>6} {'bound':>6} {'nats/token':>11} {'perplexity':>11} {'KL/seq':>8} {'mean exp(-B/T)':>15}  what")
-    honest = [row for row in record["rows"] if not row.get("fixed_noise")]
-    for row in honest:
-        kl = "-" if row["kl_per_sequence"] is None else f"{row['kl_per_sequence']:.3f}"
-        steps = "-" if row.get("fitted_steps") is None else str(row["steps"])
-        kind_name = "exact" if record["exact"] else row["bound"]
-        click.echo(f"{steps:>6} {kind_name:>6} {row['nll_per_token']:>11.4f} {row['perplexity']:>11.3f} "
-                   f"{kl:>8} {row['per_sequence_mean_perplexity']:>15.3f}  {row['label']}")
-        if row["bound"] == "iwae":
-            click.echo(f"{'':>6} {'':>6} {row['sampled_elbo_nll_per_token']:>11.4f}  sampled-KL ELBO of the same {row['samples']} draws")
-    what = "exact: corpus-level exp(NLL / predicted tokens)" if record["exact"] else \
-        "corpus-level exp(bound / predicted tokens), a bound on the perplexity"
-    click.echo(f"perplexity: {what}; mean exp(-B/T): the per-sequence mean of the same terms (the paper's averaging)")
-    click.echo(f"unigram of the same tokens: {record['unigram_nll_per_token']:.4f} nats/token, perplexity {record['unigram_perplexity']:.3f}")
-    click.echo(f"training FLOPs per token: {record['flops_per_token']:.4g} (decoder forward {record['decoder_flops_per_token']:.4g})")
-    fixed = [row for row in record["rows"] if row.get("fixed_noise")]
-    if fixed:
-        click.echo("the published reference's numbers on the same windows -- NOT bounds, not comparable to the bounds above:")
-        for row in fixed:
-            click.echo(f"  {row['steps']:>4} steps: fixed-noise per-sequence perplexity {row['per_sequence_mean_perplexity']:.3f} "
-                       "(mean of exp[(cross-entropy + KL) / N] at q fitted to the same eps that scores it: not a bound)")
-            click.echo(f"  {row['steps']:>4} steps: no-KL reconstruction perplexity {row['reconstruction_perplexity']:.3f} "
-                       "(cross-entropy at the fitted z, which has seen the tokens it predicts: not a bound, not a likelihood)")
+    click.echo(report.eval_text(record))
 
 
 @effective_defaults("run")
@@ -338,12 +301,9 @@ def sample(run, prompt, num, max_tokens, temperature, top_k, steps, stop_at_eos,
     opened = _open_run(run, backend, device, method_overrides(kw) | {"inference.method": inference})
     record = sample_run(opened, settings, progress_bar("sample", "tok"))
     if as_json:
-        emit_json(record)
+        emit_json(record.to_dict())
         return
-    for i, text in enumerate(record["samples"]):
-        if num > 1:
-            click.echo(f"--- sample {i + 1} ---")
-        click.echo(text)
+    click.echo(report.sample_text(record))
 
 
 @effective_defaults("run", seed="0")
@@ -374,47 +334,9 @@ def diagnose(run, methods, sequences, chains, draws, steps, split, data, out, bo
                                 0 if seed is None else seed, overrides=method_overrides(kw), bounds=bounds)
     summary = diagnose_run(run, settings, progress_bar("diagnose", "part"))
     if as_json:
-        emit_json(summary)
+        emit_json(summary.to_dict())
         return
-    click.echo(f"{summary['run']} [{split}], {sequences} sequences -> {summary['out']}")
-    for m, r in summary["methods"].items():
-        click.echo(f"{m}: {r['chains']} chain(s) x {r['draws']} draws, {r['steps']} steps")
-        if "chains_diagnostics" in r:
-            c = r["chains_diagnostics"]
-            verdict = "converged" if c["converged"] else "NOT converged"
-            click.echo(f"  R-hat max {_num(c['rhat_max'])}, share above 1.01 (NaN counted) {c['share_rhat_above_limit']:.3f}, "
-                       f"R-hat of the log joint max {_num(c['rhat_log_joint_max'])}: {verdict}")
-            click.echo(f"  ESS bulk min {c['ess_bulk_min']:.1f}, tail min {c['ess_tail_min']:.1f}; "
-                       f"acceptance {r['accept_prob']:.3f}, step size {r['step_size']:.4f}")
-            click.echo(f"  kernel {r['kernel']}, start {r['init']}, warm-up {r['warmup']}, "
-                       f"{r['gradient_evaluations']:.0f} gradient evaluations per chain and sequence"
-                       + (f", {r['divergences']} divergent transitions" if "divergences" in r else ""))
-            click.echo(f"  {r['verdict']}")
-        if "khat" in r:
-            k = r["khat"]
-            exact = sum(s == "exact" for s in k["status"])
-            click.echo(f"  PSIS k-hat max {_num(k['khat_max'])}, share above {k['threshold']:.3f}: "
-                       f"{k['share_above_threshold']:.3f} ({exact} of {len(k['status'])} exact)")
-        col = r["collapse"]
-        kl = ", ".join(f"{v:.2f}" for v in col["kl_per_latent_vector"])
-        source = "from q's parameters" if col.get("source") == "q" else "from the draws"
-        click.echo(f"  KL per latent vector [{kl}] ({source}); active units {col['active_units']} / {col['num_units']} "
-                   f"over {col.get('active_sequences')} sequences")
-        if "collapse_noise_floor" in r:  # what the same estimator gives on as many prior draws
-            floor = r["collapse_noise_floor"]
-            click.echo(f"  noise floor (as many prior draws): KL per latent vector up to {max(floor['kl_per_latent_vector']):.2f}; "
-                       f"active units {floor['active_units']}")
-    with_bounds = {m: r for m, r in summary["methods"].items() if "bounds" in r}
-    if with_bounds:  # the methods side by side: each q's bounds, and whether its chains converged
-        k = next(iter(with_bounds.values()))["bounds"]["samples"]
-        click.echo(f"bounds of each method's q on these windows (nats/token, {k} draws; langevin: the Gaussian fitted to its draws):")
-        click.echo(f"  {'method':<16} {'steps':>6} {'ELBO':>9} {f'IWAE_{k}':>9}  chains")
-        for m, r in with_bounds.items():
-            b = r["bounds"]
-            click.echo(f"  {m:<16} {b['steps']:>6} {b['elbo_nll_per_token']:>9.4f} {b['iwae_nll_per_token']:>9.4f}  {r.get('verdict', '-')}")
-    if "amortization_gap" in summary:
-        g = summary["amortization_gap"]
-        click.echo(f"amortization gap (local - amortized ELBO): {g['nats_per_sequence']:.3f} nats/sequence, {g['nats_per_token']:.4f} nats/token")
+    click.echo(report.diagnose_text(summary))
 
 
 @effective_defaults("run")
@@ -438,16 +360,11 @@ def compare(runs, split, data, steps, samples, max_windows, batch_size, plot, ba
     table = compare_runs(list(runs), split, data, steps, samples, max_windows, batch_size, seed,
                          progress=progress_bar("compare", "seq"), overrides={"train.backend": backend, "train.device": device})
     if plot is not None:
-        plot_compare(table, plot)
+        plot_compare(table.to_dict(), plot)
     if as_json:
-        emit_json(table)
+        emit_json(table.to_dict())
         return
-    click.echo(f"{table['data']} [{split}], {table['rows'][0]['num_tokens']} predicted tokens each")
-    click.echo(f"{'run':<40} {'method':<18} {'params':>10} {'nats/token':>11} {'perplexity':>11} {'KL/seq':>8} {'train FLOPs/token':>18}")
-    for r in table["rows"]:
-        kl = "-" if r["kl_per_sequence"] is None else f"{r['kl_per_sequence']:.2f}"
-        click.echo(f"{r['run'][-40:]:<40} {r['backend'] + '/' + r['inference']:<18} {r['params']:>10} "
-                   f"{r['nll_per_token']:>11.4f} {r['perplexity']:>11.3f} {kl:>8} {r['flops_per_token']:>18.4g}")
+    click.echo(report.compare_text(table))
 
 
 @cli.command("import")
@@ -464,11 +381,7 @@ def import_cmd(checkpoint_file, out, data, as_json):
     if as_json:
         emit_json(summary)
         return
-    m = summary["model"]
-    click.echo(f"imported {summary['source']} (published iteration {summary['iter_num']}): {m['n_layer']} layers, "
-               f"d {m['d_model']}, {m['n_head']} heads, {m['n_z']} latent vectors, {m['block_size']}-token windows, "
-               f"{summary['params']} parameters; {summary['steps']} fast steps at lr {summary['fast_lr']:g}")
-    click.echo(f"run: {summary['run']}  (bound it: ltm eval {summary['run']} --fixed-noise --bound iwae --samples 16)")
+    click.echo(report.import_text(summary))
 
 
 @cli.command()
@@ -489,8 +402,7 @@ def study(grid, out, only, table_only, as_json):
     if as_json:
         emit_json({k: v for k, v in summary.items() if k not in ("ltm", "twins")})
         return
-    click.echo(f"{summary['points_done']} of {summary['points_total']} runs done; table: {Path(out) / 'study.md'}; "
-               f"plots: {', '.join(summary['plots'])}")
+    click.echo(report.study_text(summary, str(Path(out) / "study.md")))
 
 
 def main():
