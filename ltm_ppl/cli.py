@@ -1,5 +1,5 @@
-"""`ltm` commands. Thin: parse flags, call the library, print. Heavy libraries load lazily, so
-`ltm --help` imports no torch/jax/pyro/numpyro/arviz.
+"""`ltm` commands, wiring only: parse flags, call ltm_ppl.api, print through ltm_ppl.report (or
+the record's JSON). Heavy libraries load lazily, so `ltm --help` imports no torch/jax/pyro/numpyro/arviz.
 
 Every failure a user can cause prints one line `error: ...` on stderr and exits with code 2.
 """
@@ -15,20 +15,12 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
-from . import __version__, report
-from .checkpoint import read_config
-from .config import FLAGS, RunConfig, apply_overrides, build_config
-from .diagnostics import DiagnoseSettings, diagnose_run
+from . import __version__, api, report
+from .config import FLAGS, RunConfig
 from .distributed import env_rank
 from .errors import Interrupted, LtmError
-from .generate import SampleSettings, sample_run
 from .inference import registry
-from .plots import check_plot_path, plot_compare, plot_eval_steps
-from .published_checkpoint import import_checkpoint
-from .runs import check_eval_options, compare_runs, evaluate_run, open_run, parse_steps
-from .study import rebuild_tables, run_study
 from .threads import configure_threads
-from .train import fit as fit_run
 
 
 class LtmGroup(click.Group):
@@ -145,8 +137,9 @@ def effective_defaults(source: str, **stated):
     return decorate
 
 
-def emit_json(record: dict) -> None:
-    click.echo(json.dumps(record))
+def emit_json(record) -> None:
+    """One JSON object on stdout: a result record's to_dict(), or a summary dict."""
+    click.echo(json.dumps(record.to_dict() if hasattr(record, "to_dict") else record))
 
 
 @click.group(cls=LtmGroup, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -220,25 +213,10 @@ def fit(config_file, preset, size, backend, inference, data, tokenizer, iters, l
         "train.seed": seed, "train.device": device, "model.attention_window": attention_window,
         "train.log_interval": log_interval,
     }
-    if resume is not None:
-        if out is not None:
-            raise LtmError("--out and --resume exclude each other: --resume continues the run in place")
-        for flag, value in (("--config", config_file), ("--tokenizer", tokenizer), ("--data", data),
-                            ("--attention-window", attention_window), ("--preset", preset), ("--size", size)):
-            if value is not None:
-                raise LtmError(f"{flag} cannot change a run being resumed")
-        cfg, _ = read_config(Path(resume))
-        apply_overrides(cfg, overrides)
-    else:
-        cfg = build_config(preset, size, config_file, overrides)
-    summary = fit_run(cfg, out=out, resume=resume, progress=not quiet(),
-                      echo=(lambda s: click.echo(s, err=True)) if as_json else click.echo)
+    summary = api.fit(out=out, resume=resume, preset=preset, size=size, config_file=config_file, overrides=overrides,
+                      progress=not quiet(), echo=(lambda s: click.echo(s, err=True)) if as_json else click.echo)
     if as_json:
         emit_json(summary)
-
-
-def _open_run(run: str, backend, device, overrides: dict | None = None):
-    return open_run(run, {"train.backend": backend, "train.device": device, **(overrides or {})})
 
 
 @effective_defaults("run")
@@ -262,16 +240,12 @@ def _open_run(run: str, backend, device, overrides: dict | None = None):
 @json_option
 def eval_cmd(run, split, data, steps, kind, samples, fixed_noise, batch_size, max_windows, plot, inference, backend, seed, device, as_json, **kw):
     """Held-out bounds of a run: nats/token and perplexity, corpus-level, fresh noise."""
-    check_eval_options(samples, batch_size, max_windows)
-    plot = check_plot_path(plot)
-    opened = _open_run(run, backend, device, method_overrides(kw) | {"inference.method": inference})
-    steps = parse_steps(steps, opened.cfg.inference.eval_steps)
-    record = evaluate_run(opened, split, data, steps, samples, kind, fixed_noise, batch_size, max_windows, seed,
-                          progress_bar("eval", "seq"))
-    if plot is not None:
-        plot_eval_steps(record.to_dict(), plot)
+    record = api.evaluate(run, split=split, data=data, steps=steps, kind=kind, samples=samples, fixed_noise=fixed_noise,
+                          batch_size=batch_size, max_windows=max_windows, seed=seed, plot=plot, backend=backend,
+                          device=device, inference=inference, overrides=method_overrides(kw),
+                          progress=progress_bar("eval", "seq"))
     if as_json:
-        emit_json(record.to_dict())
+        emit_json(record)
         return
     click.echo(report.eval_text(record))
 
@@ -297,11 +271,11 @@ def eval_cmd(run, split, data, steps, kind, samples, fixed_noise, batch_size, ma
 def sample(run, prompt, num, max_tokens, temperature, top_k, steps, stop_at_eos, inference, backend, seed, device, as_json, **kw):
     """Generate text: latents from the prior, or from the posterior given --prompt. Tokens whose
     bytes cannot continue valid UTF-8 are never sampled."""
-    settings = SampleSettings(prompt, num, max_tokens, temperature, top_k, steps, seed, stop_at_eos)  # checks first
-    opened = _open_run(run, backend, device, method_overrides(kw) | {"inference.method": inference})
-    record = sample_run(opened, settings, progress_bar("sample", "tok"))
+    record = api.sample(run, prompt=prompt, num=num, max_tokens=max_tokens, temperature=temperature, top_k=top_k,
+                        steps=steps, seed=seed, stop_at_eos=stop_at_eos, backend=backend, device=device,
+                        inference=inference, overrides=method_overrides(kw), progress=progress_bar("sample", "tok"))
     if as_json:
-        emit_json(record.to_dict())
+        emit_json(record)
         return
     click.echo(report.sample_text(record))
 
@@ -330,11 +304,11 @@ def sample(run, prompt, num, max_tokens, temperature, top_k, steps, stop_at_eos,
 def diagnose(run, methods, sequences, chains, draws, steps, split, data, out, bounds, backend, seed, device, as_json, **kw):
     """Posterior quality: R-hat / ESS of chains, PSIS k-hat of variational posteriors, collapse."""
     names = [m.strip() for m in methods.split(",")] if methods else None
-    settings = DiagnoseSettings(names, sequences, chains, draws, steps, split, data, out, backend, device,
-                                0 if seed is None else seed, overrides=method_overrides(kw), bounds=bounds)
-    summary = diagnose_run(run, settings, progress_bar("diagnose", "part"))
+    summary = api.diagnose(run, methods=names, sequences=sequences, chains=chains, draws=draws, steps=steps, split=split,
+                           data=data, out=out, backend=backend, device=device, seed=0 if seed is None else seed,
+                           overrides=method_overrides(kw), bounds=bounds, progress=progress_bar("diagnose", "part"))
     if as_json:
-        emit_json(summary.to_dict())
+        emit_json(summary)
         return
     click.echo(report.diagnose_text(summary))
 
@@ -356,13 +330,11 @@ def diagnose(run, methods, sequences, chains, draws, steps, split, data, out, bo
 @json_option
 def compare(runs, split, data, steps, samples, max_windows, batch_size, plot, backend, seed, device, as_json):
     """Bounds of several runs on the same tokens, with FLOPs per token (e.g. an LTM vs its baseline)."""
-    plot = check_plot_path(plot)
-    table = compare_runs(list(runs), split, data, steps, samples, max_windows, batch_size, seed,
-                         progress=progress_bar("compare", "seq"), overrides={"train.backend": backend, "train.device": device})
-    if plot is not None:
-        plot_compare(table.to_dict(), plot)
+    table = api.compare(list(runs), split=split, data=data, steps=steps, samples=samples, max_windows=max_windows,
+                        batch_size=batch_size, seed=seed, plot=plot, backend=backend, device=device,
+                        progress=progress_bar("compare", "seq"))
     if as_json:
-        emit_json(table.to_dict())
+        emit_json(table)
         return
     click.echo(report.compare_text(table))
 
@@ -377,7 +349,7 @@ def compare(runs, split, data, steps, samples, max_windows, batch_size, plot, ba
 def import_cmd(checkpoint_file, out, data, as_json):
     """A checkpoint of the published LTM code (torch.save of model, model_args, ...) as a run that
     eval, sample, diagnose and compare read. Loaded with weights_only=True: code is never run."""
-    summary = import_checkpoint(checkpoint_file, out, data)
+    summary = api.import_run(checkpoint_file, out, data)
     if as_json:
         emit_json(summary)
         return
@@ -395,10 +367,7 @@ def study(grid, out, only, table_only, as_json):
     """A grid of `ltm fit` runs from one base recipe (TOML), each bounded as `ltm eval` does, with
     its autoregressive twin; one table (JSON + Markdown) and plots. Resumable."""
     echo = functools.partial(click.echo, err=True)  # one line per run started, on stderr
-    if table_only:
-        summary = rebuild_tables(grid, out)
-    else:
-        summary = run_study(grid, out, [n.strip() for n in only.split(",")] if only else None, echo)
+    summary = api.study(grid, out, [n.strip() for n in only.split(",")] if only else None, table_only, echo)
     if as_json:
         emit_json({k: v for k, v in summary.items() if k not in ("ltm", "twins")})
         return
