@@ -1,8 +1,13 @@
 """ltm-ppl: Latent-Thought Language Models as explicit probabilistic programs.
 
-Everything the `ltm` commands do is here too:
+Everything the `ltm` commands do is here too, through the functions the CLI itself calls
+(ltm_ppl/api.py):
 
-    from ltm_ppl import RunConfig, fit, open_run, evaluate_run, diagnose_run, compare_runs, generate_text
+    from ltm_ppl.api import fit, open_run, evaluate, compare, diagnose, sample
+
+`fit`, `open_run`, `compare`, `diagnose` and `sample` are also importable from the package itself;
+`ltm_ppl.evaluate` and `ltm_ppl.study` are modules (the bounds, the study grids), so those two
+functions are reached as `ltm_ppl.api.evaluate` and `ltm_ppl.api.study`.
 
 Light at import: the entry points are loaded on first use, so importing the package loads no
 torch, jax, pyro, numpyro or arviz.
@@ -15,8 +20,12 @@ from .errors import LtmError
 __version__ = "0.1.0"
 
 _LAZY = {
-    "fit": "ltm_ppl.train",
-    "open_run": "ltm_ppl.runs",
+    "fit": "ltm_ppl.api",
+    "open_run": "ltm_ppl.api",
+    "compare": "ltm_ppl.api",
+    "diagnose": "ltm_ppl.api",
+    "sample": "ltm_ppl.api",
+    "import_run": "ltm_ppl.api",
     "evaluate_run": "ltm_ppl.runs",
     "compare_runs": "ltm_ppl.runs",
     "diagnose_run": "ltm_ppl.diagnostics",

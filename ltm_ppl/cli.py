@@ -1,5 +1,5 @@
-"""`ltm` commands. Thin: parse flags, call the library, print. Heavy libraries load lazily, so
-`ltm --help` imports no torch/jax/pyro/numpyro/arviz.
+"""`ltm` commands, wiring only: parse flags, call ltm_ppl.api, print through ltm_ppl.report (or
+the record's JSON). Heavy libraries load lazily, so `ltm --help` imports no torch/jax/pyro/numpyro/arviz.
 
 Every failure a user can cause prints one line `error: ...` on stderr and exits with code 2.
 """
@@ -15,20 +15,12 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
-from . import __version__
-from .checkpoint import read_config
-from .config import FLAGS, RunConfig, apply_overrides, build_config
-from .diagnostics import DiagnoseSettings, diagnose_run
+from . import __version__, api, report
+from .config import FLAGS, RunConfig
 from .distributed import env_rank
 from .errors import Interrupted, LtmError
-from .generate import SampleSettings, sample_run
 from .inference import registry
-from .plots import check_plot_path, plot_compare, plot_eval_steps
-from .published_checkpoint import import_checkpoint
-from .runs import check_eval_options, compare_runs, evaluate_run, open_run, parse_steps
-from .study import rebuild_tables, run_study
 from .threads import configure_threads
-from .train import fit as fit_run
 
 
 class LtmGroup(click.Group):
@@ -145,13 +137,9 @@ def effective_defaults(source: str, **stated):
     return decorate
 
 
-def _num(value) -> str:
-    """A diagnostic for the table: 3 decimals; NaN (stored as null in JSON) shown as nan."""
-    return "nan" if value is None else f"{value:.3f}"
-
-
-def emit_json(record: dict) -> None:
-    click.echo(json.dumps(record))
+def emit_json(record) -> None:
+    """One JSON object on stdout: a result record's to_dict(), or a summary dict."""
+    click.echo(json.dumps(record.to_dict() if hasattr(record, "to_dict") else record))
 
 
 @click.group(cls=LtmGroup, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -225,25 +213,10 @@ def fit(config_file, preset, size, backend, inference, data, tokenizer, iters, l
         "train.seed": seed, "train.device": device, "model.attention_window": attention_window,
         "train.log_interval": log_interval,
     }
-    if resume is not None:
-        if out is not None:
-            raise LtmError("--out and --resume exclude each other: --resume continues the run in place")
-        for flag, value in (("--config", config_file), ("--tokenizer", tokenizer), ("--data", data),
-                            ("--attention-window", attention_window), ("--preset", preset), ("--size", size)):
-            if value is not None:
-                raise LtmError(f"{flag} cannot change a run being resumed")
-        cfg, _ = read_config(Path(resume))
-        apply_overrides(cfg, overrides)
-    else:
-        cfg = build_config(preset, size, config_file, overrides)
-    summary = fit_run(cfg, out=out, resume=resume, progress=not quiet(),
-                      echo=(lambda s: click.echo(s, err=True)) if as_json else click.echo)
+    summary = api.fit(out=out, resume=resume, preset=preset, size=size, config_file=config_file, overrides=overrides,
+                      progress=not quiet(), echo=(lambda s: click.echo(s, err=True)) if as_json else click.echo)
     if as_json:
         emit_json(summary)
-
-
-def _open_run(run: str, backend, device, overrides: dict | None = None):
-    return open_run(run, {"train.backend": backend, "train.device": device, **(overrides or {})})
 
 
 @effective_defaults("run")
@@ -267,50 +240,14 @@ def _open_run(run: str, backend, device, overrides: dict | None = None):
 @json_option
 def eval_cmd(run, split, data, steps, kind, samples, fixed_noise, batch_size, max_windows, plot, inference, backend, seed, device, as_json, **kw):
     """Held-out bounds of a run: nats/token and perplexity, corpus-level, fresh noise."""
-    check_eval_options(samples, batch_size, max_windows)
-    plot = check_plot_path(plot)
-    opened = _open_run(run, backend, device, method_overrides(kw) | {"inference.method": inference})
-    steps = parse_steps(steps, opened.cfg.inference.eval_steps)
-    record = evaluate_run(opened, split, data, steps, samples, kind, fixed_noise, batch_size, max_windows, seed,
-                          progress_bar("eval", "seq"))
-    if plot is not None:
-        plot_eval_steps(record, plot)
+    record = api.evaluate(run, split=split, data=data, steps=steps, kind=kind, samples=samples, fixed_noise=fixed_noise,
+                          batch_size=batch_size, max_windows=max_windows, seed=seed, plot=plot, backend=backend,
+                          device=device, inference=inference, overrides=method_overrides(kw),
+                          progress=progress_bar("eval", "seq"))
     if as_json:
         emit_json(record)
         return
-    print_eval(record, split)
-
-
-def print_eval(record: dict, split: str) -> None:
-    """The eval table. Bounds (and the exact likelihood of `none`) in the table; the reference's
-    fixed-noise figures below it, each labelled as what it is: never in a column read as a bound."""
-    covered = "all" if record["num_sequences"] == record["split_windows"] else f"the first {record['num_sequences']} of"
-    click.echo(f"{record['data']} [{split}]: {covered} {record['split_windows']} windows, {record['num_tokens']} predicted "
-               f"tokens (every number below covers these windows); {record['backend']}/{record['inference']} "
-               f"(trained {record['trained_with']}); q = {record['proposal']}")
-    click.echo(f"{'steps':>6} {'bound':>6} {'nats/token':>11} {'perplexity':>11} {'KL/seq':>8} {'mean exp(-B/T)':>15}  what")
-    honest = [row for row in record["rows"] if not row.get("fixed_noise")]
-    for row in honest:
-        kl = "-" if row["kl_per_sequence"] is None else f"{row['kl_per_sequence']:.3f}"
-        steps = "-" if row.get("fitted_steps") is None else str(row["steps"])
-        kind_name = "exact" if record["exact"] else row["bound"]
-        click.echo(f"{steps:>6} {kind_name:>6} {row['nll_per_token']:>11.4f} {row['perplexity']:>11.3f} "
-                   f"{kl:>8} {row['per_sequence_mean_perplexity']:>15.3f}  {row['label']}")
-        if row["bound"] == "iwae":
-            click.echo(f"{'':>6} {'':>6} {row['sampled_elbo_nll_per_token']:>11.4f}  sampled-KL ELBO of the same {row['samples']} draws")
-    what = "exact: corpus-level exp(NLL / predicted tokens)" if record["exact"] else \
-        "corpus-level exp(bound / predicted tokens), a bound on the perplexity"
-    click.echo(f"perplexity: {what}; mean exp(-B/T): the per-sequence mean of the same terms (the paper's averaging)")
-    click.echo(f"unigram of the same tokens: {record['unigram_nll_per_token']:.4f} nats/token, perplexity {record['unigram_perplexity']:.3f}")
-    click.echo(f"training FLOPs per token: {record['flops_per_token']:.4g} (decoder forward {record['decoder_flops_per_token']:.4g})")
-    fixed = [row for row in record["rows"] if row.get("fixed_noise")]
-    if fixed:
-        click.echo("the published reference's numbers on the same windows -- NOT bounds, not comparable to the bounds above:")
-        for row in fixed:
-            click.echo(f"  {row['steps']:>4} steps: fixed-noise per-sequence perplexity {row['per_sequence_mean_perplexity']:.3f} "
-                       "(mean of exp[(cross-entropy + KL) / N] at q fitted to the same eps that scores it: not a bound)")
-            click.echo(f"  {row['steps']:>4} steps: no-KL reconstruction perplexity {row['reconstruction_perplexity']:.3f} "
-                       "(cross-entropy at the fitted z, which has seen the tokens it predicts: not a bound, not a likelihood)")
+    click.echo(report.eval_text(record))
 
 
 @effective_defaults("run")
@@ -334,16 +271,13 @@ def print_eval(record: dict, split: str) -> None:
 def sample(run, prompt, num, max_tokens, temperature, top_k, steps, stop_at_eos, inference, backend, seed, device, as_json, **kw):
     """Generate text: latents from the prior, or from the posterior given --prompt. Tokens whose
     bytes cannot continue valid UTF-8 are never sampled."""
-    settings = SampleSettings(prompt, num, max_tokens, temperature, top_k, steps, seed, stop_at_eos)  # checks first
-    opened = _open_run(run, backend, device, method_overrides(kw) | {"inference.method": inference})
-    record = sample_run(opened, settings, progress_bar("sample", "tok"))
+    record = api.sample(run, prompt=prompt, num=num, max_tokens=max_tokens, temperature=temperature, top_k=top_k,
+                        steps=steps, seed=seed, stop_at_eos=stop_at_eos, backend=backend, device=device,
+                        inference=inference, overrides=method_overrides(kw), progress=progress_bar("sample", "tok"))
     if as_json:
         emit_json(record)
         return
-    for i, text in enumerate(record["samples"]):
-        if num > 1:
-            click.echo(f"--- sample {i + 1} ---")
-        click.echo(text)
+    click.echo(report.sample_text(record))
 
 
 @effective_defaults("run", seed="0")
@@ -370,51 +304,13 @@ def sample(run, prompt, num, max_tokens, temperature, top_k, steps, stop_at_eos,
 def diagnose(run, methods, sequences, chains, draws, steps, split, data, out, bounds, backend, seed, device, as_json, **kw):
     """Posterior quality: R-hat / ESS of chains, PSIS k-hat of variational posteriors, collapse."""
     names = [m.strip() for m in methods.split(",")] if methods else None
-    settings = DiagnoseSettings(names, sequences, chains, draws, steps, split, data, out, backend, device,
-                                0 if seed is None else seed, overrides=method_overrides(kw), bounds=bounds)
-    summary = diagnose_run(run, settings, progress_bar("diagnose", "part"))
+    summary = api.diagnose(run, methods=names, sequences=sequences, chains=chains, draws=draws, steps=steps, split=split,
+                           data=data, out=out, backend=backend, device=device, seed=0 if seed is None else seed,
+                           overrides=method_overrides(kw), bounds=bounds, progress=progress_bar("diagnose", "part"))
     if as_json:
         emit_json(summary)
         return
-    click.echo(f"{summary['run']} [{split}], {sequences} sequences -> {summary['out']}")
-    for m, r in summary["methods"].items():
-        click.echo(f"{m}: {r['chains']} chain(s) x {r['draws']} draws, {r['steps']} steps")
-        if "chains_diagnostics" in r:
-            c = r["chains_diagnostics"]
-            verdict = "converged" if c["converged"] else "NOT converged"
-            click.echo(f"  R-hat max {_num(c['rhat_max'])}, share above 1.01 (NaN counted) {c['share_rhat_above_limit']:.3f}, "
-                       f"R-hat of the log joint max {_num(c['rhat_log_joint_max'])}: {verdict}")
-            click.echo(f"  ESS bulk min {c['ess_bulk_min']:.1f}, tail min {c['ess_tail_min']:.1f}; "
-                       f"acceptance {r['accept_prob']:.3f}, step size {r['step_size']:.4f}")
-            click.echo(f"  kernel {r['kernel']}, start {r['init']}, warm-up {r['warmup']}, "
-                       f"{r['gradient_evaluations']:.0f} gradient evaluations per chain and sequence"
-                       + (f", {r['divergences']} divergent transitions" if "divergences" in r else ""))
-            click.echo(f"  {r['verdict']}")
-        if "khat" in r:
-            k = r["khat"]
-            exact = sum(s == "exact" for s in k["status"])
-            click.echo(f"  PSIS k-hat max {_num(k['khat_max'])}, share above {k['threshold']:.3f}: "
-                       f"{k['share_above_threshold']:.3f} ({exact} of {len(k['status'])} exact)")
-        col = r["collapse"]
-        kl = ", ".join(f"{v:.2f}" for v in col["kl_per_latent_vector"])
-        source = "from q's parameters" if col.get("source") == "q" else "from the draws"
-        click.echo(f"  KL per latent vector [{kl}] ({source}); active units {col['active_units']} / {col['num_units']} "
-                   f"over {col.get('active_sequences')} sequences")
-        if "collapse_noise_floor" in r:  # what the same estimator gives on as many prior draws
-            floor = r["collapse_noise_floor"]
-            click.echo(f"  noise floor (as many prior draws): KL per latent vector up to {max(floor['kl_per_latent_vector']):.2f}; "
-                       f"active units {floor['active_units']}")
-    with_bounds = {m: r for m, r in summary["methods"].items() if "bounds" in r}
-    if with_bounds:  # the methods side by side: each q's bounds, and whether its chains converged
-        k = next(iter(with_bounds.values()))["bounds"]["samples"]
-        click.echo(f"bounds of each method's q on these windows (nats/token, {k} draws; langevin: the Gaussian fitted to its draws):")
-        click.echo(f"  {'method':<16} {'steps':>6} {'ELBO':>9} {f'IWAE_{k}':>9}  chains")
-        for m, r in with_bounds.items():
-            b = r["bounds"]
-            click.echo(f"  {m:<16} {b['steps']:>6} {b['elbo_nll_per_token']:>9.4f} {b['iwae_nll_per_token']:>9.4f}  {r.get('verdict', '-')}")
-    if "amortization_gap" in summary:
-        g = summary["amortization_gap"]
-        click.echo(f"amortization gap (local - amortized ELBO): {g['nats_per_sequence']:.3f} nats/sequence, {g['nats_per_token']:.4f} nats/token")
+    click.echo(report.diagnose_text(summary))
 
 
 @effective_defaults("run")
@@ -434,20 +330,13 @@ def diagnose(run, methods, sequences, chains, draws, steps, split, data, out, bo
 @json_option
 def compare(runs, split, data, steps, samples, max_windows, batch_size, plot, backend, seed, device, as_json):
     """Bounds of several runs on the same tokens, with FLOPs per token (e.g. an LTM vs its baseline)."""
-    plot = check_plot_path(plot)
-    table = compare_runs(list(runs), split, data, steps, samples, max_windows, batch_size, seed,
-                         progress=progress_bar("compare", "seq"), overrides={"train.backend": backend, "train.device": device})
-    if plot is not None:
-        plot_compare(table, plot)
+    table = api.compare(list(runs), split=split, data=data, steps=steps, samples=samples, max_windows=max_windows,
+                        batch_size=batch_size, seed=seed, plot=plot, backend=backend, device=device,
+                        progress=progress_bar("compare", "seq"))
     if as_json:
         emit_json(table)
         return
-    click.echo(f"{table['data']} [{split}], {table['rows'][0]['num_tokens']} predicted tokens each")
-    click.echo(f"{'run':<40} {'method':<18} {'params':>10} {'nats/token':>11} {'perplexity':>11} {'KL/seq':>8} {'train FLOPs/token':>18}")
-    for r in table["rows"]:
-        kl = "-" if r["kl_per_sequence"] is None else f"{r['kl_per_sequence']:.2f}"
-        click.echo(f"{r['run'][-40:]:<40} {r['backend'] + '/' + r['inference']:<18} {r['params']:>10} "
-                   f"{r['nll_per_token']:>11.4f} {r['perplexity']:>11.3f} {kl:>8} {r['flops_per_token']:>18.4g}")
+    click.echo(report.compare_text(table))
 
 
 @cli.command("import")
@@ -460,15 +349,11 @@ def compare(runs, split, data, steps, samples, max_windows, batch_size, plot, ba
 def import_cmd(checkpoint_file, out, data, as_json):
     """A checkpoint of the published LTM code (torch.save of model, model_args, ...) as a run that
     eval, sample, diagnose and compare read. Loaded with weights_only=True: code is never run."""
-    summary = import_checkpoint(checkpoint_file, out, data)
+    summary = api.import_run(checkpoint_file, out, data)
     if as_json:
         emit_json(summary)
         return
-    m = summary["model"]
-    click.echo(f"imported {summary['source']} (published iteration {summary['iter_num']}): {m['n_layer']} layers, "
-               f"d {m['d_model']}, {m['n_head']} heads, {m['n_z']} latent vectors, {m['block_size']}-token windows, "
-               f"{summary['params']} parameters; {summary['steps']} fast steps at lr {summary['fast_lr']:g}")
-    click.echo(f"run: {summary['run']}  (bound it: ltm eval {summary['run']} --fixed-noise --bound iwae --samples 16)")
+    click.echo(report.import_text(summary))
 
 
 @cli.command()
@@ -482,15 +367,11 @@ def study(grid, out, only, table_only, as_json):
     """A grid of `ltm fit` runs from one base recipe (TOML), each bounded as `ltm eval` does, with
     its autoregressive twin; one table (JSON + Markdown) and plots. Resumable."""
     echo = functools.partial(click.echo, err=True)  # one line per run started, on stderr
-    if table_only:
-        summary = rebuild_tables(grid, out)
-    else:
-        summary = run_study(grid, out, [n.strip() for n in only.split(",")] if only else None, echo)
+    summary = api.study(grid, out, [n.strip() for n in only.split(",")] if only else None, table_only, echo)
     if as_json:
         emit_json({k: v for k, v in summary.items() if k not in ("ltm", "twins")})
         return
-    click.echo(f"{summary['points_done']} of {summary['points_total']} runs done; table: {Path(out) / 'study.md'}; "
-               f"plots: {', '.join(summary['plots'])}")
+    click.echo(report.study_text(summary, str(Path(out) / "study.md")))
 
 
 def main():

@@ -13,7 +13,7 @@ import datetime
 import json
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -263,6 +263,26 @@ class DiagnoseSettings:
         require_seed("--seed", self.seed)
 
 
+@dataclass(frozen=True)
+class DiagnoseResult:
+    """What `ltm diagnose` found: per method (its draws' shape and steps, collapse, chain
+    diagnostics or PSIS k-hat, bounds, files), and the amortization gap where two methods allow it.
+    `to_dict()` is the `--json` object and summary.json; report.diagnose_text the text. The
+    per-method reports are JSON objects (non-finite numbers as None)."""
+    run: str
+    split: str
+    sequences: int
+    methods: dict[str, dict]
+    out: str
+    amortization_gap: dict | None = None  # absent from the JSON when not measured
+
+    def to_dict(self) -> dict:
+        record = {f.name: getattr(self, f.name) for f in fields(self)}
+        if self.amortization_gap is None:
+            del record["amortization_gap"]
+        return record
+
+
 def check_diagnose_options(methods: list[str], draws: int) -> None:
     if draws < MIN_KHAT_DRAWS and any(descriptor(m).posterior_kind == "variational" for m in methods):
         raise LtmError(f"--draws {draws} is below {MIN_KHAT_DRAWS}, the draws PSIS k-hat of a variational posterior needs")
@@ -287,9 +307,9 @@ def _jsonable(value):
 SUMMARY_KEYS = ("rhat", "rhat_log_joint", "ess_bulk", "ess_tail")
 
 
-def diagnose_run(run, settings: DiagnoseSettings | None = None, progress=None) -> dict:
+def diagnose_run(run, settings: DiagnoseSettings | None = None, progress=None) -> DiagnoseResult:
     """Posterior draws for the first `sequences` windows of a split with each method, their
-    diagnostics, NetCDF files and plots in a new directory. Returns the summary (also summary.json).
+    diagnostics, NetCDF files and plots in a new directory. Returns them (also summary.json).
     settings.overrides ("inference.<field>": value, None skipped) set method options (kernel, warm-up, init).
     Everything is checked first; then progress(2 per method, 1 more for the amortization gap) is
     entered and advanced after each method's draws and after its statistics and files."""
@@ -342,9 +362,9 @@ def diagnose_run(run, settings: DiagnoseSettings | None = None, progress=None) -
     for report in summary["methods"].values():
         if "chains_diagnostics" in report:
             report["chains_diagnostics"] = {k: v for k, v in report["chains_diagnostics"].items() if k not in SUMMARY_KEYS}
-    summary = _jsonable(summary)
-    atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-    return summary
+    result = DiagnoseResult(**_jsonable(summary))
+    atomic_write_text(out_dir / "summary.json", json.dumps(result.to_dict(), indent=2) + "\n")
+    return result
 
 
 @contextlib.contextmanager

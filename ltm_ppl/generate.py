@@ -5,7 +5,7 @@ CLI refuses, with the same line."""
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -85,14 +85,26 @@ def generate_text(inference, tokenizer, prompt: str | None, num: int = 1, max_to
     return texts
 
 
-def sample_run(opened, settings: SampleSettings | None = None, progress=no_progress) -> dict:
+@dataclass(frozen=True)
+class SampleResult:
+    """What `ltm sample` drew; `to_dict()` is the `--json` object, report.sample_text the text."""
+    samples: list[str]
+    prompt: str | None
+    latents: str  # "posterior" (given the prompt) or "prior"
+    backend: str
+    inference: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def sample_run(opened, settings: SampleSettings | None = None, progress=no_progress) -> SampleResult:
     """`ltm sample` on an opened run (runs.open_run): the texts and what they were drawn from."""
     s = settings or SampleSettings()
     cfg = opened.cfg
     texts = generate_text(opened.inference, opened.tokenizer, s.prompt, s.num, s.max_tokens, s.temperature, s.top_k,
                           s.steps, s.seed, s.stop_at_eos, progress)
-    return {"samples": texts, "prompt": s.prompt, "latents": "posterior" if s.prompt else "prior",
-            "backend": cfg.train.backend, "inference": cfg.inference.method}
+    return SampleResult(texts, s.prompt, "posterior" if s.prompt else "prior", cfg.train.backend, cfg.inference.method)
 
 
-__all__ = ["MAX_NEW_TOKENS", "SampleSettings", "generate_text", "sample_run"]
+__all__ = ["MAX_NEW_TOKENS", "SampleResult", "SampleSettings", "generate_text", "sample_run"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +77,73 @@ HONEST_LABEL = "honest bound, fresh noise"
 EXACT_LABEL = "exact log-likelihood (no latent)"
 
 
+def is_headline_candidate(row: dict) -> bool:
+    """An honest bound or exact row (not the reference's fixed-noise number, nor any other
+    labelled figure a later row kind adds): the last such row heads the JSON record."""
+    return row["label"] in (HONEST_LABEL, EXACT_LABEL)
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """What `ltm eval` measured: one row per number of steps (bound or exact log-likelihood, and
+    the labelled fixed-noise rows), and what they were measured on. `to_dict()` is the `--json`
+    object; report.eval_text the table. Rows are the JSON objects of evaluate.corpus_bound plus
+    label, fitted_steps (None: the method fits nothing) and, where measured, reconstruction_perplexity."""
+    rows: list[dict]
+    backend: str
+    inference: str
+    trained_with: str
+    split: str
+    data: str
+    tokenizer: str
+    latent_rope: str  # the decoder function's latent positions (old runs: per_layer)
+    split_windows: int  # the rows cover the first num_sequences of these
+    exact: bool  # the rows are the exact log-likelihood, not bounds
+    proposal: str
+    unigram_nll_per_token: float
+    unigram_perplexity: float
+    flops_per_token: float  # the run's training, as trained
+    decoder_flops_per_token: float
+
+    @property
+    def headline(self) -> dict:
+        """The honest (or exact) row with the most steps: the last one."""
+        return [row for row in self.rows if is_headline_candidate(row)][-1]
+
+    def to_dict(self) -> dict:
+        """The `ltm eval --json` object: the headline row's numbers at the top level, then the rest."""
+        return {**self.headline, **{f.name: getattr(self, f.name) for f in fields(self)}}
+
+
+@dataclass(frozen=True)
+class CompareRow:
+    """One run of `ltm compare`: its bound (or exact NLL) on the shared tokens, and its cost."""
+    run: str
+    params: int
+    backend: str
+    inference: str
+    nll_per_token: float
+    perplexity: float
+    kl_per_sequence: float | None
+    num_tokens: int
+    steps: int
+    flops_per_token: float
+    decoder_flops_per_token: float
+    proposal: str
+
+
+@dataclass(frozen=True)
+class CompareResult:
+    """What `ltm compare` measured; `to_dict()` is the `--json` object, report.compare_text the table."""
+    split: str
+    data: str
+    rows: list[CompareRow]
+
+    def to_dict(self) -> dict:
+        return {"split": self.split, "data": self.data,
+                "rows": [{f.name: getattr(r, f.name) for f in fields(r)} for r in self.rows]}
+
+
 def _with_perplexities(row: dict) -> dict:
     """Adds reconstruction_perplexity: exp of the cross-entropy at the drawn z without the KL (not a
     bound, not a likelihood: z has seen the tokens it predicts), where the row has one."""
@@ -92,7 +159,7 @@ def no_progress(total: int):
 
 def evaluate_run(opened: OpenRun, split: str = "val", data: str | None = None, steps: list[int] | None = None,
                  samples: int = 1, kind: str = "elbo", fixed_noise: bool = False, batch_size: int | None = None,
-                 max_windows: int | None = None, seed: int | None = None, progress=no_progress) -> dict:
+                 max_windows: int | None = None, seed: int | None = None, progress=no_progress) -> EvalResult:
     """Bounds of a run on a split, one row per number of inference steps (and, with fixed_noise,
     the reference's fixed-noise number beside each honest row, labelled).
 
@@ -134,25 +201,18 @@ def evaluate_run(opened: OpenRun, split: str = "val", data: str | None = None, s
                 rows.append(_with_perplexities(row) | {"label": FIXED_NOISE_LABEL, "fixed_noise": True, "fitted_steps": T})
     unigram = unigram_bound(split_tokens(corpus, "train", opened.tokenizer), tokens, opened.tokenizer.vocab_size,
                             cfg.model.block_size, max_windows)
-    honest = [r for r in rows if not r.get("fixed_noise")]
-    return {
-        **honest[-1],  # the row with the most steps, at the top level
-        "rows": rows,
-        "backend": cfg.train.backend, "inference": cfg.inference.method, "trained_with": opened.trained_method,
-        "split": split, "data": corpus.spec, "tokenizer": cfg.data.tokenizer,
-        "latent_rope": cfg.model.latent_rope,  # the decoder function's latent positions (old runs: per_layer)
-        "split_windows": num_windows(len(tokens), cfg.model.block_size),  # rows cover the first num_sequences
-        "exact": not method.latent,  # the rows are the exact log-likelihood, not bounds
-        "proposal": method.proposal,
-        "unigram_nll_per_token": unigram["nll_per_token"], "unigram_perplexity": unigram["perplexity"],
-        "flops_per_token": training_flops_per_token(opened.trained_cfg),  # the run's training, as trained
-        "decoder_flops_per_token": decoder_forward(cfg.model),
-    }
+    return EvalResult(
+        rows=rows, backend=cfg.train.backend, inference=cfg.inference.method, trained_with=opened.trained_method,
+        split=split, data=corpus.spec, tokenizer=cfg.data.tokenizer, latent_rope=cfg.model.latent_rope,
+        split_windows=num_windows(len(tokens), cfg.model.block_size), exact=not method.latent,
+        proposal=method.proposal, unigram_nll_per_token=unigram["nll_per_token"],
+        unigram_perplexity=unigram["perplexity"], flops_per_token=training_flops_per_token(opened.trained_cfg),
+        decoder_flops_per_token=decoder_forward(cfg.model))
 
 
 def compare_runs(runs: list[str], split: str = "val", data: str | None = None, steps: int | None = None,
                  samples: int = 1, max_windows: int | None = None, batch_size: int | None = None,
-                 seed: int | None = None, progress=no_progress, overrides: dict | None = None) -> dict:
+                 seed: int | None = None, progress=no_progress, overrides: dict | None = None) -> CompareResult:
     """Bounds of several runs on the same split and tokens (each with its own method), with their
     training FLOPs per token: token-matched and compute-matched comparisons in one table."""
     if len(runs) < 2:
@@ -170,9 +230,12 @@ def compare_runs(runs: list[str], split: str = "val", data: str | None = None, s
         record = evaluate_run(o, split, data, [steps] if steps else None, samples, "elbo", False, batch_size,
                               max_windows, seed, progress)
         params = sum(int(np.prod(v.shape)) for k, v in o.inference.weights().items())
-        rows.append({"run": str(o.path), "params": params} | {k: record[k] for k in (
-            "backend", "inference", "nll_per_token", "perplexity", "kl_per_sequence", "num_tokens", "steps",
-            "flops_per_token", "decoder_flops_per_token", "proposal")})
-    if len({r["num_tokens"] for r in rows}) > 1:
+        head = record.headline
+        rows.append(CompareRow(
+            run=str(o.path), params=params, backend=record.backend, inference=record.inference,
+            nll_per_token=head["nll_per_token"], perplexity=head["perplexity"], kl_per_sequence=head["kl_per_sequence"],
+            num_tokens=head["num_tokens"], steps=head["steps"], flops_per_token=record.flops_per_token,
+            decoder_flops_per_token=record.decoder_flops_per_token, proposal=record.proposal))
+    if len({r.num_tokens for r in rows}) > 1:
         raise LtmError("the runs predict different numbers of tokens (different block sizes?): their bounds do not compare")
-    return {"split": split, "data": data, "rows": rows}
+    return CompareResult(split, data, rows)

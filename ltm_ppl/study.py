@@ -111,14 +111,14 @@ def evaluate_ltm(run: Path, grid: Grid, seed: int) -> list[dict]:
     rows = []
     for T in grid.eval_steps:
         rec = evaluate_run(opened, "val", None, [T], 1, "elbo", False, batch, W, seed)
-        rows.append({"bound": "elbo", "steps": T, "samples": 1, "nll_per_token": rec["nll_per_token"],
-                     "kl_per_sequence": rec["kl_per_sequence"], "num_tokens": rec["num_tokens"],
+        rows.append({"bound": "elbo", "steps": T, "samples": 1, "nll_per_token": rec.headline["nll_per_token"],
+                     "kl_per_sequence": rec.headline["kl_per_sequence"], "num_tokens": rec.headline["num_tokens"],
                      "label": "upper bound on NLL (ELBO, analytic KL, fresh noise)"} | latent_use(opened, W, T, batch, seed))
     for T in grid.iwae_steps or grid.eval_steps:
         for K in grid.iwae_samples:
             rec = evaluate_run(opened, "val", None, [T], K, "iwae", False, batch, W, seed)
-            rows.append({"bound": "iwae", "steps": T, "samples": K, "nll_per_token": rec["nll_per_token"],
-                         "sampled_elbo_nll_per_token": rec["sampled_elbo_nll_per_token"], "num_tokens": rec["num_tokens"],
+            rows.append({"bound": "iwae", "steps": T, "samples": K, "nll_per_token": rec.headline["nll_per_token"],
+                         "sampled_elbo_nll_per_token": rec.headline["sampled_elbo_nll_per_token"], "num_tokens": rec.headline["num_tokens"],
                          "label": f"upper bound on NLL (IWAE_{K})"})
     return rows
 
@@ -127,8 +127,8 @@ def evaluate_twin(run: Path, grid: Grid, seed: int) -> list[dict]:
     opened = open_run(run)
     rec = evaluate_run(opened, "val", None, None, 1, "elbo", False, grid.batch_size or opened.cfg.train.batch_size,
                        grid.eval_windows, seed)
-    return [{"bound": "exact", "steps": None, "samples": None, "nll_per_token": rec["nll_per_token"],
-             "num_tokens": rec["num_tokens"], "label": "exact NLL (no latent)"}]
+    return [{"bound": "exact", "steps": None, "samples": None, "nll_per_token": rec.headline["nll_per_token"],
+             "num_tokens": rec.headline["num_tokens"], "label": "exact NLL (no latent)"}]
 
 
 def _describe(cfg) -> dict:

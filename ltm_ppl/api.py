@@ -1,0 +1,150 @@
+"""The Python API: every `ltm` command as a function, the very ones the CLI calls.
+
+    from ltm_ppl import fit, open_run, evaluate, sample
+
+    fit(overrides={"train.iters": 20, "data.tokenizer": "bytes"}, out="runs/tiny")
+    print(evaluate("runs/tiny", max_windows=8).headline["nll_per_token"])
+    print(sample("runs/tiny", prompt="And God said", max_tokens=20).samples[0])
+
+Each function checks everything it is given before any work, and refuses bad input with one
+LtmError (the CLI's `error:` line). Results are records (runs.EvalResult, runs.CompareResult,
+diagnostics.DiagnoseResult, generate.SampleResult): `to_dict()` is the command's `--json` object,
+report.py renders the text the command prints. A `run` argument is a run directory, or an
+OpenRun from `open_run` (loaded once, used many times).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from .checkpoint import read_config
+from .config import RunConfig, apply_overrides, build_config
+from .diagnostics import DiagnoseResult, DiagnoseSettings, diagnose_run
+from .errors import LtmError
+from .generate import SampleResult, SampleSettings, sample_run
+from .plots import check_plot_path, plot_compare, plot_eval_steps
+from .published_checkpoint import import_checkpoint
+from .runs import (CompareResult, EvalResult, OpenRun, check_eval_options, compare_runs, evaluate_run, no_progress,
+                   parse_steps)
+from .runs import open_run as _open_run
+from .study import rebuild_tables, run_study
+from .train import fit as _train
+
+
+def fit(config: RunConfig | None = None, out: str | None = None, resume: str | None = None, *,
+        preset: str | None = None, size: str | None = None, config_file: str | None = None,
+        overrides: dict | None = None, progress: bool = False, echo=print) -> dict:
+    """Train a new run into `out` (default runs/<timestamp>), or continue `resume` from its last
+    checkpoint. Returns the summary `ltm fit --json` prints.
+
+    Args:
+        config: the settings; default: built from defaults < preset < size < config_file (TOML) <
+            overrides, as `ltm fit` does.
+        overrides: {"section.field": value} (None skipped), e.g. {"train.iters": 20}; with
+            `resume`, over the run's own settings (its [model] and [data] cannot change).
+        progress: a progress bar on stderr. echo: where the run's lines go.
+
+    Raises Interrupted after SIGINT / SIGTERM, with a checkpoint committed."""
+    overrides = overrides or {}
+    if resume is not None:
+        if out is not None:
+            raise LtmError("--out and --resume exclude each other: --resume continues the run in place")
+        for flag, value in (("--config", config_file), ("--tokenizer", overrides.get("data.tokenizer")),
+                            ("--data", overrides.get("data.data")),
+                            ("--attention-window", overrides.get("model.attention_window")),
+                            ("--preset", preset), ("--size", size)):
+            if value is not None:
+                raise LtmError(f"{flag} cannot change a run being resumed")
+        if config is None:
+            config, _ = read_config(Path(resume))
+            apply_overrides(config, overrides)
+    elif config is None:
+        config = build_config(preset, size, config_file, overrides)
+    return _train(config, out=out, resume=resume, progress=progress, echo=echo)
+
+
+def open_run(run: str | Path | OpenRun, overrides: dict | None = None, *, backend: str | None = None,
+             device: str | None = None, inference: str | None = None) -> OpenRun:
+    """A saved run with its weights loaded, for evaluate or sample; another backend, device or
+    inference method (and method options: overrides {"inference.<field>": value}, None skipped)
+    if asked. An OpenRun is returned as it is."""
+    if isinstance(run, OpenRun):
+        return run
+    return _open_run(run, {"train.backend": backend, "train.device": device, **(overrides or {}),
+                           "inference.method": inference})
+
+
+def evaluate(run: str | Path | OpenRun, *, split: str = "val", data: str | None = None,
+             steps: int | str | list[int] | None = None, kind: str = "elbo", samples: int = 1,
+             fixed_noise: bool = False, batch_size: int | None = None, max_windows: int | None = None,
+             seed: int | None = None, plot: str | Path | None = None, backend: str | None = None,
+             device: str | None = None, inference: str | None = None, overrides: dict | None = None,
+             progress: Callable = no_progress) -> EvalResult:
+    """Held-out bounds of a run (`ltm eval`): nats/token and perplexity on a split, one row per
+    number of inference steps (a list, or "4,16,64"; default the run's eval_steps).
+
+    Args:
+        kind: "elbo" (analytic KL) or "iwae" (IWAE_K with K = samples).
+        fixed_noise: also the published reference's fixed-noise numbers (not bounds), labelled.
+        plot: also write this PNG: the bound against the steps.
+        progress: a context manager factory, entered with the total windows; it yields a
+            function called with the windows done."""
+    check_eval_options(samples, batch_size, max_windows)
+    plot = check_plot_path(plot)
+    opened = open_run(run, backend=backend, device=device, inference=inference, overrides=overrides)
+    if isinstance(steps, (list, tuple)):
+        steps = ",".join(str(s) for s in steps)
+    steps = parse_steps(steps, opened.cfg.inference.eval_steps)
+    result = evaluate_run(opened, split, data, steps, samples, kind, fixed_noise, batch_size, max_windows, seed, progress)
+    if plot is not None:
+        plot_eval_steps(result.to_dict(), plot)
+    return result
+
+
+def compare(runs: list[str | Path], *, split: str = "val", data: str | None = None, steps: int | None = None,
+            samples: int = 1, max_windows: int | None = None, batch_size: int | None = None,
+            seed: int | None = None, plot: str | Path | None = None, backend: str | None = None,
+            device: str | None = None, progress: Callable = no_progress) -> CompareResult:
+    """Bounds of several runs on the same tokens, with their training FLOPs per token (`ltm
+    compare`); each run with its own method and eval_steps unless `steps` is given."""
+    plot = check_plot_path(plot)
+    result = compare_runs([str(r) for r in runs], split, data, steps, samples, max_windows, batch_size, seed,
+                          progress=progress, overrides={"train.backend": backend, "train.device": device})
+    if plot is not None:
+        plot_compare(result.to_dict(), plot)
+    return result
+
+
+def diagnose(run: str | Path, *, progress: Callable | None = None, **settings) -> DiagnoseResult:
+    """Posterior quality of a run (`ltm diagnose`): R-hat / ESS of chains, PSIS k-hat of variational
+    posteriors, collapse, bounds; NetCDF files, plots and summary.json in a new directory.
+    `settings` are the fields of diagnostics.DiagnoseSettings (methods, sequences, chains, draws, ...)."""
+    return diagnose_run(run, DiagnoseSettings(**settings), progress)
+
+
+def sample(run: str | Path | OpenRun, *, prompt: str | None = None, num: int = 1, max_tokens: int = 100,
+           temperature: float = 1.0, top_k: int = 0, steps: int | None = None, seed: int | None = None,
+           stop_at_eos: bool = True, backend: str | None = None, device: str | None = None,
+           inference: str | None = None, overrides: dict | None = None, progress: Callable = no_progress) -> SampleResult:
+    """Text from a run (`ltm sample`): latents from the prior, or from the posterior given `prompt`
+    (fitted by `steps` fast steps); temperature 0 is greedy, top_k 0 samples among all tokens."""
+    settings = SampleSettings(prompt, num, max_tokens, temperature, top_k, steps, seed, stop_at_eos)  # checks first
+    opened = open_run(run, backend=backend, device=device, inference=inference, overrides=overrides)
+    return sample_run(opened, settings, progress)
+
+
+def import_run(checkpoint: str | Path, out: str | None = None, data: str | None = None) -> dict:
+    """A checkpoint of the published LTM code as a run (`ltm import`); returns its summary."""
+    return import_checkpoint(checkpoint, out, data)
+
+
+def study(grid: str | Path, out: str | Path, only: list[str] | None = None, table_only: bool = False,
+          echo=print) -> dict:
+    """A grid of fits from one recipe, each bounded, into `out` (`ltm study`): resumable;
+    table_only rebuilds the table and plots from the points done, training nothing."""
+    if table_only:
+        return rebuild_tables(grid, out)
+    return run_study(grid, out, only, echo)
+
+
+__all__ = ["fit", "open_run", "evaluate", "compare", "diagnose", "sample", "import_run", "study"]

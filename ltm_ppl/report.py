@@ -1,0 +1,174 @@
+"""Text views of the result records: the lines `ltm` prints. The JSON (`--json`, summary.json) is
+the record itself (its `to_dict()`); here only the tables and their labels.
+
+Each function returns the whole text, one output line per line, without a final newline.
+
+Adding a labelled row to the eval table (e.g. a true NLL): put it in `EvalResult.rows` with its
+`bound` (the name in the bound column), `label` (the "what" column) and the columns' numbers
+(`kl_per_sequence` None prints "-"); a note line under such rows goes in `EVAL_ROW_NOTES`, keyed by
+`bound`. Adding one to the compare table: a `CompareRow` field, and its line(s) in `compare_row_lines`.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from .diagnostics import DiagnoseResult
+from .generate import SampleResult
+from .runs import CompareResult, CompareRow, EvalResult
+
+
+def _num(value) -> str:
+    """A diagnostic for the table: 3 decimals; NaN (stored as null in JSON) shown as nan."""
+    return "nan" if value is None else f"{value:.3f}"
+
+
+def _dash(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+# Lines printed under an eval row of the given `bound`, after it (e.g. IWAE's sampled-KL ELBO).
+EVAL_ROW_NOTES: dict[str, Callable[[dict], str]] = {
+    "iwae": lambda row: (f"{'':>6} {'':>6} {row['sampled_elbo_nll_per_token']:>11.4f}  "
+                         f"sampled-KL ELBO of the same {row['samples']} draws"),
+}
+
+
+def eval_row_lines(result: EvalResult, row: dict) -> list[str]:
+    """One row of the eval table (bounds, or the exact likelihood of `none`), and its notes."""
+    steps = "-" if row.get("fitted_steps") is None else str(row["steps"])
+    kind_name = "exact" if result.exact else row["bound"]
+    line = (f"{steps:>6} {kind_name:>6} {row['nll_per_token']:>11.4f} {row['perplexity']:>11.3f} "
+            f"{_dash(row['kl_per_sequence'], '.3f'):>8} {row['per_sequence_mean_perplexity']:>15.3f}  {row['label']}")
+    note = EVAL_ROW_NOTES.get(row["bound"])
+    return [line] + ([note(row)] if note else [])
+
+
+def fixed_noise_lines(row: dict) -> list[str]:
+    """A fixed-noise row of the published reference, below the table: labelled, never a column."""
+    return [f"  {row['steps']:>4} steps: fixed-noise per-sequence perplexity {row['per_sequence_mean_perplexity']:.3f} "
+            "(mean of exp[(cross-entropy + KL) / N] at q fitted to the same eps that scores it: not a bound)",
+            f"  {row['steps']:>4} steps: no-KL reconstruction perplexity {row['reconstruction_perplexity']:.3f} "
+            "(cross-entropy at the fitted z, which has seen the tokens it predicts: not a bound, not a likelihood)"]
+
+
+def eval_text(result: EvalResult) -> str:
+    """The eval table. Bounds (and the exact likelihood of `none`) in the table; the reference's
+    fixed-noise figures below it, each labelled as what it is: never in a column read as a bound."""
+    r, head = result, result.headline
+    covered = "all" if head["num_sequences"] == r.split_windows else f"the first {head['num_sequences']} of"
+    lines = [f"{r.data} [{r.split}]: {covered} {r.split_windows} windows, {head['num_tokens']} predicted "
+             f"tokens (every number below covers these windows); {r.backend}/{r.inference} "
+             f"(trained {r.trained_with}); q = {r.proposal}",
+             f"{'steps':>6} {'bound':>6} {'nats/token':>11} {'perplexity':>11} {'KL/seq':>8} {'mean exp(-B/T)':>15}  what"]
+    for row in r.rows:
+        if not row.get("fixed_noise"):
+            lines += eval_row_lines(r, row)
+    what = "exact: corpus-level exp(NLL / predicted tokens)" if r.exact else \
+        "corpus-level exp(bound / predicted tokens), a bound on the perplexity"
+    lines += [f"perplexity: {what}; mean exp(-B/T): the per-sequence mean of the same terms (the paper's averaging)",
+              f"unigram of the same tokens: {r.unigram_nll_per_token:.4f} nats/token, perplexity {r.unigram_perplexity:.3f}",
+              f"training FLOPs per token: {r.flops_per_token:.4g} (decoder forward {r.decoder_flops_per_token:.4g})"]
+    fixed = [row for row in r.rows if row.get("fixed_noise")]
+    if fixed:
+        lines.append("the published reference's numbers on the same windows -- NOT bounds, not comparable to the bounds above:")
+        for row in fixed:
+            lines += fixed_noise_lines(row)
+    return "\n".join(lines)
+
+
+def compare_row_lines(row: CompareRow) -> list[str]:
+    """One run of the compare table."""
+    return [f"{row.run[-40:]:<40} {row.backend + '/' + row.inference:<18} {row.params:>10} "
+            f"{row.nll_per_token:>11.4f} {row.perplexity:>11.3f} {_dash(row.kl_per_sequence, '.2f'):>8} "
+            f"{row.flops_per_token:>18.4g}"]
+
+
+def compare_text(result: CompareResult) -> str:
+    """The compare table: one line per run, on the same tokens."""
+    lines = [f"{result.data} [{result.split}], {result.rows[0].num_tokens} predicted tokens each",
+             f"{'run':<40} {'method':<18} {'params':>10} {'nats/token':>11} {'perplexity':>11} {'KL/seq':>8} "
+             f"{'train FLOPs/token':>18}"]
+    for row in result.rows:
+        lines += compare_row_lines(row)
+    return "\n".join(lines)
+
+
+def _chain_lines(r: dict) -> list[str]:
+    c = r["chains_diagnostics"]
+    verdict = "converged" if c["converged"] else "NOT converged"
+    return [f"  R-hat max {_num(c['rhat_max'])}, share above 1.01 (NaN counted) {c['share_rhat_above_limit']:.3f}, "
+            f"R-hat of the log joint max {_num(c['rhat_log_joint_max'])}: {verdict}",
+            f"  ESS bulk min {c['ess_bulk_min']:.1f}, tail min {c['ess_tail_min']:.1f}; "
+            f"acceptance {r['accept_prob']:.3f}, step size {r['step_size']:.4f}",
+            f"  kernel {r['kernel']}, start {r['init']}, warm-up {r['warmup']}, "
+            f"{r['gradient_evaluations']:.0f} gradient evaluations per chain and sequence"
+            + (f", {r['divergences']} divergent transitions" if "divergences" in r else ""),
+            f"  {r['verdict']}"]
+
+
+def _method_lines(m: str, r: dict) -> list[str]:
+    """One method's diagnostics: chains or k-hat, then collapse (and its noise floor)."""
+    lines = [f"{m}: {r['chains']} chain(s) x {r['draws']} draws, {r['steps']} steps"]
+    if "chains_diagnostics" in r:
+        lines += _chain_lines(r)
+    if "khat" in r:
+        k = r["khat"]
+        exact = sum(s == "exact" for s in k["status"])
+        lines.append(f"  PSIS k-hat max {_num(k['khat_max'])}, share above {k['threshold']:.3f}: "
+                     f"{k['share_above_threshold']:.3f} ({exact} of {len(k['status'])} exact)")
+    col = r["collapse"]
+    kl = ", ".join(f"{v:.2f}" for v in col["kl_per_latent_vector"])
+    source = "from q's parameters" if col.get("source") == "q" else "from the draws"
+    lines.append(f"  KL per latent vector [{kl}] ({source}); active units {col['active_units']} / {col['num_units']} "
+                 f"over {col.get('active_sequences')} sequences")
+    if "collapse_noise_floor" in r:  # what the same estimator gives on as many prior draws
+        floor = r["collapse_noise_floor"]
+        lines.append(f"  noise floor (as many prior draws): KL per latent vector up to {max(floor['kl_per_latent_vector']):.2f}; "
+                     f"active units {floor['active_units']}")
+    return lines
+
+
+def diagnose_text(result: DiagnoseResult) -> str:
+    """Each method's posterior diagnostics, their bounds side by side, the amortization gap."""
+    lines = [f"{result.run} [{result.split}], {result.sequences} sequences -> {result.out}"]
+    for m, r in result.methods.items():
+        lines += _method_lines(m, r)
+    with_bounds = {m: r for m, r in result.methods.items() if "bounds" in r}
+    if with_bounds:  # the methods side by side: each q's bounds, and whether its chains converged
+        k = next(iter(with_bounds.values()))["bounds"]["samples"]
+        lines += [f"bounds of each method's q on these windows (nats/token, {k} draws; langevin: the Gaussian fitted to its draws):",
+                  f"  {'method':<16} {'steps':>6} {'ELBO':>9} {f'IWAE_{k}':>9}  chains"]
+        for m, r in with_bounds.items():
+            b = r["bounds"]
+            lines.append(f"  {m:<16} {b['steps']:>6} {b['elbo_nll_per_token']:>9.4f} {b['iwae_nll_per_token']:>9.4f}  "
+                         f"{r.get('verdict', '-')}")
+    if result.amortization_gap is not None:
+        g = result.amortization_gap
+        lines.append(f"amortization gap (local - amortized ELBO): {g['nats_per_sequence']:.3f} nats/sequence, "
+                     f"{g['nats_per_token']:.4f} nats/token")
+    return "\n".join(lines)
+
+
+def sample_text(result: SampleResult) -> str:
+    """The samples, each under a `--- sample i ---` line when there are several."""
+    lines = []
+    for i, text in enumerate(result.samples):
+        if len(result.samples) > 1:
+            lines.append(f"--- sample {i + 1} ---")
+        lines.append(text)
+    return "\n".join(lines)
+
+
+def import_text(summary: dict) -> str:
+    """What `ltm import` made of a published checkpoint, and how to bound it."""
+    m = summary["model"]
+    return (f"imported {summary['source']} (published iteration {summary['iter_num']}): {m['n_layer']} layers, "
+            f"d {m['d_model']}, {m['n_head']} heads, {m['n_z']} latent vectors, {m['block_size']}-token windows, "
+            f"{summary['params']} parameters; {summary['steps']} fast steps at lr {summary['fast_lr']:g}\n"
+            f"run: {summary['run']}  (bound it: ltm eval {summary['run']} --fixed-noise --bound iwae --samples 16)")
+
+
+def study_text(summary: dict, table: str) -> str:
+    """How far a study is, and where its table (`table`, study.md) and plots are."""
+    return (f"{summary['points_done']} of {summary['points_total']} runs done; table: {table}; "
+            f"plots: {', '.join(summary['plots'])}")
