@@ -164,6 +164,20 @@ def latest_checkpoint(run: Path) -> Path:
     raise LtmError(f"{run} has no committed checkpoint ({CHECKPOINTS}/<iteration>/{STATE}): not a complete run")
 
 
+def read_newest(run: Path, read, attempts: int = 50):
+    """read(folder) on the run's newest committed checkpoint. A writer prunes a checkpoint only
+    after committing a newer one, so a folder that vanished under this reader means a newer one is
+    there to read: retry on it (readers take no lock and never block the writer)."""
+    for _ in range(attempts):
+        where = latest_checkpoint(run)
+        try:
+            return read(where)
+        except (LtmError, OSError):
+            if where.exists():  # still committed: the error is the checkpoint's own
+                raise
+    raise LtmError(f"{run}: its newest checkpoint was replaced {attempts} times while being read; try again")
+
+
 def _remove_tree(path: Path) -> None:
     """Delete a directory that no reader looks at any more (renamed aside first by the caller)."""
     durable.fault_point(f"remove {path.name}")
@@ -241,11 +255,18 @@ def remove_debris(run: Path) -> None:
     keep = latest_checkpoint(run) if committed_checkpoints(run) else None
     if folder.is_dir():
         for path in folder.iterdir():
-            if path != keep:
+            if path != keep and _made_by_fit(path.name):  # what a user put there stays
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
     for path in run.iterdir():
         if path.name.startswith(".") and (path.name.endswith(".tmp") or ".tmp-" in path.name):
             path.unlink(missing_ok=True)
+
+
+def _made_by_fit(name: str) -> bool:
+    """checkpoints/<iter>/, <iter>.tmp/ and the hidden .<iter>.<tag>-<pid>-<hex> names that
+    save_checkpoint and durable.temporary_name give: nothing else in checkpoints/ is ours."""
+    stem = name[1:].split(".", 1)[0] if name.startswith(".") else name.removesuffix(".tmp")
+    return stem.isdigit() and len(stem) == len(checkpoint_name(0))
 
 
 def _pid_alive(pid: int) -> bool:

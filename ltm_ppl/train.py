@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from . import checkpoint, distributed
+from . import checkpoint, distributed, writer_lock
 from .config import RunConfig, validate
 from .data import build_tokenizer, load_corpus, load_tokenizer, num_windows, split_tokens, train_batch
 from .destination import check_creatable
@@ -78,11 +78,14 @@ def check_fit(cfg: RunConfig) -> None:
 
 def load_inference(run: Path, cfg: RunConfig, with_optimizer: bool = False):
     """The inference object of a run with its newest committed checkpoint's weights (and optimiser state)."""
-    where = checkpoint.latest_checkpoint(run)
+    def read(where: Path):  # every file from one checkpoint, even if a writer commits meanwhile
+        return checkpoint.load_weights(where), checkpoint.load_optimizer(where) if with_optimizer else None
+
+    weights, optimizer = checkpoint.read_newest(run, read)
     inference = create(cfg)
-    inference.load_weights(checkpoint.load_weights(where))
+    inference.load_weights(weights)
     if with_optimizer:
-        tensors, state = checkpoint.load_optimizer(where)
+        tensors, state = optimizer
         if state.get("backend", cfg.train.backend) != cfg.train.backend:
             raise LtmError(f"{run} was trained with --backend {state['backend']}; resume it with that backend")
         inference.load_optimizer_state(tensors, state)
@@ -117,6 +120,8 @@ def fit(cfg: RunConfig, out: str | None = None, resume: str | None = None, progr
     if resume is not None:
         run = Path(resume)
         stored, _ = checkpoint.read_config(run)  # refuses a directory that is not a run
+        if w.is_writer:  # before any check: a second writer is refused at once, naming the first
+            writer_lock.hold(run)
         if not cfg.model.vocab_size:
             cfg.model.vocab_size = stored.model.vocab_size
         if cfg.model != stored.model or cfg.data != stored.data:
@@ -126,7 +131,7 @@ def fit(cfg: RunConfig, out: str | None = None, resume: str | None = None, progr
         resolve_horizon(cfg)
         validate(cfg, methods())
         check_fit(cfg)
-        done = checkpoint.trainer_state(checkpoint.latest_checkpoint(run))["iteration"]
+        done = checkpoint.read_newest(run, checkpoint.trainer_state)["iteration"]
         if cfg.train.iters <= done:  # refused before anything is written (config.json included)
             asked = f"--iters {cfg.train.iters} trains nothing" if cfg.train.iters != stored.train.iters else "it is finished"
             raise LtmError(f"{run} has done {done} iterations already, so {asked}; pass --iters N with N > {done} to train on")
@@ -158,17 +163,23 @@ def fit(cfg: RunConfig, out: str | None = None, resume: str | None = None, progr
         if w.is_writer:
             _create_run(run, inference, data, cfg)
     w.barrier()
-    return _loop(cfg, run, inference, data, progress, echo)
+    try:
+        return _loop(cfg, run, inference, data, progress, echo)
+    finally:
+        writer_lock.release(run)
 
 
 def _create_run(run: Path, inference, data: Data, cfg: RunConfig) -> None:
     stage = checkpoint.stage_run(run)
     try:  # built out of sight, then renamed into place with its iteration-0 checkpoint
+        writer_lock.hold(stage)  # the same lock file (inode) once the folder is renamed into place
         data.tokenizer.save(stage / "tokenizer.json")
         checkpoint.write_config(stage, cfg, cfg.data.tokenizer)
         _save(stage, inference, cfg)
         checkpoint.commit_run(stage, run)
+        writer_lock.moved(stage, run)
     except BaseException:
+        writer_lock.release(stage)
         shutil.rmtree(stage, ignore_errors=True)
         raise
 
