@@ -209,13 +209,17 @@ def save_checkpoint(run: Path, weights: dict, opt_tensors: dict, scalars: dict) 
     if building.exists():  # debris of a killed save of the same iteration
         _remove_tree(building)
     building.mkdir()
-    durable.write_file(building / "weights.safetensors", weight_bytes)
-    durable.write_file(building / "optimizer.safetensors", opt_bytes)
-    durable.write_file(building / STATE, (json.dumps(state, indent=2) + "\n").encode())
-    durable.fsync_dir(building)
-    if final.exists():  # never reached by `fit` (it saves each iteration once); keep the name free
-        _retire(final)
-    durable.rename(building, final)  # the commit
+    try:
+        durable.write_file(building / "weights.safetensors", weight_bytes)
+        durable.write_file(building / "optimizer.safetensors", opt_bytes)
+        durable.write_file(building / STATE, (json.dumps(state, indent=2) + "\n").encode())
+        durable.fsync_dir(building)
+        if final.exists():  # never reached by `fit` (it saves each iteration once); keep the name free
+            _retire(final)
+        durable.rename(building, final)  # the commit
+    except OSError:  # a full disk: give the space back, so that the last good checkpoint resumes
+        shutil.rmtree(building, ignore_errors=True)
+        raise
     durable.fsync_dir(folder)
     for _, older in committed_checkpoints(run)[:-1]:
         _retire(older)
@@ -345,8 +349,8 @@ def load_optimizer(where: Path) -> tuple[dict[str, np.ndarray], dict]:
     return _load_safetensors(where / "optimizer.safetensors", state.get("optimizer_sha256")), state
 
 def append_metrics(run: Path, record: dict) -> None:
-    with open(run / "metrics.jsonl", "a") as fh:
-        fh.write(json.dumps(record) + "\n")
+    with durable.naming(run / "metrics.jsonl"), open(run / "metrics.jsonl", "a") as fh:
+        fh.write(json.dumps(record) + "\n")  # a torn line (disk full, kill) is dropped on resume
 
 
 def truncate_metrics(run: Path, iteration: int) -> None:

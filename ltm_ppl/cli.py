@@ -20,7 +20,7 @@ from .checkpoint import read_config
 from .config import FLAGS, RunConfig, apply_overrides, build_config
 from .diagnostics import DiagnoseSettings, diagnose_run
 from .distributed import env_rank
-from .errors import Interrupted, LtmError
+from .errors import Interrupted, LtmError, os_failure
 from .generate import SampleSettings, sample_run
 from .inference import registry
 from .plots import check_plot_path, plot_compare, plot_eval_steps
@@ -59,6 +59,15 @@ class LtmGroup(click.Group):
         except click.Abort:
             click.echo("error: interrupted", err=True)
             sys.exit(130)
+        except OSError as exc:  # a full disk, a read-only or vanished folder, an I/O error: one line
+            if env_rank() == 0:
+                click.echo(f"error: {os_failure(exc)}", err=True)
+            sys.exit(2)
+        except MemoryError:
+            if env_rank() == 0:
+                click.echo("error: out of memory: ask for less (a smaller --batch-size, --samples, --chains, "
+                           "--num or model)", err=True)
+            sys.exit(2)
         sys.exit(code if isinstance(code, int) else 0)
 
 

@@ -82,6 +82,7 @@ def test_a_second_writer_is_refused_naming_the_first_and_kill_9_leaves_no_stale_
     assert iters == list(range(1, done + 2)), "records written twice or out of order"
 
 
+@pytest.mark.slow
 def test_the_lock_is_held_by_the_process_and_released_with_it(run):
     """Held here: a child `fit` is refused naming this pid; released: the child trains."""
     writer_lock.hold(run)
@@ -126,6 +127,7 @@ def test_a_damaged_checkpoint_still_committed_is_an_error_not_a_retry(tmp_path):
         checkpoint.read_newest(run, checkpoint.load_weights)
 
 
+@pytest.mark.slow
 def test_fifty_reads_while_a_writer_commits_every_iteration(run):
     """Readers (the Python reads `eval` / `sample` make, and one `ltm sample`) against a writer that
     commits and prunes a checkpoint every iteration: every read succeeds, iterations never go back."""
@@ -149,6 +151,7 @@ def test_fifty_reads_while_a_writer_commits_every_iteration(run):
     assert seen == sorted(seen) and seen[-1] > seen[0], seen  # the writer committed while we read
 
 
+@pytest.mark.slow
 def test_resume_removes_its_own_debris_and_nothing_a_user_put_in_checkpoints(run):
     folder = run / checkpoint.CHECKPOINTS
     (folder / "latest").mkdir()
