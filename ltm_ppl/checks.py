@@ -36,6 +36,15 @@ def require_at_most(name: str, value, limit) -> None:
 
 
 MAX_SEED = 2**32 - 1  # what every random generator here (numpy, torch, jax) accepts
+# Inner steps (fast optimiser steps, Langevin steps) per sequence: the published and studied
+# settings use at most 64; 10,000 is already hours per batch on a CPU, and a typo beyond it would
+# otherwise run until killed.
+MAX_STEPS = 10_000
+
+
+def require_steps(name: str, value) -> None:
+    require_positive(name, value)
+    require_at_most(name, value, MAX_STEPS)
 
 
 def require_seed(name: str, value) -> None:

@@ -12,7 +12,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .checks import MAX_SEED, require_non_negative, require_positive
+from .checks import MAX_SEED, MAX_STEPS, require_non_negative, require_positive
 from .errors import LtmError
 # Methods as data: [inference]'s fields are the registered methods' options. The registry and the
 # method descriptors import no config (and neither torch nor jax), so this is no circle.
@@ -308,6 +308,10 @@ def validate(cfg: RunConfig, methods: tuple[str, ...] = ()) -> RunConfig:
         _one_of("inference.method", inf.method, methods)
     for name in ("steps", "eval_steps", "num_samples"):
         _positive(f"inference.{name}", getattr(inf, name))
+    for name in ("steps", "eval_steps"):
+        if getattr(inf, name) > MAX_STEPS:
+            raise LtmError(f"config: inference.{name}{_flag('inference.' + name)} must be at most {MAX_STEPS}, "
+                           f"got {getattr(inf, name)}")
     apply_aliases(inf)  # e.g. `--init reference` keeps its old meaning ("narrow")
     for option in options():  # every method's options, whichever method runs (a run may switch method)
         name = f"inference.{option.field}"

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .checks import require_at_most, require_non_negative, require_positive, require_seed
+from .checks import require_at_most, require_non_negative, require_positive, require_seed, require_steps
 from .data.utf8 import widen
 from .errors import LtmError
 
@@ -34,7 +34,7 @@ class SampleSettings:
         require_positive("--num", self.num)
         require_positive("--max-tokens", self.max_tokens)
         require_at_most("--max-tokens", self.max_tokens, MAX_NEW_TOKENS)
-        require_positive("--steps", self.steps)
+        require_steps("--steps", self.steps)
         require_non_negative("--temperature", self.temperature)
         require_non_negative("--top-k", self.top_k, integer=True)
         require_seed("--seed", self.seed)

@@ -18,7 +18,7 @@ from .distributed import describe, world
 from .errors import Interrupted, LtmError
 from .evaluate import unigram_bound, windows_bound
 from .inference import create, descriptor, methods, training_flops_per_token
-from .stop_signals import StopRequest
+from .stop_signals import StopNow, StopRequest
 
 
 @dataclass
@@ -216,6 +216,16 @@ def _show(bar, record: dict | None, last_eval: dict | None) -> None:
     bar.set_postfix(postfix, refresh=False)
 
 
+def _stop_between(run: Path, inference, cfg: RunConfig, metrics, last_saved: int, done: int, bar, stop) -> None:
+    """A stop signal inside iteration done + 1 (one worker): commit iteration `done` and say so."""
+    metrics.flush(last_saved)
+    if last_saved != done:
+        save(run, inference, cfg)
+    bar.close()
+    raise Interrupted(f"{stop.name}: stopped during iteration {done + 1} (its fast steps), with a checkpoint of "
+                      f"iteration {done} committed; resume with: ltm fit --resume {run}", stop.signum)
+
+
 def _evaluate(inference, data: Data, cfg: RunConfig, iteration: int) -> dict:
     t = cfg.train
     return windows_bound(inference, data.val, cfg.inference.eval_steps, 1, t.batch_size, t.eval_windows, seed=t.seed + iteration)
@@ -270,10 +280,14 @@ def _loop(cfg: RunConfig, run: Path, inference, data: Data, progress: bool, echo
     clock = time.perf_counter()
     # loss_is_bound is fixed for the run: looked up once
     metrics = MetricsBuffer(run, cfg, descriptor(cfg.inference.method).loss_is_bound, reduce=w.mean, write=append_metrics)
-    with StopRequest() as stop:
+    with StopRequest(abandon=w.size == 1) as stop:
         for it in range(start, t.iters):
             batch = train_batch(data.train, cfg.model.block_size, t.batch_size, t.seed, it)[rows]
-            metrics.add(it + 1, inference.step(batch), time.perf_counter() - clock)
+            try:
+                step_metrics = inference.step(batch)
+            except StopNow:  # mid-iteration, before its slow step: the state is iteration `it`'s
+                _stop_between(run, inference, cfg, metrics, last_saved, it, bar, stop)
+            metrics.add(it + 1, step_metrics, time.perf_counter() - clock)
             done = it + 1
             evaluate = done % t.eval_interval == 0 or done == t.iters
             checkpoint_now = done % t.checkpoint_interval == 0 or done == t.iters

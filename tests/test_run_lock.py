@@ -61,6 +61,7 @@ def held_by(run: Path, pid: int, timeout: float = 120) -> None:
     raise AssertionError(f"pid {pid} never took the lock of {run}")
 
 
+@pytest.mark.slow
 def test_a_second_writer_is_refused_naming_the_first_and_kill_9_leaves_no_stale_lock(run):
     first = ltm("fit", "--resume", run, "--iters", 100000, "--quiet")
     try:
@@ -165,3 +166,25 @@ def test_resume_removes_its_own_debris_and_nothing_a_user_put_in_checkpoints(run
     assert (folder / "notes.txt").read_text() == "mine"
     assert not (folder / "00000009.tmp").exists() and not (folder / ".00000000.old-1-abcd1234").exists()
     assert [p.name for p in folder.iterdir() if p.name[0].isdigit()] == ["00000002"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["local", "langevin"])
+def test_sigterm_inside_the_fast_steps_stops_the_iteration_and_commits_the_last_finished_one(method, config, tmp_path):
+    """10,000 inner steps in iteration 1 (tens of seconds): SIGTERM a second into them ends the
+    iteration there, commits iteration 0's state and says so; the run resumes."""
+    run = tmp_path / "run"
+    proc = ltm("fit", "--config", config, "--data", "builtin:kjv", "--out", run, "--iters", 2, "--steps", 10000,
+               "--inference", method, "--quiet")
+    deadline = time.monotonic() + 120
+    while not checkpoint.committed_checkpoints(run) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(1.0)  # inside iteration 1's inner loop
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert err.strip().splitlines()[-1].startswith("SIGTERM: stopped during iteration 1 (its fast steps), with a "
+                                                   "checkpoint of iteration 0 committed; resume with: ltm fit --resume")
+    assert checkpoint.read_newest(run, checkpoint.trainer_state)["iteration"] == 0
+    again = finished("fit", "--resume", run, "--iters", 1, "--steps", 2, "--quiet")
+    assert again.returncode == 0, again.stderr
