@@ -1,6 +1,7 @@
 """The backend-neutral training loop: batches -> inference.step -> metrics, evaluations, checkpoints."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import shutil
 import time
@@ -92,6 +93,24 @@ def load_inference(run: Path, cfg: RunConfig, with_optimizer: bool = False):
     return inference
 
 
+# Settings a resume may change, each said in a notice and recorded in metrics.jsonl ([model],
+# [data], the method and the backend are refused before this; --iters is how a run trains on).
+QUIET_ON_RESUME = {"train.iters"}
+
+
+def resume_changes(stored: RunConfig, cfg: RunConfig) -> dict[str, tuple]:
+    """{"section.field": (stored value, new value)} for every [train] / [inference] setting the
+    resume changes, but --iters."""
+    changed = {}
+    for section in ("train", "inference"):
+        old, new = getattr(stored, section), getattr(cfg, section)
+        for f in dataclasses.fields(old):
+            name = f"{section}.{f.name}"
+            if name not in QUIET_ON_RESUME and getattr(old, f.name) != getattr(new, f.name):
+                changed[name] = (getattr(old, f.name), getattr(new, f.name))
+    return changed
+
+
 def resolve_horizon(cfg: RunConfig) -> None:
     """train.lr_decay_iters = 0 means "the --iters of this fit"; stored resolved, so that a resumed
     run follows the schedule the run was started with."""
@@ -138,10 +157,16 @@ def fit(cfg: RunConfig, out: str | None = None, resume: str | None = None, progr
         data = w.in_turn(lambda: load_data(cfg, run_tokenizer(run, cfg)))
         inference = load_inference(run, cfg, with_optimizer=True)
         # Every check has passed: from here on the run is written (by one worker).
+        changed = resume_changes(stored, cfg)
+        for name, (old, new) in changed.items():
+            echo(f"notice: resuming {run} with {name} = {new!r} (was {old!r})")
         if w.is_writer:
             checkpoint.migrate_format_1(run)
             checkpoint.remove_debris(run)
             checkpoint.truncate_metrics(run, inference.iteration)
+            if changed:  # the run's history keeps what its config.json no longer says
+                checkpoint.append_metrics(run, {"iter": inference.iteration, "event": "resume",
+                                     "changed": {k: {"was": a, "now": b} for k, (a, b) in changed.items()}})
             checkpoint.write_config(run, cfg, cfg.data.tokenizer)
         if cfg.train.iters > cfg.train.lr_decay_iters:
             echo(f"notice: the learning-rate schedule of {run} ends at iteration {cfg.train.lr_decay_iters}; iterations "
