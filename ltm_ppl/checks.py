@@ -26,7 +26,9 @@ def require_non_negative(name: str, value, integer: bool = False) -> None:
         return
     if integer and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
         raise LtmError(f"{name} must be a non-negative integer, got {value!r}")
-    if not _finite_number(value) or value < 0:
+    if not _finite_number(value):
+        raise LtmError(f"{name} must be a finite number, got {value!r}")
+    if value < 0:
         raise LtmError(f"{name} must not be negative, got {value!r}")
 
 

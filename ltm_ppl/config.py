@@ -178,6 +178,11 @@ def _sections(raw: dict) -> dict:
     sections = {}
     for key, value in raw.items():
         if key not in SECTIONS:
+            if not isinstance(value, dict):  # `iters = 5` above every [section]
+                homes = [name for name, cls in SECTIONS.items() if key in {f.name for f in dataclasses.fields(cls)}]
+                where = f"; it belongs in [{homes[0]}]" if homes else ""
+                raise LtmError(f"config: unknown top-level key {key!r} (top-level keys: {', '.join(NAMED)}; settings go "
+                               f"in a section: {', '.join(f'[{n}]' for n in SECTIONS)}){where}")
             raise LtmError(f"config: unknown section [{key}] (known: {', '.join(SECTIONS)}; top-level keys: {', '.join(NAMED)})")
         if not isinstance(value, dict):
             raise LtmError(f"config: [{key}] must be a table")

@@ -38,6 +38,12 @@ class SampleSettings:
         require_non_negative("--temperature", self.temperature)
         require_non_negative("--top-k", self.top_k, integer=True)
         require_seed("--seed", self.seed)
+        if self.prompt is not None:
+            try:  # a shell's $'\xff' arrives as a lone surrogate, which no tokenizer takes
+                self.prompt.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                bad = self.prompt[exc.start].encode("utf-8", "surrogateescape")
+                raise LtmError(f"--prompt is not UTF-8 text (byte {bad!r} at character {exc.start})") from None
         if self.prompt is not None and not self.prompt.strip():
             raise LtmError("--prompt is empty")
 

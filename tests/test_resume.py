@@ -184,3 +184,12 @@ def test_run_files_respect_the_umask(tiny, tmp_path, torch_one_thread):
     for path in [tmp_path / "run", *(tmp_path / "run").rglob("*")]:
         mode = stat.S_IMODE(path.stat().st_mode)
         assert mode == (0o750 if path.is_dir() else 0o640), (path, oct(mode))
+
+
+def test_a_run_without_its_tokenizer_is_called_incomplete_not_damaged(tiny, tmp_path, torch_one_thread):
+    run = tmp_path / "run"
+    tiny("--out", run, "--iters", "1")
+    (run / "tokenizer.json").unlink()
+    result = run_cli("eval", run, "--max-windows", "1")
+    assert result.exit_code == 2
+    assert f"error: {run} has no tokenizer.json: not a complete run" in result.output
