@@ -164,6 +164,20 @@ def latest_checkpoint(run: Path) -> Path:
     raise LtmError(f"{run} has no committed checkpoint ({CHECKPOINTS}/<iteration>/{STATE}): not a complete run")
 
 
+def read_newest(run: Path, read, attempts: int = 50):
+    """read(folder) on the run's newest committed checkpoint. A writer prunes a checkpoint only
+    after committing a newer one, so a folder that vanished under this reader means a newer one is
+    there to read: retry on it (readers take no lock and never block the writer)."""
+    for _ in range(attempts):
+        where = latest_checkpoint(run)
+        try:
+            return read(where)
+        except (LtmError, OSError):
+            if where.exists():  # still committed: the error is the checkpoint's own
+                raise
+    raise LtmError(f"{run}: its newest checkpoint was replaced {attempts} times while being read; try again")
+
+
 def _remove_tree(path: Path) -> None:
     """Delete a directory that no reader looks at any more (renamed aside first by the caller)."""
     durable.fault_point(f"remove {path.name}")
@@ -195,13 +209,17 @@ def save_checkpoint(run: Path, weights: dict, opt_tensors: dict, scalars: dict) 
     if building.exists():  # debris of a killed save of the same iteration
         _remove_tree(building)
     building.mkdir()
-    durable.write_file(building / "weights.safetensors", weight_bytes)
-    durable.write_file(building / "optimizer.safetensors", opt_bytes)
-    durable.write_file(building / STATE, (json.dumps(state, indent=2) + "\n").encode())
-    durable.fsync_dir(building)
-    if final.exists():  # never reached by `fit` (it saves each iteration once); keep the name free
-        _retire(final)
-    durable.rename(building, final)  # the commit
+    try:
+        durable.write_file(building / "weights.safetensors", weight_bytes)
+        durable.write_file(building / "optimizer.safetensors", opt_bytes)
+        durable.write_file(building / STATE, (json.dumps(state, indent=2) + "\n").encode())
+        durable.fsync_dir(building)
+        if final.exists():  # never reached by `fit` (it saves each iteration once); keep the name free
+            _retire(final)
+        durable.rename(building, final)  # the commit
+    except OSError:  # a full disk: give the space back, so that the last good checkpoint resumes
+        shutil.rmtree(building, ignore_errors=True)
+        raise
     durable.fsync_dir(folder)
     for _, older in committed_checkpoints(run)[:-1]:
         _retire(older)
@@ -241,11 +259,18 @@ def remove_debris(run: Path) -> None:
     keep = latest_checkpoint(run) if committed_checkpoints(run) else None
     if folder.is_dir():
         for path in folder.iterdir():
-            if path != keep:
+            if path != keep and _made_by_fit(path.name):  # what a user put there stays
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
     for path in run.iterdir():
         if path.name.startswith(".") and (path.name.endswith(".tmp") or ".tmp-" in path.name):
             path.unlink(missing_ok=True)
+
+
+def _made_by_fit(name: str) -> bool:
+    """checkpoints/<iter>/, <iter>.tmp/ and the hidden .<iter>.<tag>-<pid>-<hex> names that
+    save_checkpoint and durable.temporary_name give: nothing else in checkpoints/ is ours."""
+    stem = name[1:].split(".", 1)[0] if name.startswith(".") else name.removesuffix(".tmp")
+    return stem.isdigit() and len(stem) == len(checkpoint_name(0))
 
 
 def _pid_alive(pid: int) -> bool:
@@ -324,8 +349,8 @@ def load_optimizer(where: Path) -> tuple[dict[str, np.ndarray], dict]:
     return _load_safetensors(where / "optimizer.safetensors", state.get("optimizer_sha256")), state
 
 def append_metrics(run: Path, record: dict) -> None:
-    with open(run / "metrics.jsonl", "a") as fh:
-        fh.write(json.dumps(record) + "\n")
+    with durable.naming(run / "metrics.jsonl"), open(run / "metrics.jsonl", "a") as fh:
+        fh.write(json.dumps(record) + "\n")  # a torn line (disk full, kill) is dropped on resume
 
 
 def truncate_metrics(run: Path, iteration: int) -> None:

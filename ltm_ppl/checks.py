@@ -26,7 +26,9 @@ def require_non_negative(name: str, value, integer: bool = False) -> None:
         return
     if integer and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
         raise LtmError(f"{name} must be a non-negative integer, got {value!r}")
-    if not _finite_number(value) or value < 0:
+    if not _finite_number(value):
+        raise LtmError(f"{name} must be a finite number, got {value!r}")
+    if value < 0:
         raise LtmError(f"{name} must not be negative, got {value!r}")
 
 
@@ -36,6 +38,15 @@ def require_at_most(name: str, value, limit) -> None:
 
 
 MAX_SEED = 2**32 - 1  # what every random generator here (numpy, torch, jax) accepts
+# Inner steps (fast optimiser steps, Langevin steps) per sequence: the published and studied
+# settings use at most 64; 10,000 is already hours per batch on a CPU, and a typo beyond it would
+# otherwise run until killed.
+MAX_STEPS = 10_000
+
+
+def require_steps(name: str, value) -> None:
+    require_positive(name, value)
+    require_at_most(name, value, MAX_STEPS)
 
 
 def require_seed(name: str, value) -> None:

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from . import __version__, api, report
 from .config import FLAGS, RunConfig
 from .distributed import env_rank
-from .errors import Interrupted, LtmError
+from .errors import Interrupted, LtmError, os_failure
 from .inference import registry
 from .threads import configure_threads
 
@@ -51,6 +51,15 @@ class LtmGroup(click.Group):
         except click.Abort:
             click.echo("error: interrupted", err=True)
             sys.exit(130)
+        except OSError as exc:  # a full disk, a read-only or vanished folder, an I/O error: one line
+            if env_rank() == 0:
+                click.echo(f"error: {os_failure(exc)}", err=True)
+            sys.exit(2)
+        except MemoryError:
+            if env_rank() == 0:
+                click.echo("error: out of memory: ask for less (a smaller --batch-size, --samples, --chains, "
+                           "--num or model)", err=True)
+            sys.exit(2)
         sys.exit(code if isinstance(code, int) else 0)
 
 

@@ -12,7 +12,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .checks import MAX_SEED, require_non_negative, require_positive
+from .checks import MAX_SEED, MAX_STEPS, require_non_negative, require_positive
 from .errors import LtmError
 # Methods as data: [inference]'s fields are the registered methods' options. The registry and the
 # method descriptors import no config (and neither torch nor jax), so this is no circle.
@@ -178,6 +178,11 @@ def _sections(raw: dict) -> dict:
     sections = {}
     for key, value in raw.items():
         if key not in SECTIONS:
+            if not isinstance(value, dict):  # `iters = 5` above every [section]
+                homes = [name for name, cls in SECTIONS.items() if key in {f.name for f in dataclasses.fields(cls)}]
+                where = f"; it belongs in [{homes[0]}]" if homes else ""
+                raise LtmError(f"config: unknown top-level key {key!r} (top-level keys: {', '.join(NAMED)}; settings go "
+                               f"in a section: {', '.join(f'[{n}]' for n in SECTIONS)}){where}")
             raise LtmError(f"config: unknown section [{key}] (known: {', '.join(SECTIONS)}; top-level keys: {', '.join(NAMED)})")
         if not isinstance(value, dict):
             raise LtmError(f"config: [{key}] must be a table")
@@ -308,6 +313,10 @@ def validate(cfg: RunConfig, methods: tuple[str, ...] = ()) -> RunConfig:
         _one_of("inference.method", inf.method, methods)
     for name in ("steps", "eval_steps", "num_samples"):
         _positive(f"inference.{name}", getattr(inf, name))
+    for name in ("steps", "eval_steps"):
+        if getattr(inf, name) > MAX_STEPS:
+            raise LtmError(f"config: inference.{name}{_flag('inference.' + name)} must be at most {MAX_STEPS}, "
+                           f"got {getattr(inf, name)}")
     apply_aliases(inf)  # e.g. `--init reference` keeps its old meaning ("narrow")
     for option in options():  # every method's options, whichever method runs (a run may switch method)
         name = f"inference.{option.field}"

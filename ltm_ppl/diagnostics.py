@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .checkpoint import read_config
-from .checks import require_positive, require_seed
+from .checks import require_positive, require_seed, require_steps
 from .data import eval_batches, load_corpus, split_tokens
 from .destination import check_creatable
 from .durable import atomic_write_text
@@ -260,6 +260,7 @@ class DiagnoseSettings:
         for name, value in (("--sequences", self.sequences), ("--chains", self.chains), ("--draws", self.draws),
                             ("--steps", self.steps)):
             require_positive(name, value)
+        require_steps("--steps", self.steps)
         require_seed("--seed", self.seed)
 
 

@@ -7,6 +7,7 @@ LTM_FAULT_TRACE=FILE every step appends "n label" to FILE, so a test can count t
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -30,18 +31,31 @@ def write_file(path: Path, data: bytes) -> None:
     """Create `path` (which must not exist; mode 0666 minus the umask), write it and fsync it."""
     fault_point(f"write {path.name}")
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    with os.fdopen(fd, "wb") as fh:
+    with naming(path), os.fdopen(fd, "wb") as fh:
         fh.write(data)
         fh.flush()
         fault_point(f"fsync {path.name}")
         os.fsync(fh.fileno())
 
 
+@contextlib.contextmanager
+def naming(path: Path):
+    """A failed write (ENOSPC, EIO, ...) on an open file carries no file name: give it the path,
+    so the one error line can say where."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None:
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
+        raise
+
+
 def fsync_file(path: Path) -> None:
     fault_point(f"fsync {path.name}")
     fd = os.open(path, os.O_RDONLY)
     try:
-        os.fsync(fd)
+        with naming(path):
+            os.fsync(fd)
     finally:
         os.close(fd)
 
@@ -51,7 +65,8 @@ def fsync_dir(path: Path) -> None:
     fault_point(f"fsync dir {path.name or path}")
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        os.fsync(fd)
+        with naming(path):
+            os.fsync(fd)
     finally:
         os.close(fd)
 
@@ -96,7 +111,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp, fh = _create_temporary(path)
     try:
-        with fh:
+        with naming(path), fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())

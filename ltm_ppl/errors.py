@@ -12,3 +12,16 @@ class Interrupted(Exception):
     def __init__(self, message: str, signum: int):
         super().__init__(message)
         self.exit_code = 128 + signum
+
+
+_SPACE = {28, 122}  # ENOSPC, EDQUOT
+
+
+def os_failure(exc: OSError) -> str:
+    """An OS error as one line: where, why, and what still holds (the commit protocol keeps the
+    last committed checkpoint whole)."""
+    where = exc.filename if exc.filename is not None else "the output (stdout or a pipe)"
+    line = f"{where}: {exc.strerror or exc}"
+    if exc.errno in _SPACE:
+        line += "; free space and run it again (a run's last committed checkpoint is whole: `ltm fit --resume RUN` goes on from it)"
+    return line

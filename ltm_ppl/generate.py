@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .checks import require_at_most, require_non_negative, require_positive, require_seed
+from .checks import require_at_most, require_non_negative, require_positive, require_seed, require_steps
 from .data.utf8 import widen
 from .errors import LtmError
 
@@ -34,10 +34,16 @@ class SampleSettings:
         require_positive("--num", self.num)
         require_positive("--max-tokens", self.max_tokens)
         require_at_most("--max-tokens", self.max_tokens, MAX_NEW_TOKENS)
-        require_positive("--steps", self.steps)
+        require_steps("--steps", self.steps)
         require_non_negative("--temperature", self.temperature)
         require_non_negative("--top-k", self.top_k, integer=True)
         require_seed("--seed", self.seed)
+        if self.prompt is not None:
+            try:  # a shell's $'\xff' arrives as a lone surrogate, which no tokenizer takes
+                self.prompt.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                bad = self.prompt[exc.start].encode("utf-8", "surrogateescape")
+                raise LtmError(f"--prompt is not UTF-8 text (byte {bad!r} at character {exc.start})") from None
         if self.prompt is not None and not self.prompt.strip():
             raise LtmError("--prompt is empty")
 

@@ -3,6 +3,7 @@ Every LTM curve is labelled as a bound; an AR (no latent) number as exact."""
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 from .errors import LtmError
@@ -20,6 +21,12 @@ def check_plot_path(path: str | Path | None) -> Path | None:
         raise LtmError(f"--plot {path}: folder {path.parent} does not exist")
     if path.is_dir():
         raise LtmError(f"--plot {path} is a directory")
+    try:  # a folder that exists but takes no files (/proc, read-only): found now, not after the work
+        fd, probe = tempfile.mkstemp(prefix=".ltm-probe-", suffix=".png", dir=path.parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise LtmError(f"--plot {path}: cannot write in {path.parent} ({exc.strerror or exc})") from None
     return path
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .checkpoint import read_config
-from .checks import require_positive, require_seed
+from .checks import require_positive, require_seed, require_steps
 from .config import RunConfig, apply_overrides, validate
 from .data import load_corpus, num_windows, split_tokens
 from .distributed import start
@@ -68,6 +68,8 @@ def parse_steps(text: str | None, default: int) -> list[int]:
         steps = []
     if not steps or any(s <= 0 for s in steps):
         raise LtmError(f"--steps must be a positive integer or a comma-separated list of them, got {text!r}")
+    for s in steps:
+        require_steps("--steps", s)
     return steps
 
 
@@ -217,7 +219,7 @@ def compare_runs(runs: list[str], split: str = "val", data: str | None = None, s
     training FLOPs per token: token-matched and compute-matched comparisons in one table."""
     if len(runs) < 2:
         raise LtmError("ltm compare needs at least two runs")
-    require_positive("--steps", steps)
+    require_steps("--steps", steps)
     check_eval_options(samples, batch_size, max_windows)
     check_seed(seed)
     opened = [open_run(run, overrides) for run in runs]

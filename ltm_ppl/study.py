@@ -40,7 +40,7 @@ def _write_json(path: Path, record: dict) -> None:
 
 
 def _run_finished(run: Path, iters: int) -> bool:
-    return checkpoint.trainer_state(checkpoint.latest_checkpoint(run))["iteration"] >= iters
+    return checkpoint.read_newest(run, checkpoint.trainer_state)["iteration"] >= iters
 
 
 def train_run(cfg, run: Path, echo) -> dict:

@@ -1,6 +1,7 @@
 """The backend-neutral training loop: batches -> inference.step -> metrics, evaluations, checkpoints."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import shutil
 import time
@@ -10,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from . import checkpoint, distributed
+from . import checkpoint, distributed, writer_lock
 from .config import RunConfig, validate
 from .data import build_tokenizer, load_corpus, load_tokenizer, num_windows, split_tokens, train_batch
 from .destination import check_creatable
@@ -18,7 +19,7 @@ from .distributed import describe, world
 from .errors import Interrupted, LtmError
 from .evaluate import unigram_bound, windows_bound
 from .inference import create, descriptor, methods, training_flops_per_token
-from .stop_signals import StopRequest
+from .stop_signals import StopNow, StopRequest
 
 
 @dataclass
@@ -78,15 +79,36 @@ def check_fit(cfg: RunConfig) -> None:
 
 def load_inference(run: Path, cfg: RunConfig, with_optimizer: bool = False):
     """The inference object of a run with its newest committed checkpoint's weights (and optimiser state)."""
-    where = checkpoint.latest_checkpoint(run)
+    def read(where: Path):  # every file from one checkpoint, even if a writer commits meanwhile
+        return checkpoint.load_weights(where), checkpoint.load_optimizer(where) if with_optimizer else None
+
+    weights, optimizer = checkpoint.read_newest(run, read)
     inference = create(cfg)
-    inference.load_weights(checkpoint.load_weights(where))
+    inference.load_weights(weights)
     if with_optimizer:
-        tensors, state = checkpoint.load_optimizer(where)
+        tensors, state = optimizer
         if state.get("backend", cfg.train.backend) != cfg.train.backend:
             raise LtmError(f"{run} was trained with --backend {state['backend']}; resume it with that backend")
         inference.load_optimizer_state(tensors, state)
     return inference
+
+
+# Settings a resume may change, each said in a notice and recorded in metrics.jsonl ([model],
+# [data], the method and the backend are refused before this; --iters is how a run trains on).
+QUIET_ON_RESUME = {"train.iters"}
+
+
+def resume_changes(stored: RunConfig, cfg: RunConfig) -> dict[str, tuple]:
+    """{"section.field": (stored value, new value)} for every [train] / [inference] setting the
+    resume changes, but --iters."""
+    changed = {}
+    for section in ("train", "inference"):
+        old, new = getattr(stored, section), getattr(cfg, section)
+        for f in dataclasses.fields(old):
+            name = f"{section}.{f.name}"
+            if name not in QUIET_ON_RESUME and getattr(old, f.name) != getattr(new, f.name):
+                changed[name] = (getattr(old, f.name), getattr(new, f.name))
+    return changed
 
 
 def resolve_horizon(cfg: RunConfig) -> None:
@@ -117,6 +139,8 @@ def fit(cfg: RunConfig, out: str | None = None, resume: str | None = None, progr
     if resume is not None:
         run = Path(resume)
         stored, _ = checkpoint.read_config(run)  # refuses a directory that is not a run
+        if w.is_writer:  # before any check: a second writer is refused at once, naming the first
+            writer_lock.hold(run)
         if not cfg.model.vocab_size:
             cfg.model.vocab_size = stored.model.vocab_size
         if cfg.model != stored.model or cfg.data != stored.data:
@@ -126,17 +150,23 @@ def fit(cfg: RunConfig, out: str | None = None, resume: str | None = None, progr
         resolve_horizon(cfg)
         validate(cfg, methods())
         check_fit(cfg)
-        done = checkpoint.trainer_state(checkpoint.latest_checkpoint(run))["iteration"]
+        done = checkpoint.read_newest(run, checkpoint.trainer_state)["iteration"]
         if cfg.train.iters <= done:  # refused before anything is written (config.json included)
             asked = f"--iters {cfg.train.iters} trains nothing" if cfg.train.iters != stored.train.iters else "it is finished"
             raise LtmError(f"{run} has done {done} iterations already, so {asked}; pass --iters N with N > {done} to train on")
         data = w.in_turn(lambda: load_data(cfg, run_tokenizer(run, cfg)))
         inference = load_inference(run, cfg, with_optimizer=True)
         # Every check has passed: from here on the run is written (by one worker).
+        changed = resume_changes(stored, cfg)
+        for name, (old, new) in changed.items():
+            echo(f"notice: resuming {run} with {name} = {new!r} (was {old!r})")
         if w.is_writer:
             checkpoint.migrate_format_1(run)
             checkpoint.remove_debris(run)
             checkpoint.truncate_metrics(run, inference.iteration)
+            if changed:  # the run's history keeps what its config.json no longer says
+                checkpoint.append_metrics(run, {"iter": inference.iteration, "event": "resume",
+                                     "changed": {k: {"was": a, "now": b} for k, (a, b) in changed.items()}})
             checkpoint.write_config(run, cfg, cfg.data.tokenizer)
         if cfg.train.iters > cfg.train.lr_decay_iters:
             echo(f"notice: the learning-rate schedule of {run} ends at iteration {cfg.train.lr_decay_iters}; iterations "
@@ -158,17 +188,23 @@ def fit(cfg: RunConfig, out: str | None = None, resume: str | None = None, progr
         if w.is_writer:
             _create_run(run, inference, data, cfg)
     w.barrier()
-    return _loop(cfg, run, inference, data, progress, echo)
+    try:
+        return _loop(cfg, run, inference, data, progress, echo)
+    finally:
+        writer_lock.release(run)
 
 
 def _create_run(run: Path, inference, data: Data, cfg: RunConfig) -> None:
     stage = checkpoint.stage_run(run)
     try:  # built out of sight, then renamed into place with its iteration-0 checkpoint
+        writer_lock.hold(stage)  # the same lock file (inode) once the folder is renamed into place
         data.tokenizer.save(stage / "tokenizer.json")
         checkpoint.write_config(stage, cfg, cfg.data.tokenizer)
         _save(stage, inference, cfg)
         checkpoint.commit_run(stage, run)
+        writer_lock.moved(stage, run)
     except BaseException:
+        writer_lock.release(stage)
         shutil.rmtree(stage, ignore_errors=True)
         raise
 
@@ -203,6 +239,16 @@ def _show(bar, record: dict | None, last_eval: dict | None) -> None:
     if last_eval is not None:
         postfix["val_ppl"] = f"{last_eval['perplexity']:.1f}"
     bar.set_postfix(postfix, refresh=False)
+
+
+def _stop_between(run: Path, inference, cfg: RunConfig, metrics, last_saved: int, done: int, bar, stop) -> None:
+    """A stop signal inside iteration done + 1 (one worker): commit iteration `done` and say so."""
+    metrics.flush(last_saved)
+    if last_saved != done:
+        save(run, inference, cfg)
+    bar.close()
+    raise Interrupted(f"{stop.name}: stopped during iteration {done + 1} (its fast steps), with a checkpoint of "
+                      f"iteration {done} committed; resume with: ltm fit --resume {run}", stop.signum)
 
 
 def _evaluate(inference, data: Data, cfg: RunConfig, iteration: int) -> dict:
@@ -259,10 +305,14 @@ def _loop(cfg: RunConfig, run: Path, inference, data: Data, progress: bool, echo
     clock = time.perf_counter()
     # loss_is_bound is fixed for the run: looked up once
     metrics = MetricsBuffer(run, cfg, descriptor(cfg.inference.method).loss_is_bound, reduce=w.mean, write=append_metrics)
-    with StopRequest() as stop:
+    with StopRequest(abandon=w.size == 1) as stop:
         for it in range(start, t.iters):
             batch = train_batch(data.train, cfg.model.block_size, t.batch_size, t.seed, it)[rows]
-            metrics.add(it + 1, inference.step(batch), time.perf_counter() - clock)
+            try:
+                step_metrics = inference.step(batch)
+            except StopNow:  # mid-iteration, before its slow step: the state is iteration `it`'s
+                _stop_between(run, inference, cfg, metrics, last_saved, it, bar, stop)
+            metrics.add(it + 1, step_metrics, time.perf_counter() - clock)
             done = it + 1
             evaluate = done % t.eval_interval == 0 or done == t.iters
             checkpoint_now = done % t.checkpoint_interval == 0 or done == t.iters

@@ -83,3 +83,13 @@ def test_defaults_are_the_documented_recipe():
     assert (m.n_layer, m.n_head, m.d_model, m.n_z, m.block_size, m.attention_window, m.cross_out_zero) == (2, 4, 64, 8, 256, 0, True)
     assert (t.iters, t.batch_size, t.lr, t.warmup_iters, t.eval_windows) == (300, 8, 3e-3, 20, 32)
     assert (inf.method, inf.steps, inf.eval_steps, inf.init, inf.fast_lr, inf.optimizer) == ("local", 4, 16, "prior", 0.34, "adam")
+
+
+def test_a_setting_above_every_section_is_named_with_its_section(tmp_path):
+    path = tmp_path / "flat.toml"
+    path.write_text("iters = 5\n")
+    with pytest.raises(LtmError, match=r"unknown top-level key 'iters' .*; it belongs in \[train\]$"):
+        load_toml(path)
+    path.write_text("[model]\nn_layer = 2\n[inference]\nsteps = 10001\n")
+    with pytest.raises(LtmError, match=r"inference.steps \(--steps\) must be at most 10000, got 10001"):
+        validate(load_toml(path))

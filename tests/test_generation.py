@@ -135,9 +135,11 @@ def test_sample_settings_refuse_what_the_cli_refuses():
     for bad, fragment in [({"max_tokens": MAX_NEW_TOKENS + 1}, "--max-tokens must be at most 100000"),
                           ({"max_tokens": 0}, "--max-tokens must be a positive integer"),
                           ({"num": -1}, "--num must be a positive integer"),
-                          ({"temperature": float("nan")}, "--temperature must not be negative"),
+                          ({"temperature": float("nan")}, "--temperature must be a finite number, got nan"),
                           ({"top_k": -2}, "--top-k must be a non-negative integer"),
-                          ({"prompt": "  "}, "--prompt is empty")]:
+                          ({"prompt": "  "}, "--prompt is empty"),
+                          ({"prompt": "a\udcff"}, r"--prompt is not UTF-8 text \(byte b'\\xff' at character 1\)"),
+                          ({"steps": 10_001}, "--steps must be at most 10000")]:
         with pytest.raises(LtmError, match=fragment):
             SampleSettings(**bad)
 

@@ -22,7 +22,7 @@ def records(run):
 
 
 def train_records(run):
-    return [r for r in records(run) if "split" not in r]
+    return [r for r in records(run) if "split" not in r and "event" not in r]
 
 
 def assert_same_state(a, b):
@@ -91,10 +91,28 @@ def test_the_horizon_is_stored_resolved_and_extending_past_it_is_announced(tiny,
     assert json.loads((run / "config.json").read_text())["config"]["train"]["lr_decay_iters"] == 8
 
     moved = tiny("--resume", run, "--iters", "14", "--lr-decay-iters", "20")
-    assert "notice:" not in moved.output
+    assert "ends at iteration" not in moved.output  # the horizon moved: nothing past it
+    assert f"notice: resuming {run} with train.lr_decay_iters = 20 (was 8)" in moved.output
     assert json.loads((run / "config.json").read_text())["config"]["train"]["lr_decay_iters"] == 20
     lrs = [r["lr"] for r in train_records(run)]
     assert all(lr > cfg.train.lr * cfg.train.min_lr_ratio for lr in lrs[10:])  # the cosine again, toward 20
+
+
+def test_a_resume_that_changes_settings_says_so_and_records_it(tiny, tmp_path, torch_one_thread):
+    """--iters alone changes nothing worth a notice; --batch-size and --seed are each named, old and
+    new, and recorded in metrics.jsonl at the iteration the resume starts from."""
+    run = tmp_path / "run"
+    tiny("--out", run, "--iters", "4")
+    plain = tiny("--resume", run, "--iters", "5")
+    assert "notice: resuming" not in plain.output and not [r for r in records(run) if "event" in r]
+    changed = tiny("--resume", run, "--iters", "6", "--batch-size", "4", "--seed", "7")
+    assert f"notice: resuming {run} with train.batch_size = 4 (was 8)" in changed.output
+    assert f"notice: resuming {run} with train.seed = 7 (was 0)" in changed.output
+    events = [r for r in records(run) if "event" in r]
+    assert events == [{"iter": 5, "event": "resume", "changed": {"train.batch_size": {"was": 8, "now": 4},
+                                                                "train.seed": {"was": 0, "now": 7}}}]
+    assert [r["iter"] for r in train_records(run)] == [1, 2, 3, 4, 5, 6]
+    assert json.loads((run / "config.json").read_text())["config"]["train"]["batch_size"] == 4
 
 
 @pytest.mark.parametrize("args", [["--iters", "8"], ["--iters", "3"], []])
@@ -166,3 +184,12 @@ def test_run_files_respect_the_umask(tiny, tmp_path, torch_one_thread):
     for path in [tmp_path / "run", *(tmp_path / "run").rglob("*")]:
         mode = stat.S_IMODE(path.stat().st_mode)
         assert mode == (0o750 if path.is_dir() else 0o640), (path, oct(mode))
+
+
+def test_a_run_without_its_tokenizer_is_called_incomplete_not_damaged(tiny, tmp_path, torch_one_thread):
+    run = tmp_path / "run"
+    tiny("--out", run, "--iters", "1")
+    (run / "tokenizer.json").unlink()
+    result = run_cli("eval", run, "--max-windows", "1")
+    assert result.exit_code == 2
+    assert f"error: {run} has no tokenizer.json: not a complete run" in result.output

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -178,6 +179,7 @@ def test_eval_and_compare_plots(study, tmp_path):
     result = run_cli("compare", runs / "base-s0", twin, "--max-windows", "4", "--plot", tmp_path / "cmp.png", "-q")
     assert result.exit_code == 0, result.output
     assert (tmp_path / "cmp.png").read_bytes()[:4] == b"\x89PNG"
-    for bad, message in ((tmp_path / "x.jpg", "PNG"), (tmp_path / "missing" / "x.png", "does not exist")):
+    for bad, message in ((tmp_path / "x.jpg", "PNG"), (tmp_path / "missing" / "x.png", "does not exist"),
+                         (Path("/proc/x.png"), "cannot write in /proc")):  # refused before the evaluation
         result = run_cli("eval", runs / "base-s0", "--plot", bad)
         assert result.exit_code == 2 and message in result.output and not bad.exists()

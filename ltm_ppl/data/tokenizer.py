@@ -173,6 +173,8 @@ def build_tokenizer(spec: str, train_texts: Iterable[str] | None = None, corpus_
 
 
 def load_tokenizer(path: Path, name: str) -> Tokenizer:
+    if not path.exists():
+        raise LtmError(f"{path.parent} has no {path.name}: not a complete run (every run stores its tokenizer)")
     with tokenizer_errors(f"tokenizer file {path} is damaged"):  # a bare Exception, or a panic
         hf = HF.from_file(str(path))
         # Ours never truncate or pad; a file that says so is damaged, and a stride above the

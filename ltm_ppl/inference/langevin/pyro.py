@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ... import noise as noise_lib
+from ... import stop_signals
 
 from ...errors import LtmError
 from ..local.pyro import fit_local_posterior
@@ -76,6 +77,7 @@ def langevin_chains(log_joint_fn, z0: torch.Tensor, warmup: int, draws: int, ste
     lp, grad = _value_and_grad(log_joint_fn, z)
     kept_z, kept_lp, kept_alpha = [], [], []
     for t in range(warmup + draws):
+        stop_signals.check()
         s2 = (2 * log_s).exp()
         mean_forward = z + 0.5 * s2.view(expand) * grad
         eps = torch.randn_like(z) if noise is None else noise[0][t]

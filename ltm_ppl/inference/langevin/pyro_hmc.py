@@ -18,6 +18,7 @@ import math
 
 import torch
 
+from ... import stop_signals
 from . import MIN_ADAPT_WARMUP
 
 DIVERGENCE = 1000.0  # an energy error above this is a divergent transition (Stan, blackjax)
@@ -80,6 +81,7 @@ def hmc_chains(log_joint_fn, z0: torch.Tensor, warmup: int, draws: int, step_siz
     kept = {k: [] for k in ("z", "log_joint", "accept_prob", "energy", "diverging", "n_steps")}
     warm_alpha = []
     for t in range(warmup + draws):
+        stop_signals.check()
         s = expand(log_step.exp())
         normal = torch.randn_like(z) if noise is None else noise[0][t]
         p = normal / inv_mass.sqrt()  # momentum ~ N(0, M), M = 1 / inv_mass

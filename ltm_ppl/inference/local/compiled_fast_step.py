@@ -20,6 +20,7 @@ import math
 
 import torch
 
+from ... import stop_signals
 from ...models.chunked_ce_torch import token_log_probs
 from ...models.pyro_model import decode
 from ..gaussian import FAST_ADAM_EPS, FAST_BETA1, FAST_BETA2, kl_per_vector, shaped_kl
@@ -110,6 +111,7 @@ class CompiledFastStep:
             shaping = tuple(torch.tensor(float(v), dtype=torch.float32, device=device) for v in kl_shaping)
         moments = tuple((torch.zeros_like(p), torch.zeros_like(p)) for p in (loc, scale_param))
         for t in range(steps):
+            stop_signals.check()
             if self.mode == "reduce-overhead":
                 torch.compiler.cudagraph_mark_step_begin()  # the previous step's outputs are inputs now
             _, _, _, loc, scale_param, moments = self.compiled(tokens, noise_of(t), loc, scale_param, moments,

@@ -20,6 +20,7 @@ import numpy as np
 import pyro
 import torch
 
+from ... import stop_signals
 from ...models.pyro_model import local_guide
 from ..gaussian import FAST_ADAM_EPS, FAST_BETA1, FAST_BETA2, published_start, shaped_kl
 from ..pyro_backend import PyroBackend, frozen
@@ -93,6 +94,7 @@ def fit_local_posterior(model, tokens, shape, inf_cfg, steps: int, device, obser
         return loc, scale_param / factor, eps
     opt = fast_optimizer([loc, scale_param], inf_cfg)
     for t in range(steps):
+        stop_signals.check()  # a stop signal ends the iteration here (one worker)
         for group in opt.param_groups:
             group["lr"] = fast_lr(t, steps, inf_cfg.fast_lr, inf_cfg.final_lr_ratio, inf_cfg.fast_lr_denominator)
         log_scale = scale_param / factor

@@ -1,0 +1,77 @@
+"""A failing write (disk full, quota, I/O error, read-only file system) during `fit` is one line,
+exit 2, no partial checkpoint left, and the run resumes once the cause is gone (issue 23, item 3).
+
+The failures are injected with strace (`-e inject=SYSCALL:error=ERRNO:when=N`): the N-th call of
+that system call in the process fails; N walks over the run's creation, its metrics appends and
+its periodic checkpoints (a tiny fit makes 28 writes, 22 of them to the run)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import TINY_TOML
+
+from ltm_ppl import checkpoint
+
+pytestmark = pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace (fault injection)")
+
+SIX_ITERS = (TINY_TOML.replace("iters = 60", "iters = 6").replace("checkpoint_interval = 20", "checkpoint_interval = 2")
+             .replace("eval_interval = 60", "eval_interval = 6").replace("eval_windows = 16", "eval_windows = 4")
+             .replace("batch_size = 8", "batch_size = 4"))
+
+MESSAGES = {"ENOSPC": "No space left on device", "EDQUOT": "Disk quota exceeded", "EIO": "Input/output error",
+            "EROFS": "Read-only file system"}
+
+
+def ltm(*args, inject: tuple[str, str, int] | None = None) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "ltm_ppl", *map(str, args)]
+    if inject:
+        call, errno, n = inject
+        cmd = ["strace", "-f", "-qq", "-o", os.devnull, "-e", f"trace={call}", "-e", f"inject={call}:error={errno}:when={n}", *cmd]
+    return subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory) -> Path:
+    """The config, after one unbroken fit: the token cache is built, so the N-th write below is
+    the run's own (the numbering of the module docstring), not the cache's."""
+    folder = tmp_path_factory.mktemp("osfail")
+    path = folder / "six.toml"
+    path.write_text(SIX_ITERS)
+    out = ltm("fit", "--config", path, "--data", "builtin:kjv", "--out", folder / "unbroken", "--quiet")
+    assert out.returncode == 0, out.stderr[-2000:]
+    return path
+
+
+def leftovers(folder: Path) -> list[str]:
+    return [str(p) for p in folder.rglob("*") if ".tmp" in p.name or ".incomplete-" in p.name or ".old-" in p.name]
+
+
+CASES = [("write", "ENOSPC", 10), ("write", "ENOSPC", 2), ("write", "ENOSPC", 14), ("fsync", "EIO", 8),
+         ("write", "EDQUOT", 5), ("write", "ENOSPC", 12), ("rename", "EROFS", 4), ("fsync", "EIO", 3)]
+
+
+@pytest.mark.parametrize("inject", [pytest.param(c, marks=[pytest.mark.slow] if i >= 1 else [], id="-".join(map(str, c)))
+                                    for i, c in enumerate(CASES)])
+def test_a_failed_write_is_one_line_leaves_no_partial_checkpoint_and_the_run_resumes(inject, config, tmp_path):
+    run = tmp_path / "run"
+    out = ltm("fit", "--config", config, "--data", "builtin:kjv", "--out", run, "--quiet", inject=inject)
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(lines) == 1, out.stderr[-2000:]
+    assert lines[0].startswith(f"error: {tmp_path}") and MESSAGES[inject[1]] in lines[0], lines[0]
+    assert leftovers(tmp_path) == []
+    if not run.exists():  # it failed while the run was being built: nothing at all, as promised
+        assert list(tmp_path.iterdir()) == []
+        return
+    committed = checkpoint.read_newest(run, checkpoint.trainer_state)["iteration"]
+    assert committed < 6
+    again = ltm("fit", "--resume", run, "--quiet")  # the cause gone
+    assert again.returncode == 0, again.stderr[-2000:]
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iter"] for r in records if "split" not in r] == [1, 2, 3, 4, 5, 6]
+    assert checkpoint.read_newest(run, checkpoint.trainer_state)["iteration"] == 6
