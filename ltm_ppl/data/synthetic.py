@@ -22,7 +22,6 @@ import dataclasses
 import hashlib
 import math
 import string
-from urllib.parse import parse_qsl
 
 import numpy as np
 
@@ -85,7 +84,10 @@ def parse_params(corpus: str, query: str, params: tuple[Param, ...]) -> dict:
     known = {p.name: p for p in params}
     values = {p.name: p.default for p in params}
     seen = set()
-    for key, text in parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query)) if query else []:
+    for part in (p for p in query.split("&") if p):
+        key, eq, text = part.partition("=")
+        if not eq:
+            raise LtmError(f"builtin:{corpus}: parameter {part!r} needs a value, as in {params[0].name}={params[0].default}")
         if key not in known:
             raise LtmError(f"builtin:{corpus}: unknown parameter {key!r} (known: {', '.join(known)})")
         if key in seen:
