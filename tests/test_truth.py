@@ -72,6 +72,21 @@ def brute_logprob(streams, weights, p: int, start: int) -> np.ndarray:
     return np.log(conditional_mass(p + 1) / conditional_mass(p))
 
 
+def brute_blind_logprobs(streams, weights, block: int, window: int) -> np.ndarray:
+    """log p(x_p | the window-R view's tokens) pooled over every window and place where the same
+    tokens can be seen: the predictive of a model that knows no position but what it sees."""
+    n = (streams.shape[1] - 1) // block
+    targets = range(1, n * block + 1)
+    views = [[tuple(s[view_start(p, block, window) : p]) for p in targets] for s in streams]
+    num: dict = {}
+    den: dict = {}
+    for s, w, row in zip(streams, weights, views):
+        for p, v in zip(targets, row):
+            num[v, s[p]] = num.get((v, s[p]), 0.0) + w
+            den[v] = den.get(v, 0.0) + w
+    return np.array([[math.log(num[v, s[p]] / den[v]) for p, v in zip(targets, row)] for s, row in zip(streams, views)])
+
+
 def check_against_brute_force(law, streams, weights, blocks, windows):
     assert weights.sum() == pytest.approx(1.0, abs=1e-12)
     L = law.length
@@ -86,13 +101,21 @@ def check_against_brute_force(law, streams, weights, blocks, windows):
             np.testing.assert_allclose(ours, brute, rtol=1e-9, atol=1e-9, err_msg=f"block {block}, window {window}")
             expected[block, window] = float(-(weights[:, None] * ours).sum(0).sum())
             # the per-window sums are window_nlls' answer
-            nlls = window_nlls(law, streams[0], EOT, block, window)
+            nlls = window_nlls(law, streams[0], EOT, block, window, position_known=True)
             np.testing.assert_allclose(nlls, -ours[0].reshape(n, block).sum(1), rtol=1e-12)
         # conditioning on more never costs more, in expectation: truth <= R <= R - 1
         ladder = [expected[block, None]] + [expected[block, w] for w in sorted((w for w in windows if w), reverse=True)]
         assert all(a <= b + 1e-12 for a, b in zip(ladder, ladder[1:])), (block, ladder)
         if block == L + 1:  # windows that start at document starts: full attention is the truth
             assert expected[block, block] == pytest.approx(expected[block, None], abs=1e-12)
+            for window in (w for w in windows if w and w < block):  # and position-blind floors are exact
+                ours = np.stack([token_logprobs(law, stream_documents(law, s, EOT), block, window, np.arange(1, n * block + 1),
+                                                position_known=False) for s in streams])
+                np.testing.assert_allclose(ours, brute_blind_logprobs(streams, weights, block, window), rtol=1e-9, atol=1e-9,
+                                           err_msg=f"position-blind, window {window}")
+                blind = float(-(weights[:, None] * ours).sum())
+                assert expected[block, window] <= blind + 1e-12  # knowing positions never costs
+                np.testing.assert_allclose(window_nlls(law, streams[0], EOT, block, window), -ours[0].reshape(n, block).sum(1))
     return expected
 
 

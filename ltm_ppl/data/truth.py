@@ -9,23 +9,33 @@ Two numbers per predicted token p, each a log-probability under the true law:
 - the truth, log p(x_p | x_0 .. x_{p-1}): everything before p, the window's start ignored (documents
   are independent, so this is the forward sum over the current document's prefix). Summed over a
   split's windows it is the exact log-probability of the split's stream.
-- the best window-R autoregressive predictive, log p(x_p | x_v .. x_{p-1}, p) with
-  v = max(iB, p - R): the R tokens before p, cut at the window's start, and the token's position
-  (which fixes where documents start and end). Any model whose prediction of x_p is a function of
-  those tokens (and of positions) has an expected NLL no lower than this one's. R = B is full
-  attention within the window; it equals the truth where windows start at document starts.
+- the best window-R autoregressive predictive: the R tokens before p, cut at the window's start,
+  v = max(iB, p - R), are what a model sees. Where windows are documents (B = L + 1, the default
+  layout of these corpora), a model knows where it is in the document only from what it sees: an
+  end-of-text in view fixes it, otherwise the view could sit at any place in a document, and the
+  exact predictive p(x_p | x_v .. x_{p-1}) weighs every such place (uniformly: every window holds
+  every place once) by the law. That is the best expected NLL any model with this view reaches
+  (position_known=False). Elsewhere the floor is p(x_p | x_v .. x_{p-1}, p): positions given for
+  free, so still no model beats it, but it may be lower than what one reaches (position_known=True).
+  R = B is full attention within the window; it equals the truth where windows are documents.
 A decoder of n layers whose self-attention sees the W keys ending at each token sees the last
 receptive_field(...) = n (W - 1) + 1 tokens: pass that as R.
 
-Topics: with view x_s .. x_{j-1} of a document (document positions, s >= 1), the unseen prefix is
+Topics, place known: with view x_s .. x_{j-1} of a document (document positions, s >= 1), the unseen prefix is
 marginalised exactly: p(x_s .. x_j) = sum_k 1/K m_k^(s)[x_s] prod_{u=s+1..j} T_k[x_{u-1}, x_u] with
 m_k^(1) = pi_k, m_k^(s+1) = m_k^(s) T_k the symbol marginals of topic k; p(x_j | view) is the ratio
 of that sum at j and at j - 1. End-of-text and the separators of functions cost 0 (known position).
+Place unknown (no end-of-text in view, view x_{s0} .. x_{j-1} of R symbols, C_k its transitions):
+p(next = symbol y) is proportional to sum_k M_k(L - R) C_k T_k[x_{j-1}, y], p(next = end-of-text) to
+sum_k m_k^(L+1-R)[x_{s0}] C_k, with M_k(S) = sum_{s=1..S} m_k^(s)[x_{s0}]: the view starts at s' <= L - R
+before a symbol, at s' = L + 1 - R before the end-of-text.
 
 Functions: inputs cost log I each. An output f(x) costs 0 when a complete pair x>y is in view, else
 log O, except when the view starts inside a pair whose output y0 is visible and input hidden: then
 p(f(x) = y) = (c + [y = y0] + n / O) / (O c + 1 + n), c the visible inputs v with f(v) = y0, n the
-inputs neither visible nor x (the hidden input is uniform over all I inputs).
+inputs neither visible nor x (the hidden input is uniform over all I inputs). Place unknown: the
+characters' kinds show where pairs start, so only the end-of-text is uncertain: after an output it
+has probability 1 / N3, N3 the places t' > R in a window where a space or it may come.
 """
 from __future__ import annotations
 
@@ -148,6 +158,46 @@ def topics_token_logprobs(law: TopicsLaw, docs: np.ndarray, block_size: int, win
     return out
 
 
+def _topics_blind(law: TopicsLaw, docs: np.ndarray, window: int, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(indices into positions, log p) of the targets whose window-R view holds no end-of-text, in
+    windows that are documents (block = L + 1): the view's place in the document is unknown, each
+    of the places it could hold (view start s' = 1 .. L + 1 - R) weighted by the law."""
+    L, K, R = law.length, law.k, window
+    P = L + 1
+    doc_of = (positions - 1) // P
+    j_of = positions - doc_of * P  # 1..L symbols, L + 1 the end-of-text
+    pick = np.nonzero(j_of > R)[0]
+    out = np.zeros(len(pick))
+    if not len(pick):
+        return pick, out
+    with np.errstate(divide="ignore"):
+        log_t = np.log(law.trans)
+        m = np.exp(_topics_marginals(law))
+        m[:, 0] = 0.0
+        log_cum = np.log(np.cumsum(m, axis=1))  # log sum_{s' <= s} m_k^(s')[a]: [K, L + 1, V]
+        log_m = np.log(m)
+    for first in range(0, len(pick), DOC_CHUNK * P):
+        rows = pick[first : first + DOC_CHUNK * P]
+        d, j = doc_of[rows], j_of[rows]
+        s0 = j - R  # document position of the view's first token (the view is s0 .. j - 1)
+        doc = docs[d]  # [n, L]
+        a = doc[np.arange(len(rows)), s0 - 1]
+        # the view's transitions, and the target's when it is a symbol
+        u = s0[:, None] + 1 + np.arange(R)[None, :]  # positions s0 + 1 .. s0 + R = j
+        inside = u <= np.minimum(j, L)[:, None]
+        prev = np.take_along_axis(doc, np.clip(u - 2, 0, L - 1), 1)
+        cur = np.take_along_axis(doc, np.clip(u - 1, 0, L - 1), 1)
+        steps = np.where(inside[None], log_t[:, prev, cur], 0.0)  # [K, n, R]
+        is_target = (u == j[:, None])[None] & (j <= L)[None, :, None]
+        view = steps.sum(-1, where=~is_target & ~np.isneginf(steps)) + np.where(
+            np.any(np.isneginf(steps) & ~is_target, -1), -np.inf, 0.0)
+        target = np.where(j <= L, np.sum(np.where(is_target, steps, 0.0), -1), 0.0)
+        head_den = log_cum[:, L + 1 - R, a]
+        head_num = np.where(j <= L, log_cum[:, max(L - R, 0), a] if L > R else -np.inf, log_m[:, L + 1 - R, a])
+        out[first : first + len(rows)] = _logsumexp(head_num + view + target, 0) - _logsumexp(head_den + view, 0)
+    return pick, out
+
+
 def functions_token_logprobs(law: FunctionsLaw, docs: np.ndarray, block_size: int, window: int | None,
                              positions: np.ndarray | None = None) -> np.ndarray:
     """As topics_token_logprobs, for builtin:functions (docs: symbol indices, inputs 0..I-1, '>' I,
@@ -186,15 +236,43 @@ def functions_token_logprobs(law: FunctionsLaw, docs: np.ndarray, block_size: in
     return out
 
 
-def token_logprobs(law, docs: np.ndarray, block_size: int, window: int | None, positions=None) -> np.ndarray:
+def _functions_blind(law: FunctionsLaw, window: int, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """As _topics_blind for functions: the view shows where pairs start (its characters' kinds) and
+    its probability is the same at every place, so only the end-of-text is uncertain: after an
+    output, end-of-text has probability 1 / (the places t' > R where a space or it may come)."""
+    P, R = law.length + 1, window
+    t = positions - (positions - 1) // P * P
+    after_output = np.nonzero((t > R) & (t % 4 == 0))[0]
+    places = sum(1 for q in range(law.pairs) if 4 * q + 4 > R)
+    eot = t[after_output] == P
+    return after_output, np.where(eot, -math.log(places), math.log1p(-1 / places) if places > 1 else -math.inf)
+
+
+def token_logprobs(law, docs: np.ndarray, block_size: int, window: int | None, positions=None,
+                   position_known: bool = True) -> np.ndarray:
+    """log p of each target at stream `positions` (module docstring). position_known False: the
+    window-R predictive of a model that knows positions only from what it sees, for windows that
+    are exactly documents (block_size = L + 1)."""
     fn = topics_token_logprobs if isinstance(law, TopicsLaw) else functions_token_logprobs
-    return fn(law, docs, block_size, window, positions)
+    if positions is None:
+        positions = np.arange(1, len(docs) * (law.length + 1) + 1)
+    out = fn(law, docs, block_size, window, positions)
+    if not position_known and window is not None and window < block_size:
+        if block_size != law.length + 1:
+            raise LtmError(f"a position-blind window predictive needs windows that are documents (block size {law.length + 1})")
+        pick, blind = (_topics_blind(law, docs, window, positions) if isinstance(law, TopicsLaw)
+                       else _functions_blind(law, window, positions))
+        out[pick] = blind
+    return out
 
 
 def window_nlls(law, tokens, eot_id: int, block_size: int, window: int | None,
-                max_windows: int | None = None) -> np.ndarray:
+                max_windows: int | None = None, position_known: bool | None = None) -> np.ndarray:
     """NLL (nats) of each of the first `max_windows` windows (all when None) that eval scores:
-    the truth (window None) or the best window-R AR (window R; R >= block_size: full attention)."""
+    the truth (window None) or the best window-R AR (window R; R >= block_size: full attention).
+    position_known None: False (the tight floor) where windows are documents, else True."""
+    if position_known is None:
+        position_known = block_size != law.length + 1
     n = num_windows(len(tokens), block_size)
     if max_windows is not None:
         n = min(n, max_windows)
@@ -202,7 +280,7 @@ def window_nlls(law, tokens, eot_id: int, block_size: int, window: int | None,
     needed = n * block_size + 1  # the stream positions those windows cover
     whole = -(-(needed - 1) // (L + 1)) * (L + 1) + 1  # rounded up to whole documents
     docs = stream_documents(law, np.asarray(tokens[: min(len(tokens), whole)]), eot_id)
-    logp = token_logprobs(law, docs, block_size, window, np.arange(1, needed))
+    logp = token_logprobs(law, docs, block_size, window, np.arange(1, needed), position_known)
     return -logp.reshape(n, block_size).sum(1)
 
 
@@ -225,10 +303,12 @@ class Truth:
     corpus: str
     block_size: int
     receptive_field: int  # R tokens seen by the windowed predictive (block_size: full attention)
+    position_known: bool  # False: the window floor is exact (windows are documents); True: a lower floor
     splits: dict
 
     def to_json(self) -> dict:
         return {"corpus": self.corpus, "block_size": self.block_size, "receptive_field": self.receptive_field,
+                "position_known": self.position_known,
                 "splits": {name: dataclasses.asdict(s) for name, s in self.splits.items()}}
 
 
@@ -257,4 +337,4 @@ def corpus_truth(corpus, tokenizer, block_size: int, receptive: int | None = Non
         full = best if R == block_size else window_nlls(law, tokens, tokenizer.eot_id, block_size, block_size, max_windows)
         out[split] = SplitTruth(split, len(truth), len(truth) * block_size, *_per_token(truth, block_size),
                                 *_per_token(best, block_size), *_per_token(full, block_size))
-    return Truth(corpus.spec, block_size, R, out)
+    return Truth(corpus.spec, block_size, R, block_size != law.length + 1, out)
