@@ -5,6 +5,11 @@ NLL of a decoder whose self-attention sees one token, is no lower than the best 
 The comparison is paired, window by window: d_i = bound_i - truth_i over the same windows has
 expectation KL(data || model) + (the bound's gap) >= 0, so mean(d) >= -3 se(d) must hold. Bounds are
 eval's own: evaluate.corpus_bound (what `ltm eval` sums), called on one window at a time.
+
+Broken by hand in evaluate.py, the slow pyro tests after a fit fail for IWAE without -log K
+(local: IWAE_256 0.245 < truth 0.280, se 0.009) and for tokens counted off by one (none: 0.574 <
+its window-1 floor 0.601, se 0.002); dropping the KL is not caught at this training length (the
+fitted models use z little: amortized 0.535 -> 0.502, still far above the truth).
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ from ltm_ppl.data import build_tokenizer, eval_batches, load_corpus, split_token
 from ltm_ppl.data.truth import window_nlls
 from ltm_ppl.evaluate import corpus_bound, windows_bound
 from ltm_ppl.inference import create, methods
+from ltm_ppl.runs import open_run
 
 SPEC = "builtin:topics?k=2&v=4&len=15&docs=2000&alpha=0.2"  # truth 0.28 nats/token on val
 BLOCK = 16  # one document and its end-of-text per window
@@ -108,8 +114,6 @@ def fit_toml(tmp_path_factory):
 def _trained(backend, method, val, fit_toml, tmp_path):
     """200 iterations (seconds) with self-attention over one token: the truth is 0.28 nats/token,
     the best such AR model 0.37, and the trained `none` reaches about 0.38."""
-    from ltm_ppl.runs import open_run
-
     corpus, tokens, eot = val
     out = tmp_path / f"{backend}-{method}"
     result = run_cli("fit", "--config", fit_toml, "--data", SPEC, "--inference", method, "--backend", backend, "--out", out)

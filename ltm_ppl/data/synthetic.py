@@ -173,40 +173,43 @@ def functions_documents(values: dict, law: FunctionsLaw) -> tuple[np.ndarray, np
     return map_rng.integers(law.outputs, size=(n, law.inputs)), input_rng.integers(law.inputs, size=(n, law.pairs))
 
 
-def _text(rows: np.ndarray, table: np.ndarray) -> list[str]:
-    # One join per document over a byte table: a 5000 x 255 corpus is text in milliseconds.
-    return [b.decode("ascii") for b in table[rows].view(f"S{rows.shape[1]}").ravel()] if rows.size else []
+def _text(rows: np.ndarray, table: np.ndarray | None) -> list[str]:
+    """Each row of characters (or of indices into `table`) as a string: one view, no Python loop
+    over characters, so a 5000 x 255 corpus is text in milliseconds."""
+    chars = np.ascontiguousarray(rows if table is None else table[rows])
+    return [b.decode("ascii") for b in chars.view(f"S{chars.shape[1]}").ravel()]
+
+
+def _topics_text(values: dict) -> tuple[list[str], TopicsLaw]:
+    law = topics_law(values)
+    _, x = topics_documents(values, law)
+    return _text(x, np.frombuffer(law.symbols.encode(), dtype="S1")), law
+
+
+def _functions_text(values: dict) -> tuple[list[str], FunctionsLaw]:
+    law = functions_law(values)
+    f, xs = functions_documents(values, law)
+    ys = np.take_along_axis(f, xs, axis=1)
+    cells = np.empty((len(xs), law.pairs, 4), dtype="S1")
+    cells[:, :, 0] = np.frombuffer(law.input_symbols.encode(), dtype="S1")[xs]
+    cells[:, :, 1] = b">"
+    cells[:, :, 2] = np.frombuffer(law.output_symbols.encode(), dtype="S1")[ys]
+    cells[:, :, 3] = b" "
+    return _text(cells.reshape(len(xs), -1)[:, :-1], None), law
 
 
 def generate(name: str, query: str) -> tuple[str, str, list[str], object]:
     """(canonical spec, fingerprint, documents, law) of builtin:<name>?<query>."""
-    if name == "topics":
-        values = parse_params(name, query, TOPICS_PARAMS)
-        size = values["docs"] * (values["len"] + 1)
-        law = topics_law(values) if size <= MAX_CHARACTERS else None
-        if law is not None:
-            _, x = topics_documents(values, law)
-            docs = _text(x, np.frombuffer(law.symbols.encode(), dtype="S1"))
-        spec = canonical_spec(name, values, TOPICS_PARAMS)
-    elif name == "functions":
-        values = parse_params(name, query, FUNCTIONS_PARAMS)
-        size = values["docs"] * 4 * values["pairs"]
-        law = functions_law(values) if size <= MAX_CHARACTERS else None
-        if law is not None:
-            f, xs = functions_documents(values, law)
-            ys = np.take_along_axis(f, xs, axis=1)
-            cells = np.empty((len(xs), law.pairs, 4), dtype="S1")
-            cells[:, :, 0] = np.frombuffer(law.input_symbols.encode(), dtype="S1")[xs]
-            cells[:, :, 1] = b">"
-            cells[:, :, 2] = np.frombuffer(law.output_symbols.encode(), dtype="S1")[ys]
-            cells[:, :, 3] = b" "
-            flat = cells.reshape(len(xs), -1)[:, :-1].copy()
-            docs = [b.decode("ascii") for b in flat.view(f"S{flat.shape[1]}").ravel()]
-        spec = canonical_spec(name, values, FUNCTIONS_PARAMS)
-    else:
-        raise KeyError(name)
-    if law is None:
+    params, line, make = {
+        "topics": (TOPICS_PARAMS, lambda v: v["len"] + 1, _topics_text),
+        "functions": (FUNCTIONS_PARAMS, lambda v: 4 * v["pairs"], _functions_text),
+    }[name]
+    values = parse_params(name, query, params)
+    size = values["docs"] * line(values)
+    if size > MAX_CHARACTERS:
         raise LtmError(f"builtin:{name}: docs x document length must be at most {MAX_CHARACTERS} characters, got {size}")
+    docs, law = make(values)
+    spec = canonical_spec(name, values, params)
     digest = hashlib.sha256(f"{spec}|generator-{GENERATOR_VERSION}|".encode())
     for doc in docs:
         digest.update(doc.encode() + b"\n")
