@@ -196,7 +196,7 @@ def method_overrides(kw: dict) -> dict:
 @backend_option
 @inference_option
 @method_options
-@click.option("--data", default=None, help="builtin:kjv, builtin:ptb (extra [ptb]), or a .txt / .jsonl / .jsonl.gz / .parquet file, or a directory of such shards (a .txt file is one document, a jsonl line or Parquet row its 'text').")
+@click.option("--data", default=None, help="builtin:kjv, builtin:ptb (extra [ptb]), builtin:topics or builtin:functions (synthetic, exact answers known: docs/data.md), or a .txt / .jsonl / .jsonl.gz / .parquet file, or a directory of such shards (a .txt file is one document, a jsonl line or Parquet row its 'text').")
 @click.option("--tokenizer", default=None, help="gpt2, bytes or bpe:N (trained on the corpus).")
 @click.option("--iters", type=int, default=None, help="Total training iterations (with --resume: continue up to this).")
 @click.option("--lr-decay-iters", type=int, default=None,
