@@ -42,6 +42,9 @@ MAX_SEED = 2**32 - 1  # what every random generator here (numpy, torch, jax) acc
 # settings use at most 64; 10,000 is already hours per batch on a CPU, and a typo beyond it would
 # otherwise run until killed.
 MAX_STEPS = 10_000
+# Draws of z per window for a bound (--samples): IWAE_K's bias shrinks like 1/K, and K = 100,000
+# already takes 12,500 decoder passes per batch.
+MAX_SAMPLES = 100_000
 
 
 def require_steps(name: str, value) -> None:

@@ -9,6 +9,7 @@ MCMC draws are measured from the draws, beside the same estimator's value on pri
 from __future__ import annotations
 
 import contextlib
+import copy
 import datetime
 import json
 import math
@@ -18,7 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
+from . import resources
 from .checkpoint import read_config
+from .config import apply_overrides
 from .checks import require_positive, require_seed, require_steps
 from .data import eval_batches, load_corpus, split_tokens
 from .destination import check_creatable
@@ -333,6 +336,13 @@ def diagnose_run(run, settings: DiagnoseSettings | None = None, progress=None) -
         raise LtmError(f"--out {out_dir} exists and is not an empty directory")
     check_creatable(out_dir, "the diagnostics directory")
     overrides = dict(s.overrides or {}) | {"train.backend": s.backend, "train.device": s.device}
+    # every chain of every sequence steps at once, and every kept draw of z is held for ArviZ
+    m_cfg = cfg.model
+    needed = (resources.inference_bytes(m_cfg, sequences * chains)
+              + resources.FLOAT * chains * draws * sequences * m_cfg.n_z * m_cfg.d_model * len(methods))
+    where = copy.deepcopy(cfg)
+    apply_overrides(where, {"train.backend": s.backend, "train.device": s.device})
+    resources.check("this diagnosis", needed, where, "fewer --sequences, --chains or --draws")
     opened = {m: open_run(run, overrides | {"inference.method": m, "inference.chains": chains}) for m in methods}
     first = next(iter(opened.values()))
     tokens = split_tokens(load_corpus(s.data or first.cfg.data.data), split, first.tokenizer)

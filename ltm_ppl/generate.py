@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from . import resources
 from .checks import require_at_most, require_non_negative, require_positive, require_seed, require_steps
 from .data.utf8 import widen
 from .errors import LtmError
@@ -108,6 +109,10 @@ def sample_run(opened, settings: SampleSettings | None = None, progress=no_progr
     """`ltm sample` on an opened run (runs.open_run): the texts and what they were drawn from."""
     s = settings or SampleSettings()
     cfg = opened.cfg
+    # all `num` samples decode at once, each with a key/value cache of every layer over the window
+    needed = resources.inference_bytes(cfg.model, s.num) + 2 * resources.FLOAT * s.num * cfg.model.block_size * \
+        cfg.model.d_model * cfg.model.n_layer
+    resources.check("sampling", needed, cfg, "a smaller --num")
     texts = generate_text(opened.inference, opened.tokenizer, s.prompt, s.num, s.max_tokens, s.temperature, s.top_k,
                           s.steps, s.seed, s.stop_at_eos, progress)
     return SampleResult(texts, s.prompt, "posterior" if s.prompt else "prior", cfg.train.backend, cfg.inference.method)

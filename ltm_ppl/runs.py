@@ -9,8 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
+from . import resources
 from .checkpoint import read_config
-from .checks import require_positive, require_seed, require_steps
+from .checks import MAX_SAMPLES, require_at_most, require_positive, require_seed, require_steps
 from .config import RunConfig, apply_overrides, validate
 from .data import load_corpus, num_windows, split_tokens
 from .distributed import start
@@ -52,6 +53,7 @@ def open_run(run: str | Path, overrides: dict | None = None) -> OpenRun:
 def check_eval_options(samples: int | None, batch_size: int | None, max_windows: int | None) -> None:
     for name, value in (("--samples", samples), ("--batch-size", batch_size), ("--max-windows", max_windows)):
         require_positive(name, value)
+    require_at_most("--samples", samples, MAX_SAMPLES)
 
 
 def check_seed(seed: int | None) -> None:
@@ -159,6 +161,16 @@ def no_progress(total: int):
     yield lambda n=1: None
 
 
+def check_eval_memory(cfg: RunConfig, batch_size: int, samples: int, kind: str) -> None:
+    """The ELBO draws all its samples of z at once; IWAE_K runs K in chunks of 8 but keeps every
+    draw's log weight; a chain method runs all its chains at once."""
+    chains = getattr(cfg.inference, "chains", 1) if descriptor(cfg.inference.method).posterior_kind == "chains" else 1
+    at_once = min(samples, 8) if kind == "iwae" else samples
+    needed = (resources.inference_bytes(cfg.model, batch_size * max(at_once, chains))
+              + resources.FLOAT * batch_size * samples * chains)
+    resources.check("this evaluation", needed, cfg, "a smaller --batch-size, --samples or --chains")
+
+
 def evaluate_run(opened: OpenRun, split: str = "val", data: str | None = None, steps: list[int] | None = None,
                  samples: int = 1, kind: str = "elbo", fixed_noise: bool = False, batch_size: int | None = None,
                  max_windows: int | None = None, seed: int | None = None, progress=no_progress) -> EvalResult:
@@ -176,11 +188,12 @@ def evaluate_run(opened: OpenRun, split: str = "val", data: str | None = None, s
     if fixed_noise and "fixed_noise" not in descriptor(cfg.inference.method).reference_numbers:
         with_it = [m for m in methods() if "fixed_noise" in descriptor(m).reference_numbers]
         raise LtmError(f"--fixed-noise applies to --inference {' and '.join(with_it)} only (the published reference's evaluation)")
+    batch_size = batch_size or cfg.train.batch_size
+    check_eval_memory(cfg, batch_size, samples, kind)
     corpus = load_corpus(data or cfg.data.data)
     tokens = split_tokens(corpus, split, opened.tokenizer)
     require_windows(tokens, cfg.model.block_size, split, corpus.spec)
     steps = steps or [cfg.inference.eval_steps]
-    batch_size = batch_size or cfg.train.batch_size
     seed = cfg.train.seed if seed is None else seed
     rows = []
     fixed = None

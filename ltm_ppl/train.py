@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from . import checkpoint, distributed, writer_lock
+from . import checkpoint, distributed, resources, writer_lock
 from .config import RunConfig, validate
 from .data import build_tokenizer, load_corpus, load_tokenizer, num_windows, split_tokens, train_batch
 from .destination import check_creatable
@@ -75,6 +75,13 @@ def check_fit(cfg: RunConfig) -> None:
         raise LtmError(f"train.slow_gradient = \"{cfg.train.slow_gradient}\" is a training signal of --inference local "
                        f"(the published update); --inference {cfg.inference.method} trains with \"elbo\"")
     descriptor(cfg.inference.method).check_fit(cfg)
+
+
+def check_training_memory(cfg: RunConfig, workers: int) -> None:
+    """Before the corpus is read or anything written (the vocabulary may not be known yet: the
+    estimate is a lower bound either way)."""
+    resources.check("this training run", resources.training_bytes(cfg, workers), cfg,
+                    "a smaller --batch-size, inference.num_samples or model")
 
 
 def load_inference(run: Path, cfg: RunConfig, with_optimizer: bool = False):
@@ -150,6 +157,7 @@ def fit(cfg: RunConfig, out: str | None = None, resume: str | None = None, progr
         resolve_horizon(cfg)
         validate(cfg, methods())
         check_fit(cfg)
+        check_training_memory(cfg, w.size)
         done = checkpoint.read_newest(run, checkpoint.trainer_state)["iteration"]
         if cfg.train.iters <= done:  # refused before anything is written (config.json included)
             asked = f"--iters {cfg.train.iters} trains nothing" if cfg.train.iters != stored.train.iters else "it is finished"
@@ -179,6 +187,7 @@ def fit(cfg: RunConfig, out: str | None = None, resume: str | None = None, progr
         check_creatable(run)  # before the corpus is read: an unwritable --out fails at once
         validate(cfg, methods())
         check_fit(cfg)
+        check_training_memory(cfg, w.size)
         data = w.in_turn(lambda: load_data(cfg))  # the first worker builds the token cache
         cfg.model.vocab_size = data.tokenizer.vocab_size
         cfg.model.latent = descriptor(cfg.inference.method).latent
