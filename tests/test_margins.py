@@ -17,6 +17,7 @@ from ltm_ppl.data import build_tokenizer, load_corpus
 from ltm_ppl.data.truth import corpus_truth, receptive_field
 from ltm_ppl.evaluate import mean_interval, paired_difference, t_quantile_975
 from ltm_ppl.runs import EXACT_LABEL, HONEST_LABEL, evaluate_run, open_run
+from ltm_ppl.study import run_study, seed_markdown, seed_statistics
 
 SPEC = "builtin:topics?k=2&v=4&len=15&docs=400&alpha=0.2"
 TOML = """
@@ -159,3 +160,77 @@ def test_interval_arithmetic():
     assert mean_interval([0.5, 0.5])["resolved"]  # zero width away from 0
     with pytest.raises(Exception, match="same windows"):
         paired_difference([1.0, 2.0], [1.0], 16)
+
+
+def _table_row(point, seed, best, ar):
+    return {"point": point, "settings": {}, "seed": seed, "eval_steps": 2, "best_bound": best, "ar_nll": ar,
+            "margin_vs_ar": None if ar is None else best - ar}
+
+
+def test_seed_statistics_by_hand():
+    best, ar = np.array([0.90, 0.85, 0.97]), np.array([0.95, 0.93, 0.99])
+    rows = [_table_row("p", s, b, a) for s, (b, a) in enumerate(zip(best, ar))] + [_table_row("q", 0, 1.0, 0.9)]
+    p, q = seed_statistics(rows)
+    d = best - ar
+    se = d.std(ddof=1) / math.sqrt(3)
+    half = stats.t.ppf(0.975, 2) * se
+    assert p["seeds"] == [0, 1, 2] and p["margin_mean"] == pytest.approx(d.mean())
+    assert p["margin_se"] == pytest.approx(se) and p["best_bound_se"] == pytest.approx(best.std(ddof=1) / math.sqrt(3))
+    assert (p["margin_ci_low"], p["margin_ci_high"]) == pytest.approx((d.mean() - half, d.mean() + half), rel=1e-4)
+    assert p["margin_resolved"] == (d.mean() + half < 0)  # t(2) is wide: 3 seeds rarely resolve 0.05
+    assert q["margin_se"] is None and not q["margin_resolved"] and q["margin_seeds"] == 1
+    text = "\n".join(seed_markdown([p, q]))
+    assert "one seed: not resolved" in text and f"{d.mean():.4f} ± {se:.4f}" in text
+
+
+STUDY = """
+[study]
+seeds = [0, 1]
+eval_steps = [2]
+iwae_samples = [2]
+eval_windows = 6
+
+[base.model]
+n_layer = 2
+n_head = 2
+d_model = 32
+n_z = 4
+block_size = 16
+attention_window = 4
+
+[base.inference]
+steps = 2
+eval_steps = 2
+
+[base.train]
+iters = 10
+batch_size = 8
+lr = 1e-2
+warmup_iters = 2
+eval_interval = 10
+eval_windows = 2
+checkpoint_interval = 10
+
+[base.data]
+data = "%s"
+tokenizer = "bytes"
+
+[[point]]
+name = "base"
+""" % SPEC
+
+
+def test_study_reports_seed_means_and_the_truth(tmp_path):
+    (tmp_path / "grid.toml").write_text(STUDY)
+    summary = run_study(tmp_path / "grid.toml", tmp_path / "out", echo=lambda s: None)
+    rows, (seeds,) = summary["rows"], summary["seed_statistics"]
+    assert [r["seed"] for r in rows] == [0, 1] and seeds["seeds"] == [0, 1]
+    margins = np.array([r["margin_vs_ar"] for r in rows])
+    assert seeds["margin_mean"] == pytest.approx(margins.mean()) and seeds["margin_se"] == pytest.approx(
+        margins.std(ddof=1) / math.sqrt(2))
+    want = truth_of("val", 6)
+    assert all(r["true_nll"] == pytest.approx(want["true_nll"], rel=1e-12) for r in rows)
+    assert all(r["best_window_nll"] == pytest.approx(want["best_window_nll"], rel=1e-12) for r in rows)
+    md = (tmp_path / "out" / "study.md").read_text()
+    assert "Across seeds" in md and "| true NLL | best window AR (floor) |" in md
+    assert ("| resolved |" in md) == seeds["margin_resolved"]
