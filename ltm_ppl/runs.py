@@ -190,12 +190,13 @@ def no_progress(total: int):
 def evaluate_run(opened: OpenRun, split: str = "val", data: str | None = None, steps: list[int] | None = None,
                  samples: int = 1, kind: str = "elbo", fixed_noise: bool = False, batch_size: int | None = None,
                  max_windows: int | None = None, seed: int | None = None, progress=no_progress,
-                 per_window: bool = False) -> EvalResult:
+                 per_window: bool = False, with_truth: bool = True) -> EvalResult:
     """Bounds of a run on a split, one row per number of inference steps (and, with fixed_noise,
     the reference's fixed-noise number beside each honest row, labelled), and the corpus' exact
     answers on the same windows where it has them (`truth`).
 
     per_window: the honest rows also hold "window_nll" (evaluate.corpus_bound), for compare.
+    with_truth False: truth None without computing it (a caller that has it already).
 
     Everything is checked before any bound is computed; then progress(total windows) is entered
     and the function it yields is called with the windows done."""
@@ -222,6 +223,7 @@ def evaluate_run(opened: OpenRun, split: str = "val", data: str | None = None, s
         fixed = load_inference(opened.path, fixed_cfg)
     windows = num_windows(len(tokens), cfg.model.block_size)
     windows = min(windows, max_windows) if max_windows else windows
+    truth = split_truth(opened, corpus, split, max_windows) if with_truth else None  # numpy; before any bound
     with progress(windows * len(steps) * (2 if fixed_noise else 1)) as advance:
         for T in steps:
             row = windows_bound(opened.inference, tokens, T, samples, batch_size, max_windows, seed=seed, progress=advance,
@@ -242,7 +244,7 @@ def evaluate_run(opened: OpenRun, split: str = "val", data: str | None = None, s
         split_windows=num_windows(len(tokens), cfg.model.block_size), exact=not method.latent,
         proposal=method.proposal, unigram_nll_per_token=unigram["nll_per_token"],
         unigram_perplexity=unigram["perplexity"], flops_per_token=training_flops_per_token(opened.trained_cfg),
-        decoder_flops_per_token=decoder_forward(cfg.model), truth=split_truth(opened, corpus, split, max_windows))
+        decoder_flops_per_token=decoder_forward(cfg.model), truth=truth)
 
 
 def compare_runs(runs: list[str], split: str = "val", data: str | None = None, steps: int | None = None,
