@@ -61,9 +61,9 @@ def runs(tmp_path_factory):
     return out
 
 
-def truth_of(split: str, max_windows: int | None) -> dict:
+def truth_of(split: str, max_windows: int | None, spec: str = SPEC) -> dict:
     """corpus_truth called directly, as data/truth.py's author says to."""
-    t = corpus_truth(load_corpus(SPEC), build_tokenizer("bytes"), 16, receptive_field(2, 4, 16), splits=(split,),
+    t = corpus_truth(load_corpus(spec), build_tokenizer("bytes"), 16, receptive_field(2, 4, 16), splits=(split,),
                      max_windows=max_windows)
     return t.to_json()["splits"][split] | {"receptive_field": t.receptive_field, "position_known": t.position_known}
 
@@ -89,6 +89,10 @@ def test_eval_truth_is_corpus_truth_on_the_windows_evaluated(runs):
     assert f"{want['true_nll']:.4f}" in true_line.split() and "receptive field 7 tokens" in window_line
     assert f"{want['best_window_nll']:.4f}" in window_line.split()
     assert text.index("honest bound") < text.index("true NLL")
+    other = SPEC.replace("seed=0", "") + "&seed=5"  # --data: the truth of the corpus evaluated
+    record = last_json(run_cli("eval", runs["none"], "--data", other, "--max-windows", 5, "--json", "-q"))
+    assert record["truth"]["true_nll"] == pytest.approx(truth_of("val", 5, other)["true_nll"], rel=1e-12)
+    assert record["truth"]["true_nll"] != pytest.approx(truth_of("val", 5)["true_nll"], rel=1e-6)
 
 
 def test_no_truth_on_a_corpus_without_a_law(runs):
