@@ -104,12 +104,14 @@ def evaluate(run: str | Path | OpenRun, *, split: str = "val", data: str | None 
 def compare(runs: list[str | Path], *, split: str = "val", data: str | None = None, steps: int | None = None,
             samples: int = 1, max_windows: int | None = None, batch_size: int | None = None,
             seed: int | None = None, plot: str | Path | None = None, backend: str | None = None,
-            device: str | None = None, progress: Callable = no_progress) -> CompareResult:
+            device: str | None = None, kind: str = "elbo", progress: Callable = no_progress) -> CompareResult:
     """Bounds of several runs on the same tokens, with their training FLOPs per token (`ltm
-    compare`); each run with its own method and eval_steps unless `steps` is given."""
+    compare`); each run with its own method and eval_steps unless `steps` is given. Each later
+    run's difference from the first, paired over the windows (standard error, 95% interval), and
+    the corpus' exact answers where it has them. kind: "elbo" or "iwae" (K = samples) for latent runs."""
     plot = check_plot_path(plot)
     result = compare_runs([str(r) for r in runs], split, data, steps, samples, max_windows, batch_size, seed,
-                          progress=progress, overrides={"train.backend": backend, "train.device": device})
+                          progress=progress, overrides={"train.backend": backend, "train.device": device}, kind=kind)
     if plot is not None:
         plot_compare(result.to_dict(), plot)
     return result

@@ -329,7 +329,9 @@ def diagnose(run, methods, sequences, chains, draws, steps, split, data, out, bo
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="val")
 @click.option("--data", default=None, show_default="the first run's", help="Corpus.")
 @click.option("--steps", type=int, default=None, show_default="each run's eval_steps", help="Inference steps.")
-@click.option("--samples", type=int, default=1, help="Draws per sequence of the ELBO estimate.")
+@click.option("--bound", "kind", type=click.Choice(["elbo", "iwae"]), default="elbo",
+              help="ELBO (analytic KL) or IWAE_K of the latent runs (runs without a latent: exact either way).")
+@click.option("--samples", type=int, default=1, help="Draws per sequence: the ELBO estimate's, or K of IWAE_K.")
 @click.option("--max-windows", type=int, default=None, show_default="all", help="Bound only the first N windows of the split.")
 @click.option("--batch-size", type=int, default=None, show_default="each run's", help="Windows per batch.")
 @click.option("--plot", default=None, help="Also write FILE.png: each run's bound (or exact NLL) side by side.")
@@ -337,10 +339,11 @@ def diagnose(run, methods, sequences, chains, draws, steps, split, data, out, bo
 @seed_option
 @device_option
 @json_option
-def compare(runs, split, data, steps, samples, max_windows, batch_size, plot, backend, seed, device, as_json):
-    """Bounds of several runs on the same tokens, with FLOPs per token (e.g. an LTM vs its baseline)."""
+def compare(runs, split, data, steps, kind, samples, max_windows, batch_size, plot, backend, seed, device, as_json):
+    """Bounds of several runs on the same tokens, with FLOPs per token (e.g. an LTM vs its baseline),
+    each later run's difference from the first paired over the windows (se, 95% interval)."""
     table = api.compare(list(runs), split=split, data=data, steps=steps, samples=samples, max_windows=max_windows,
-                        batch_size=batch_size, seed=seed, plot=plot, backend=backend, device=device,
+                        batch_size=batch_size, seed=seed, plot=plot, backend=backend, device=device, kind=kind,
                         progress=progress_bar("compare", "seq"))
     if as_json:
         emit_json(table)

@@ -23,7 +23,7 @@ def iwae_terms(log_weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def corpus_bound(inference, batches: Iterable[np.ndarray], steps: int, num_samples: int, seed: int = 0,
-                 progress=None, kind: str = "elbo") -> dict:
+                 progress=None, kind: str = "elbo", per_window: bool = False) -> dict:
     """A bound with fresh noise over the sequences of `batches` ([B, T + 1] each: T predicted
     items per sequence), for any object implementing protocol.Inference (the LTM's methods, or a
     method on an injected model).
@@ -32,10 +32,13 @@ def corpus_bound(inference, batches: Iterable[np.ndarray], steps: int, num_sampl
     kind "iwae": IWAE_K with K = num_samples draws of the method's q, and the sampled-KL ELBO of the
     same draws beside it. nll_per_token is the corpus-level bound -sum_i B_i / sum_i T_i; the
     per-sequence mean of exp(-B_i / T_i) (the paper's figure) is reported under its own name.
+    per_window: also "window_nll", -B_i of each sequence in order (nats; None when several torch
+    workers share the sequences), for paired comparisons on the same windows.
     """
     total = loglik = kl = sampled_elbo = 0.0
     n_tokens = n_seq = 0
     per_seq_ppl = []
+    window_nll = []
     w = world()
     with inference.rng_scope(seed):
         for index, batch in enumerate(batches):
@@ -60,6 +63,7 @@ def corpus_bound(inference, batches: Iterable[np.ndarray], steps: int, num_sampl
             n_tokens += T * len(batch)
             n_seq += len(batch)
             per_seq_ppl.extend(np.exp(-bound / T).tolist())
+            window_nll.extend((-np.asarray(bound, np.float64)).tolist())
             if progress is not None:
                 progress(len(batch) * (w.size if w.runtime == "torch" else 1))
     inference.noise_rows = None
@@ -68,6 +72,7 @@ def corpus_bound(inference, batches: Iterable[np.ndarray], steps: int, num_sampl
             [total, loglik, kl, sampled_elbo, n_tokens, n_seq, float(np.sum(per_seq_ppl))])
         n_tokens, n_seq = int(round(n_tokens)), int(round(n_seq))
         per_seq_ppl = [ppl_sum / n_seq]
+        window_nll = None  # each worker holds its share only
     nll = -total / n_tokens
     if not math.isfinite(nll):
         raise LtmError(f"the bound is not finite ({kind} total {total}): the weights may have diverged")
@@ -87,6 +92,8 @@ def corpus_bound(inference, batches: Iterable[np.ndarray], steps: int, num_sampl
     else:
         result["reconstruction_nll_per_token"] = -loglik / n_tokens
         result["kl_per_sequence"] = kl / n_seq
+    if per_window:
+        result["window_nll"] = window_nll
     return result
 
 
@@ -110,10 +117,59 @@ def _sum_over_workers(values: list) -> list:
 
 
 def windows_bound(inference, tokens: np.ndarray, steps: int, num_samples: int, batch_size: int,
-                  max_windows: int | None = None, seed: int = 0, progress=None, kind: str = "elbo") -> dict:
+                  max_windows: int | None = None, seed: int = 0, progress=None, kind: str = "elbo",
+                  per_window: bool = False) -> dict:
     """corpus_bound over a token split's windows (the first `max_windows` when given)."""
     batches = eval_batches(tokens, inference.cfg.model.block_size, batch_size, max_windows)
-    return corpus_bound(inference, batches, steps, num_samples, seed=seed, progress=progress, kind=kind)
+    return corpus_bound(inference, batches, steps, num_samples, seed=seed, progress=progress, kind=kind,
+                        per_window=per_window)
+
+
+# Two-sided 95% quantiles of Student's t with 1..30 degrees of freedom; beyond, the Cornish-Fisher
+# expansion about the normal quantile (error < 1e-4 there).
+_T975 = (12.7062, 4.3027, 3.1824, 2.7764, 2.5706, 2.4469, 2.3646, 2.3060, 2.2622, 2.2281, 2.2010, 2.1788,
+         2.1604, 2.1448, 2.1314, 2.1199, 2.1098, 2.1009, 2.0930, 2.0860, 2.0796, 2.0739, 2.0687, 2.0639,
+         2.0595, 2.0555, 2.0518, 2.0484, 2.0452, 2.0423)
+_Z975 = 1.959963984540054
+
+
+def t_quantile_975(df: int) -> float:
+    """The 97.5% quantile of Student's t with `df` degrees of freedom (a 95% two-sided interval)."""
+    if df < 1:
+        return math.nan
+    if df <= len(_T975):
+        return _T975[df - 1]
+    z = _Z975
+    return z + (z ** 3 + z) / (4 * df) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * df ** 2)
+
+
+def mean_interval(values) -> dict:
+    """Mean of independent values, its standard error sd / sqrt(n) (sd with n - 1) and the 95%
+    t interval mean +- t_{n-1} se; resolved: the interval excludes 0. One value: se and interval
+    None (JSON null), not resolved; all values equal: zero width, resolved only when they are not 0."""
+    x = np.asarray(values, np.float64)
+    n = len(x)
+    mean = float(x.mean()) if n else None
+    if n < 2:
+        return {"mean": mean, "se": None, "ci_low": None, "ci_high": None, "n": n, "resolved": False}
+    se = float(x.std(ddof=1) / math.sqrt(n))
+    half = t_quantile_975(n - 1) * se
+    low, high = mean - half, mean + half
+    return {"mean": mean, "se": se, "ci_low": low, "ci_high": high, "n": n, "resolved": bool(low > 0 or high < 0)}
+
+
+def paired_difference(baseline_window_nll, other_window_nll, tokens_per_window: int) -> dict:
+    """other minus baseline in nats/token, paired over the same windows: d_i = (NLL_i(other) -
+    NLL_i(baseline)) / tokens per window; with every window predicting as many tokens, mean d_i is
+    exactly the difference of the corpus-level numbers. mean_interval of the d_i, keys renamed:
+    nats_per_token, se, ci_low, ci_high, windows, resolved."""
+    a = np.asarray(baseline_window_nll, np.float64)
+    b = np.asarray(other_window_nll, np.float64)
+    if a.shape != b.shape:
+        raise LtmError(f"a paired difference needs the same windows ({len(a)} and {len(b)} given)")
+    stats = mean_interval((b - a) / tokens_per_window)
+    return {"nats_per_token": stats["mean"], "se": stats["se"], "ci_low": stats["ci_low"],
+            "ci_high": stats["ci_high"], "windows": stats["n"], "resolved": stats["resolved"]}
 
 
 def unigram_bound(train_tokens: np.ndarray, eval_tokens: np.ndarray, vocab_size: int, block_size: int,

@@ -10,7 +10,9 @@ Adding a labelled row to the eval table (e.g. a true NLL): put it in `EvalResult
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from pathlib import Path
 
 from .diagnostics import DiagnoseResult
 from .generate import SampleResult
@@ -51,6 +53,32 @@ def fixed_noise_lines(row: dict) -> list[str]:
             "(cross-entropy at the fitted z, which has seen the tokens it predicts: not a bound, not a likelihood)"]
 
 
+def _view_name(truth: dict) -> tuple[str, str]:
+    """(bound column, label) of the best-AR row: window W, naming the receptive field if it differs."""
+    B, R, W = truth["block_size"], truth["receptive_field"], truth["attention_window"]
+    if W <= 0 or W >= B:
+        name, what = "AR", f"best full-attention AR (all {B} tokens of a window in view)"
+    else:
+        name = f"AR-{W}"
+        what = f"best window-{W} AR" + (f" ({truth['n_layer']} layers: receptive field {R} tokens)" if R != W else "")
+    floor = ("positions given free: a floor, possibly below what a model reaches" if truth["position_known"]
+             else "the lowest expected NLL of a model with that view")
+    return name, f"{what}, se {_se(truth['best_window_nll_se'])}; {floor}"
+
+
+def truth_lines(truth: dict | None) -> list[str]:
+    """The corpus' exact answers on the evaluated windows, as rows of the eval table (not bounds:
+    the bounds above are read against them). Nothing on a corpus without a law."""
+    if truth is None:
+        return []
+    name, what = _view_name(truth)
+    lines = []
+    for kind, nll, label in (("true", truth["true_nll"], f"true NLL (the corpus' law, exact), se {_se(truth['true_nll_se'])}"),
+                             (name, truth["best_window_nll"], what)):
+        lines.append(f"{'-':>6} {kind:>6} {nll:>11.4f} {math.exp(nll):>11.3f} {'-':>8} {'-':>15}  {label}")
+    return lines
+
+
 def eval_text(result: EvalResult) -> str:
     """The eval table. Bounds (and the exact likelihood of `none`) in the table; the reference's
     fixed-noise figures below it, each labelled as what it is: never in a column read as a bound."""
@@ -63,6 +91,7 @@ def eval_text(result: EvalResult) -> str:
     for row in r.rows:
         if not row.get("fixed_noise"):
             lines += eval_row_lines(r, row)
+    lines += truth_lines(r.truth)
     what = "exact: corpus-level exp(NLL / predicted tokens)" if r.exact else \
         "corpus-level exp(bound / predicted tokens), a bound on the perplexity"
     lines += [f"perplexity: {what}; mean exp(-B/T): the per-sequence mean of the same terms (the paper's averaging)",
@@ -80,16 +109,62 @@ def compare_row_lines(row: CompareRow) -> list[str]:
     """One run of the compare table."""
     return [f"{row.run[-40:]:<40} {row.backend + '/' + row.inference:<18} {row.params:>10} "
             f"{row.nll_per_token:>11.4f} {row.perplexity:>11.3f} {_dash(row.kl_per_sequence, '.2f'):>8} "
-            f"{row.flops_per_token:>18.4g}"]
+            f"{row.flops_per_token:>18.4g} {_dash(row.difference, '+.4f'):>10}"]
+
+
+def _signed(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.4f}"
+
+
+def _se(value: float | None) -> str:
+    """A standard error; None: one window or seed, none to estimate."""
+    return "-" if value is None else f"{value:.4f}"
+
+
+def paired_lines(result: CompareResult) -> list[str]:
+    """Each later run minus the first, paired over the shared windows: mean, se, 95% interval."""
+    rows = [row for row in result.rows[1:] if row.paired is not None]
+    if not rows:
+        return []
+    n = rows[0].paired["windows"]
+    lines = [f"paired over the {n} windows, each run minus the first ({Path(result.rows[0].run).name}), nats/token "
+             "(mean of per-window differences; se over windows; 95% t interval):"]
+    for row in rows:
+        p = row.paired
+        verdict = ("resolved" if p["resolved"] else "not resolved (one window: no interval)" if p["se"] is None
+                   else "not resolved (the interval covers 0)")
+        lines.append(f"  {row.run[-40:]:<40} {_signed(p['nats_per_token'])}  se {_se(p['se'])}  "
+                     f"95% CI [{_signed(p['ci_low'])}, {_signed(p['ci_high'])}]  {verdict}")
+    return lines
+
+
+def compare_truth_lines(result: CompareResult) -> list[str]:
+    """The corpus' exact answers on the compared windows, and the best AR of each run's view."""
+    if result.truth is None:
+        return []
+    t = result.truth
+    lines = [f"true NLL of these windows (the corpus' law, exact): {t['true_nll']:.4f} nats/token, se {_se(t['true_nll_se'])}"]
+    views: dict[int, list[CompareRow]] = {}
+    for row in result.rows:
+        if row.best_window_nll is not None:
+            views.setdefault(row.receptive_field, []).append(row)
+    for R, rows in views.items():
+        names = ", ".join(dict.fromkeys(Path(row.run).name for row in rows))
+        lines.append(f"best AR seeing {R} tokens (the view of {names}): {rows[0].best_window_nll:.4f} nats/token, "
+                     f"se {_se(rows[0].best_window_nll_se)}")
+    return lines
 
 
 def compare_text(result: CompareResult) -> str:
-    """The compare table: one line per run, on the same tokens."""
+    """The compare table: one line per run, on the same tokens; then the paired differences and
+    the exact answers where the corpus has them."""
     lines = [f"{result.data} [{result.split}], {result.rows[0].num_tokens} predicted tokens each",
              f"{'run':<40} {'method':<18} {'params':>10} {'nats/token':>11} {'perplexity':>11} {'KL/seq':>8} "
-             f"{'train FLOPs/token':>18}"]
+             f"{'train FLOPs/token':>18} {'vs first':>10}"]
     for row in result.rows:
         lines += compare_row_lines(row)
+    lines += paired_lines(result)
+    lines += compare_truth_lines(result)
     return "\n".join(lines)
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
+import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -14,9 +16,10 @@ from .checkpoint import read_config
 from .checks import MAX_SAMPLES, require_at_most, require_positive, require_seed, require_steps
 from .config import RunConfig, apply_overrides, validate
 from .data import load_corpus, num_windows, split_tokens
+from .data.truth import corpus_truth, receptive_field
 from .distributed import start
 from .errors import LtmError
-from .evaluate import unigram_bound, windows_bound
+from .evaluate import paired_difference, unigram_bound, windows_bound
 from .flops import decoder_forward
 from .inference import descriptor, methods, training_flops_per_token
 from .train import check_method_fits_run, load_inference, require_windows, run_tokenizer
@@ -108,6 +111,9 @@ class EvalResult:
     unigram_perplexity: float
     flops_per_token: float  # the run's training, as trained
     decoder_flops_per_token: float
+    # The exact answers on the same windows (split_truth), where the corpus has a law and the
+    # tokenizer is bytes; None elsewhere. Never a row: not a bound, never the headline.
+    truth: dict | None = None
 
     @property
     def headline(self) -> dict:
@@ -134,6 +140,11 @@ class CompareRow:
     flops_per_token: float
     decoder_flops_per_token: float
     proposal: str
+    difference: float | None = None  # nll_per_token minus the first run's (None: the first run)
+    paired: dict | None = None  # that difference paired over the windows (evaluate.paired_difference)
+    best_window_nll: float | None = None  # the best AR with this run's view on these windows (truth)
+    best_window_nll_se: float | None = None
+    receptive_field: int | None = None  # tokens this run's decoder sees (where there is a truth)
 
 
 @dataclass(frozen=True)
@@ -142,10 +153,11 @@ class CompareResult:
     split: str
     data: str
     rows: list[CompareRow]
+    truth: dict | None = None  # the first run's EvalResult.truth: the true NLL of these windows
 
     def to_dict(self) -> dict:
         return {"split": self.split, "data": self.data,
-                "rows": [{f.name: getattr(r, f.name) for f in fields(r)} for r in self.rows]}
+                "rows": [{f.name: getattr(r, f.name) for f in fields(r)} for r in self.rows], "truth": self.truth}
 
 
 def _with_perplexities(row: dict) -> dict:
@@ -154,6 +166,22 @@ def _with_perplexities(row: dict) -> dict:
     if row.get("reconstruction_nll_per_token") is not None:
         row["reconstruction_perplexity"] = float(np.exp(min(row["reconstruction_nll_per_token"], 700.0)))
     return row
+
+
+def split_truth(opened: OpenRun, corpus, split: str, max_windows: int | None) -> dict | None:
+    """The exact answers (data/truth.py) on the windows evaluate_run scores: the true NLL and the
+    best AR whose view is the run's receptive field (and with full attention within the window),
+    nats/token with standard errors over windows; None when the corpus has none."""
+    m = opened.cfg.model
+    R = receptive_field(m.n_layer, m.attention_window, m.block_size)
+    truth = corpus_truth(corpus, opened.tokenizer, m.block_size, R, splits=(split,), max_windows=max_windows)
+    if truth is None:
+        return None
+    numbers = {k: None if isinstance(v, float) and math.isnan(v) else v  # one window: no se (JSON null)
+               for k, v in dataclasses.asdict(truth.splits[split]).items()}
+    return {"corpus": truth.corpus, "block_size": truth.block_size, "attention_window": m.attention_window,
+            "n_layer": m.n_layer, "receptive_field": truth.receptive_field, "position_known": truth.position_known,
+            **numbers}
 
 
 @contextlib.contextmanager
@@ -173,9 +201,14 @@ def check_eval_memory(cfg: RunConfig, batch_size: int, samples: int, kind: str) 
 
 def evaluate_run(opened: OpenRun, split: str = "val", data: str | None = None, steps: list[int] | None = None,
                  samples: int = 1, kind: str = "elbo", fixed_noise: bool = False, batch_size: int | None = None,
-                 max_windows: int | None = None, seed: int | None = None, progress=no_progress) -> EvalResult:
+                 max_windows: int | None = None, seed: int | None = None, progress=no_progress,
+                 per_window: bool = False, with_truth: bool = True) -> EvalResult:
     """Bounds of a run on a split, one row per number of inference steps (and, with fixed_noise,
-    the reference's fixed-noise number beside each honest row, labelled).
+    the reference's fixed-noise number beside each honest row, labelled), and the corpus' exact
+    answers on the same windows where it has them (`truth`).
+
+    per_window: the honest rows also hold "window_nll" (evaluate.corpus_bound), for compare.
+    with_truth False: truth None without computing it (a caller that has it already).
 
     Everything is checked before any bound is computed; then progress(total windows) is entered
     and the function it yields is called with the windows done."""
@@ -203,9 +236,11 @@ def evaluate_run(opened: OpenRun, split: str = "val", data: str | None = None, s
         fixed = load_inference(opened.path, fixed_cfg)
     windows = num_windows(len(tokens), cfg.model.block_size)
     windows = min(windows, max_windows) if max_windows else windows
+    truth = split_truth(opened, corpus, split, max_windows) if with_truth else None  # numpy; before any bound
     with progress(windows * len(steps) * (2 if fixed_noise else 1)) as advance:
         for T in steps:
-            row = windows_bound(opened.inference, tokens, T, samples, batch_size, max_windows, seed=seed, progress=advance, kind=kind)
+            row = windows_bound(opened.inference, tokens, T, samples, batch_size, max_windows, seed=seed, progress=advance,
+                                kind=kind, per_window=per_window)
             label = HONEST_LABEL if method.latent else EXACT_LABEL
             fitted = T if method.inner_steps else None
             rows.append(_with_perplexities(row) | {"label": label, "fitted_steps": fitted})
@@ -222,14 +257,18 @@ def evaluate_run(opened: OpenRun, split: str = "val", data: str | None = None, s
         split_windows=num_windows(len(tokens), cfg.model.block_size), exact=not method.latent,
         proposal=method.proposal, unigram_nll_per_token=unigram["nll_per_token"],
         unigram_perplexity=unigram["perplexity"], flops_per_token=training_flops_per_token(opened.trained_cfg),
-        decoder_flops_per_token=decoder_forward(cfg.model))
+        decoder_flops_per_token=decoder_forward(cfg.model), truth=truth)
 
 
 def compare_runs(runs: list[str], split: str = "val", data: str | None = None, steps: int | None = None,
                  samples: int = 1, max_windows: int | None = None, batch_size: int | None = None,
-                 seed: int | None = None, progress=no_progress, overrides: dict | None = None) -> CompareResult:
+                 seed: int | None = None, progress=no_progress, overrides: dict | None = None,
+                 kind: str = "elbo") -> CompareResult:
     """Bounds of several runs on the same split and tokens (each with its own method), with their
-    training FLOPs per token: token-matched and compute-matched comparisons in one table."""
+    training FLOPs per token: token-matched and compute-matched comparisons in one table. Each
+    later run's difference from the first, paired over the windows (a standard error and a 95%
+    interval), and the corpus' exact answers where it has them. kind: "elbo" or "iwae" (IWAE_K
+    with K = samples) for the latent runs; a run without a latent is exact either way."""
     if len(runs) < 2:
         raise LtmError("ltm compare needs at least two runs")
     require_steps("--steps", steps)
@@ -240,17 +279,30 @@ def compare_runs(runs: list[str], split: str = "val", data: str | None = None, s
     if len(fingerprints) > 1:
         raise LtmError("the runs use different tokenizers, so their bounds per token do not compare")
     data = data or opened[0].cfg.data.data
-    rows = []
+    if kind not in ("elbo", "iwae"):
+        raise LtmError(f"--bound must be elbo or iwae, got {kind!r}")
+    rows, windows, first = [], [], None
     for o in opened:
-        record = evaluate_run(o, split, data, [steps] if steps else None, samples, "elbo", False, batch_size,
-                              max_windows, seed, progress)
+        record = evaluate_run(o, split, data, [steps] if steps else None, samples,
+                              kind if descriptor(o.cfg.inference.method).latent else "elbo", False, batch_size,
+                              max_windows, seed, progress, per_window=True)
         params = sum(int(np.prod(v.shape)) for k, v in o.inference.weights().items())
         head = record.headline
+        first = first or (record, head)
+        windows.append(head.pop("window_nll"))
+        paired = None
+        if len(rows) and windows[0] is not None and windows[-1] is not None and \
+                o.cfg.model.block_size == opened[0].cfg.model.block_size and len(windows[-1]) == len(windows[0]):
+            paired = paired_difference(windows[0], windows[-1], o.cfg.model.block_size)
+        truth = record.truth or {}
         rows.append(CompareRow(
             run=str(o.path), params=params, backend=record.backend, inference=record.inference,
             nll_per_token=head["nll_per_token"], perplexity=head["perplexity"], kl_per_sequence=head["kl_per_sequence"],
             num_tokens=head["num_tokens"], steps=head["steps"], flops_per_token=record.flops_per_token,
-            decoder_flops_per_token=record.decoder_flops_per_token, proposal=record.proposal))
+            decoder_flops_per_token=record.decoder_flops_per_token, proposal=record.proposal,
+            difference=head["nll_per_token"] - first[1]["nll_per_token"] if rows else None, paired=paired,
+            best_window_nll=truth.get("best_window_nll"), best_window_nll_se=truth.get("best_window_nll_se"),
+            receptive_field=truth.get("receptive_field")))
     if len({r.num_tokens for r in rows}) > 1:
         raise LtmError("the runs predict different numbers of tokens (different block sizes?): their bounds do not compare")
-    return CompareResult(split, data, rows)
+    return CompareResult(split, data, rows, first[0].truth)

@@ -21,7 +21,7 @@ from .data import load_corpus, split_tokens
 from .diagnostics import collapse_from_q
 from .durable import atomic_write_text
 from .errors import LtmError
-from .evaluate import eval_batches
+from .evaluate import eval_batches, mean_interval
 from .inference import training_flops_per_token
 from .plots import study_plots
 from .runs import evaluate_run, open_run
@@ -102,33 +102,34 @@ def latent_use(opened, windows: int, steps: int, batch_size: int, seed: int) -> 
         "active_units": report["active_units"], "num_units": report["num_units"]}
 
 
-def evaluate_ltm(run: Path, grid: Grid, seed: int) -> list[dict]:
+def evaluate_ltm(run: Path, grid: Grid, seed: int) -> tuple[list[dict], dict | None]:
     """Rows of one LTM run: an ELBO row per test-time T (KL per window, active units beside it) and
-    an IWAE_K row per (T, K)."""
+    an IWAE_K row per (T, K); and the corpus' exact answers on those windows (None: no law)."""
     opened = open_run(run)
     batch = grid.batch_size or opened.cfg.train.batch_size
     W = grid.eval_windows
-    rows = []
+    rows, truth = [], None
     for T in grid.eval_steps:
-        rec = evaluate_run(opened, "val", None, [T], 1, "elbo", False, batch, W, seed)
+        rec = evaluate_run(opened, "val", None, [T], 1, "elbo", False, batch, W, seed, with_truth=not rows)
+        truth = truth or rec.truth  # the same windows every time: computed once
         rows.append({"bound": "elbo", "steps": T, "samples": 1, "nll_per_token": rec.headline["nll_per_token"],
                      "kl_per_sequence": rec.headline["kl_per_sequence"], "num_tokens": rec.headline["num_tokens"],
                      "label": "upper bound on NLL (ELBO, analytic KL, fresh noise)"} | latent_use(opened, W, T, batch, seed))
     for T in grid.iwae_steps or grid.eval_steps:
         for K in grid.iwae_samples:
-            rec = evaluate_run(opened, "val", None, [T], K, "iwae", False, batch, W, seed)
+            rec = evaluate_run(opened, "val", None, [T], K, "iwae", False, batch, W, seed, with_truth=False)
             rows.append({"bound": "iwae", "steps": T, "samples": K, "nll_per_token": rec.headline["nll_per_token"],
                          "sampled_elbo_nll_per_token": rec.headline["sampled_elbo_nll_per_token"], "num_tokens": rec.headline["num_tokens"],
                          "label": f"upper bound on NLL (IWAE_{K})"})
-    return rows
+    return rows, truth
 
 
-def evaluate_twin(run: Path, grid: Grid, seed: int) -> list[dict]:
+def evaluate_twin(run: Path, grid: Grid, seed: int) -> tuple[list[dict], dict | None]:
     opened = open_run(run)
     rec = evaluate_run(opened, "val", None, None, 1, "elbo", False, grid.batch_size or opened.cfg.train.batch_size,
                        grid.eval_windows, seed)
     return [{"bound": "exact", "steps": None, "samples": None, "nll_per_token": rec.headline["nll_per_token"],
-             "num_tokens": rec.headline["num_tokens"], "label": "exact NLL (no latent)"}]
+             "num_tokens": rec.headline["num_tokens"], "label": "exact NLL (no latent)"}], rec.truth
 
 
 def _describe(cfg) -> dict:
@@ -152,12 +153,12 @@ def run_one(run_id: str, cfg, kind: str, out: Path, grid: Grid, echo, extra: dic
     fitted = train_run(cfg, run, lambda s: None)
     echo(f"study: {run_id}: eval")
     start = time.perf_counter()
-    rows = evaluate_ltm(run, grid, cfg.train.seed) if kind == "ltm" else evaluate_twin(run, grid, cfg.train.seed)
+    rows, truth = evaluate_ltm(run, grid, cfg.train.seed) if kind == "ltm" else evaluate_twin(run, grid, cfg.train.seed)
 
     _, stored = read_config(run)
     record = {"id": run_id, "kind": kind, "run": str(run), "seed": cfg.train.seed, **extra, **_describe(cfg), **fitted,
               "eval_seconds": round(time.perf_counter() - start, 1), "eval_windows": grid.eval_windows,
-              "curve": training_curve(run, cfg), "rows": rows,
+              "curve": training_curve(run, cfg), "rows": rows, "truth": truth,
               "versions": stored.get("versions"), "git_revision": stored.get("git_revision"),
               "config": cfg.to_dict()}
     _write_json(done, record)
@@ -221,6 +222,7 @@ def table_rows(ltm: list[dict], twins: dict[str, dict]) -> list[dict]:
         full = next((twins[t["id"]] for t in rec["twins"] if t["twin"] == "full attention" and t["id"] in twins), None)
         flops = next((twins[t["id"]] for t in rec["twins"] if t["twin"] == "equal FLOPs" and t["id"] in twins), None)
         ar = same["rows"][0]["nll_per_token"] if same else None
+        truth = rec.get("truth") or {}  # points done before the truth was recorded: none
         for r in rec["rows"]:
             if r["bound"] != "elbo":
                 continue
@@ -239,8 +241,30 @@ def table_rows(ltm: list[dict], twins: dict[str, dict]) -> list[dict]:
                 "ar_equal_flops_nll": flops["rows"][0]["nll_per_token"] if flops else None,
                 "ar_equal_flops_tokens": flops["train_tokens"] if flops else None,
                 "margin_vs_ar": None if ar is None else best - ar,  # < 0: the LTM's bound beats the twin
+                "true_nll": truth.get("true_nll"), "best_window_nll": truth.get("best_window_nll"),
             })
     return rows
+
+
+def seed_statistics(rows: list[dict]) -> list[dict]:
+    """Per (point, test-time T), over its seeds: the mean of the best bound, of the same-window
+    twin's NLL and of the margin (best bound - twin, paired by seed: each seed has its own twin),
+    each with its standard error sd / sqrt(seeds); the margin's 95% t interval, and whether it
+    excludes 0 (resolved). One seed: no se, no interval, not resolved (evaluate.mean_interval)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["point"], r["eval_steps"]), []).append(r)
+    out = []
+    for (point, T), rs in groups.items():
+        best = mean_interval([r["best_bound"] for r in rs])
+        ar = mean_interval([r["ar_nll"] for r in rs if r["ar_nll"] is not None])
+        margin = mean_interval([r["margin_vs_ar"] for r in rs if r["margin_vs_ar"] is not None])
+        out.append({"point": point, "settings": rs[0]["settings"], "eval_steps": T, "seeds": [r["seed"] for r in rs],
+                    "best_bound_mean": best["mean"], "best_bound_se": best["se"],
+                    "ar_nll_mean": ar["mean"], "ar_nll_se": ar["se"],
+                    "margin_mean": margin["mean"], "margin_se": margin["se"], "margin_ci_low": margin["ci_low"],
+                    "margin_ci_high": margin["ci_high"], "margin_seeds": margin["n"], "margin_resolved": margin["resolved"]})
+    return out
 
 
 def _settings_text(settings: dict) -> str:
@@ -251,13 +275,40 @@ def _f(value, digits=4) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def _pm(mean, se) -> str:
+    return "-" if mean is None else _f(mean) + ("" if se is None else f" ± {se:.4f}")
+
+
+def seed_markdown(stats: list[dict]) -> list[str]:
+    """The across-seeds table under the per-seed one."""
+    head = ["point", "T eval", "seeds", "best bound (mean ± se)", "AR twin (mean ± se)", "best bound - AR (mean ± se)",
+            "95% interval", "margin"]
+    lines = ["", "Across seeds (mean ± standard error over seeds; the margin paired by seed, each seed against its own twin):",
+             "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for s in stats:
+        if s["margin_ci_low"] is None:
+            interval, verdict = "-", "one seed: not resolved" if s["margin_seeds"] == 1 else "-"
+        else:
+            interval = f"[{s['margin_ci_low']:+.4f}, {s['margin_ci_high']:+.4f}]"
+            verdict = "resolved" if s["margin_resolved"] else "not resolved"
+        lines.append("| " + " | ".join([f"{s['point']}: {_settings_text(s['settings'])}", str(s["eval_steps"]),
+                                        str(len(s["seeds"])), _pm(s["best_bound_mean"], s["best_bound_se"]),
+                                        _pm(s["ar_nll_mean"], s["ar_nll_se"]), _pm(s["margin_mean"], s["margin_se"]),
+                                        interval, verdict]) + " |")
+    lines += ["", "95% interval: mean ± t(0.975, seeds - 1) · se; not resolved: it covers 0, so these seeds do not "
+              "say whether the LTM's bound is below or above its twin."]
+    return lines
+
+
 def markdown(rows: list[dict], grid: Grid) -> str:
     Ks = sorted({int(k.split("_")[1]) for r in rows for k in r if k.startswith("iwae_")})
     full = any(r["ar_full_attention_nll"] is not None for r in rows)
+    truth = any(r.get("true_nll") is not None for r in rows)
     flops = any(r["ar_equal_flops_nll"] is not None for r in rows)
     head = (["point", "seed", "T eval", "ELBO"] + [f"IWAE_{k}" for k in Ks] +
             ["AR twin (exact)"] + (["AR full attention (exact)"] if full else []) +
-            (["AR equal FLOPs (exact)"] if flops else []) + ["best bound - AR", "KL/window", "KL/token", "vectors > 0.5", "active units",
+            (["AR equal FLOPs (exact)"] if flops else []) +
+            (["true NLL", "best window AR (floor)"] if truth else []) + ["best bound - AR", "KL/window", "KL/token", "vectors > 0.5", "active units",
              "in use", "fit s", "train tokens", "train FLOPs LTM / AR"])
     lines = ["Every LTM number is an upper bound on the held-out NLL in nats/token (ELBO: analytic KL, fresh noise; "
              "IWAE_K: K draws of q); the AR twin's number is its exact NLL on the same windows.", "",
@@ -267,6 +318,7 @@ def markdown(rows: list[dict], grid: Grid) -> str:
         cells += [_f(r.get(f"iwae_{k}")) for k in Ks]
         cells += [_f(r["ar_nll"])] + ([_f(r["ar_full_attention_nll"])] if full else [])
         cells += [_f(r["ar_equal_flops_nll"])] if flops else []
+        cells += [_f(r.get("true_nll")), _f(r.get("best_window_nll"))] if truth else []
         cells += [_f(r["margin_vs_ar"], 3), _f(r["kl_per_window"], 2), _f(r["kl_per_token"], 4),
                   f"{r['share_vectors_above_0.5']:.2f}", f"{r['active_units']}/{r['num_units']}",
                   "yes" if r["latents_in_use"] else "no", _f(r["fit_seconds"], 0) + ("*" if r["fit_resumed"] else ""), str(r["train_tokens"]),
@@ -276,7 +328,10 @@ def markdown(rows: list[dict], grid: Grid) -> str:
               "bound beats the twin at equal training tokens). KL/window: analytic KL(q || prior) of q fitted by T steps, "
               "mean over windows; vectors > 0.5: share of latent vectors with KL above 0.5 nats; in use: KL >= 0.02 "
               "nats/token and that share >= 0.5. fit s: wall seconds of `ltm fit` in this study (* resumed: the part after the resume)."]
-    return "\n".join(lines) + "\n"
+    if truth:
+        lines += ["", "true NLL: the corpus' exact NLL of the same windows; best window AR: the lowest NLL of a model "
+                  "seeing the LTM's receptive field (data/truth.py). Neither is a bound."]
+    return "\n".join(lines + seed_markdown(seed_statistics(rows))) + "\n"
 
 
 def write_tables(grid: Grid, out: Path) -> dict:
@@ -284,7 +339,7 @@ def write_tables(grid: Grid, out: Path) -> dict:
     ltm, twins = collect(grid, out)
     rows = table_rows(ltm, twins)
     summary = {"out": str(out), "points_done": len(ltm), "points_total": sum(len(p.seeds) for p in grid.points),
-               "rows": rows, "twins": list(twins.values()), "ltm": ltm}
+               "rows": rows, "seed_statistics": seed_statistics(rows), "twins": list(twins.values()), "ltm": ltm}
     summary["plots"] = study_plots(ltm, twins, rows, out) if ltm else []
     _write_json(out / "study.json", summary)
     atomic_write_text(out / "study.md", markdown(rows, grid))

@@ -79,7 +79,7 @@ def test_eval_json_is_the_headline_row_then_the_record():
     assert list(record)[:11] == list(rows[1]) and record["nll_per_token"] == 1.2  # the honest row with most steps
     assert list(record)[11:] == ["rows", "backend", "inference", "trained_with", "split", "data", "tokenizer",
                                  "latent_rope", "split_windows", "exact", "proposal", "unigram_nll_per_token",
-                                 "unigram_perplexity", "flops_per_token", "decoder_flops_per_token"]
+                                 "unigram_perplexity", "flops_per_token", "decoder_flops_per_token", "truth"]
     assert _result([_row(None, 2.0, EXACT_LABEL, fitted_steps=None)], exact=True).to_dict()["nll_per_token"] == 2.0
 
 

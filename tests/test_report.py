@@ -23,7 +23,7 @@ def record(command: str, data: dict):
     if command == "eval":
         return EvalResult(**{f.name: data[f.name] for f in fields(EvalResult)})
     if command == "compare":
-        return CompareResult(data["split"], data["data"], [CompareRow(**row) for row in data["rows"]])
+        return CompareResult(data["split"], data["data"], [CompareRow(**row) for row in data["rows"]], data["truth"])
     if command == "sample":
         return SampleResult(**data)
     return DiagnoseResult(**data)
