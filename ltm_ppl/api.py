@@ -17,12 +17,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from .checkpoint import read_config
+from .checkpoint import read_config, read_metrics
 from .config import RunConfig, apply_overrides, build_config
 from .diagnostics import DiagnoseResult, DiagnoseSettings, diagnose_run
 from .errors import LtmError
 from .generate import SampleResult, SampleSettings, sample_run
-from .plots import check_plot_path, plot_compare, plot_eval_steps
+from .inference import descriptor
+from .plots import check_plot_path, plot_compare, plot_eval_steps, plot_training, training_series
 from .published_checkpoint import import_checkpoint
 from .runs import (CompareResult, EvalResult, OpenRun, check_eval_options, compare_runs, evaluate_run, no_progress,
                    parse_steps)
@@ -133,6 +134,33 @@ def sample(run: str | Path | OpenRun, *, prompt: str | None = None, num: int = 1
     return sample_run(opened, settings, progress)
 
 
+def plot(runs: list[str | Path], out: str | Path, *, x: str = "iters") -> dict:
+    """Training curves of one or more runs overlaid (`ltm plot`): loss, val bound, KL, learning rate
+    and gradient norm from each run's metrics.jsonl, against iterations (x="iters") or training
+    tokens (x="tokens"), as a PNG at `out`. Returns what was drawn: per run its label and the
+    series (plots.training_series), the numbers of metrics.jsonl as they are."""
+    if x not in ("iters", "tokens"):
+        raise LtmError(f"--x must be iters or tokens, got {x!r}")
+    if not runs:
+        raise LtmError("ltm plot needs at least one run")
+    out = check_plot_path(out, flag="--out")
+    paths = [Path(r) for r in runs]
+    names = [p.name or str(p) for p in paths]
+    drawn = []
+    for path, name in zip(paths, names):
+        cfg, _ = read_config(path)  # refuses a missing folder or one that is not a run
+        records = read_metrics(path)
+        series = training_series(records, cfg.train.batch_size, cfg.model.block_size)
+        if not series["train"] and not series["val"]:
+            raise LtmError(f"{path}/metrics.jsonl has no training or validation record yet")
+        drawn.append({"run": str(path), "label": name if names.count(name) == 1 else str(path),
+                      "method": cfg.inference.method, "backend": cfg.train.backend,
+                      "exact": not descriptor(cfg.inference.method).latent, "grad_clip": cfg.train.grad_clip,
+                      "series": series})
+    plot_training(drawn, out, x)
+    return {"out": str(out), "x": x, "runs": drawn}
+
+
 def import_run(checkpoint: str | Path, out: str | None = None, data: str | None = None) -> dict:
     """A checkpoint of the published LTM code as a run (`ltm import`); returns its summary."""
     return import_checkpoint(checkpoint, out, data)
@@ -147,4 +175,4 @@ def study(grid: str | Path, out: str | Path, only: list[str] | None = None, tabl
     return run_study(grid, out, only, echo)
 
 
-__all__ = ["fit", "open_run", "evaluate", "compare", "diagnose", "sample", "import_run", "study"]
+__all__ = ["fit", "open_run", "evaluate", "compare", "diagnose", "sample", "plot", "import_run", "study"]

@@ -353,6 +353,28 @@ def append_metrics(run: Path, record: dict) -> None:
         fh.write(json.dumps(record) + "\n")  # a torn line (disk full, kill) is dropped on resume
 
 
+def read_metrics(run: Path) -> list[dict]:
+    """Every record of metrics.jsonl in order (training, validation and event records), for readers
+    such as `ltm plot`. A torn last line (a run killed or still writing) is left out."""
+    path = run / "metrics.jsonl"
+    try:
+        lines = [line for line in path.read_text().splitlines() if line.strip()]
+    except FileNotFoundError:
+        raise LtmError(f"{run} has no metrics.jsonl: it has logged no iteration yet") from None
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):
+                break
+            raise LtmError(f"{path} is damaged (line {number} is not JSON)") from None
+        if not isinstance(record, dict) or not isinstance(record.get("iter"), int):
+            raise LtmError(f"{path} is damaged (line {number} is not a record with an iteration)")
+        records.append(record)
+    return records
+
+
 def truncate_metrics(run: Path, iteration: int) -> None:
     """Drop records logged after the checkpoint a resumed run starts from. metrics.jsonl is appended
     line by line (not renamed into place), so a torn last line from a killed run is dropped too."""

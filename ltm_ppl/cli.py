@@ -348,6 +348,23 @@ def compare(runs, split, data, steps, samples, max_windows, batch_size, plot, ba
     click.echo(report.compare_text(table))
 
 
+@cli.command()
+@common_options
+@click.argument("runs", nargs=-1, required=True)
+@click.option("--out", required=True, help="FILE.png to write.")
+@click.option("--x", "x", type=click.Choice(["iters", "tokens"]), default="iters",
+              help="Horizontal axis: iterations, or training tokens predicted (batch size x block size per iteration).")
+@json_option
+def plot(runs, out, x, as_json):
+    """Training curves from metrics.jsonl: loss, val bound, KL, learning rate and gradient norm,
+    several runs overlaid. Reads only; a run still training is read as far as it has logged."""
+    summary = api.plot(list(runs), out, x=x)
+    if as_json:
+        emit_json(summary)
+        return
+    click.echo(report.plot_text(summary))
+
+
 @cli.command("import")
 @common_options
 @click.argument("checkpoint_file", metavar="CHECKPOINT")

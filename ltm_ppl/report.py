@@ -168,6 +168,22 @@ def import_text(summary: dict) -> str:
             f"run: {summary['run']}  (bound it: ltm eval {summary['run']} --fixed-noise --bound iwae --samples 16)")
 
 
+def plot_text(summary: dict) -> str:
+    """What `ltm plot` drew: per run its last logged numbers, then the file."""
+    lines = []
+    for run in summary["runs"]:
+        train, val = run["series"]["train"], run["series"]["val"]
+        loss, bound = train.get("loss"), val.get("nll_per_token")
+        parts = [f"{len(loss['iter'])} training records to iteration {loss['iter'][-1]}, last loss {loss['value'][-1]:.4f}"
+                 if loss else "no training record"]
+        if bound:
+            what = "NLL" if run["exact"] else "bound"
+            parts.append(f"val {what} {bound['value'][-1]:.4f} nats/token at iteration {bound['iter'][-1]}")
+        lines.append(f"{run['label']} ({run['backend']}/{run['method']}): {'; '.join(parts)}")
+    lines.append(f"plot: {summary['out']} (against {'iterations' if summary['x'] == 'iters' else 'training tokens'})")
+    return "\n".join(lines)
+
+
 def study_text(summary: dict, table: str) -> str:
     """How far a study is, and where its table (`table`, study.md) and plots are."""
     return (f"{summary['points_done']} of {summary['points_total']} runs done; table: {table}; "
