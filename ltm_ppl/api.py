@@ -34,7 +34,7 @@ from .train import fit as _train
 
 def fit(config: RunConfig | None = None, out: str | None = None, resume: str | None = None, *,
         preset: str | None = None, size: str | None = None, config_file: str | None = None,
-        overrides: dict | None = None, progress: bool = False, echo=print) -> dict:
+        overrides: dict | None = None, progress: bool = False, echo=print, tensorboard: str | Path | None = None) -> dict:
     """Train a new run into `out` (default runs/<timestamp>), or continue `resume` from its last
     checkpoint. Returns the summary `ltm fit --json` prints.
 
@@ -44,6 +44,8 @@ def fit(config: RunConfig | None = None, out: str | None = None, resume: str | N
         overrides: {"section.field": value} (None skipped), e.g. {"train.iters": 20}; with
             `resume`, over the run's own settings (its [model] and [data] cannot change).
         progress: a progress bar on stderr. echo: where the run's lines go.
+        tensorboard: a folder; the metrics also go to TensorBoard event files in
+            tensorboard/<run name> (the extra `ltm-ppl[tensorboard]`).
 
     Raises Interrupted after SIGINT / SIGTERM, with a checkpoint committed."""
     overrides = overrides or {}
@@ -61,7 +63,7 @@ def fit(config: RunConfig | None = None, out: str | None = None, resume: str | N
             apply_overrides(config, overrides)
     elif config is None:
         config = build_config(preset, size, config_file, overrides)
-    return _train(config, out=out, resume=resume, progress=progress, echo=echo)
+    return _train(config, out=out, resume=resume, progress=progress, echo=echo, tensorboard=tensorboard)
 
 
 def open_run(run: str | Path | OpenRun, overrides: dict | None = None, *, backend: str | None = None,

@@ -210,11 +210,14 @@ def method_overrides(kw: dict) -> dict:
 @click.option("--compile", "compile_", is_flag=True, default=None, help="torch.compile the decoder, and (local, pyro) the whole fast step.")
 @click.option("--log-interval", type=int, default=None,
               help="Iterations between metric records (the device is synchronised only then, and at evaluations and checkpoints).")
+@click.option("--tensorboard", default=None, metavar="DIR",
+              help="Also write the metrics as TensorBoard events into DIR/<run name> (extra [tensorboard]); "
+                   "watch with: tensorboard --logdir DIR.")
 @seed_option
 @device_option
 @json_option
 def fit(config_file, preset, size, backend, inference, data, tokenizer, iters, lr_decay_iters, steps, batch_size, attention_window, out,
-        resume, compile_, log_interval, seed, device, as_json, **kw):
+        resume, compile_, log_interval, tensorboard, seed, device, as_json, **kw):
     """Train an LTM; a new run directory unless --resume."""
     overrides = method_overrides(kw) | {
         "train.backend": backend, "inference.method": inference, "data.data": data, "data.tokenizer": tokenizer,
@@ -223,7 +226,8 @@ def fit(config_file, preset, size, backend, inference, data, tokenizer, iters, l
         "train.log_interval": log_interval,
     }
     summary = api.fit(out=out, resume=resume, preset=preset, size=size, config_file=config_file, overrides=overrides,
-                      progress=not quiet(), echo=(lambda s: click.echo(s, err=True)) if as_json else click.echo)
+                      progress=not quiet(), echo=(lambda s: click.echo(s, err=True)) if as_json else click.echo,
+                      tensorboard=tensorboard)
     if as_json:
         emit_json(summary)
 
