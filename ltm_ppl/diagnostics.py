@@ -12,17 +12,18 @@ import contextlib
 import datetime
 import json
 import math
+import shutil
 import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import read_config
+from . import durable
+from .checkpoint import commit_run, read_config, stage_run
 from .checks import require_positive, require_seed, require_steps
 from .data import eval_batches, load_corpus, split_tokens
 from .destination import check_creatable
-from .durable import atomic_write_text
 from .errors import LtmError
 from .evaluate import corpus_bound
 from .inference import descriptor, methods as known_methods
@@ -342,8 +343,23 @@ def diagnose_run(run, settings: DiagnoseSettings | None = None, progress=None) -
     # Active units of a variational q need many windows (8 q means give a variance too noisy to
     # compare with 0.01): up to ACTIVE_SEQUENCES windows, the first `sequences` being the batch.
     more_batches = list(eval_batches(tokens, first.cfg.model.block_size, sequences, max(sequences, ACTIVE_SEQUENCES)))[1:]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    summary = {"run": str(run), "split": split, "sequences": sequences, "methods": {}, "out": str(out_dir)}
+    # Built as a hidden sibling and renamed into place at the end: a killed diagnose leaves no
+    # half folder at --out (the next diagnose or fit beside it removes the hidden one).
+    stage = stage_run(out_dir, "the diagnostics directory")
+    try:
+        result = _diagnose_into(stage, run, s, opened, batch, more_batches, out_dir, progress)
+        commit_run(stage, out_dir, unsynced=tuple(p.name for p in stage.iterdir() if p.name != "summary.json"))
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    return result
+
+
+def _diagnose_into(out_dir: Path, run: Path, s: DiagnoseSettings, opened: dict, batch, more_batches, final: Path,
+                   progress) -> DiagnoseResult:
+    """diagnose_run's work, its files written into out_dir (the hidden stage of `final`)."""
+    sequences, chains, draws, steps, split, seed = s.sequences, s.chains, s.draws, s.steps, s.split, s.seed
+    summary = {"run": str(run), "split": split, "sequences": sequences, "methods": {}, "out": str(final)}
     # The amortization gap: a refining method against the encoder it starts from (descriptors say which).
     gaps = [(m, descriptor(m).gap_against) for m in opened if descriptor(m).gap_against in opened][:1]
     with (progress or _no_progress)(2 * len(opened) + len(gaps)) as advance:
@@ -364,7 +380,7 @@ def diagnose_run(run, settings: DiagnoseSettings | None = None, progress=None) -
         if "chains_diagnostics" in report:
             report["chains_diagnostics"] = {k: v for k, v in report["chains_diagnostics"].items() if k not in SUMMARY_KEYS}
     result = DiagnoseResult(**_jsonable(summary))
-    atomic_write_text(out_dir / "summary.json", json.dumps(result.to_dict(), indent=2) + "\n")
+    durable.write_file(out_dir / "summary.json", (json.dumps(result.to_dict(), indent=2) + "\n").encode())
     return result
 
 
