@@ -90,8 +90,8 @@ def evaluate(run: str | Path | OpenRun, *, split: str = "val", data: str | None 
         kind: "elbo" (analytic KL) or "iwae" (IWAE_K with K = samples).
         fixed_noise: also the published reference's fixed-noise numbers (not bounds), labelled.
         plot: also write this PNG: the bound against the steps.
-        progress: a context manager factory, entered with the total windows; it yields a
-            function called with the windows done."""
+        progress: a context manager factory, entered once per row with the windows of the
+            split; it yields a function called with the windows done."""
     check_eval_options(samples, batch_size, max_windows)
     plot = check_plot_path(plot)
     opened = open_run(run, backend=backend, device=device, inference=inference, overrides=overrides)

@@ -287,6 +287,8 @@ def sample(run, prompt, num, max_tokens, temperature, top_k, steps, stop_at_eos,
     record = api.sample(run, prompt=prompt, num=num, max_tokens=max_tokens, temperature=temperature, top_k=top_k,
                         steps=steps, seed=seed, stop_at_eos=stop_at_eos, backend=backend, device=device,
                         inference=inference, overrides=method_overrides(kw), progress=progress_bar("sample", "tok"))
+    for note in report.sample_notes(record):
+        click.echo(note, err=True)
     if as_json:
         emit_json(record)
         return

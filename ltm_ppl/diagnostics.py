@@ -201,6 +201,7 @@ def plot_method(method: str, post: dict, report: dict, out: Path) -> list[str]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     az = _arviz()
     written = []
@@ -223,6 +224,7 @@ def plot_method(method: str, post: dict, report: dict, out: Path) -> list[str]:
         ax.scatter(np.arange(len(k)), np.nan_to_num(k, nan=-0.5), c=["green" if s == "exact" else "C0" for s in report["khat"]["status"]])
         ax.axhline(report["khat"]["threshold"], color="red", ls="--", label="threshold")
         ax.set(xlabel="sequence", ylabel="PSIS k-hat", title=f"{method}: k-hat per sequence (exact at -0.5)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # sequence numbers: no 0.5 ticks
         ax.legend()
         fig.tight_layout()
         fig.savefig(out / f"{method}_khat.png", dpi=80)
@@ -409,6 +411,18 @@ def verdict(diagnostics: dict) -> str:
     if diagnostics["converged"]:
         return f"converged ({numbers})"
     return f"NOT converged ({numbers}; needs R-hat <= {RHAT_LIMIT} and ESS >= {ESS_MIN})"
+
+
+def khat_verdict(khat: dict) -> str:
+    """PSIS k-hat (psis_khat's record) in words: is q a usable importance proposal for every
+    sequence? Above the threshold, importance-weighted estimates from q (its IWAE) have too heavy a
+    tail to trust; IWAE stays a bound, but a noisy one."""
+    status, threshold = khat["status"], khat["threshold"]
+    bad = sum(s == "unreliable" for s in status)
+    if bad == 0:
+        return f"reliable: k-hat <= {threshold:.2f} for all {len(status)} sequences (q is a usable importance proposal)"
+    return (f"NOT reliable for {bad} of {len(status)} sequences (k-hat > {threshold:.2f}): q is a poor importance "
+            f"proposal there, so its IWAE is a noisy bound")
 
 
 def q_means(inference, batch, steps: int) -> np.ndarray:

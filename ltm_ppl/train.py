@@ -308,6 +308,8 @@ def _train(cfg: RunConfig, run: Path, inference, data: Data, progress: bool, ech
     t = cfg.train
     if describe(w):
         echo(describe(w))
+    if inference.compile_note and inference.iteration < t.iters:
+        echo(inference.compile_note)
     save = _save if w.is_writer else (lambda *_: None)  # one writer: checkpoints and metrics
     append_metrics = checkpoint.append_metrics if w.is_writer else (lambda *_: None)
     if events is not None:  # every record also to TensorBoard, once it is in metrics.jsonl
