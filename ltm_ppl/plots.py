@@ -103,6 +103,8 @@ def plot_training(runs: list[dict], path: Path, x: str = "iters") -> None:
     scaled to the data, as line plots are read by their differences, and the legend gives each
     run's last value in numbers, so no gap is read off a truncated axis."""
     plt = _pyplot()
+    from matplotlib.ticker import LogFormatter
+
     fig, axes = plt.subplots(2, 3, figsize=(13, 7), layout="constrained")
     panels = [
         (axes[0, 0], "train", "loss", "training loss (nats/token)"),
@@ -123,7 +125,7 @@ def plot_training(runs: list[dict], path: Path, x: str = "iters") -> None:
         label = f"{run['label']} ({', '.join(t for t in last if t)})"
         for ax, part, name, _ in panels:
             curve = series[part].get(name)
-            if curve is None:
+            if curve is None or (name == "kl" and run["exact"]):  # no latent: its logged KL 0 is no measure
                 continue
             style = {"marker": "o", "ms": 4, "lw": 1} if part == "val" else {"lw": 1}
             line, = ax.plot(curve[key], curve["value"], color=color, **style)
@@ -131,7 +133,7 @@ def plot_training(runs: list[dict], path: Path, x: str = "iters") -> None:
                 line.set_label(label)
                 handles.append(line)
         val_kl = series["val"].get("kl_per_sequence")
-        if val_kl is not None:
+        if val_kl is not None and not run["exact"]:
             axes[0, 2].plot(val_kl[key], val_kl["value"], "o", color=color, ms=4)
     clips = {run["grad_clip"] for run in runs}
     if len(clips) == 1 and next(iter(clips)) and axes[1, 1].lines:
@@ -140,7 +142,7 @@ def plot_training(runs: list[dict], path: Path, x: str = "iters") -> None:
     for ax, part, name, title in panels:
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("iteration" if x == "iters" else "training tokens (predicted)", fontsize=8)
-        ax.tick_params(labelsize=7)
+        ax.tick_params(which="both", labelsize=7)
         ax.grid(alpha=0.3)
         if not ax.lines:
             ax.text(0.5, 0.5, "not logged by these runs", ha="center", va="center", transform=ax.transAxes, fontsize=8)
@@ -148,6 +150,9 @@ def plot_training(runs: list[dict], path: Path, x: str = "iters") -> None:
             ax.set_ylim(bottom=0)
         elif name == "grad_norm":
             ax.set_yscale("log")
+            plain = LogFormatter(labelOnlyBase=False)  # 1.5, not 1.5 x 10^0
+            ax.yaxis.set_major_formatter(plain)
+            ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
     axes[1, 2].axis("off")
     axes[1, 2].legend(handles=handles, loc="center", fontsize=8, title="run (last values)", title_fontsize=8)
     _save(fig, path)

@@ -85,3 +85,19 @@ def test_bad_input_is_one_line_and_writes_nothing(resumed_run, tmp_path):
                          ("/proc/x.png", "cannot write in /proc")):
         result = run_cli("plot", resumed_run, "--out", bad)
         assert result.exit_code == 2 and f"--out {bad}" in result.output, result.output
+
+
+def test_a_run_without_latent_draws_no_kl(tmp_path, monkeypatch):
+    """A no-latent run logs kl = 0: not a measure of anything, so its KL is not drawn (its val
+    number is labelled the exact NLL)."""
+    records = [{"iter": i, "loss": 5.0 - i / 10, "nll": 5.0 - i / 10, "kl": 0.0, "lr": 1e-3, "grad_norm": 1.0} for i in (1, 2)]
+    records.append({"iter": 2, "split": "val", "bound": "elbo", "nll_per_token": 4.0, "kl_per_sequence": 0.0})
+    series = plots.training_series(records, batch_size=2, block_size=8)
+    drawn = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: drawn.append(fig))
+    runs = [{"label": name, "series": series, "exact": exact, "grad_clip": 1.0} for name, exact in (("ltm", False), ("ar", True))]
+    plots.plot_training(runs, tmp_path / "x.png")
+    loss, bound, kl = drawn[0].axes[:3]
+    assert len(loss.lines) == 2 and len(bound.lines) == 2 and len(kl.lines) == 2  # the LTM's training and val KL only
+    assert [t.get_text() for t in drawn[0].axes[5].get_legend().get_texts()] == ["ltm (loss 4.800, val bound 4.000)",
+                                                                                 "ar (loss 4.800, val NLL 4.000)"]
