@@ -3,9 +3,9 @@
 Everything the `ltm` commands do is here too, through the functions the CLI itself calls
 (ltm_ppl/api.py):
 
-    from ltm_ppl.api import fit, open_run, evaluate, compare, diagnose, sample
+    from ltm_ppl.api import fit, open_run, evaluate, compare, diagnose, sample, plot
 
-`fit`, `open_run`, `compare`, `diagnose` and `sample` are also importable from the package itself;
+`fit`, `open_run`, `compare`, `diagnose`, `sample` and `plot` are also importable from the package itself;
 `ltm_ppl.evaluate` and `ltm_ppl.study` are modules (the bounds, the study grids), so those two
 functions are reached as `ltm_ppl.api.evaluate` and `ltm_ppl.api.study`.
 
@@ -25,6 +25,7 @@ _LAZY = {
     "compare": "ltm_ppl.api",
     "diagnose": "ltm_ppl.api",
     "sample": "ltm_ppl.api",
+    "plot": "ltm_ppl.api",
     "import_run": "ltm_ppl.api",
     "evaluate_run": "ltm_ppl.runs",
     "compare_runs": "ltm_ppl.runs",

@@ -17,12 +17,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from .checkpoint import read_config
+from .checkpoint import read_config, read_metrics
 from .config import RunConfig, apply_overrides, build_config
 from .diagnostics import DiagnoseResult, DiagnoseSettings, diagnose_run
 from .errors import LtmError
 from .generate import SampleResult, SampleSettings, sample_run
-from .plots import check_plot_path, plot_compare, plot_eval_steps
+from .inference import descriptor
+from .plots import check_plot_path, plot_compare, plot_eval_steps, plot_training, training_series
 from .published_checkpoint import import_checkpoint
 from .runs import (CompareResult, EvalResult, OpenRun, check_eval_options, compare_runs, evaluate_run, no_progress,
                    parse_steps)
@@ -33,7 +34,7 @@ from .train import fit as _train
 
 def fit(config: RunConfig | None = None, out: str | None = None, resume: str | None = None, *,
         preset: str | None = None, size: str | None = None, config_file: str | None = None,
-        overrides: dict | None = None, progress: bool = False, echo=print) -> dict:
+        overrides: dict | None = None, progress: bool = False, echo=print, tensorboard: str | Path | None = None) -> dict:
     """Train a new run into `out` (default runs/<timestamp>), or continue `resume` from its last
     checkpoint. Returns the summary `ltm fit --json` prints.
 
@@ -43,6 +44,8 @@ def fit(config: RunConfig | None = None, out: str | None = None, resume: str | N
         overrides: {"section.field": value} (None skipped), e.g. {"train.iters": 20}; with
             `resume`, over the run's own settings (its [model] and [data] cannot change).
         progress: a progress bar on stderr. echo: where the run's lines go.
+        tensorboard: a folder; the metrics also go to TensorBoard event files in
+            tensorboard/<run name> (the extra `ltm-ppl[tensorboard]`).
 
     Raises Interrupted after SIGINT / SIGTERM, with a checkpoint committed."""
     overrides = overrides or {}
@@ -60,7 +63,7 @@ def fit(config: RunConfig | None = None, out: str | None = None, resume: str | N
             apply_overrides(config, overrides)
     elif config is None:
         config = build_config(preset, size, config_file, overrides)
-    return _train(config, out=out, resume=resume, progress=progress, echo=echo)
+    return _train(config, out=out, resume=resume, progress=progress, echo=echo, tensorboard=tensorboard)
 
 
 def open_run(run: str | Path | OpenRun, overrides: dict | None = None, *, backend: str | None = None,
@@ -87,8 +90,8 @@ def evaluate(run: str | Path | OpenRun, *, split: str = "val", data: str | None 
         kind: "elbo" (analytic KL) or "iwae" (IWAE_K with K = samples).
         fixed_noise: also the published reference's fixed-noise numbers (not bounds), labelled.
         plot: also write this PNG: the bound against the steps.
-        progress: a context manager factory, entered with the total windows; it yields a
-            function called with the windows done."""
+        progress: a context manager factory, entered once per row with the windows of the
+            split; it yields a function called with the windows done."""
     check_eval_options(samples, batch_size, max_windows)
     plot = check_plot_path(plot)
     opened = open_run(run, backend=backend, device=device, inference=inference, overrides=overrides)
@@ -135,6 +138,33 @@ def sample(run: str | Path | OpenRun, *, prompt: str | None = None, num: int = 1
     return sample_run(opened, settings, progress)
 
 
+def plot(runs: list[str | Path], out: str | Path, *, x: str = "iters") -> dict:
+    """Training curves of one or more runs overlaid (`ltm plot`): loss, val bound, KL, learning rate
+    and gradient norm from each run's metrics.jsonl, against iterations (x="iters") or training
+    tokens (x="tokens"), as a PNG at `out`. Returns what was drawn: per run its label and the
+    series (plots.training_series), the numbers of metrics.jsonl as they are."""
+    if x not in ("iters", "tokens"):
+        raise LtmError(f"--x must be iters or tokens, got {x!r}")
+    if not runs:
+        raise LtmError("ltm plot needs at least one run")
+    out = check_plot_path(out, flag="--out")
+    paths = [Path(r) for r in runs]
+    names = [p.name or str(p) for p in paths]
+    drawn = []
+    for path, name in zip(paths, names):
+        cfg, _ = read_config(path)  # refuses a missing folder or one that is not a run
+        records = read_metrics(path)
+        series = training_series(records, cfg.train.batch_size, cfg.model.block_size)
+        if not series["train"] and not series["val"]:
+            raise LtmError(f"{path}/metrics.jsonl has no training or validation record yet")
+        drawn.append({"run": str(path), "label": name if names.count(name) == 1 else str(path),
+                      "method": cfg.inference.method, "backend": cfg.train.backend,
+                      "exact": not descriptor(cfg.inference.method).latent, "grad_clip": cfg.train.grad_clip,
+                      "series": series})
+    plot_training(drawn, out, x)
+    return {"out": str(out), "x": x, "runs": drawn}
+
+
 def import_run(checkpoint: str | Path, out: str | None = None, data: str | None = None) -> dict:
     """A checkpoint of the published LTM code as a run (`ltm import`); returns its summary."""
     return import_checkpoint(checkpoint, out, data)
@@ -149,4 +179,4 @@ def study(grid: str | Path, out: str | Path, only: list[str] | None = None, tabl
     return run_study(grid, out, only, echo)
 
 
-__all__ = ["fit", "open_run", "evaluate", "compare", "diagnose", "sample", "import_run", "study"]
+__all__ = ["fit", "open_run", "evaluate", "compare", "diagnose", "sample", "plot", "import_run", "study"]

@@ -296,21 +296,24 @@ def remove_unborn_runs(parent: Path) -> None:
                 shutil.rmtree(path, ignore_errors=True)
 
 
-def stage_run(path: Path) -> Path:
-    """An empty hidden folder beside `path` in which a new run is built (see commit_run)."""
+def stage_run(path: Path, what: str = "the run directory") -> Path:
+    """An empty hidden folder beside `path` in which a new run (or another folder that must
+    appear whole, such as diagnose's) is built (see commit_run). Stages that killed processes
+    left beside it are removed first."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         remove_unborn_runs(path.parent)
         stage = durable.temporary_name(path, "incomplete")
         stage.mkdir()
     except OSError as exc:
-        raise LtmError(f"cannot create the run directory {path}: {exc.strerror}") from None
+        raise LtmError(f"cannot create {what} {path}: {exc.strerror}") from None
     return stage
 
 
-def commit_run(stage: Path, path: Path) -> None:
-    """Make a fully built run (config, tokenizer, iteration-0 checkpoint) appear at `path` at once."""
-    for name in ("tokenizer.json",):
+def commit_run(stage: Path, path: Path, unsynced: tuple[str, ...] = ("tokenizer.json",)) -> None:
+    """Make a fully built run (config, tokenizer, iteration-0 checkpoint) appear at `path` at once.
+    unsynced: the files in the stage not yet fsynced (written without durable.write_file)."""
+    for name in unsynced:
         durable.fsync_file(stage / name)
     durable.fsync_dir(stage)
     durable.rename(stage, path)  # onto nothing, or onto an empty directory the user made
@@ -351,6 +354,28 @@ def load_optimizer(where: Path) -> tuple[dict[str, np.ndarray], dict]:
 def append_metrics(run: Path, record: dict) -> None:
     with durable.naming(run / "metrics.jsonl"), open(run / "metrics.jsonl", "a") as fh:
         fh.write(json.dumps(record) + "\n")  # a torn line (disk full, kill) is dropped on resume
+
+
+def read_metrics(run: Path) -> list[dict]:
+    """Every record of metrics.jsonl in order (training, validation and event records), for readers
+    such as `ltm plot`. A torn last line (a run killed or still writing) is left out."""
+    path = run / "metrics.jsonl"
+    try:
+        lines = [line for line in path.read_text().splitlines() if line.strip()]
+    except FileNotFoundError:
+        raise LtmError(f"{run} has no metrics.jsonl: it has logged no iteration yet") from None
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):
+                break
+            raise LtmError(f"{path} is damaged (line {number} is not JSON)") from None
+        if not isinstance(record, dict) or not isinstance(record.get("iter"), int):
+            raise LtmError(f"{path} is damaged (line {number} is not a record with an iteration)")
+        records.append(record)
+    return records
 
 
 def truncate_metrics(run: Path, iteration: int) -> None:

@@ -210,11 +210,14 @@ def method_overrides(kw: dict) -> dict:
 @click.option("--compile", "compile_", is_flag=True, default=None, help="torch.compile the decoder, and (local, pyro) the whole fast step.")
 @click.option("--log-interval", type=int, default=None,
               help="Iterations between metric records (the device is synchronised only then, and at evaluations and checkpoints).")
+@click.option("--tensorboard", default=None, metavar="DIR",
+              help="Also write the metrics as TensorBoard events into DIR/<run name> (extra [tensorboard]); "
+                   "watch with: tensorboard --logdir DIR.")
 @seed_option
 @device_option
 @json_option
 def fit(config_file, preset, size, backend, inference, data, tokenizer, iters, lr_decay_iters, steps, batch_size, attention_window, out,
-        resume, compile_, log_interval, seed, device, as_json, **kw):
+        resume, compile_, log_interval, tensorboard, seed, device, as_json, **kw):
     """Train an LTM; a new run directory unless --resume."""
     overrides = method_overrides(kw) | {
         "train.backend": backend, "inference.method": inference, "data.data": data, "data.tokenizer": tokenizer,
@@ -223,7 +226,8 @@ def fit(config_file, preset, size, backend, inference, data, tokenizer, iters, l
         "train.log_interval": log_interval,
     }
     summary = api.fit(out=out, resume=resume, preset=preset, size=size, config_file=config_file, overrides=overrides,
-                      progress=not quiet(), echo=(lambda s: click.echo(s, err=True)) if as_json else click.echo)
+                      progress=not quiet(), echo=(lambda s: click.echo(s, err=True)) if as_json else click.echo,
+                      tensorboard=tensorboard)
     if as_json:
         emit_json(summary)
 
@@ -283,6 +287,8 @@ def sample(run, prompt, num, max_tokens, temperature, top_k, steps, stop_at_eos,
     record = api.sample(run, prompt=prompt, num=num, max_tokens=max_tokens, temperature=temperature, top_k=top_k,
                         steps=steps, seed=seed, stop_at_eos=stop_at_eos, backend=backend, device=device,
                         inference=inference, overrides=method_overrides(kw), progress=progress_bar("sample", "tok"))
+    for note in report.sample_notes(record):
+        click.echo(note, err=True)
     if as_json:
         emit_json(record)
         return
@@ -349,6 +355,23 @@ def compare(runs, split, data, steps, kind, samples, max_windows, batch_size, pl
         emit_json(table)
         return
     click.echo(report.compare_text(table))
+
+
+@cli.command()
+@common_options
+@click.argument("runs", nargs=-1, required=True)
+@click.option("--out", required=True, help="FILE.png to write.")
+@click.option("--x", "x", type=click.Choice(["iters", "tokens"]), default="iters",
+              help="Horizontal axis: iterations, or training tokens predicted (batch size x block size per iteration).")
+@json_option
+def plot(runs, out, x, as_json):
+    """Training curves from metrics.jsonl: loss, val bound, KL, learning rate and gradient norm,
+    several runs overlaid. Reads only; a run still training is read as far as it has logged."""
+    summary = api.plot(list(runs), out, x=x)
+    if as_json:
+        emit_json(summary)
+        return
+    click.echo(report.plot_text(summary))
 
 
 @cli.command("import")

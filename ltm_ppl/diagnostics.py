@@ -13,19 +13,19 @@ import copy
 import datetime
 import json
 import math
+import shutil
 import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 
-from . import resources
-from .checkpoint import read_config
+from . import durable, resources
+from .checkpoint import commit_run, read_config, stage_run
 from .config import apply_overrides
 from .checks import require_positive, require_seed, require_steps
 from .data import eval_batches, load_corpus, split_tokens
 from .destination import check_creatable
-from .durable import atomic_write_text
 from .errors import LtmError
 from .evaluate import corpus_bound
 from .inference import descriptor, methods as known_methods
@@ -203,6 +203,7 @@ def plot_method(method: str, post: dict, report: dict, out: Path) -> list[str]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     az = _arviz()
     written = []
@@ -225,6 +226,7 @@ def plot_method(method: str, post: dict, report: dict, out: Path) -> list[str]:
         ax.scatter(np.arange(len(k)), np.nan_to_num(k, nan=-0.5), c=["green" if s == "exact" else "C0" for s in report["khat"]["status"]])
         ax.axhline(report["khat"]["threshold"], color="red", ls="--", label="threshold")
         ax.set(xlabel="sequence", ylabel="PSIS k-hat", title=f"{method}: k-hat per sequence (exact at -0.5)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # sequence numbers: no 0.5 ticks
         ax.legend()
         fig.tight_layout()
         fig.savefig(out / f"{method}_khat.png", dpi=80)
@@ -352,8 +354,23 @@ def diagnose_run(run, settings: DiagnoseSettings | None = None, progress=None) -
     # Active units of a variational q need many windows (8 q means give a variance too noisy to
     # compare with 0.01): up to ACTIVE_SEQUENCES windows, the first `sequences` being the batch.
     more_batches = list(eval_batches(tokens, first.cfg.model.block_size, sequences, max(sequences, ACTIVE_SEQUENCES)))[1:]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    summary = {"run": str(run), "split": split, "sequences": sequences, "methods": {}, "out": str(out_dir)}
+    # Built as a hidden sibling and renamed into place at the end: a killed diagnose leaves no
+    # half folder at --out (the next diagnose or fit beside it removes the hidden one).
+    stage = stage_run(out_dir, "the diagnostics directory")
+    try:
+        result = _diagnose_into(stage, run, s, opened, batch, more_batches, out_dir, progress)
+        commit_run(stage, out_dir, unsynced=tuple(p.name for p in stage.iterdir() if p.name != "summary.json"))
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    return result
+
+
+def _diagnose_into(out_dir: Path, run: Path, s: DiagnoseSettings, opened: dict, batch, more_batches, final: Path,
+                   progress) -> DiagnoseResult:
+    """diagnose_run's work, its files written into out_dir (the hidden stage of `final`)."""
+    sequences, chains, draws, steps, split, seed = s.sequences, s.chains, s.draws, s.steps, s.split, s.seed
+    summary = {"run": str(run), "split": split, "sequences": sequences, "methods": {}, "out": str(final)}
     # The amortization gap: a refining method against the encoder it starts from (descriptors say which).
     gaps = [(m, descriptor(m).gap_against) for m in opened if descriptor(m).gap_against in opened][:1]
     with (progress or _no_progress)(2 * len(opened) + len(gaps)) as advance:
@@ -374,7 +391,7 @@ def diagnose_run(run, settings: DiagnoseSettings | None = None, progress=None) -
         if "chains_diagnostics" in report:
             report["chains_diagnostics"] = {k: v for k, v in report["chains_diagnostics"].items() if k not in SUMMARY_KEYS}
     result = DiagnoseResult(**_jsonable(summary))
-    atomic_write_text(out_dir / "summary.json", json.dumps(result.to_dict(), indent=2) + "\n")
+    durable.write_file(out_dir / "summary.json", (json.dumps(result.to_dict(), indent=2) + "\n").encode())
     return result
 
 
@@ -403,6 +420,18 @@ def verdict(diagnostics: dict) -> str:
     if diagnostics["converged"]:
         return f"converged ({numbers})"
     return f"NOT converged ({numbers}; needs R-hat <= {RHAT_LIMIT} and ESS >= {ESS_MIN})"
+
+
+def khat_verdict(khat: dict) -> str:
+    """PSIS k-hat (psis_khat's record) in words: is q a usable importance proposal for every
+    sequence? Above the threshold, importance-weighted estimates from q (its IWAE) have too heavy a
+    tail to trust; IWAE stays a bound, but a noisy one."""
+    status, threshold = khat["status"], khat["threshold"]
+    bad = sum(s == "unreliable" for s in status)
+    if bad == 0:
+        return f"reliable: k-hat <= {threshold:.2f} for all {len(status)} sequences (q is a usable importance proposal)"
+    return (f"NOT reliable for {bad} of {len(status)} sequences (k-hat > {threshold:.2f}): q is a poor importance "
+            f"proposal there, so its IWAE is a noisy bound")
 
 
 def q_means(inference, batch, steps: int) -> np.ndarray:

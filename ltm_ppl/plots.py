@@ -1,5 +1,6 @@
-"""PNG plots of bounds (matplotlib, Agg): `ltm eval --plot`, `ltm compare --plot` and the study's.
-Every LTM curve is labelled as a bound; an AR (no latent) number as exact."""
+"""PNG plots (matplotlib, Agg): training curves (`ltm plot`), bounds (`ltm eval --plot`, `ltm
+compare --plot`) and the study's. Every LTM curve is labelled as a bound; an AR (no latent) number
+as exact."""
 from __future__ import annotations
 
 import os
@@ -10,23 +11,23 @@ from .errors import LtmError
 from .inference import descriptor
 
 
-def check_plot_path(path: str | Path | None) -> Path | None:
+def check_plot_path(path: str | Path | None, flag: str = "--plot") -> Path | None:
     """A --plot destination: a .png file whose folder exists. Checked before any work is done."""
     if path is None:
         return None
     path = Path(path)
     if path.suffix.lower() != ".png":
-        raise LtmError(f"--plot {path}: the plot is a PNG file; name it *.png")
+        raise LtmError(f"{flag} {path}: the plot is a PNG file; name it *.png")
     if not path.parent.is_dir():
-        raise LtmError(f"--plot {path}: folder {path.parent} does not exist")
+        raise LtmError(f"{flag} {path}: folder {path.parent} does not exist")
     if path.is_dir():
-        raise LtmError(f"--plot {path} is a directory")
+        raise LtmError(f"{flag} {path} is a directory")
     try:  # a folder that exists but takes no files (/proc, read-only): found now, not after the work
         fd, probe = tempfile.mkstemp(prefix=".ltm-probe-", suffix=".png", dir=path.parent)
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        raise LtmError(f"--plot {path}: cannot write in {path.parent} ({exc.strerror or exc})") from None
+        raise LtmError(f"{flag} {path}: cannot write in {path.parent} ({exc.strerror or exc})") from None
     return path
 
 
@@ -48,6 +49,113 @@ def _save(fig, path: Path) -> None:
     finally:
         tmp.unlink(missing_ok=True)
         _pyplot().close(fig)
+
+
+# The training record's scalars drawn by `ltm plot`, and the validation record's.
+TRAIN_SCALARS = ("loss", "nll", "kl", "lr", "grad_norm")
+VAL_SCALARS = ("nll_per_token", "kl_per_sequence")
+
+
+def tokens_seen(records: list[dict], batch_size: int, block_size: int):
+    """iteration -> training tokens predicted up to it (batch_size windows of block_size predicted
+    tokens per iteration, data/windows.py). A resume that changed train.batch_size left an event
+    record saying so at its iteration: the tokens before it count at the old size. `batch_size` is
+    the run's present one (config.json)."""
+    changes = [(r["iter"], r["changed"]["train.batch_size"]) for r in records
+               if r.get("event") == "resume" and "train.batch_size" in r.get("changed", {})]
+    segments = [(0, changes[0][1]["was"] if changes else batch_size)] + [(it, c["now"]) for it, c in changes]
+
+    def tokens(iteration: int) -> int:
+        total = 0
+        for (start, size), (end, _) in zip(segments, segments[1:] + [(iteration, None)]):
+            total += max(0, min(iteration, end) - start) * size * block_size
+        return total
+
+    return tokens
+
+
+def training_series(records: list[dict], batch_size: int, block_size: int) -> dict:
+    """The curves of one run's metrics.jsonl, exactly as logged: {"train": {scalar: {"iter", "tokens",
+    "value"}}, "val": {...}} for each scalar some record has. Event records (a resume's notice) are
+    not points."""
+    tokens = tokens_seen(records, batch_size, block_size)
+    series: dict[str, dict] = {"train": {}, "val": {}}
+    for record in records:
+        if "event" in record:
+            continue
+        part, names = ("val", VAL_SCALARS) if record.get("split") == "val" else ("train", TRAIN_SCALARS)
+        for name in names:
+            if isinstance(record.get(name), (int, float)):
+                curve = series[part].setdefault(name, {"iter": [], "tokens": [], "value": []})
+                curve["iter"].append(record["iter"])
+                curve["tokens"].append(tokens(record["iter"]))
+                curve["value"].append(float(record[name]))
+    return series
+
+
+def plot_training(runs: list[dict], path: Path, x: str = "iters") -> None:
+    """Training curves of one or more runs overlaid (`ltm plot`): each run a dict with "label",
+    "series" (training_series), "exact" (no latent: its val number is the exact NLL) and
+    "grad_clip". x: "iters" or "tokens".
+
+    The axes: KL and learning rate start at 0 (a KL that collapses to 0 is the thing to see); the
+    gradient norm is on a log axis (its spikes would flatten the rest); loss and val bound are
+    scaled to the data, as line plots are read by their differences, and the legend gives each
+    run's last value in numbers, so no gap is read off a truncated axis."""
+    plt = _pyplot()
+    from matplotlib.ticker import LogFormatter
+
+    fig, axes = plt.subplots(2, 3, figsize=(13, 7), layout="constrained")
+    panels = [
+        (axes[0, 0], "train", "loss", "training loss (nats/token)"),
+        (axes[0, 1], "val", "nll_per_token", "val bound (nats/token; exact if no latent)"),
+        (axes[0, 2], "train", "kl", "KL of q (nats/sequence); dots: val"),
+        (axes[1, 0], "train", "lr", "learning rate"),
+        (axes[1, 1], "train", "grad_norm", "gradient norm before clipping (log)"),
+    ]
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    key = "iter" if x == "iters" else "tokens"
+    handles = []
+    for i, run in enumerate(runs):
+        color = colors[i % len(colors)]
+        series = run["series"]
+        loss, val = series["train"].get("loss"), series["val"].get("nll_per_token")
+        last = [f"loss {loss['value'][-1]:.3f}" if loss else None,
+                f"val {'NLL' if run['exact'] else 'bound'} {val['value'][-1]:.3f}" if val else None]
+        label = f"{run['label']} ({', '.join(t for t in last if t)})"
+        for ax, part, name, _ in panels:
+            curve = series[part].get(name)
+            if curve is None or (name == "kl" and run["exact"]):  # no latent: its logged KL 0 is no measure
+                continue
+            style = {"marker": "o", "ms": 4, "lw": 1} if part == "val" else {"lw": 1}
+            line, = ax.plot(curve[key], curve["value"], color=color, **style)
+            if ax is axes[0, 0]:
+                line.set_label(label)
+                handles.append(line)
+        val_kl = series["val"].get("kl_per_sequence")
+        if val_kl is not None and not run["exact"]:
+            axes[0, 2].plot(val_kl[key], val_kl["value"], "o", color=color, ms=4)
+    clips = {run["grad_clip"] for run in runs}
+    if len(clips) == 1 and next(iter(clips)) and axes[1, 1].lines:
+        axes[1, 1].axhline(next(iter(clips)), color="gray", ls="--", lw=1, label="train.grad_clip")
+        axes[1, 1].legend(fontsize=7)
+    for ax, part, name, title in panels:
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("iteration" if x == "iters" else "training tokens (predicted)", fontsize=8)
+        ax.tick_params(which="both", labelsize=7)
+        ax.grid(alpha=0.3)
+        if not ax.lines:
+            ax.text(0.5, 0.5, "not logged by these runs", ha="center", va="center", transform=ax.transAxes, fontsize=8)
+        elif name in ("kl", "lr"):
+            ax.set_ylim(bottom=0)
+        elif name == "grad_norm":
+            ax.set_yscale("log")
+            plain = LogFormatter(labelOnlyBase=False)  # 1.5, not 1.5 x 10^0
+            ax.yaxis.set_major_formatter(plain)
+            ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+    axes[1, 2].axis("off")
+    axes[1, 2].legend(handles=handles, loc="center", fontsize=8, title="run (last values)", title_fontsize=8)
+    _save(fig, path)
 
 
 def plot_eval_steps(record: dict, path: Path) -> None:

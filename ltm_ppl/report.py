@@ -14,7 +14,7 @@ import math
 from collections.abc import Callable
 from pathlib import Path
 
-from .diagnostics import DiagnoseResult
+from .diagnostics import DiagnoseResult, khat_verdict
 from .generate import SampleResult
 from .runs import CompareResult, CompareRow, EvalResult
 
@@ -181,7 +181,7 @@ def _chain_lines(r: dict) -> list[str]:
             f"  {r['verdict']}"]
 
 
-def _method_lines(m: str, r: dict) -> list[str]:
+def _method_lines(m: str, r: dict, sequences: int) -> list[str]:
     """One method's diagnostics: chains or k-hat, then collapse (and its noise floor)."""
     lines = [f"{m}: {r['chains']} chain(s) x {r['draws']} draws, {r['steps']} steps"]
     if "chains_diagnostics" in r:
@@ -191,11 +191,15 @@ def _method_lines(m: str, r: dict) -> list[str]:
         exact = sum(s == "exact" for s in k["status"])
         lines.append(f"  PSIS k-hat max {_num(k['khat_max'])}, share above {k['threshold']:.3f}: "
                      f"{k['share_above_threshold']:.3f} ({exact} of {len(k['status'])} exact)")
+        lines.append(f"  k-hat {khat_verdict(k)}")
     col = r["collapse"]
     kl = ", ".join(f"{v:.2f}" for v in col["kl_per_latent_vector"])
     source = "from q's parameters" if col.get("source") == "q" else "from the draws"
-    lines.append(f"  KL per latent vector [{kl}] ({source}); active units {col['active_units']} / {col['num_units']} "
-                 f"over {col.get('active_sequences')} sequences")
+    n, windows = sequences, col.get("active_sequences")
+    over = (f"over these {n} sequences" if windows == n else
+            f"variance of q's mean over {windows} windows: these {n} sequences and the next {windows - n}")
+    lines.append(f"  KL per latent vector [{kl}] ({source}, mean over the {n} sequences); active units "
+                 f"{col['active_units']} of {col['num_units']} coordinates ({over})")
     if "collapse_noise_floor" in r:  # what the same estimator gives on as many prior draws
         floor = r["collapse_noise_floor"]
         lines.append(f"  noise floor (as many prior draws): KL per latent vector up to {max(floor['kl_per_latent_vector']):.2f}; "
@@ -205,9 +209,10 @@ def _method_lines(m: str, r: dict) -> list[str]:
 
 def diagnose_text(result: DiagnoseResult) -> str:
     """Each method's posterior diagnostics, their bounds side by side, the amortization gap."""
-    lines = [f"{result.run} [{result.split}], {result.sequences} sequences -> {result.out}"]
+    lines = [f"{result.run} [{result.split}]: {result.sequences} sequences (the split's first {result.sequences} windows) "
+             f"-> {result.out}"]
     for m, r in result.methods.items():
-        lines += _method_lines(m, r)
+        lines += _method_lines(m, r, result.sequences)
     with_bounds = {m: r for m, r in result.methods.items() if "bounds" in r}
     if with_bounds:  # the methods side by side: each q's bounds, and whether its chains converged
         k = next(iter(with_bounds.values()))["bounds"]["samples"]
@@ -234,6 +239,16 @@ def sample_text(result: SampleResult) -> str:
     return "\n".join(lines)
 
 
+def sample_notes(result: SampleResult) -> list[str]:
+    """Notices (for stderr) on samples with no new text: the model ended the text at once."""
+    empty = [i + 1 for i, text in enumerate(result.samples) if text == (result.prompt or "")]
+    if not empty:
+        return []
+    which = "the sample is" if len(result.samples) == 1 else f"sample{'s' if len(empty) > 1 else ''} {', '.join(map(str, empty))} {'are' if len(empty) > 1 else 'is'}"
+    return [f"notice: {which} empty: the model ended the text at its first new token (end-of-text); "
+            f"another --seed, a --prompt or --no-stop-at-eos gives text"]
+
+
 def import_text(summary: dict) -> str:
     """What `ltm import` made of a published checkpoint, and how to bound it."""
     m = summary["model"]
@@ -241,6 +256,22 @@ def import_text(summary: dict) -> str:
             f"d {m['d_model']}, {m['n_head']} heads, {m['n_z']} latent vectors, {m['block_size']}-token windows, "
             f"{summary['params']} parameters; {summary['steps']} fast steps at lr {summary['fast_lr']:g}\n"
             f"run: {summary['run']}  (bound it: ltm eval {summary['run']} --fixed-noise --bound iwae --samples 16)")
+
+
+def plot_text(summary: dict) -> str:
+    """What `ltm plot` drew: per run its last logged numbers, then the file."""
+    lines = []
+    for run in summary["runs"]:
+        train, val = run["series"]["train"], run["series"]["val"]
+        loss, bound = train.get("loss"), val.get("nll_per_token")
+        parts = [f"{len(loss['iter'])} training records to iteration {loss['iter'][-1]}, last loss {loss['value'][-1]:.4f}"
+                 if loss else "no training record"]
+        if bound:
+            what = "NLL" if run["exact"] else "bound"
+            parts.append(f"val {what} {bound['value'][-1]:.4f} nats/token at iteration {bound['iter'][-1]}")
+        lines.append(f"{run['label']} ({run['backend']}/{run['method']}): {'; '.join(parts)}")
+    lines.append(f"plot: {summary['out']} (against {'iterations' if summary['x'] == 'iters' else 'training tokens'})")
+    return "\n".join(lines)
 
 
 def study_text(summary: dict, table: str) -> str:

@@ -210,8 +210,9 @@ def evaluate_run(opened: OpenRun, split: str = "val", data: str | None = None, s
     per_window: the honest rows also hold "window_nll" (evaluate.corpus_bound), for compare.
     with_truth False: truth None without computing it (a caller that has it already).
 
-    Everything is checked before any bound is computed; then progress(total windows) is entered
-    and the function it yields is called with the windows done."""
+    Everything is checked before any bound is computed; then progress(windows) is entered once per
+    row (each number of steps, and each fixed-noise row), so a bar counts the split's windows, and
+    the function it yields is called with the windows done."""
     cfg = opened.cfg
     method = descriptor(cfg.inference.method)
     check_eval_options(samples, batch_size, max_windows)
@@ -237,18 +238,19 @@ def evaluate_run(opened: OpenRun, split: str = "val", data: str | None = None, s
     windows = num_windows(len(tokens), cfg.model.block_size)
     windows = min(windows, max_windows) if max_windows else windows
     truth = split_truth(opened, corpus, split, max_windows) if with_truth else None  # numpy; before any bound
-    with progress(windows * len(steps) * (2 if fixed_noise else 1)) as advance:
-        for T in steps:
+    for T in steps:
+        with progress(windows) as advance:
             row = windows_bound(opened.inference, tokens, T, samples, batch_size, max_windows, seed=seed, progress=advance,
                                 kind=kind, per_window=per_window)
-            label = HONEST_LABEL if method.latent else EXACT_LABEL
-            fitted = T if method.inner_steps else None
-            rows.append(_with_perplexities(row) | {"label": label, "fitted_steps": fitted})
-            if fixed is not None:
-                # The reference reuses its one eps (num_samples draws of it) for the reported ELBO too.
-                S = cfg.inference.num_samples
+        label = HONEST_LABEL if method.latent else EXACT_LABEL
+        fitted = T if method.inner_steps else None
+        rows.append(_with_perplexities(row) | {"label": label, "fitted_steps": fitted})
+        if fixed is not None:
+            # The reference reuses its one eps (num_samples draws of it) for the reported ELBO too.
+            S = cfg.inference.num_samples
+            with progress(windows) as advance:
                 row = windows_bound(fixed, tokens, T, S, batch_size, max_windows, seed=seed, progress=advance)
-                rows.append(_with_perplexities(row) | {"label": FIXED_NOISE_LABEL, "fixed_noise": True, "fitted_steps": T})
+            rows.append(_with_perplexities(row) | {"label": FIXED_NOISE_LABEL, "fixed_noise": True, "fitted_steps": T})
     unigram = unigram_bound(split_tokens(corpus, "train", opened.tokenizer), tokens, opened.tokenizer.vocab_size,
                             cfg.model.block_size, max_windows)
     return EvalResult(

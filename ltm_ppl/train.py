@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from . import checkpoint, distributed, resources, writer_lock
+from . import checkpoint, distributed, resources, tensorboard_events, writer_lock
 from .config import RunConfig, validate
 from .data import build_tokenizer, load_corpus, load_tokenizer, num_windows, split_tokens, train_batch
 from .destination import check_creatable
@@ -138,9 +138,12 @@ def closing_line(last_eval: dict, cfg: RunConfig) -> str:
             f"({kl}{last_eval['num_tokens']} tokens, {steps}{cfg.train.backend}/{cfg.inference.method})")
 
 
-def fit(cfg: RunConfig, out: str | None = None, resume: str | None = None, progress: bool = True, echo=print) -> dict:
+def fit(cfg: RunConfig, out: str | None = None, resume: str | None = None, progress: bool = True, echo=print,
+        tensorboard: str | Path | None = None) -> dict:
     """Train a new run (into `out`) or continue `resume` up to cfg.train.iters. Returns a summary.
+    tensorboard: also write the metrics as TensorBoard events into tensorboard/<run name>.
     Raises Interrupted after SIGINT / SIGTERM, with a checkpoint committed."""
+    board = tensorboard_events.check(tensorboard)
     w = start_world(cfg)
     echo = echo if w.is_writer else (lambda *_: None)
     if resume is not None:
@@ -198,7 +201,7 @@ def fit(cfg: RunConfig, out: str | None = None, resume: str | None = None, progr
             _create_run(run, inference, data, cfg)
     w.barrier()
     try:
-        return _loop(cfg, run, inference, data, progress, echo)
+        return _loop(cfg, run, inference, data, progress, echo, board)
     finally:
         writer_lock.release(run)
 
@@ -299,13 +302,29 @@ class MetricsBuffer:
             self.last = record
 
 
-def _loop(cfg: RunConfig, run: Path, inference, data: Data, progress: bool, echo) -> dict:
-    t = cfg.train
+def _loop(cfg: RunConfig, run: Path, inference, data: Data, progress: bool, echo, board: Path | None = None) -> dict:
     w = world()
+    if board is None or not w.is_writer:
+        return _train(cfg, run, inference, data, progress, echo, w, None)
+    events = tensorboard_events.EventWriter(board / run.name, start=inference.iteration)
+    try:
+        return _train(cfg, run, inference, data, progress, echo, w, events)
+    finally:
+        events.close()
+
+
+def _train(cfg: RunConfig, run: Path, inference, data: Data, progress: bool, echo, w, events) -> dict:
+    t = cfg.train
     if describe(w):
         echo(describe(w))
+    if inference.compile_note and inference.iteration < t.iters:
+        echo(inference.compile_note)
     save = _save if w.is_writer else (lambda *_: None)  # one writer: checkpoints and metrics
     append_metrics = checkpoint.append_metrics if w.is_writer else (lambda *_: None)
+    if events is not None:  # every record also to TensorBoard, once it is in metrics.jsonl
+        def append_metrics(run: Path, record: dict) -> None:
+            checkpoint.append_metrics(run, record)
+            events.add(record)
     rows = w.local_rows(t.batch_size)
     start = inference.iteration
     last_saved = start

@@ -92,3 +92,25 @@ def test_a_new_labelled_row_prints_in_the_eval_table_and_leaves_the_headline():
     assert lines[2] == "     4   elbo      1.2000       2.000    0.500           2.500  honest bound, fresh noise"
     assert lines[3] == "     4    new      1.1000       2.000        -           2.500  a new figure, labelled"
     assert lines[4].startswith("perplexity: ")
+
+
+def test_eval_progress_counts_the_windows_once_per_row(tiny_toml, tmp_path):
+    """Issue 23: `eval --fixed-noise` counted 178 for 89 windows; each row now has its own count
+    of the split's windows."""
+    import contextlib
+
+    from helpers import run_cli
+
+    from ltm_ppl import api
+
+    run = tmp_path / "tiny"
+    assert run_cli("fit", "--config", tiny_toml, "--out", run, "--iters", "2", "-q").exit_code == 0
+    counts = []
+
+    @contextlib.contextmanager
+    def progress(total):
+        counts.append([total, 0])
+        yield lambda n=1: counts[-1].__setitem__(1, counts[-1][1] + n)
+
+    result = api.evaluate(run, steps=[1, 2], fixed_noise=True, max_windows=5, batch_size=2, progress=progress)
+    assert len(result.rows) == 4 and counts == [[5, 5]] * 4

@@ -33,7 +33,7 @@ def test_help_shows_the_default_a_run_gets_and_keeps_flags_unset():
 
 
 def test_every_command_takes_threads_and_quiet():
-    for name in ("fit", "eval", "sample", "diagnose", "compare", "import"):
+    for name in ("fit", "eval", "sample", "diagnose", "compare", "plot", "import"):
         text = run_cli(name, "--help").stdout
         assert "--threads" in text and "--quiet" in text, name
 

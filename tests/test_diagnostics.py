@@ -218,3 +218,48 @@ def test_diagnose_by_default_writes_beside_not_into_the_run(trained_run, tmp_pat
     assert out.parent == Path("diagnostics") and out.name.startswith(trained_run.name + "-")
     assert (tmp_path / out / "summary.json").is_file()
     assert sorted((p.relative_to(trained_run), p.stat().st_mtime_ns) for p in trained_run.rglob("*")) == before
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, tiny_toml):
+    run = tmp_path_factory.mktemp("runs") / "tiny"
+    result = run_cli("fit", "--config", tiny_toml, "--out", run, "--iters", "4", "-q")
+    assert result.exit_code == 0, result.output
+    return run
+
+
+def test_a_killed_diagnose_leaves_nothing_at_out_and_a_rerun_works(tiny_run, tmp_path):
+    """Issue 23: diagnose builds its folder as a hidden sibling and renames it into place. Killed
+    (SIGKILL) when its NetCDF and plots are written but not summary.json, it leaves no --out; the
+    rerun with the same --out works and removes the dead one's hidden folder."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "diag"
+    args = [sys.executable, "-m", "ltm_ppl", "diagnose", str(tiny_run), "--sequences", "2", "--draws", "100",
+            "--no-bounds", "--out", str(out), "-q"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", LTM_FAULT_KILL_AT="1")  # the first durable step: summary.json
+    killed = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -9, killed.stderr
+    assert not out.exists()
+    (stage,) = [p for p in tmp_path.iterdir() if p.name.startswith(".diag.incomplete-")]
+    assert "local.nc" in {p.name for p in stage.iterdir()}  # killed mid-diagnose, after its work
+    result = run_cli("diagnose", tiny_run, "--sequences", "2", "--draws", "100", "--no-bounds", "--out", out, "--json")
+    assert result.exit_code == 0, result.output
+    assert {"local.nc", "summary.json"} <= {p.name for p in out.iterdir()}
+    assert json.loads((out / "summary.json").read_text())["out"] == str(out)
+    assert [p.name for p in tmp_path.iterdir()] == ["diag"]
+
+
+def test_a_diagnose_that_fails_midway_leaves_nothing(tiny_run, tmp_path, monkeypatch):
+    from ltm_ppl import diagnostics
+
+    def fail(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(diagnostics, "plot_method", fail)
+    (tmp_path / "diag").mkdir()  # an empty folder of the user's: kept as it was
+    with pytest.raises(KeyboardInterrupt):
+        diagnostics.diagnose_run(tiny_run, diagnostics.DiagnoseSettings(sequences=2, bounds=False, out=str(tmp_path / "diag")))
+    assert [p.name for p in tmp_path.iterdir()] == ["diag"] and not any((tmp_path / "diag").iterdir())

@@ -511,6 +511,7 @@ def test_numpyro_local_learns_the_builtin_corpus_end_to_end(tmp_path):
     run = tmp_path / "run"
     fitted = run_cli("fit", "--config", config, "--backend", "numpyro", "--out", run)
     assert fitted.exit_code == 0, fitted.output
+    assert "compiling the training step (NumPyro: jax.jit" in fitted.output  # issue 23: said before the wait
     result = run_cli("eval", run, "--json", "--max-windows", "32")
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout.strip().splitlines()[-1])

@@ -53,3 +53,14 @@ def test_the_cases_cover_every_kind_of_line():
     for needle in ("PSIS k-hat max", "R-hat max", "noise floor", "bounds of each method's q", "kernel mala"):
         assert needle in texts["diagnose"]
     assert "--- sample 2 ---" in texts["sample"]
+
+
+def test_an_empty_sample_is_said_on_stderr_not_in_the_text():
+    """Issue 23: `ltm sample RUN --num 1 --seed 1` printed an empty line with nothing to say why."""
+    one = SampleResult([""], None, "prior", "pyro", "local")
+    assert report.sample_text(one) == ""
+    assert report.sample_notes(one) == ["notice: the sample is empty: the model ended the text at its first new token "
+                                        "(end-of-text); another --seed, a --prompt or --no-stop-at-eos gives text"]
+    several = SampleResult(["And God", "And", "And"], "And", "posterior", "pyro", "local")
+    assert report.sample_notes(several)[0].startswith("notice: samples 2, 3 are empty:")
+    assert report.sample_notes(SampleResult(["x"], None, "prior", "pyro", "local")) == []

@@ -301,6 +301,7 @@ class NumPyroBackend:
     method: str = ""
     posterior_kind: str | None = "variational"
     programs_class = Programs
+    compile_note = "compiling the training step (NumPyro: jax.jit; the first iteration waits for it, seconds to minutes)..."
 
     def __init__(self, cfg: RunConfig, model: LatentModel | None = None):
         self.cfg = cfg

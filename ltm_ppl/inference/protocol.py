@@ -21,6 +21,7 @@ class Inference(Protocol):
     posterior_kind: str | None  # "variational" | "chains" | None (no latent): which diagnostics apply
     cfg: Any  # the RunConfig it was built from
     iteration: int  # training iterations done
+    compile_note: str | None  # said before the first training step when that step waits for a compiler
 
     def step(self, batch: np.ndarray) -> dict:
         """One training iteration (inner inference, then one slow step): 0-d values (device

@@ -106,6 +106,12 @@ class PyroBackend:
         self.optimizer = self._make_optimizer()
         self.iteration = 0
 
+    @property
+    def compile_note(self) -> str | None:
+        if self.cfg.train.compile:
+            return "compiling the decoder (--compile: torch.compile; the first iterations wait for it, up to minutes)..."
+        return None
+
     # ----- parameters under their canonical names ----------------------------------------------
     def named_parameters(self):
         """Decoder parameters by their own names, encoder parameters prefixed `encoder.`."""
