@@ -156,11 +156,15 @@ def test_a_signal_commits_a_checkpoint_says_how_to_resume_and_resumes_exactly(tm
     run, result = interrupt_training(tmp_path, config, signum)
     assert result.returncode == code, result.stderr
     lines = [part for line in result.stderr.splitlines() for part in line.split("\r") if part.strip()]
-    assert lines[-1] == (f"{signal.Signals(signum).name}: stopped after iteration {len(train_lines(run))} with a "
-                         f"checkpoint committed; resume with: ltm fit --resume {run}"), result.stderr
+    name, n = signal.Signals(signum).name, len(train_lines(run))
+    # Between iterations, or (Pyro, one worker) inside one's fast steps, abandoning it: either way
+    # the committed checkpoint is the last finished iteration, n.
+    assert lines[-1] in (f"{name}: stopped after iteration {n} with a checkpoint committed; resume with: ltm fit --resume {run}",
+                         f"{name}: stopped during iteration {n + 1} (its fast steps), with a checkpoint of iteration {n} "
+                         f"committed; resume with: ltm fit --resume {run}"), result.stderr
     assert not any(line.startswith("fit:") for line in result.stderr.split(lines[-1])[1:])  # no bar after it
     done = checkpoint.trainer_state(checkpoint.latest_checkpoint(run))["iteration"]
-    assert done == len(train_lines(run)) >= 3
+    assert done == len(train_lines(run)) >= 2  # the wait above saw 3 records (train and val)
     # Resumed two iterations further it equals an unbroken run of the same settings (horizon 100000).
     resumed = run_cli("fit", "--resume", run, "--iters", done + 2)
     assert resumed.exit_code == 0, resumed.output
