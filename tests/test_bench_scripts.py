@@ -12,6 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # ~25 s idle: the default suite stays under 10 minutes on 2 cores
 def test_gpu_speed_script_rehearses_on_the_cpu(tmp_path):
     out = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "gpu_speed.py"), "--shape", "tiny", "--device", "cpu", "--batch", "2",

@@ -188,6 +188,7 @@ def test_a_split_the_corpus_lacks(tmp_path, trained_run):
     assert_one_line_error(run_cli("eval", trained_run, "--data", corpus, "--split", "test"), "fewer than one window")
 
 
+@pytest.mark.slow  # ~20 s idle, most of it jit
 @pytest.mark.usefixtures("jax_caches")
 def test_diagnose_with_the_numpyro_backend(trained_run, tmp_path):
     """The same diagnostics from JAX draws of a Pyro-trained run (and the amortization gap path

@@ -12,7 +12,7 @@ import pytest
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
-@pytest.mark.parametrize("script", ["pyro_ltm.py", "numpyro_ltm.py"])
+@pytest.mark.parametrize("script", ["pyro_ltm.py", pytest.param("numpyro_ltm.py", marks=pytest.mark.slow)])  # jit: ~25 s idle
 def test_example_fits_the_ltm_by_svi(script):
     out = subprocess.run([sys.executable, str(EXAMPLES / script), "-n", "30", "--log-every", "10", "--length", "16",
                           "--d-model", "16", "--heads", "2", "--n-z", "2"], capture_output=True, text=True, timeout=600)
