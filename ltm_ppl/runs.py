@@ -244,6 +244,11 @@ def evaluate_run(opened: OpenRun, split: str = "val", data: str | None = None, s
                                 kind=kind, per_window=per_window)
         label = HONEST_LABEL if method.latent else EXACT_LABEL
         fitted = T if method.inner_steps else None
+        if fixed is not None and kind == "iwae":  # the four numbers of docs/replication.md in one command
+            with progress(windows) as advance:
+                elbo = windows_bound(opened.inference, tokens, T, samples, batch_size, max_windows, seed=seed,
+                                     progress=advance, kind="elbo")
+            rows.append(_with_perplexities(elbo) | {"label": label, "fitted_steps": fitted})
         rows.append(_with_perplexities(row) | {"label": label, "fitted_steps": fitted})
         if fixed is not None:
             # The reference reuses its one eps (num_samples draws of it) for the reported ELBO too.

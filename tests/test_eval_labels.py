@@ -58,6 +58,18 @@ def test_fixed_noise_figures_are_labelled_and_kept_apart_from_the_bound(short_ru
     assert f"{fixed['reconstruction_perplexity']:.3f}" in ref_lines[1]
 
 
+def test_fixed_noise_with_iwae_gives_the_four_numbers_in_one_command(short_runs):
+    """docs/replication.md's four numbers: the analytic-KL ELBO and IWAE_K (honest, in that order;
+    IWAE_K heads the record), then the reference's two figures; the ELBO equals plain eval's."""
+    run, common = short_runs["local"], ("--max-windows", "4", "--steps", "3", "--json")
+    out = json.loads(run_cli("eval", run, "--fixed-noise", "--bound", "iwae", "--samples", "4", *common).stdout.splitlines()[-1])
+    assert [(r["bound"], bool(r.get("fixed_noise"))) for r in out["rows"]] == [("elbo", False), ("iwae", False),
+                                                                               ("elbo", True)]
+    assert out["bound"] == "iwae" and "reconstruction_perplexity" in out["rows"][2]
+    plain = json.loads(run_cli("eval", run, "--samples", "4", *common).stdout.splitlines()[-1])
+    assert out["rows"][0]["nll_per_token"] == pytest.approx(plain["nll_per_token"], rel=1e-6)
+
+
 def test_none_row_is_exact_and_unfitted_methods_show_no_steps(short_runs):
     result = run_cli("eval", short_runs["none"], "--max-windows", "4")
     assert result.exit_code == 0, result.output
