@@ -13,7 +13,7 @@ import warnings
 
 import numpy as np
 
-from ..inference.gaussian import kl_per_vector
+from ..inference.gaussian import fit_to_draws, kl_per_vector
 
 RHAT_LIMIT = 1.01
 ESS_MIN = 400  # bulk ESS summed over chains
@@ -141,9 +141,8 @@ def collapse(z: np.ndarray) -> dict:
     n_z, d], averaged over sequences, and active units from the draws' means (variance across
     sequences > 0.01, Burda et al. 2016), per latent vector. Both carry sampling noise: compare
     them with collapse_noise_floor of the same shape."""
-    draws = z.reshape(-1, *z.shape[2:])  # [C * D, B, n_z, d]
-    mean, std = draws.mean(0), np.maximum(draws.std(0), 1e-6)
-    return _collapse_report(gaussian_kl_per_vector(mean, np.log(std)).mean(0), active_units(mean), "draws", mean.shape[0])
+    mean, log_std = fit_to_draws(z.reshape(-1, *z.shape[2:]), np, min_scale=1e-6)  # draws [C * D, B, n_z, d]
+    return _collapse_report(gaussian_kl_per_vector(mean, log_std).mean(0), active_units(mean), "draws", mean.shape[0])
 
 
 def collapse_noise_floor(shape: tuple, seed: int = 0) -> dict:
