@@ -1,11 +1,14 @@
 """PNG plots (matplotlib, Agg): training curves (`ltm plot`), bounds (`ltm eval --plot`, `ltm
-compare --plot`) and the study's. Every LTM curve is labelled as a bound; an AR (no latent) number
+compare --plot`), the study's and `ltm diagnose`'s (ArviZ rank / energy plots, k-hat, KL). Every LTM curve is labelled as a bound; an AR (no latent) number
 as exact."""
 from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from pathlib import Path
+
+import numpy as np
 
 from .errors import LtmError
 from .inference import descriptor
@@ -38,6 +41,13 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _arviz():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # arviz 0.23 announces its 1.0 refactor
+        import arviz as az
+    return az
 
 
 def _save(fig, path: Path) -> None:
@@ -259,4 +269,47 @@ def study_plots(ltm: list[dict], twins: dict[str, dict], rows: list[dict], out: 
         ax.legend(fontsize=7)
         _save(fig, out / "bound_vs_latent_size.png")
         written.append("bound_vs_latent_size.png")
+    return written
+
+
+def plot_method(method: str, post: dict, report: dict, out: Path, idata) -> list[str]:
+    """`ltm diagnose`'s PNG plots of one method in folder `out`: rank plot of a few coordinates
+    (chains), energy plot of sequence 0 (HMC / NUTS, from its InferenceData `idata`), k-hat per
+    sequence (variational), KL per latent vector (all). Returns the file names written."""
+    from matplotlib.ticker import MaxNLocator
+
+    plt, az = _pyplot(), _arviz()
+    written = []
+    if post["z"].shape[0] > 1:
+        coords = {f"z[0,0,{k}]": post["z"][:, :, 0, 0, k] for k in range(min(3, post["z"].shape[-1]))}
+        coords["log_joint[0]"] = post["log_joint"][:, :, 0]
+        axes = az.plot_rank(az.convert_to_dataset(coords))
+        np.ravel(axes)[0].figure.savefig(out / f"{method}_rank.png", dpi=80)
+        plt.close("all")
+        written.append(f"{method}_rank.png")
+    if "energy" in post:  # HMC / NUTS: marginal energy against energy transitions, sequence 0
+        ax = az.plot_energy(idata.sel(seq=0))
+        np.ravel(ax)[0].figure.savefig(out / f"{method}_energy.png", dpi=80)
+        plt.close("all")
+        written.append(f"{method}_energy.png")
+    if "khat" in report:
+        fig, ax = plt.subplots(figsize=(6, 3))
+        k = report["khat"]["khat"]
+        ax.scatter(np.arange(len(k)), np.nan_to_num(k, nan=-0.5), c=["green" if s == "exact" else "C0" for s in report["khat"]["status"]])
+        ax.axhline(report["khat"]["threshold"], color="red", ls="--", label="threshold")
+        ax.set(xlabel="sequence", ylabel="PSIS k-hat", title=f"{method}: k-hat per sequence (exact at -0.5)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # sequence numbers: no 0.5 ticks
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / f"{method}_khat.png", dpi=80)
+        plt.close(fig)
+        written.append(f"{method}_khat.png")
+    fig, ax = plt.subplots(figsize=(6, 3))
+    kl = report["collapse"]["kl_per_latent_vector"]
+    ax.bar(np.arange(len(kl)), kl)
+    ax.set(xlabel="latent vector", ylabel="KL(q || prior), nats", title=f"{method}: KL per latent vector")
+    fig.tight_layout()
+    fig.savefig(out / f"{method}_kl.png", dpi=80)
+    plt.close(fig)
+    written.append(f"{method}_kl.png")
     return written

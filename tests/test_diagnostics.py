@@ -259,7 +259,7 @@ def test_a_diagnose_that_fails_midway_leaves_nothing(tiny_run, tmp_path, monkeyp
     def fail(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(diagnostics, "plot_method", fail)
+    monkeypatch.setattr(diagnostics.run, "plot_method", fail)  # the name run.py calls
     (tmp_path / "diag").mkdir()  # an empty folder of the user's: kept as it was
     with pytest.raises(KeyboardInterrupt):
         diagnostics.diagnose_run(tiny_run, diagnostics.DiagnoseSettings(sequences=2, bounds=False, out=str(tmp_path / "diag")))

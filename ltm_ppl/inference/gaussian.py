@@ -15,6 +15,10 @@ PUBLISHED_LOG_VARIANCE_SPREAD = 0.1
 # uses; optax's scale_by_adam is given the same.
 FAST_BETA1, FAST_BETA2, FAST_ADAM_EPS = 0.9, 0.999, 1e-8
 
+# The floor of the standard deviation of the Gaussian a chain method fits to its draws (its q):
+# chains that never moved give a narrow, finite q rather than a log of 0.
+DRAWS_FIT_MIN_SCALE = 1e-4
+
 
 def kl_per_vector(loc, log_scale, xp):
     """Analytic KL(N(loc, exp(log_scale)^2) || N(0, I)) per latent vector: the elementwise KL
@@ -32,3 +36,11 @@ def published_start(loc_draw, log_variance_draw):
     """(loc, log_scale) of the published start from two standard normal draws of the same shape."""
     log_variance = PUBLISHED_LOG_VARIANCE + PUBLISHED_LOG_VARIANCE_SPREAD * log_variance_draw
     return PUBLISHED_LOC_SPREAD * loc_draw, 0.5 * log_variance
+
+
+def fit_to_draws(draws, xp, min_scale: float = DRAWS_FIT_MIN_SCALE):
+    """(loc, log_scale) [B, ...] of the diagonal Gaussian fitted to draws [N, B, ...] of each
+    sequence: their mean, and their standard deviation (ddof 0) floored at min_scale."""
+    loc = draws.mean(0)
+    scale = xp.sqrt(((draws - loc) ** 2).mean(0))
+    return loc, xp.log(xp.clip(scale, min_scale, None))

@@ -28,6 +28,7 @@ import numpy as np
 
 from ...errors import LtmError
 from ...models import jax_encoder
+from ..gaussian import fit_to_draws
 from ..local.numpyro import fast_lrs, fit_local_posterior
 from ..numpyro_backend import NumPyroBackend, Programs
 from ..numpyro_elbo import log_joint_terms
@@ -126,14 +127,6 @@ def langevin_sample(logp_fn, z0, key=None, *, warmup: int, draws: int, step_size
     return {"z": z, "log_joint": lp, "step_size": jnp.exp(log_s), "warmup_accept": warm_alpha, **kept}
 
 
-def gaussian_fit(draws):
-    """(loc, log_scale) of the diagonal Gaussian fitted to draws [N, B, *event] per sequence: the
-    mean, and the standard deviation (ddof 0) floored at 1e-4."""
-    loc = draws.mean(0)
-    std = jnp.maximum(jnp.sqrt(((draws - loc) ** 2).mean(0)), 1e-4)
-    return loc, jnp.log(std)
-
-
 class LangevinPrograms(Programs):
     def build(self):
         self.step = jax.jit(self._step, donate_argnums=self.donate)
@@ -226,7 +219,7 @@ class LangevinPrograms(Programs):
         static = (warmup, draws, chains)."""
         warmup, draws, chains = static
         z = self.chains(params, tokens, key, fast_noise, warmup, draws, chains, True)["z"]  # [C, D, B, n_z, d]
-        loc, log_scale = gaussian_fit(z.reshape(-1, *z.shape[2:]))
+        loc, log_scale = fit_to_draws(z.reshape(-1, *z.shape[2:]), jnp)
         return loc, log_scale, None
 
 

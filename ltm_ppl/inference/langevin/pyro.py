@@ -26,6 +26,7 @@ from ... import noise as noise_lib
 from ... import stop_signals
 
 from ...errors import LtmError
+from ..gaussian import fit_to_draws
 from ..local.pyro import fit_local_posterior
 from ..pyro_backend import PyroBackend, frozen
 from ..weights import TOO_FEW_DRAWS
@@ -193,4 +194,4 @@ class PyroLangevin(PyroBackend):
         if inf.chains * inf.draws < 2:
             raise LtmError(TOO_FEW_DRAWS)
         draws = self.chains(tokens, steps, inf.draws, inf.chains, fast_noise)["z"].flatten(0, 1)  # [C * D, B, n_z, d]
-        return draws.mean(0), draws.std(0, unbiased=False).clamp(min=1e-4).log()
+        return fit_to_draws(draws, torch)

@@ -1,11 +1,6 @@
-"""Posterior quality with ArviZ: R-hat and ESS of Langevin chains, PSIS k-hat of variational
-posteriors, collapse measures, the amortization gap; InferenceData as NetCDF, PNG plots.
-
-ArviZ computes every statistic it has (rhat, ess, psislw); written here is only what it lacks:
-the collapse measures (KL per latent vector, active units) and the amortization gap. A variational
-q is measured from its own parameters (analytic KL, variance of its means over many windows);
-MCMC draws are measured from the draws, beside the same estimator's value on prior draws.
-"""
+"""`ltm diagnose`: each method's posterior draws for a few windows, their measures (measures.py),
+InferenceData as NetCDF (idata.py), plots (plots.py) and the amortization gap, in a new directory;
+the settings it takes and the record it returns."""
 from __future__ import annotations
 
 import contextlib
@@ -14,233 +9,29 @@ import datetime
 import json
 import math
 import shutil
-import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 
-from . import durable, resources
-from .checkpoint import commit_run, read_config, stage_run
-from .config import apply_overrides
-from .checks import require_positive, require_seed, require_steps
-from .data import eval_batches, load_corpus, split_tokens
-from .destination import check_creatable
-from .errors import LtmError
-from .evaluate import corpus_bound
-from .inference import descriptor, methods as known_methods
-from .inference.gaussian import kl_per_vector
-from .runs import open_run
+from .. import durable, resources
+from ..checkpoint import commit_run, read_config, stage_run
+from ..config import apply_overrides
+from ..checks import require_positive, require_seed, require_steps
+from ..data import eval_batches, load_corpus, split_tokens
+from ..destination import check_creatable
+from ..errors import LtmError
+from ..evaluate import corpus_bound
+from ..inference import descriptor, methods as known_methods
+from ..plots import plot_method
+from ..runs import open_run
+from .idata import inference_data
+from .measures import (MIN_KHAT_DRAWS, chain_diagnostics, collapse, collapse_from_q, collapse_noise_floor, psis_khat,
+                       verdict)
 
-RHAT_LIMIT = 1.01
-ESS_MIN = 400  # bulk ESS summed over chains
-COORDINATE_SHARE = 0.99  # of every sequence's latent coordinates
-CONVERGENCE_RULE = (f"converged: rank-normalised R-hat <= {RHAT_LIMIT} and bulk ESS >= {ESS_MIN} (summed over chains) "
-                    f"on the log joint and on at least {COORDINATE_SHARE:.0%} of the latent coordinates of every sequence")
-MIN_KHAT_DRAWS = 100
 DEFAULT_WARMUP = 200  # warm-up steps of chain methods in `diagnose` unless --steps says otherwise
 BOUND_SAMPLES = 16  # draws of each method's q for the ELBO estimate and K of IWAE_K in `diagnose`
-
-
-def _arviz():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # arviz 0.23 announces its 1.0 refactor
-        import arviz as az
-    return az
-
-
-def khat_threshold(num_draws: int) -> float:
-    """PSIS reliability threshold for S draws: min(1 - 1 / log10 S, 0.7)."""
-    return min(1.0 - 1.0 / math.log10(num_draws), 0.7)
-
-
-def psis_khat(log_weights: np.ndarray) -> dict:
-    """PSIS k-hat per sequence from log weights [S, B].
-
-    Constant weights (q equal to the posterior) make ArviZ return k = inf; they are reported as
-    exact, not as a failure.
-    """
-    az = _arviz()
-    S = log_weights.shape[0]
-    spread = log_weights.max(0) - log_weights.min(0)
-    exact = spread <= 1e-6 * np.maximum(1.0, np.abs(log_weights).max(0))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        _, khat = az.psislw(np.ascontiguousarray(log_weights.T, dtype=np.float64))
-    khat = np.where(exact, np.nan, np.asarray(khat, dtype=np.float64))
-    threshold = khat_threshold(S)
-    bad = ~exact & ~(khat <= threshold)  # NaN k-hat outside the exact case counts as bad
-    return {
-        "khat": khat, "exact": exact, "threshold": threshold, "num_draws": S,
-        "share_above_threshold": float(bad.mean()), "khat_max": float(np.nanmax(khat)) if (~exact).any() else None,
-        "status": ["exact" if e else ("ok" if k <= threshold else "unreliable") for e, k in zip(exact, khat)],
-    }
-
-
-def converged(rhat_z: np.ndarray, ess_z: np.ndarray, rhat_log_joint: np.ndarray, ess_log_joint: np.ndarray) -> dict:
-    """The one convergence rule (CONVERGENCE_RULE), per sequence: R-hat [B, ...] and bulk ESS of
-    the latent coordinates, and [B] of the log joint. NaN fails. Returns the verdict, the share of
-    good coordinates of each sequence and whether each sequence passed."""
-    B = rhat_log_joint.shape[0]
-    good = (rhat_z <= RHAT_LIMIT) & (ess_z >= ESS_MIN)  # NaN compares False: fails
-    share = good.reshape(B, -1).mean(1)
-    joint_ok = (rhat_log_joint <= RHAT_LIMIT) & (ess_log_joint >= ESS_MIN)
-    per_sequence = joint_ok & (share >= COORDINATE_SHARE)
-    return {"converged": bool(per_sequence.all()), "sequences_converged": per_sequence,
-            "share_coordinates_converged": share, "rule": CONVERGENCE_RULE}
-
-
-def chain_diagnostics(z: np.ndarray, log_joint: np.ndarray) -> dict:
-    """R-hat (rank-normalised) and bulk/tail ESS of z [C, D, B, ...] and of the order-free log
-    joint [C, D, B]. A NaN R-hat (chains that never moved) counts as failed, never as passed."""
-    az = _arviz()
-    ds = az.convert_to_dataset({"z": z, "log_joint": log_joint})
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        rhat = az.rhat(ds)
-        ess_bulk = az.ess(ds, method="bulk")
-        ess_tail = az.ess(ds, method="tail")
-    rz, rlj = rhat["z"].values, rhat["log_joint"].values
-    failed = np.isnan(rz) | (rz > RHAT_LIMIT)
-    return {
-        "rhat": rz, "rhat_log_joint": rlj, "ess_bulk": ess_bulk["z"].values, "ess_tail": ess_tail["z"].values,
-        "rhat_max": float(np.nanmax(rz)) if not np.isnan(rz).all() else float("nan"),
-        "rhat_nan": int(np.isnan(rz).sum()),
-        "share_rhat_above_limit": float(failed.mean()),
-        "rhat_log_joint_max": float(np.max(rlj)) if not np.isnan(rlj).any() else float("nan"),
-        "ess_bulk_min": float(np.nanmin(ess_bulk["z"].values)), "ess_tail_min": float(np.nanmin(ess_tail["z"].values)),
-        "rhat_median": float(np.nanmedian(rz)) if not np.isnan(rz).all() else float("nan"),
-        "ess_bulk_log_joint_min": float(np.nanmin(ess_bulk["log_joint"].values)),
-        "ess_bulk_median": float(np.nanmedian(ess_bulk["z"].values)),  # the typical coordinate, beside the worst
-    } | converged(rz, ess_bulk["z"].values, rlj, ess_bulk["log_joint"].values)
-
-
-ACTIVE_THRESHOLD = 0.01  # Burda et al. 2016: a unit is active when Var_x(E_q[z_u]) > 0.01
 ACTIVE_SEQUENCES = 64  # windows whose q means give the active units of a variational posterior
-
-
-def gaussian_kl_per_vector(loc: np.ndarray, log_scale: np.ndarray) -> np.ndarray:
-    """Analytic KL(N(loc, exp(log_scale)^2) || N(0, I)) per sequence and latent vector [B, n_z]
-    (the elementwise KL summed over the last dim)."""
-    loc, log_scale = np.asarray(loc, np.float64), np.asarray(log_scale, np.float64)
-    return kl_per_vector(loc, log_scale, np)
-
-
-def active_units(means: np.ndarray) -> np.ndarray:
-    """Which coordinates' posterior means vary across sequences: Var over sequences of means
-    [N, n_z, d] > ACTIVE_THRESHOLD, as a bool array [n_z, d] (none with one sequence)."""
-    means = np.asarray(means, np.float64)
-    if means.shape[0] < 2:
-        return np.zeros(means.shape[1:], bool)
-    return means.var(0) > ACTIVE_THRESHOLD
-
-
-def _collapse_report(kl_per_vector: np.ndarray, active: np.ndarray, source: str, active_sequences: int) -> dict:
-    return {
-        "kl_per_latent_vector": np.atleast_1d(kl_per_vector),
-        "active_units": int(active.sum()),
-        "active_units_per_latent_vector": np.atleast_1d(active.sum(-1) if active.ndim == 2 else active).astype(int),
-        "num_units": int(active.size),
-        "source": source,
-        "active_sequences": int(active_sequences),
-    }
-
-
-def collapse_from_q(loc: np.ndarray, log_scale: np.ndarray, means: np.ndarray | None = None) -> dict:
-    """Collapse measures of a variational posterior from q's own parameters, free of sampling
-    noise: the analytic KL(q || prior) per latent vector averaged over the sequences of loc /
-    log_scale [B, n_z, d], and active units from the variance across sequences of q's mean,
-    over `means` [N, n_z, d] (more sequences than B; loc itself when not given)."""
-    means = loc if means is None else means
-    return _collapse_report(gaussian_kl_per_vector(loc, log_scale).mean(0), active_units(means), "q", len(means))
-
-
-def collapse(z: np.ndarray) -> dict:
-    """KL(q || prior) per latent vector of a Gaussian fitted to each sequence's draws z [C, D, B,
-    n_z, d], averaged over sequences, and active units from the draws' means (variance across
-    sequences > 0.01, Burda et al. 2016), per latent vector. Both carry sampling noise: compare
-    them with collapse_noise_floor of the same shape."""
-    draws = z.reshape(-1, *z.shape[2:])  # [C * D, B, n_z, d]
-    mean, std = draws.mean(0), np.maximum(draws.std(0), 1e-6)
-    return _collapse_report(gaussian_kl_per_vector(mean, np.log(std)).mean(0), active_units(mean), "draws", mean.shape[0])
-
-
-def collapse_noise_floor(shape: tuple, seed: int = 0) -> dict:
-    """What `collapse` reports for draws of the prior N(0, I) itself, of the same shape [C, D, B,
-    n_z, d]: an estimate from draws means little unless it stands clear of this."""
-    return collapse(np.random.default_rng(seed).standard_normal(shape))
-
-
-HMC_STATS = ("energy", "diverging", "tree_depth", "n_steps")
-
-
-def inference_data(method: str, post: dict, log_weights: np.ndarray | None = None):
-    """ArviZ InferenceData: posterior z (chain, draw, seq, latent, dim); sample_stats with the log
-    joint, acceptance and step size for chains (HMC / NUTS add energy, diverging, n_steps, NUTS
-    tree_depth), log importance weights for variational methods."""
-    az = _arviz()
-    C, D = post["z"].shape[:2]
-    stats = {"log_joint": post["log_joint"]}
-    dims = {"z": ["seq", "latent", "dim"][: post["z"].ndim - 2], "log_joint": ["seq"]}  # an injected model's z may be 1-d
-    if "accept_prob" in post:
-        stats["accept_prob"] = post["accept_prob"]
-        stats["step_size"] = np.broadcast_to(post["step_size"][:, None, :], (C, D, post["step_size"].shape[-1])).copy()
-        dims |= {"accept_prob": ["seq"], "step_size": ["seq"]}
-    for name in HMC_STATS:  # HMC / NUTS: ArviZ's own names, so az.plot_energy reads them
-        if name in post:
-            stats[name] = post[name]
-            dims[name] = ["seq"]
-    if log_weights is not None:
-        stats["log_weight"] = log_weights
-        dims["log_weight"] = ["seq"]
-    return az.from_dict(posterior={"z": post["z"]}, sample_stats=stats, dims=dims, attrs={"method": method})
-
-
-def plot_method(method: str, post: dict, report: dict, out: Path) -> list[str]:
-    """PNG plots: rank plot of a few coordinates (chains), energy plot of sequence 0 (HMC / NUTS),
-    k-hat per sequence (variational), KL per latent vector (all). Returns the file names written."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    az = _arviz()
-    written = []
-    if post["z"].shape[0] > 1:
-        coords = {f"z[0,0,{k}]": post["z"][:, :, 0, 0, k] for k in range(min(3, post["z"].shape[-1]))}
-        coords["log_joint[0]"] = post["log_joint"][:, :, 0]
-        axes = az.plot_rank(az.convert_to_dataset(coords))
-        np.ravel(axes)[0].figure.savefig(out / f"{method}_rank.png", dpi=80)
-        plt.close("all")
-        written.append(f"{method}_rank.png")
-    if "energy" in post:  # HMC / NUTS: marginal energy against energy transitions, sequence 0
-        idata = inference_data(method, post)
-        ax = az.plot_energy(idata.sel(seq=0))
-        np.ravel(ax)[0].figure.savefig(out / f"{method}_energy.png", dpi=80)
-        plt.close("all")
-        written.append(f"{method}_energy.png")
-    if "khat" in report:
-        fig, ax = plt.subplots(figsize=(6, 3))
-        k = report["khat"]["khat"]
-        ax.scatter(np.arange(len(k)), np.nan_to_num(k, nan=-0.5), c=["green" if s == "exact" else "C0" for s in report["khat"]["status"]])
-        ax.axhline(report["khat"]["threshold"], color="red", ls="--", label="threshold")
-        ax.set(xlabel="sequence", ylabel="PSIS k-hat", title=f"{method}: k-hat per sequence (exact at -0.5)")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # sequence numbers: no 0.5 ticks
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(out / f"{method}_khat.png", dpi=80)
-        plt.close(fig)
-        written.append(f"{method}_khat.png")
-    fig, ax = plt.subplots(figsize=(6, 3))
-    kl = report["collapse"]["kl_per_latent_vector"]
-    ax.bar(np.arange(len(kl)), kl)
-    ax.set(xlabel="latent vector", ylabel="KL(q || prior), nats", title=f"{method}: KL per latent vector")
-    fig.tight_layout()
-    fig.savefig(out / f"{method}_kl.png", dpi=80)
-    plt.close(fig)
-    written.append(f"{method}_kl.png")
-    return written
 
 
 @dataclass
@@ -413,27 +204,6 @@ def method_bounds(inference, batch, steps: int, seed: int) -> dict:
             "kl_per_sequence": elbo["kl_per_sequence"]}
 
 
-def verdict(diagnostics: dict) -> str:
-    """The convergence rule's verdict in words, with the numbers that decide it."""
-    numbers = (f"R-hat max {diagnostics['rhat_max']:.3f}, ESS min {diagnostics['ess_bulk_min']:.1f}, "
-               f"R-hat of the log joint max {diagnostics['rhat_log_joint_max']:.3f}")
-    if diagnostics["converged"]:
-        return f"converged ({numbers})"
-    return f"NOT converged ({numbers}; needs R-hat <= {RHAT_LIMIT} and ESS >= {ESS_MIN})"
-
-
-def khat_verdict(khat: dict) -> str:
-    """PSIS k-hat (psis_khat's record) in words: is q a usable importance proposal for every
-    sequence? Above the threshold, importance-weighted estimates from q (its IWAE) have too heavy a
-    tail to trust; IWAE stays a bound, but a noisy one."""
-    status, threshold = khat["status"], khat["threshold"]
-    bad = sum(s == "unreliable" for s in status)
-    if bad == 0:
-        return f"reliable: k-hat <= {threshold:.2f} for all {len(status)} sequences (q is a usable importance proposal)"
-    return (f"NOT reliable for {bad} of {len(status)} sequences (k-hat > {threshold:.2f}): q is a poor importance "
-            f"proposal there, so its IWAE is a noisy bound")
-
-
 def q_means(inference, batch, steps: int) -> np.ndarray:
     """q's mean [B, n_z, d] for each window of the batch (one draw taken, unused)."""
     return np.asarray(inference.posterior(batch, steps, 1)["loc"])
@@ -482,6 +252,6 @@ def _diagnose_method(m: str, o, batch, steps, chains: int, draws: int, seed: int
         report["khat"] = psis_khat(log_w[0])
     idata = inference_data(m, post, log_w)
     idata.to_netcdf(str(out_dir / f"{m}.nc"))
-    report["files"] = [f"{m}.nc"] + plot_method(m, post, report, out_dir)
+    report["files"] = [f"{m}.nc"] + plot_method(m, post, report, out_dir, idata)
     advance(1)
     return report
