@@ -190,11 +190,13 @@ def plot_eval_steps(record: dict, path: Path) -> None:
 
 
 def plot_compare(table: dict, path: Path) -> None:
-    """One bar per run of `ltm compare`: its bound (LTM) or exact NLL (no latent), nats/token."""
+    """`ltm compare`: left, one bar per run from 0 (its bound, or exact NLL without a latent), so
+    bar heights compare as ratios honestly; right, each later run minus the first with its paired
+    95% interval (when measured), where a margin of 0.01 is visible on its own scale."""
     plt = _pyplot()
     rows = table["rows"]
     exact = [not descriptor(r["inference"]).latent for r in rows]  # no latent: the exact NLL
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.3 * len(rows) + 2), 3.8))
+    fig, (ax, diff) = plt.subplots(1, 2, figsize=(max(7.0, 2.2 * len(rows) + 3), 3.8))
     names = [Path(r["run"]).name for r in rows]
     values = [r["nll_per_token"] for r in rows]
     colors = ["tab:gray" if e else "tab:blue" for e in exact]
@@ -203,11 +205,25 @@ def plot_compare(table: dict, path: Path) -> None:
         what = "exact" if e else "bound"
         ax.annotate(f"{r['nll_per_token']:.3f}\n{what}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                     ha="center", va="bottom", fontsize=7)
-    ax.set_xticks(range(len(rows)), [f"{n}\n{r['inference']}" for n, r in zip(names, rows)], fontsize=7)
-    low = min(values)
-    ax.set_ylim(low - 0.25 * (max(values) - low + 0.1), max(values) + 0.3 * (max(values) - low + 0.1))
+    labels = [f"{n}\n{r['inference']}" for n, r in zip(names, rows)]
+    ax.set_xticks(range(len(rows)), labels, fontsize=7)
+    ax.set_ylim(0, max(values) * 1.15)
     ax.set_ylabel("nats / token (blue: upper bound, gray: exact)")
     ax.set_title(f"{table['data']} [{table['split']}], {rows[0]['num_tokens']} tokens each", fontsize=9)
+    later = list(range(1, len(rows)))
+    for i in later:
+        r = rows[i]
+        d = r.get("difference", values[i] - values[0])
+        paired = r.get("paired") or {}
+        err = None
+        if paired.get("ci_low") is not None:
+            err = [[d - paired["ci_low"]], [paired["ci_high"] - d]]
+        diff.errorbar([i], [d], yerr=err, fmt="o", color=colors[i], capsize=4)
+    diff.axhline(0.0, color="black", linewidth=0.8)
+    diff.set_xticks(later, labels[1:], fontsize=7)
+    diff.set_xlim(0.5, len(rows) - 0.5)
+    diff.set_ylabel(f"minus {names[0]} (nats/token, 95% CI)")
+    diff.set_title("paired difference per window", fontsize=9)
     _save(fig, path)
 
 

@@ -101,3 +101,22 @@ def test_a_run_without_latent_draws_no_kl(tmp_path, monkeypatch):
     assert len(loss.lines) == 2 and len(bound.lines) == 2 and len(kl.lines) == 2  # the LTM's training and val KL only
     assert [t.get_text() for t in drawn[0].axes[5].get_legend().get_texts()] == ["ltm (loss 4.800, val bound 4.000)",
                                                                                  "ar (loss 4.800, val NLL 4.000)"]
+
+
+def test_compare_bars_start_at_zero_and_the_difference_panel_shows_the_paired_interval(monkeypatch, tmp_path):
+    """A 0.21 gap over 4.4 nats/token must not look threefold: bars from 0; the margin, with its
+    interval, on its own panel."""
+    seen = {}
+    monkeypatch.setattr(plots, "_save", lambda fig, path: seen.setdefault("fig", fig))
+    table = {"data": "builtin:kjv", "split": "val", "rows": [
+        {"run": "runs/twin", "inference": "none", "nll_per_token": 4.41, "num_tokens": 8192},
+        {"run": "runs/ltm", "inference": "local", "nll_per_token": 4.62, "num_tokens": 8192, "difference": 0.21,
+         "paired": {"ci_low": 0.18, "ci_high": 0.24}}]}
+    plots.plot_compare(table, tmp_path / "c.png")
+    bars, diff = seen["fig"].axes
+    assert bars.get_ylim()[0] == 0.0
+    assert [round(p.get_height(), 2) for p in bars.patches] == [4.41, 4.62]
+    (x, y), = diff.lines[0].get_xydata()
+    assert (x, y) == (1.0, 0.21)
+    low, high = diff.collections[0].get_segments()[0][:, 1]  # the error bar of the one later run
+    assert (round(low, 2), round(high, 2)) == (0.18, 0.24)
