@@ -59,10 +59,24 @@ def jax_caches(tmp_path_factory):
 
     JAX_CACHE.mkdir(parents=True, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", str(JAX_CACHE))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    # (LTM_TEST_JAX_CACHE_MIN_S=0 caches every program, the eager ops of jit-off tests too: the
+    # mutation pass runs those tests once per mutant, docs/mutation.md)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", float(os.environ.get("LTM_TEST_JAX_CACHE_MIN_S", 0.5)))
     with pytest.MonkeyPatch.context() as mp, jax.default_device(jax.devices("cpu")[0]):
         mp.setenv("LTM_CACHE_DIR", str(tmp_path_factory.mktemp("token-cache")))
         yield
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under mutmut only (docs/mutation.md): the tests of a mutant cheapest first, by the durations
+    of mutmut's stats run, so that `-x` stops a killed mutant at its cheapest failing test (mutmut
+    hands them over in set order, which put 50-s jit-off NumPyro tests before 1-s ones)."""
+    if os.environ.get("MUTANT_UNDER_TEST", "") in ("", "stats", "list_all_tests") or not Path("mutmut-stats.json").exists():
+        return
+    import json
+
+    durations = json.loads(Path("mutmut-stats.json").read_text()).get("duration_by_test", {})
+    items.sort(key=lambda item: durations.get(item.nodeid, float("inf")))
 
 
 @pytest.fixture(scope="module")

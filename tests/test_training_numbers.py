@@ -164,8 +164,9 @@ def shifted(prior_class):
     """The fifth method with its q moved off the prior (KL > 0), so that the generic slow step's
     KL term counts; everything else is the registered class's."""
     class Shifted(prior_class):
-        def proposal(self, *args, **kwargs):
-            loc, log_scale = super().proposal(*args, **kwargs)[:2]
+        def proposal(self, tokens, steps=0, fast_noise=None):
+            self.steps_asked = steps  # the step asks for inference.steps (a method that fits q uses them)
+            loc, log_scale = super().proposal(tokens, steps, fast_noise)[:2]
             return loc + 0.4, log_scale - 0.3
 
     return Shifted
@@ -207,6 +208,8 @@ def test_pyro_gaussian_slow_step_records_are_the_trace_elbo_of_its_q_and_noise(m
 
     loc, log_scale, num_samples, noise, rng = calls[0]
     assert num_samples == S and (noise is None) == (method == "prior")
+    if cls is not None:
+        assert obj.steps_asked == obj.cfg.inference.steps > 0
     z = z_of(*calls[0])
     n_tokens = B * (batch.shape[1] - 1)
     kl = analytic_kl(loc, log_scale)
@@ -294,6 +297,62 @@ def test_pyro_langevin_records_are_the_loglik_at_the_chains_last_state(monkeypat
     check_records(obj, metrics, expected, pyro_grads(obj, loss_of_params), bound=False)
 
 
+@pytest.mark.parametrize("init", ["prior", "local", "amortized"])
+def test_pyro_langevin_chains_start_at_the_q_that_init_names(monkeypatch, init):
+    """The (loc, scale) training's chains start from and are preconditioned by (PyroLangevin.start
+    on the step's path): the prior N(0, 1); the local q after inference.steps fast steps keyed by
+    the training rows, as sigma; the encoder's q of the batch before the update, as sigma. One fast
+    step is a local start too."""
+    import ltm_ppl.inference.langevin.pyro as langevin
+    from ltm_ppl.noise import Rows
+
+    obj, batch = training_setup("langevin", "pyro", chains=2, init=init)
+    tokens = obj.tensor(batch)
+    fits, starts = [], []
+    spy(monkeypatch, langevin, "fit_local_posterior", lambda args, kwargs, result: fits.append((args, kwargs, result)))
+    spy(monkeypatch, obj, "start", lambda args, kwargs, result: starts.append(result))
+    if init == "amortized":
+        with torch.no_grad():
+            enc_loc, enc_log_scale = obj.encoder(tokens)
+    obj.step(batch)
+    (loc, scale), = starts
+    assert loc.shape == scale.shape == (B, *obj.latent_shape) and loc.dtype == scale.dtype == torch.float32
+    if init == "prior":
+        assert not fits and (loc == 0).all() and (scale == 1).all()
+    elif init == "local":
+        (args, kwargs, (fit_loc, fit_log_scale, _)), = fits
+        assert args[4] == obj.cfg.inference.steps == 4 and kwargs["rows"] == Rows(obj.cfg.train.seed, 0, 0, B)
+        assert torch.equal(loc, fit_loc) and torch.equal(scale, fit_log_scale.exp())
+        assert (fit_log_scale != 0).any() and (fit_loc != 0).any()  # a fitted q, not the prior
+        fits.clear()
+        one = obj.start(tokens, 1)
+        (args, _, (fit_loc, fit_log_scale, _)), = fits
+        assert args[4] == 1 and torch.equal(one[0], fit_loc) and torch.equal(one[1], fit_log_scale.exp())
+    else:
+        assert not fits
+        torch.testing.assert_close(loc, enc_loc, rtol=0, atol=0)
+        torch.testing.assert_close(scale, enc_log_scale.exp(), rtol=0, atol=0)
+        assert enc_log_scale.std() > 1e-3
+
+
+def test_pyro_langevin_step_with_a_non_finite_chain_statistic_changes_no_weight(monkeypatch):
+    """A NaN acceptance rate (a diverged chain) with a finite loss: the step reports itself
+    non-finite and skips the update (fit then stops naming the iteration), as for a NaN loss."""
+    obj, batch = training_setup("langevin", "pyro", chains=2)
+    real = obj.sample
+
+    def diverged(*args, **kwargs):
+        run = real(*args, **kwargs)
+        run["accept_prob"] = run["accept_prob"] * float("nan")
+        return run
+
+    monkeypatch.setattr(obj, "sample", diverged)
+    before = {k: v.copy() for k, v in obj.weights().items()}
+    metrics = obj.step(batch)
+    assert float(metrics["finite"]) == 0.0 and math.isfinite(float(metrics["loss"]))
+    assert all(np.array_equal(before[k], v) for k, v in obj.weights().items())
+
+
 def test_pyro_none_records_are_the_exact_nll():
     obj, batch = training_setup("none", "pyro")
     tokens = obj.tensor(batch)
@@ -365,12 +424,17 @@ def numpyro_shifted():
     from prior_method.numpyro import NumPyroPrior, PriorPrograms
 
     class ShiftedPrograms(PriorPrograms):
-        def proposal(self, *args, **kwargs):
-            loc, log_scale, _ = super().proposal(*args, **kwargs)
+        def proposal(self, params, tokens, key, fast_noise, fit, static):
+            self.asked = (params, key, fit, static)  # what a method that fits q would fit from
+            loc, log_scale, _ = super().proposal(params, tokens, key, fast_noise, fit, static)
             return loc + 0.4, log_scale - 0.3, None
 
     class Shifted(NumPyroPrior):
         programs_class = ShiftedPrograms
+
+        def fit_args(self, steps):
+            self.steps_asked = steps  # the step asks for inference.steps (a method that fits q uses them)
+            return np.float32(steps), ("steps", steps)  # (fit, static): handed to the proposal unchanged
 
     return Shifted
 
@@ -397,6 +461,13 @@ def test_numpyro_gaussian_slow_step_records_are_the_trace_elbo_of_its_q_and_nois
     (args, _), = records["elbo"]
     _, _, loc, log_scale, num_samples, noise, key = args
     assert num_samples == S and (noise is None) == (method == "prior")
+    if cls is not None:  # the proposal sees the parameters, a key of its own and the method's (fit, static)
+        steps = obj.cfg.inference.steps
+        assert obj.steps_asked == steps > 0
+        asked_params, asked_key, asked_fit, asked_static = programs.asked
+        assert float(asked_fit) == steps and asked_static == ("steps", steps)
+        assert asked_key is not None and not np.array_equal(np.asarray(asked_key), np.asarray(key))
+        assert all(np.array_equal(asked_params[k], params[k]) for k in params)
     if noise is None:  # drawn by the guide from the step's key
         z = numpyro_guide_draws(functools.partial(local_guide, loc=loc, log_scale=log_scale), tokens, S, key)
     else:
@@ -509,6 +580,42 @@ def test_numpyro_langevin_records_are_the_loglik_at_the_chains_last_state(monkey
     check_records(obj, metrics, expected, list(jax.grad(loss_of)(params).values()), bound=False)
 
 
+@pytest.mark.parametrize("init", ["prior", "local", "amortized"])
+def test_numpyro_langevin_chains_start_at_the_q_that_init_names(monkeypatch, init):
+    """LangevinPrograms.start, as the compiled step calls it (fit_steps = inference.steps): the
+    prior; the local q after those fast steps at the fast schedule, as sigma; the encoder's q."""
+    import jax
+    import jax.numpy as jnp
+
+    import ltm_ppl.inference.langevin.numpyro as langevin
+    from ltm_ppl.inference.local.numpyro import fast_lrs
+    from ltm_ppl.models import jax_encoder
+
+    obj, batch = training_setup("langevin", "numpyro", chains=2, init=init)
+    tokens = obj.tensor(batch)
+    fits = []
+    spy(monkeypatch, langevin, "fit_local_posterior", lambda args, kwargs, result: fits.append((args, kwargs, result)))
+    for steps in (obj.cfg.inference.steps, 1):
+        fits.clear()
+        key = jax.random.PRNGKey(5)
+        loc, scale = obj.programs.start(obj.params, tokens, key, steps)
+        assert loc.shape == scale.shape == (B, *obj.latent_shape) and loc.dtype == scale.dtype == jnp.float32
+        if init == "prior":
+            assert not fits and (loc == 0).all() and (scale == 1).all()
+        elif init == "local":
+            (args, _, (fit_loc, fit_log_scale)), = fits
+            np.testing.assert_array_equal(args[4], fast_lrs(steps, obj.cfg.inference))
+            assert np.array_equal(args[5], key) and args[3] == obj.cfg.inference
+            np.testing.assert_array_equal(loc, fit_loc)
+            np.testing.assert_array_equal(scale, jnp.exp(fit_log_scale))
+            assert (np.asarray(fit_log_scale) != 0).any() and (np.asarray(fit_loc) != 0).any()
+        else:
+            enc_loc, enc_log_scale = jax_encoder.encode(obj.params, obj.cfg.model, tokens, jnp.float32)
+            np.testing.assert_array_equal(loc, enc_loc)
+            np.testing.assert_array_equal(scale, jnp.exp(enc_log_scale))
+            assert not fits and np.std(np.asarray(enc_log_scale)) > 1e-3
+
+
 def test_numpyro_none_records_are_the_exact_nll():
     import jax
 
@@ -535,6 +642,54 @@ def test_record_and_bar_show_exp_loss_as_ppl_only_for_a_bound():
     langevin = tiny_cfg("langevin", backend="pyro")
     record, postfix = printed(langevin, {"loss": 2.0, "accept": 0.5, "finite": True})
     assert "ppl" not in record and postfix == {"loss": "2.000", "accept": "0.50"}
+
+
+def test_flush_writes_each_pending_record_reduced_in_order_and_stops_at_a_non_finite_one():
+    """MetricsBuffer.flush on numbers known exactly: every pending iteration reduced (the workers'
+    mean), written in order to the run with its elapsed time in ms, the bound rule asked with the
+    record's values; the first non-finite iteration (the step's own verdict or a NaN) stops the run
+    after the records before it; and the bar shows the newest record and the evaluation."""
+    from tqdm import tqdm
+
+    from ltm_ppl.errors import LtmError
+    from ltm_ppl.train import MetricsBuffer, _show
+
+    cfg = tiny_cfg("local", backend="pyro")
+    written, asked = [], []
+
+    def bound(cfg_, values):
+        asked.append((cfg_, dict(values)))
+        return values["loss"] < 3.0
+
+    def buffer_of(*items):
+        buffer = MetricsBuffer("RUN", cfg, bound, reduce=lambda m: {k: v + 1.0 if k == "loss" else v for k, v in m.items()},
+                               write=lambda run, record: written.append((run, record)))
+        for item in items:
+            buffer.add(*item)
+        return buffer
+
+    buffer = buffer_of((4, {"loss": 1.0, "kl": 2.0, "finite": 1.0}, 0.12345), (5, {"loss": 2.5, "kl": 4.0}, 7.0))
+    buffer.flush(0)
+    assert written == [("RUN", {"iter": 4, "loss": 2.0, "kl": 2.0, "elapsed_s": 0.123, "ppl": math.exp(2.0)}),
+                       ("RUN", {"iter": 5, "loss": 3.5, "kl": 4.0, "elapsed_s": 7.0})]
+    assert asked == [(cfg, {"loss": 2.0, "kl": 2.0}), (cfg, {"loss": 3.5, "kl": 4.0})]
+    assert buffer.last == written[-1][1] and buffer.pending == []
+    written.clear()
+    buffer.flush(0)  # nothing pending: nothing written twice
+    assert written == []
+    for bad in ({"loss": 1.0, "finite": 0.0}, {"loss": 1.0, "finite": 0.5}, {"loss": float("nan")}, {"loss": 1.0, "kl": float("inf")}):
+        written.clear()
+        buffer = buffer_of((7, {"loss": 1.0}, 1.0), (8, bad, 2.0), (9, {"loss": 1.0}, 3.0))
+        with pytest.raises(LtmError, match="iteration 8.*iteration 6"):
+            buffer.flush(6)
+        assert [r["iter"] for _, r in written] == [7]
+    bar = tqdm(total=1, file=io.StringIO())
+    _show(bar, None, {"perplexity": 9.0})
+    assert not bar.postfix
+    _show(bar, {"loss": 1.23456, "ppl": 3.4567, "kl": 0.5, "accept": 0.256, "nll": 1.0}, {"perplexity": 12.345})
+    assert dict(item.split("=") for item in bar.postfix.split(", ")) == {
+        "loss": "1.235", "ppl": "3.5", "kl": "0.50", "accept": "0.26", "val_ppl": "12.3"}
+    bar.close()
 
 
 # ----- the starts of the fast loop, on fit's path and on eval's ------------------------------------
