@@ -201,6 +201,7 @@ def main():
     ap.add_argument("--L", type=int, default=19)
     ap.add_argument("--bins", type=int, default=10)
     ap.add_argument("--only", default="", help="comma-separated backend:kernel[:variant]")
+    ap.add_argument("--seed", type=int, default=1, help="seed of the replications (z*, tokens, starts) and kernels")
     ap.add_argument("--out", default="")
     args = ap.parse_args()
     cases = CASES
@@ -208,12 +209,12 @@ def main():
         cases = [tuple(s.split(":")) + (None,) * (3 - len(s.split(":"))) for s in args.only.split(",")]
     results = []
     for backend, kernel, variant in cases:
-        result = sbc(backend, kernel, variant, args.n, args.L, args.bins)
+        result = sbc(backend, kernel, variant, args.n, args.L, args.bins, seed=args.seed)
         print(histogram(result), flush=True)
         results.append(result)
     if args.out:
         settings = {"model": f"z ~ N(0, I_{D}); {T} tokens, vocabulary {V}, softmax(A_t z + b_t), A ~ N(0,1), b ~ N(0, 0.25), seed 0",
-                    "n": args.n, "L": args.L, "bins": args.bins, "warmup": WARMUP, "thin": THIN, "alpha": 0.01,
+                    "n": args.n, "seed": args.seed, "L": args.L, "bins": args.bins, "warmup": WARMUP, "thin": THIN, "alpha": 0.01,
                     "test": "Pearson chi-square per coordinate, pass if min p > alpha / 2",
                     "draws_shape": "[L * thin, N, 2] per run, one chain per replication", "variants": BROKEN}
         with open(args.out, "w") as f:
