@@ -21,7 +21,9 @@ def os_failure(exc: OSError) -> str:
     """An OS error as one line: where, why, and what still holds (the commit protocol keeps the
     last committed checkpoint whole)."""
     where = exc.filename if exc.filename is not None else "the output (stdout or a pipe)"
-    line = f"{where}: {exc.strerror or exc}"
+    line = " ".join(f"{where}: {exc.strerror or exc}".split())  # HDF5's messages span lines: one line
+    if len(line) > 400:
+        line = line[:400] + " ..."
     if exc.errno in _SPACE:
         line += "; free space and run it again (a run's last committed checkpoint is whole: `ltm fit --resume RUN` goes on from it)"
     return line

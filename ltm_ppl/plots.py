@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .durable import naming
 from .errors import LtmError
 from .inference import descriptor
 
@@ -50,11 +51,18 @@ def _arviz():
     return az
 
 
+def _savefig(fig, path: Path) -> None:
+    """A diagnose figure, written into its (hidden, renamed at the end) folder."""
+    with naming(path):
+        fig.savefig(path, dpi=80)
+
+
 def _save(fig, path: Path) -> None:
     """Written to a hidden sibling, then renamed: a plot is either complete or absent."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
     try:
-        fig.savefig(tmp, dpi=90, bbox_inches="tight")
+        with naming(path):  # a full disk inside savefig carries no file name
+            fig.savefig(tmp, dpi=90, bbox_inches="tight")
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -300,12 +308,12 @@ def plot_method(method: str, post: dict, report: dict, out: Path, idata) -> list
         coords = {f"z[0,0,{k}]": post["z"][:, :, 0, 0, k] for k in range(min(3, post["z"].shape[-1]))}
         coords["log_joint[0]"] = post["log_joint"][:, :, 0]
         axes = az.plot_rank(az.convert_to_dataset(coords))
-        np.ravel(axes)[0].figure.savefig(out / f"{method}_rank.png", dpi=80)
+        _savefig(np.ravel(axes)[0].figure, out / f"{method}_rank.png")
         plt.close("all")
         written.append(f"{method}_rank.png")
     if "energy" in post:  # HMC / NUTS: marginal energy against energy transitions, sequence 0
         ax = az.plot_energy(idata.sel(seq=0))
-        np.ravel(ax)[0].figure.savefig(out / f"{method}_energy.png", dpi=80)
+        _savefig(np.ravel(ax)[0].figure, out / f"{method}_energy.png")
         plt.close("all")
         written.append(f"{method}_energy.png")
     if "khat" in report:
@@ -317,7 +325,7 @@ def plot_method(method: str, post: dict, report: dict, out: Path, idata) -> list
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # sequence numbers: no 0.5 ticks
         ax.legend()
         fig.tight_layout()
-        fig.savefig(out / f"{method}_khat.png", dpi=80)
+        _savefig(fig, out / f"{method}_khat.png")
         plt.close(fig)
         written.append(f"{method}_khat.png")
     fig, ax = plt.subplots(figsize=(6, 3))
@@ -325,7 +333,7 @@ def plot_method(method: str, post: dict, report: dict, out: Path, idata) -> list
     ax.bar(np.arange(len(kl)), kl)
     ax.set(xlabel="latent vector", ylabel="KL(q || prior), nats", title=f"{method}: KL per latent vector")
     fig.tight_layout()
-    fig.savefig(out / f"{method}_kl.png", dpi=80)
+    _savefig(fig, out / f"{method}_kl.png")
     plt.close(fig)
     written.append(f"{method}_kl.png")
     return written

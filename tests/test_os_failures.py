@@ -75,3 +75,27 @@ def test_a_failed_write_is_one_line_leaves_no_partial_checkpoint_and_the_run_res
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["iter"] for r in records if "split" not in r] == [1, 2, 3, 4, 5, 6]
     assert checkpoint.read_newest(run, checkpoint.trainer_state)["iteration"] == 6
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("call, suffix", [("write", ".png"), ("pwrite64", ".nc")], ids=["plot", "netcdf"])
+def test_a_diagnose_whose_file_write_fails_is_one_line_and_leaves_nothing(call, suffix, config, tmp_path):
+    """The first write into a plot (write) or the NetCDF file (HDF5's pwrite64) fails, found by
+    tracing an unbroken diagnose with strace -y (which names each call's file): one line naming
+    that file, exit 2, no folder and no hidden one."""
+    run = tmp_path / "run"
+    assert ltm("fit", "--config", config, "--data", "builtin:kjv", "--out", run, "--quiet").returncode == 0
+    trace = tmp_path / "trace.txt"
+    args = ("diagnose", run, "--sequences", 2)
+    traced = subprocess.run(["strace", "-f", "-qq", "-y", "-o", str(trace), "-e", f"trace={call}", sys.executable, "-m",
+                             "ltm_ppl", *map(str, args), "--out", str(tmp_path / "unbroken")],
+                            env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300)
+    assert traced.returncode == 0, traced.stderr[-2000:]
+    calls = [line for line in trace.read_text().splitlines() if f"{call}(" in line]
+    n = next(i for i, line in enumerate(calls, 1) if f"{suffix}>" in line)
+    out = ltm(*args, "--out", tmp_path / "broken", inject=(call, "ENOSPC", n))
+    lines = [line for line in out.stderr.replace("\r", "\n").splitlines() if line.startswith("error:")]
+    assert out.returncode == 2 and len(lines) == 1, out.stderr[-2000:]
+    assert f"{suffix}: " in lines[0] and "No space left on device" in lines[0] and "Traceback" not in out.stderr, lines[0]
+    assert len(out.stderr.replace("\r", "\n").split(lines[0])[1].strip().splitlines()) == 0  # nothing after it
+    assert not (tmp_path / "broken").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".broken")]

@@ -251,7 +251,8 @@ def _diagnose_method(m: str, o, batch, steps, chains: int, draws: int, seed: int
     else:
         report["khat"] = psis_khat(log_w[0])
     idata = inference_data(m, post, log_w)
-    idata.to_netcdf(str(out_dir / f"{m}.nc"))
+    with durable.naming(out_dir / f"{m}.nc"):  # netCDF's own write errors carry no file name
+        idata.to_netcdf(str(out_dir / f"{m}.nc"))
     report["files"] = [f"{m}.nc"] + plot_method(m, post, report, out_dir, idata)
     advance(1)
     return report
