@@ -99,3 +99,57 @@ def test_a_diagnose_whose_file_write_fails_is_one_line_and_leaves_nothing(call, 
     assert f"{suffix}: " in lines[0] and "No space left on device" in lines[0] and "Traceback" not in out.stderr, lines[0]
     assert len(out.stderr.replace("\r", "\n").split(lines[0])[1].strip().splitlines()) == 0  # nothing after it
     assert not (tmp_path / "broken").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".broken")]
+
+
+def first_call_into(call: str, fragment: str, argv: list, env: dict, trace: Path) -> int:
+    """The number of the first `call` whose file's path contains `fragment`, in an unbroken run of
+    `ltm argv` traced with strace -y (which names each call's file)."""
+    traced = subprocess.run(["strace", "-f", "-qq", "-y", "-o", str(trace), "-e", f"trace={call}", sys.executable,
+                             "-m", "ltm_ppl", *map(str, argv)], env=env, capture_output=True, text=True, timeout=300)
+    assert traced.returncode == 0, traced.stderr[-2000:]
+    calls = [line for line in trace.read_text().splitlines() if f"{call}(" in line]
+    return next(i for i, line in enumerate(calls, 1) if fragment in line.split(",")[0])
+
+
+def one_error_line(out: subprocess.CompletedProcess) -> str:
+    lines = [line for line in out.stderr.replace("\r", "\n").splitlines() if line.strip() and not line.startswith("fit:")]
+    assert out.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), out.stderr[-2000:]
+    assert "Traceback" not in out.stderr
+    return lines[0]
+
+
+@pytest.mark.slow
+def test_a_token_cache_write_that_fails_is_one_line_and_leaves_no_partial_cache(config, tmp_path):
+    """The first write into a fresh token cache fails: one line naming the cache file; the cache
+    keeps no partial file; the next fit builds it and trains."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", LTM_CACHE_DIR=str(tmp_path / "traced-cache"))
+    fit = ["fit", "--config", config, "--data", "builtin:kjv", "--quiet", "--iters", 1]
+    n = first_call_into("write", "traced-cache", [*fit, "--out", tmp_path / "traced"], env, tmp_path / "trace.txt")
+    cache = tmp_path / "cache"
+    env["LTM_CACHE_DIR"] = str(cache)
+    cmd = ["strace", "-f", "-qq", "-o", os.devnull, "-e", "trace=write", "-e", f"inject=write:error=ENOSPC:when={n}",
+           sys.executable, "-m", "ltm_ppl", *map(str, fit), "--out", str(tmp_path / "run")]
+    line = one_error_line(subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300))
+    assert str(cache) in line and "No space left on device" in line, line
+    assert not (tmp_path / "run").exists()
+    assert not [p for p in cache.rglob("*") if p.is_file() and ".tmp" in p.name]
+    again = subprocess.run([sys.executable, "-m", "ltm_ppl", *map(str, fit), "--out", str(tmp_path / "run")], env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_an_import_whose_write_fails_is_one_line_and_writes_nothing(tmp_path):
+    """`ltm import` of a published-layout checkpoint: the first write of its weights fails."""
+    torch = pytest.importorskip("torch")
+    from published_reference import checkpoint_dict, published_model
+
+    ckpt = tmp_path / "ckpt_1000.pt"
+    torch.save(checkpoint_dict(published_model(seed=3)), ckpt)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    n = first_call_into("write", "weights.safetensors", ["import", ckpt, "--out", tmp_path / "traced"], env,
+                        tmp_path / "trace.txt")
+    out = ltm("import", ckpt, "--out", tmp_path / "run", inject=("write", "ENOSPC", n))
+    line = one_error_line(out)
+    assert ".safetensors" in line and "No space left on device" in line, line  # a file of the run being built
+    assert not (tmp_path / "run").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".run")]

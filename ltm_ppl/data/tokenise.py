@@ -21,6 +21,7 @@ import numpy as np
 from tokenizers import Tokenizer as HF
 from tqdm import tqdm
 
+from ..durable import naming
 from ..errors import LtmError
 from .jobs import Job, job_parts
 from .splits import SPLITS
@@ -40,13 +41,15 @@ class ShardWriter:
 
     def write(self, array: np.ndarray) -> None:
         data = array.tobytes()
-        self.fh.write(data)
+        with naming(self.path):  # a full disk names the shard, not "the output"
+            self.fh.write(data)
         self.digest.update(data)
         self.tokens += len(array)
 
     def close(self) -> dict:
-        self.fh.flush()
-        os.fsync(self.fh.fileno())
+        with naming(self.path):
+            self.fh.flush()
+            os.fsync(self.fh.fileno())
         self.fh.close()
         return {"file": self.path.name, "tokens": self.tokens, "sha256": self.digest.hexdigest(), "has_text": self.has_text}
 
