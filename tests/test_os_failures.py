@@ -85,14 +85,9 @@ def test_a_diagnose_whose_file_write_fails_is_one_line_and_leaves_nothing(call, 
     that file, exit 2, no folder and no hidden one."""
     run = tmp_path / "run"
     assert ltm("fit", "--config", config, "--data", "builtin:kjv", "--out", run, "--quiet").returncode == 0
-    trace = tmp_path / "trace.txt"
     args = ("diagnose", run, "--sequences", 2)
-    traced = subprocess.run(["strace", "-f", "-qq", "-y", "-o", str(trace), "-e", f"trace={call}", sys.executable, "-m",
-                             "ltm_ppl", *map(str, args), "--out", str(tmp_path / "unbroken")],
-                            env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300)
-    assert traced.returncode == 0, traced.stderr[-2000:]
-    calls = [line for line in trace.read_text().splitlines() if f"{call}(" in line]
-    n = next(i for i, line in enumerate(calls, 1) if f"{suffix}>" in line)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    n = first_call_into(call, f"{suffix}>", [*args, "--out", tmp_path / "unbroken"], env, tmp_path / "trace.txt")
     out = ltm(*args, "--out", tmp_path / "broken", inject=(call, "ENOSPC", n))
     lines = [line for line in out.stderr.replace("\r", "\n").splitlines() if line.startswith("error:")]
     assert out.returncode == 2 and len(lines) == 1, out.stderr[-2000:]
@@ -101,14 +96,18 @@ def test_a_diagnose_whose_file_write_fails_is_one_line_and_leaves_nothing(call, 
     assert not (tmp_path / "broken").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".broken")]
 
 
-def first_call_into(call: str, fragment: str, argv: list, env: dict, trace: Path) -> int:
-    """The number of the first `call` whose file's path contains `fragment`, in an unbroken run of
-    `ltm argv` traced with strace -y (which names each call's file)."""
+def first_call_into(call: str, fragment: str, argv: list, env: dict, trace: Path, also: str = "") -> int:
+    """The number of the first `call` whose file's path contains `fragment` (and whose line holds
+    `also`, e.g. O_WRONLY), in an unbroken run of `ltm argv` traced with strace -y (which names
+    each call's file)."""
     traced = subprocess.run(["strace", "-f", "-qq", "-y", "-o", str(trace), "-e", f"trace={call}", sys.executable,
                              "-m", "ltm_ppl", *map(str, argv)], env=env, capture_output=True, text=True, timeout=300)
     assert traced.returncode == 0, traced.stderr[-2000:]
-    calls = [line for line in trace.read_text().splitlines() if f"{call}(" in line]
-    return next(i for i, line in enumerate(calls, 1) if fragment in line.split(",")[0])
+    lines = trace.read_text().splitlines()
+    main = lines[0].split()[0]  # strace counts `when=N` per process: the main process's calls only
+    calls = [line for line in lines if line.split()[0] == main and f"{call}(" in line]
+    return next(i for i, line in enumerate(calls, 1) if fragment in line.split(",")[0 if call != "openat" else 1]
+                and also in line)
 
 
 def one_error_line(out: subprocess.CompletedProcess) -> str:
@@ -153,3 +152,21 @@ def test_an_import_whose_write_fails_is_one_line_and_writes_nothing(tmp_path):
     line = one_error_line(out)
     assert ".safetensors" in line and "No space left on device" in line, line  # a file of the run being built
     assert not (tmp_path / "run").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".run")]
+
+
+@pytest.mark.slow
+def test_a_resume_on_a_read_only_file_system_is_one_line_and_changes_nothing(config, tmp_path):
+    """EROFS at the first file `fit --resume` opens for writing in the run (root ignores chmod, so
+    the read-only file system is injected): one line, exit 2, the run byte for byte as it was."""
+    run = tmp_path / "run"
+    assert ltm("fit", "--config", config, "--data", "builtin:kjv", "--out", run, "--iters", 2, "--quiet").returncode == 0
+    shutil.copytree(run, tmp_path / "traced")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    n = first_call_into("openat", str(tmp_path / "traced"), ["fit", "--resume", tmp_path / "traced", "--iters", 3, "--quiet"],
+                        env, tmp_path / "trace.txt", also="O_WRONLY")
+    before = {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+    out = ltm("fit", "--resume", run, "--iters", 3, "--quiet", inject=("openat", "EROFS", n))
+    line = one_error_line(out)
+    assert str(run) in line and "Read-only file system" in line, line
+    assert {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()} == before
+    assert ltm("fit", "--resume", run, "--iters", 3, "--quiet").returncode == 0
