@@ -360,22 +360,27 @@ def read_metrics(run: Path) -> list[dict]:
     """Every record of metrics.jsonl in order (training, validation and event records), for readers
     such as `ltm plot`. A torn last line (a run killed or still writing) is left out."""
     path = run / "metrics.jsonl"
-    try:
-        lines = [line for line in path.read_text().splitlines() if line.strip()]
-    except FileNotFoundError:
-        raise LtmError(f"{run} has no metrics.jsonl: it has logged no iteration yet") from None
+    if not path.exists():
+        raise LtmError(f"{run} has no metrics.jsonl: it has logged no iteration yet")
     records = []
-    for number, line in enumerate(lines, 1):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            if number == len(lines):
-                break
-            raise LtmError(f"{path} is damaged (line {number} is not JSON)") from None
+    for number, _, record in _metric_lines(path):
         if not isinstance(record, dict) or not isinstance(record.get("iter"), int):
             raise LtmError(f"{path} is damaged (line {number} is not a record with an iteration)")
         records.append(record)
     return records
+
+
+def _metric_lines(path: Path):
+    """(line number, line, parsed record) of each non-blank line; a torn last line (a killed or
+    still-writing run) is skipped, any other line that is not JSON is damage."""
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    for number, line in enumerate(lines, 1):
+        try:
+            yield number, line, json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):
+                return
+            raise LtmError(f"{path} is damaged (line {number} is not JSON)") from None
 
 
 def truncate_metrics(run: Path, iteration: int) -> None:
@@ -384,15 +389,5 @@ def truncate_metrics(run: Path, iteration: int) -> None:
     path = run / "metrics.jsonl"
     if not path.exists():
         return
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    kept = []
-    for number, line in enumerate(lines, 1):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            if number == len(lines):
-                break  # a torn final write
-            raise LtmError(f"{path} is damaged (line {number} is not JSON)") from None
-        if record.get("iter", 0) <= iteration:
-            kept.append(line)
+    kept = [line for _, line, record in _metric_lines(path) if record.get("iter", 0) <= iteration]
     durable.atomic_replace(path, "".join(line + "\n" for line in kept).encode())
