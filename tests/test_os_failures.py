@@ -103,11 +103,10 @@ def first_call_into(call: str, fragment: str, argv: list, env: dict, trace: Path
     traced = subprocess.run(["strace", "-f", "-qq", "-y", "-o", str(trace), "-e", f"trace={call}", sys.executable,
                              "-m", "ltm_ppl", *map(str, argv)], env=env, capture_output=True, text=True, timeout=300)
     assert traced.returncode == 0, traced.stderr[-2000:]
-    lines = trace.read_text().splitlines()
-    main = lines[0].split()[0]  # strace counts `when=N` per process: the main process's calls only
-    calls = [line for line in lines if line.split()[0] == main and f"{call}(" in line]
-    return next(i for i, line in enumerate(calls, 1) if fragment in line.split(",")[0 if call != "openat" else 1]
-                and also in line)
+    calls = [line for line in trace.read_text().splitlines() if f"{call}(" in line]
+    target = next(line for line in calls if fragment in line.split(",")[0 if call != "openat" else 1] and also in line)
+    tid = target.split()[0]  # strace counts `when=N` per thread: that thread's calls up to the target
+    return [line for line in calls if line.split()[0] == tid].index(target) + 1
 
 
 def one_error_line(out: subprocess.CompletedProcess) -> str:
