@@ -257,10 +257,20 @@ def _stop_between(run: Path, inference, cfg: RunConfig, metrics, last_saved: int
     """A stop signal inside iteration done + 1 (one worker): commit iteration `done` and say so."""
     metrics.flush(last_saved)
     if last_saved != done:
-        save(run, inference, cfg)
+        _save(run, inference, cfg)
     bar.close()
     raise Interrupted(f"{stop.name}: stopped during iteration {done + 1} (its fast steps), with a checkpoint of "
                       f"iteration {done} committed; resume with: ltm fit --resume {run}", stop.signum)
+
+
+def _stop_in_evaluation(run: Path, inference, cfg: RunConfig, last_saved: int, done: int, bar, stop) -> None:
+    """A stop signal inside iteration done's evaluation (one worker): the evaluation never
+    changes the training state, so commit iteration `done` without its val record."""
+    if last_saved != done:
+        _save(run, inference, cfg)
+    bar.close()
+    raise Interrupted(f"{stop.name}: stopped after iteration {done} (its evaluation skipped) with a checkpoint "
+                      f"committed; resume with: ltm fit --resume {run}", stop.signum)
 
 
 def _evaluate(inference, data: Data, cfg: RunConfig, iteration: int) -> dict:
@@ -364,7 +374,10 @@ def _train(cfg: RunConfig, run: Path, inference, data: Data, progress: bool, ech
                                   f"resume with: ltm fit --resume {run}", stop.signum or 15)
             # Evaluate before saving, so a checkpoint is committed after every record of its iteration.
             if evaluate:
-                last_eval = _evaluate(inference, data, cfg, done)
+                try:
+                    last_eval = _evaluate(inference, data, cfg, done)
+                except StopNow:  # inside the evaluation's fast steps: iteration `done` is finished
+                    _stop_in_evaluation(run, inference, cfg, last_saved, done, bar, stop)
                 append_metrics(run, {"iter": done, "split": "val", **last_eval})
                 _show(bar, metrics.last, last_eval)
             if checkpoint_now:

@@ -157,11 +157,13 @@ def test_a_signal_commits_a_checkpoint_says_how_to_resume_and_resumes_exactly(tm
     assert result.returncode == code, result.stderr
     lines = [part for line in result.stderr.splitlines() for part in line.split("\r") if part.strip()]
     name, n = signal.Signals(signum).name, len(train_lines(run))
-    # Between iterations, or (Pyro, one worker) inside one's fast steps, abandoning it: either way
-    # the committed checkpoint is the last finished iteration, n.
+    # Between iterations, or (Pyro, one worker) inside one's fast steps or an evaluation's,
+    # abandoning it: either way the committed checkpoint is the last finished iteration, n.
     assert lines[-1] in (f"{name}: stopped after iteration {n} with a checkpoint committed; resume with: ltm fit --resume {run}",
                          f"{name}: stopped during iteration {n + 1} (its fast steps), with a checkpoint of iteration {n} "
-                         f"committed; resume with: ltm fit --resume {run}"), result.stderr
+                         f"committed; resume with: ltm fit --resume {run}",
+                         f"{name}: stopped after iteration {n} (its evaluation skipped) with a checkpoint committed; "
+                         f"resume with: ltm fit --resume {run}"), result.stderr
     assert not any(line.startswith("fit:") for line in result.stderr.split(lines[-1])[1:])  # no bar after it
     done = checkpoint.trainer_state(checkpoint.latest_checkpoint(run))["iteration"]
     assert done == len(train_lines(run)) >= 2  # the wait above saw 3 records (train and val)
@@ -180,3 +182,51 @@ def test_a_signal_commits_a_checkpoint_says_how_to_resume_and_resumes_exactly(tm
 
 def train_lines(run: Path) -> list[str]:
     return [line for line in (run / "metrics.jsonl").read_text().splitlines() if '"split"' not in line]
+
+
+def signal_inside(monkeypatch, where: str, iteration: int) -> None:
+    """Deliver SIGINT to this process inside iteration `iteration`'s fast steps ("step") or inside
+    the evaluation after it ("evaluation"): the timing the subprocess test above only hits by chance."""
+    from ltm_ppl import train
+
+    if where == "step":
+        real_batch = train.train_batch
+
+        def batch_then_signal(tokens, block, batch_size, seed, it):
+            if it + 1 == iteration:
+                os.kill(os.getpid(), signal.SIGINT)  # the handler sets the flag; the first fast step sees it
+            return real_batch(tokens, block, batch_size, seed, it)
+        monkeypatch.setattr(train, "train_batch", batch_then_signal)
+    else:
+        real_evaluate = train._evaluate
+
+        def signal_then_evaluate(inference, data, cfg, done):
+            if done == iteration:
+                os.kill(os.getpid(), signal.SIGINT)
+            return real_evaluate(inference, data, cfg, done)
+        monkeypatch.setattr(train, "_evaluate", signal_then_evaluate)
+
+
+@pytest.mark.parametrize("where, iteration, expected", [
+    # iteration 4's fast steps, the last checkpoint at 2: iteration 3 must be committed now
+    ("step", 4, "SIGINT: stopped during iteration 4 (its fast steps), with a checkpoint of iteration 3 committed"),
+    ("step", 3, "SIGINT: stopped during iteration 3 (its fast steps), with a checkpoint of iteration 2 committed"),
+    # iteration 4's evaluation (eval_interval 2): its training is done, its val record is skipped
+    ("evaluation", 4, "SIGINT: stopped after iteration 4 (its evaluation skipped) with a checkpoint committed")])
+def test_a_signal_inside_fast_steps_or_an_evaluation_commits_the_last_finished_iteration(
+        tmp_path, config, monkeypatch, where, iteration, expected, torch_one_thread):
+    run = tmp_path / "run"
+    signal_inside(monkeypatch, where, iteration)
+    result = run_cli("fit", "--config", config, "--out", run, "--iters", 8, "--lr-decay-iters", 100)
+    assert result.exit_code == 130, result.output
+    assert result.output.strip().splitlines()[-1] == f"{expected}; resume with: ltm fit --resume {run}"
+    done = checkpoint.trainer_state(checkpoint.latest_checkpoint(run))["iteration"]
+    assert done == len(train_lines(run)) == (iteration - 1 if where == "step" else iteration)
+    monkeypatch.undo()
+    assert run_cli("fit", "--resume", run).exit_code == 0
+    reference = run_cli("fit", "--config", config, "--out", tmp_path / "reference", "--iters", 8, "--lr-decay-iters", 100)
+    assert reference.exit_code == 0, reference.output
+    (wa, _, ma), (wb, _, mb) = final_state(run), final_state(tmp_path / "reference")
+    for key in wa:
+        np.testing.assert_array_equal(wa[key], wb[key], err_msg=key)
+    assert [r for r in ma[:-1] if "split" not in r] == [r for r in mb[:-1] if "split" not in r]
