@@ -159,6 +159,8 @@ def test_the_seed_is_recorded_and_the_run_deterministic(runs, tmp_path):
     assert (tmp_path / "a.jsonl").read_text() == (tmp_path / "b.jsonl").read_text()
     assert [r[CLEAN]["demos"] for r in read_jsonl(first.out)] != [r[CLEAN]["demos"] for r in read_jsonl(other.out)]
     assert json.loads(json.dumps(first.to_dict()))["rows"][0]["interval"].startswith("Wilson")
+    fewer = api.fewshot(runs["local"], FUNCTIONS, out=str(tmp_path / "d.jsonl"), max_questions=2, **args)
+    assert fewer.questions == 2 and read_jsonl(fewer.out) == read_jsonl(first.out)[:2]  # per-question draws
 
 
 def test_both_backends_give_the_same_greedy_numbers(runs, tmp_path, jax_caches):
