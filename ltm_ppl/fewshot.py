@@ -33,14 +33,13 @@ from .checks import MAX_SAMPLES, require_at_most, require_non_negative, require_
 from .destination import check_creatable
 from .durable import atomic_write_text
 from .errors import LtmError
+from .fewshot_prompt import CLEAN, PUBLISHED, Prompt, build_prompt, demonstrations, seed_for, train_by_question
 from .fewshot_score import (BOOTSTRAP, WILSON, bootstrap, exact_match, normalise, pass_at_k, shown, substring_match,
                             wilson)
-from .fewshot_task import Task, check_template, render
+from .fewshot_task import Task, check_template
 from .generate import MAX_NEW_TOKENS, generate_text
 
 OVERFLOW = ("refuse", "truncate")
-CLEAN, PUBLISHED = "clean", "published"
-_PURPOSE = {"demos": 0, "published-demos": 1, "greedy": 2, "sampled": 3, "published": 4, "bootstrap": 5}
 
 
 @contextlib.contextmanager
@@ -133,59 +132,6 @@ class FewshotResult:
         return asdict(self)
 
 
-def seed_for(seed: int, index: int, purpose: str) -> int:
-    """A 32-bit seed of (the recorded seed, question, purpose): a question's draws do not depend
-    on which other questions are asked."""
-    return int(np.random.SeedSequence([seed, index, _PURPOSE[purpose]]).generate_state(1)[0])
-
-
-def demonstrations(task: Task, index: int, shots: int, seed: int, protocol: str = CLEAN) -> list[int]:
-    """Indices of the demonstrations of test question `index`: from train, never an item whose
-    question is the asked one (clean); or from test, the asked question not excluded (published)."""
-    if shots == 0:
-        return []
-    if protocol == PUBLISHED:
-        rng = np.random.default_rng(seed_for(seed, index, "published-demos"))
-        return [int(i) for i in rng.choice(len(task.test), shots, replace=False)]
-    asked = task.test[index][0].strip()
-    excluded = {i for i, (q, _) in enumerate(task.train) if q.strip() == asked}
-    if len(task.train) - len(excluded) < shots:
-        raise LtmError(f"--shots {shots} is more than the train split's {len(task.train) - len(excluded)} questions "
-                       f"other than test question {index}")
-    rng = np.random.default_rng(seed_for(seed, index, "demos"))
-    drawn = rng.choice(len(task.train), shots + len(excluded), replace=False)
-    return [int(i) for i in drawn if int(i) not in excluded][:shots]
-
-
-@dataclass
-class Prompt:
-    text: str
-    demos: list[int]  # those kept, oldest first
-    dropped: int  # the oldest demonstrations dropped to fit
-    tokens: int  # the prompt's tokens, BOS included
-    fits: bool
-
-
-def build_prompt(task: Task, index: int, demos: list[int], source: list, template: str, tokenizer, max_tokens: int,
-                 window: int, overflow: str, protocol: str) -> Prompt:
-    """The prompt of test question `index` with the demonstrations `demos` (items of `source`);
-    refused (overflow refuse) or shortened from the oldest demonstration (truncate) when BOS +
-    prompt + max_tokens exceed the window."""
-    question = render(template, task.test[index][0], None)
-    for dropped in range(len(demos) + 1):
-        kept = demos[dropped:]
-        text = "".join(render(template, *source[i]) for i in kept) + question
-        tokens = 1 + len(tokenizer.encode(text))
-        if tokens + max_tokens <= window:
-            return Prompt(text, kept, dropped, tokens, True)
-        if overflow == "refuse":
-            raise LtmError(f"the {protocol} prompt of test question {index} is {tokens} tokens (BOS included) and "
-                           f"--max-tokens {max_tokens} more: {tokens + max_tokens} > the model's window of {window} "
-                           f"tokens (block_size + 1); use fewer --shots, a smaller --max-tokens, or --overflow truncate "
-                           f"(drops the oldest demonstrations)")
-    return Prompt(text, [], len(demos), tokens, False)
-
-
 def _cut(text: str, stop: str) -> str:
     return text.split(stop, 1)[0]
 
@@ -195,6 +141,37 @@ def _answers(opened, prompt: Prompt, num: int, temperature: float, max_tokens: i
     """`num` answers to the prompt, each with its own z from the posterior given the prompt."""
     texts = generate_text(opened.inference, opened.tokenizer, prompt.text, num, max_tokens, temperature, 0, steps, seed)
     return [_cut(t[len(prompt.text):], stop) for t in texts]
+
+
+def _prompt_record(p: Prompt) -> dict:
+    return {"demos": p.demos, "dropped_demos": p.dropped, "prompt_tokens": p.tokens, "fits": p.fits, "prompt": p.text}
+
+
+def _clean_record(p: Prompt, gold, seed: int, index: int, opened, max_tokens: int, steps: int, stop: str, samples: int,
+                  temperature: float) -> dict:
+    """A question by the clean protocol: one greedy answer and `samples` sampled ones, each with
+    its verdict (exact match); a prompt that does not fit gets empty answers, all wrong."""
+    greedy, sampled = [""], [""] * samples
+    if p.fits:
+        greedy = _answers(opened, p, 1, 0.0, max_tokens, steps, stop, seed_for(seed, index, "greedy"))
+        sampled = _answers(opened, p, samples, temperature, max_tokens, steps, stop, seed_for(seed, index, "sampled"))
+
+    def verdict(text: str) -> dict:
+        return {"text": text, "answer": shown(normalise(text)), "correct": p.fits and exact_match(text, gold)}
+
+    verdicts = [verdict(t) for t in sampled]
+    return {**_prompt_record(p), "greedy": verdict(greedy[0]), "samples": verdicts,
+            "correct_samples": sum(v["correct"] for v in verdicts)}
+
+
+def _published_record(p: Prompt, answer: str, index: int, seed: int, opened, max_tokens: int, steps: int, stop: str,
+                      samples: int, temperature: float) -> dict:
+    """A question by the published protocol: `samples` answers, solved if any holds the gold
+    final answer as a substring."""
+    texts = _answers(opened, p, samples, temperature, max_tokens, steps, stop, seed) if p.fits else [""] * samples
+    hits = [p.fits and substring_match(t, answer) for t in texts]
+    return {**_prompt_record(p), "asked_question_among_demos": index in p.demos,
+            "samples": [{"text": t, "substring": h} for t, h in zip(texts, hits)], "solved": any(hits)}
 
 
 def _out_path(out: str | None) -> Path:
@@ -237,7 +214,8 @@ def fewshot_run(opened, task: Task, settings: FewshotSettings | None = None, pro
     scored = [i for i in asked if golds[i] is not None]
     if not scored:
         raise LtmError(f"--task: none of the {len(asked)} test answers asked parses (no final answer after '####')")
-    prompts = {i: build_prompt(task, i, demonstrations(task, i, s.shots, seed), task.train, template, opened.tokenizer,
+    same = train_by_question(task)
+    prompts = {i: build_prompt(task, i, demonstrations(task, i, s.shots, seed, CLEAN, same), task.train, template, opened.tokenizer,
                                max_tokens, window, s.overflow, CLEAN) for i in scored}
     published = {i: build_prompt(task, i, demonstrations(task, i, s.shots, seed, PUBLISHED), task.test, template,
                                  opened.tokenizer, max_tokens, window, s.overflow, PUBLISHED)
@@ -248,37 +226,20 @@ def fewshot_run(opened, task: Task, settings: FewshotSettings | None = None, pro
     resources.check("few-shot generation", needed, cfg, "a smaller --samples")
 
     records, greedy_ok, counts, solved = [], [], [], []
+    generation = dict(opened=opened, max_tokens=max_tokens, steps=steps, stop=stop, samples=s.samples,
+                      temperature=s.temperature)
     with progress(len(asked)) as advance:
         for i in asked:
             question, answer = task.test[i]
             record = {"index": i, "question": question, "answer": answer, "gold": shown(golds[i]), "scored": i in prompts}
             if i in prompts:
-                p = prompts[i]
-                record[CLEAN] = {"demos": p.demos, "dropped_demos": p.dropped, "prompt_tokens": p.tokens, "fits": p.fits,
-                                 "prompt": p.text}
-                greedy, sampled = [""], [""] * s.samples
-                if p.fits:
-                    greedy = _answers(opened, p, 1, 0.0, max_tokens, steps, stop, seed_for(seed, i, "greedy"))
-                    sampled = _answers(opened, p, s.samples, s.temperature, max_tokens, steps, stop,
-                                       seed_for(seed, i, "sampled"))
-                verdicts = [p.fits and exact_match(t, golds[i]) for t in sampled]
-                record[CLEAN]["greedy"] = {"text": greedy[0], "answer": shown(normalise(greedy[0])),
-                                           "correct": p.fits and exact_match(greedy[0], golds[i])}
-                record[CLEAN]["samples"] = [{"text": t, "answer": shown(normalise(t)), "correct": v}
-                                            for t, v in zip(sampled, verdicts)]
-                record[CLEAN]["correct_samples"] = sum(verdicts)
+                record[CLEAN] = _clean_record(prompts[i], golds[i], seed, i, **generation)
                 greedy_ok.append(record[CLEAN]["greedy"]["correct"])
-                counts.append(sum(verdicts))
+                counts.append(record[CLEAN]["correct_samples"])
             if i in published:
-                p = published[i]
-                texts = _answers(opened, p, s.samples, s.temperature, max_tokens, steps, stop,
-                                 seed_for(seed, i, "published")) if p.fits else [""] * s.samples
-                hits = [p.fits and substring_match(t, answer) for t in texts]
-                record[PUBLISHED] = {"demos": p.demos, "dropped_demos": p.dropped, "prompt_tokens": p.tokens,
-                                     "fits": p.fits, "asked_question_among_demos": i in p.demos, "prompt": p.text,
-                                     "samples": [{"text": t, "substring": h} for t, h in zip(texts, hits)],
-                                     "solved": any(hits)}
-                solved.append(any(hits))
+                record[PUBLISHED] = _published_record(published[i], answer, i, seed_for(seed, i, "published"),
+                                                      **generation)
+                solved.append(record[PUBLISHED]["solved"])
             records.append(record)
             advance(1)
 
@@ -310,4 +271,4 @@ def fewshot_run(opened, task: Task, settings: FewshotSettings | None = None, pro
                          len(asked) - len(scored), unfit, truncated, window, str(out), s.published_protocol, notes)
 
 
-__all__ = ["FewshotResult", "FewshotSettings", "build_prompt", "demonstrations", "fewshot_run", "seed_for"]
+__all__ = ["CLEAN", "PUBLISHED", "FewshotResult", "FewshotSettings", "fewshot_run"]
