@@ -21,6 +21,8 @@ from .checkpoint import read_config, read_metrics
 from .config import RunConfig, apply_overrides, build_config
 from .diagnostics import DiagnoseResult, DiagnoseSettings, diagnose_run
 from .errors import LtmError
+from .fewshot import FewshotResult, FewshotSettings, fewshot_run
+from .fewshot_task import load_task
 from .generate import SampleResult, SampleSettings, sample_run
 from .inference import descriptor
 from .plots import check_plot_path, plot_compare, plot_eval_steps, plot_training, training_series
@@ -138,6 +140,20 @@ def sample(run: str | Path | OpenRun, *, prompt: str | None = None, num: int = 1
     return sample_run(opened, settings, progress)
 
 
+def fewshot(run: str | Path | OpenRun, task: str, *, backend: str | None = None, device: str | None = None,
+            inference: str | None = None, overrides: dict | None = None, progress: Callable = no_progress,
+            **settings) -> FewshotResult:
+    """Few-shot in-context evaluation (`ltm fewshot`): for each test question of `task` (a folder
+    with train.jsonl / test.jsonl, "TRAIN.jsonl,TEST.jsonl", or builtin:functions), K train-split
+    demonstrations, z inferred from the prompt, greedy and N sampled answers; exact match, pass@1 and
+    pass@k with 95% intervals, and a JSONL of every question (settings.out). `settings` are the
+    fields of fewshot.FewshotSettings (shots, samples, temperature, published_protocol, ...)."""
+    settings = FewshotSettings(**settings)  # checks first
+    loaded = load_task(task)
+    opened = open_run(run, backend=backend, device=device, inference=inference, overrides=overrides)
+    return fewshot_run(opened, loaded, settings, progress)
+
+
 def plot(runs: list[str | Path], out: str | Path, *, x: str = "iters") -> dict:
     """Training curves of one or more runs overlaid (`ltm plot`): loss, val bound, KL, learning rate
     and gradient norm from each run's metrics.jsonl, against iterations (x="iters") or training
@@ -179,4 +195,4 @@ def study(grid: str | Path, out: str | Path, only: list[str] | None = None, tabl
     return run_study(grid, out, only, echo)
 
 
-__all__ = ["fit", "open_run", "evaluate", "compare", "diagnose", "sample", "plot", "import_run", "study"]
+__all__ = ["fit", "open_run", "evaluate", "compare", "diagnose", "sample", "fewshot", "plot", "import_run", "study"]
