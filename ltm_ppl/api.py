@@ -21,8 +21,7 @@ from .checkpoint import read_config, read_metrics
 from .config import RunConfig, apply_overrides, build_config
 from .diagnostics import DiagnoseResult, DiagnoseSettings, diagnose_run
 from .errors import LtmError
-from .fewshot import FewshotResult, FewshotSettings, fewshot_run
-from .fewshot_task import load_task
+from .fewshot import FewshotResult, FewshotSettings, fewshot_run, load_task
 from .generate import SampleResult, SampleSettings, sample_run
 from .inference import descriptor
 from .plots import check_plot_path, plot_compare, plot_eval_steps, plot_training, training_series

@@ -1,4 +1,4 @@
-"""`ltm fewshot`: wiring only (parse, call api.fewshot, print through fewshot_report). A command
+"""`ltm fewshot`: wiring only (parse, call api.fewshot, print through report). A command
 of its own module, registered on the `ltm` group by cli.py with `cli.add_command(fewshot)`; the
 group turns LtmError and click's usage errors into one `error:` line and exit code 2."""
 from __future__ import annotations
@@ -10,8 +10,8 @@ import click
 from tqdm import tqdm
 
 from . import api
-from .fewshot_report import fewshot_text
-from .fewshot_task import escaped
+from .report import fewshot_text
+from .fewshot.task import escaped
 from .inference import registry
 from .threads import configure_threads
 

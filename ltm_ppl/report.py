@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .diagnostics import DiagnoseResult, khat_verdict
+from .fewshot import FewshotResult
 from .generate import SampleResult
 from .runs import CompareResult, CompareRow, EvalResult
 
@@ -278,3 +279,19 @@ def study_text(summary: dict, table: str) -> str:
     """How far a study is, and where its table (`table`, study.md) and plots are."""
     return (f"{summary['points_done']} of {summary['points_total']} runs done; table: {table}; "
             f"plots: {', '.join(summary['plots'])}")
+
+
+def fewshot_text(result: FewshotResult) -> str:
+    """The lines `ltm fewshot` prints, without a final newline."""
+    r = result
+    lines = [f"few-shot {r.task}: {r.shots} shots, {r.scored} questions scored of {r.test_size} in test "
+             f"(train {r.train_size}); {r.backend} / {r.inference} (trained with {r.trained_with}), "
+             f"{r.steps} inference steps, seed {r.seed}",
+             f"{'protocol':<10} {'decoding':<8} {'metric':<20} {'value':>7}  {'95% interval':<17} interval"]
+    for row in r.rows:
+        lines.append(f"{row['protocol']:<10} {row['decoding']:<8} {row['metric']:<20} {row['value']:>7.3f}  "
+                     f"[{row['low']:.3f}, {row['high']:.3f}]   {row['interval']}")
+    lines += [f"  {row['protocol']}: {row['label']}" for row in r.rows if row["protocol"] == "published"]
+    lines += [f"note: {note}" for note in r.notes]
+    lines.append(f"every question, prompt, sample and verdict: {r.out}")
+    return "\n".join(lines)

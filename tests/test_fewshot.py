@@ -14,10 +14,10 @@ from ltm_ppl.cli import cli
 from ltm_ppl.cli_fewshot import fewshot
 from ltm_ppl.errors import LtmError
 from ltm_ppl.fewshot import CLEAN, PUBLISHED, FewshotSettings
-from ltm_ppl.fewshot_prompt import demonstrations
-from ltm_ppl.fewshot_report import fewshot_text
-from ltm_ppl.fewshot_score import bootstrap, exact_match, normalise, pass_at_k, shown, substring_match, wilson
-from ltm_ppl.fewshot_task import Task, load_task, render
+from ltm_ppl.fewshot.prompt import demonstrations
+from ltm_ppl.report import fewshot_text
+from ltm_ppl.fewshot.score import bootstrap, exact_match, normalise, pass_at_k, shown, substring_match, wilson
+from ltm_ppl.fewshot.task import Task, load_task, render
 
 if "fewshot" not in cli.commands:  # until cli.py registers it (cli_fewshot's docstring)
     cli.add_command(fewshot)

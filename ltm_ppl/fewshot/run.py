@@ -5,7 +5,7 @@ derived from the recorded one; a train item whose question is the asked one is n
 rendered with the template, then the asked question; z is inferred from that prompt by the run's
 method (generate.generate_text: `none` runs take no z) and the answer generated, cut at the stop
 string. One greedy answer (temperature 0) and N sampled ones (--samples, --temperature), each
-sample with its own z. Scores (fewshot_score): exact match of the normalised final answer; greedy
+sample with its own z. Scores (fewshot.score): exact match of the normalised final answer; greedy
 accuracy with a Wilson interval, pass@1 and unbiased pass@k of the samples with bootstrap
 intervals over questions.
 
@@ -28,16 +28,16 @@ from pathlib import Path
 
 import numpy as np
 
-from . import resources
-from .checks import MAX_SAMPLES, require_at_most, require_non_negative, require_positive, require_seed, require_steps
-from .destination import check_creatable
-from .durable import atomic_write_text
-from .errors import LtmError
-from .fewshot_prompt import CLEAN, PUBLISHED, Prompt, build_prompt, demonstrations, seed_for, train_by_question
-from .fewshot_score import (BOOTSTRAP, WILSON, bootstrap, exact_match, normalise, pass_at_k, shown, substring_match,
+from .. import resources
+from ..checks import MAX_SAMPLES, require_at_most, require_non_negative, require_positive, require_seed, require_steps
+from ..destination import check_creatable
+from ..durable import atomic_write_text
+from ..errors import LtmError
+from .prompt import CLEAN, PUBLISHED, Prompt, build_prompt, demonstrations, seed_for, train_by_question
+from .score import (BOOTSTRAP, WILSON, bootstrap, exact_match, normalise, pass_at_k, shown, substring_match,
                             wilson)
-from .fewshot_task import Task, check_template
-from .generate import MAX_NEW_TOKENS, generate_text
+from .task import Task, check_template
+from ..generate import MAX_NEW_TOKENS, generate_text
 
 OVERFLOW = ("refuse", "truncate")
 
@@ -96,7 +96,7 @@ class FewshotSettings:
 class FewshotResult:
     """What `ltm fewshot` measured: one row per figure (protocol, decoding, metric, value, 95%
     interval and how it was computed), and what they were measured on. `to_dict()` is the `--json`
-    object; fewshot_report.fewshot_text the table; `out` the JSONL of every question."""
+    object; report.fewshot_text the table; `out` the JSONL of every question."""
     rows: list[dict]
     task: str
     run: str
@@ -193,7 +193,7 @@ def _row(protocol: str, decoding: str, metric: str, values, interval: str, seed:
 
 
 def fewshot_run(opened, task: Task, settings: FewshotSettings | None = None, progress=no_progress) -> FewshotResult:
-    """`ltm fewshot` on an opened run (runs.open_run) and a loaded task (fewshot_task.load_task).
+    """`ltm fewshot` on an opened run (runs.open_run) and a loaded task (fewshot.task.load_task).
     Every check and every prompt comes first; the JSONL is written once, at the end."""
     s = settings or FewshotSettings()
     cfg = opened.cfg

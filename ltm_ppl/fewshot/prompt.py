@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import LtmError
-from .fewshot_task import Task, render
+from ..errors import LtmError
+from .task import Task, render
 
 CLEAN, PUBLISHED = "clean", "published"
 _PURPOSE = {"demos": 0, "published-demos": 1, "greedy": 2, "sampled": 3, "published": 4, "bootstrap": 5}

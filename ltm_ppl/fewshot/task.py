@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .data.synthetic import FUNCTIONS_PARAMS, Param, canonical_spec, functions_law, parse_params
-from .errors import LtmError
-from .fewshot_score import normalise
+from ..data.synthetic import FUNCTIONS_PARAMS, Param, canonical_spec, functions_law, parse_params
+from ..errors import LtmError
+from .score import normalise
 
 DEFAULT_TEMPLATE = "Question: {question}\nAnswer: {answer}\n\n"
 DEFAULT_STOP = "\n"
