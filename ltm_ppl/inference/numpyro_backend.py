@@ -34,8 +34,8 @@ import optax
 from ..config import RunConfig
 from ..distributed import world
 from ..errors import LtmError
-from ..models import jax_decoder, jax_encoder
-from ..models.numpyro_model import amortized_guide, local_guide, ltm_model
+from ..models.jax import decoder as jax_decoder, encoder as jax_encoder, generate as jax_generate
+from ..models.jax.program import amortized_guide, local_guide, ltm_model
 from .latent_model import LatentModel
 from .numpyro_elbo import elbo_terms, log_joint
 from .registry import needs_encoder
@@ -502,8 +502,8 @@ class NumPyroBackend:
         return jax.random.normal(self.next_key(), (num, *self.latent_shape), jnp.float32)
 
     def generate(self, context: np.ndarray, z, max_new: int, temperature: float, top_k: int, **options) -> np.ndarray:
-        """options: stop_id, utf8, progress of models.jax_decoder.generate."""
-        return jax_decoder.generate(
+        """options: stop_id, utf8, progress of models.jax.generate.generate."""
+        return jax_generate.generate(
             self.params, self.cfg.model, self.tensor(context), z, max_new, temperature, top_k, self.next_key(), self.dtype,
             **options,
         )

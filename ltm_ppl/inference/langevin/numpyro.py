@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ...errors import LtmError
-from ...models import jax_encoder
+from ...models.jax import encoder as jax_encoder
 from ..gaussian import fit_to_draws
 from ..local.numpyro import fast_lrs, fit_local_posterior
 from ..numpyro_backend import NumPyroBackend, Programs

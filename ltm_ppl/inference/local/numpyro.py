@@ -24,8 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ...models import jax_encoder
-from ...models.numpyro_model import local_guide
+from ...models.jax import encoder as jax_encoder
+from ...models.jax.program import local_guide
 from ..numpyro_backend import NumPyroBackend, Programs
 from ..numpyro_elbo import elbo_terms
 from ..gaussian import FAST_ADAM_EPS, FAST_BETA1, FAST_BETA2, published_start, shaped_kl
