@@ -20,11 +20,11 @@ from train_step import SHAPES  # noqa: E402
 def temp_bytes(shape: str, vocab: int, batch: int, chunk_elements: int) -> dict:
     from ltm_ppl.config import RunConfig
     from ltm_ppl.inference import create
-    from ltm_ppl.inference import numpyro_backend
+    from ltm_ppl.inference import numpyro_programs
     from ltm_ppl.models.jax import likelihood as jax_chunked_ce
 
     jax_chunked_ce.CHUNK_ELEMENTS = chunk_elements
-    numpyro_backend._PROGRAMS.clear()  # programs are cached per setting: build afresh
+    numpyro_programs._PROGRAMS.clear()  # programs are cached per setting: build afresh
     cfg = RunConfig()
     n_layer, n_head, d, n_z, block, default_vocab, steps = SHAPES[shape]
     m = cfg.model

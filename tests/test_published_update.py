@@ -155,7 +155,7 @@ def test_numpyro_trajectory_gradient_is_the_hand_written_one(fast_loss, torch_on
 
     from ltm_ppl.inference import create
     from ltm_ppl.inference.local.numpyro import fast_lrs
-    from ltm_ppl.inference.numpyro_backend import clip_like_torch
+    from ltm_ppl.inference.numpyro_optim import clip_like_torch
 
     cfg = trajectory_cfg("numpyro", fast_loss)
     inference = create(cfg)

@@ -16,8 +16,9 @@ import numpy as np
 
 from ...models.jax import encoder as jax_encoder
 from ...models.jax.program import amortized_guide
-from ..numpyro_backend import NumPyroBackend, Programs
+from ..numpyro_backend import NumPyroBackend
 from ..numpyro_elbo import elbo_terms_by_vector
+from ..numpyro_programs import Programs
 from ..schedules import kl_weight
 
 
