@@ -1,5 +1,5 @@
 """XLA's memory plan of the compiled NumPyro `local` training step (temporary buffers, bytes),
-with the likelihood's head chunked (models/jax_chunked_ce.py) and, for comparison, in one chunk
+with the likelihood's head chunked (models/jax/likelihood.py) and, for comparison, in one chunk
 (the float32 [tokens x vocab] logits of the whole batch). Compiles only; runs nothing.
 
     python bench/jax_step_memory.py --shape small --vocab 50257
@@ -20,11 +20,11 @@ from train_step import SHAPES  # noqa: E402
 def temp_bytes(shape: str, vocab: int, batch: int, chunk_elements: int) -> dict:
     from ltm_ppl.config import RunConfig
     from ltm_ppl.inference import create
-    from ltm_ppl.inference import numpyro_backend
-    from ltm_ppl.models import jax_chunked_ce
+    from ltm_ppl.inference import numpyro_programs
+    from ltm_ppl.models.jax import likelihood as jax_chunked_ce
 
     jax_chunked_ce.CHUNK_ELEMENTS = chunk_elements
-    numpyro_backend._PROGRAMS.clear()  # programs are cached per setting: build afresh
+    numpyro_programs._PROGRAMS.clear()  # programs are cached per setting: build afresh
     cfg = RunConfig()
     n_layer, n_head, d, n_z, block, default_vocab, steps = SHAPES[shape]
     m = cfg.model
@@ -47,7 +47,7 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=0, help="override the shape's vocabulary")
     parser.add_argument("--batch", type=int, default=16)
     args = parser.parse_args()
-    from ltm_ppl.models import jax_chunked_ce
+    from ltm_ppl.models.jax import likelihood as jax_chunked_ce
 
     chunked = temp_bytes(args.shape, args.vocab, args.batch, jax_chunked_ce.CHUNK_ELEMENTS)
     whole = temp_bytes(args.shape, args.vocab, args.batch, 2**62)

@@ -1,7 +1,7 @@
 """The LTM `local` training iteration in plain JAX, no NumPyro, side by side with the NumPyro path.
 
-The plain step does the same maths with the same kernels (models/jax_decoder.py's scanned decoder,
-models/jax_chunked_ce.py's chunked head + log-softmax) and the same optimisers (optax Adam for the
+The plain step does the same maths with the same kernels (models/jax/decoder.py's scanned decoder,
+models/jax/likelihood.py's chunked head + log-softmax) and the same optimisers (optax Adam for the
 T fast steps on (mu, log sigma), clipped AdamW for the slow step, the on-device finiteness guard),
 but writes the ELBO by hand: sum of token log-probs at z = mu + sigma * eps, minus the analytic
 KL(N(mu, sigma^2) || N(0, 1)). The bench runs the two interleaved (NumPyro, plain, NumPyro, ...),
@@ -33,8 +33,8 @@ def plain_local_step(cfg, dtype):
     import jax.numpy as jnp
     import optax
 
-    from ltm_ppl.models.jax_chunked_ce import token_log_probs
-    from ltm_ppl.models.jax_decoder import decoder_hidden
+    from ltm_ppl.models.jax.likelihood import token_log_probs
+    from ltm_ppl.models.jax.decoder import decoder_hidden
 
     m, inf, t = cfg.model, cfg.inference, cfg.train
     assert inf.init in ("prior", "narrow") and inf.optimizer == "adam" and inf.scale_param == "log_sigma"

@@ -16,7 +16,7 @@ import torch
 
 from ltm_ppl.inference.local.pyro import fast_optimizer, initial_local
 from ltm_ppl.inference.schedules import fast_lr, slow_lr
-from ltm_ppl.models.chunked_ce_torch import token_log_probs
+from ltm_ppl.models.torch.likelihood import token_log_probs
 
 
 def negative_elbo(decoder, tokens, loc, log_scale, eps, autocast: bool):
@@ -25,7 +25,7 @@ def negative_elbo(decoder, tokens, loc, log_scale, eps, autocast: bool):
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
         hidden = decoder(inputs, z, hidden_only=True)
-    hidden = hidden.to(torch.bfloat16) if autocast else hidden  # the output layer in bf16, as in pyro_model.decode
+    hidden = hidden.to(torch.bfloat16) if autocast else hidden  # the output layer in bf16, as in models/torch/program.decode
     loglik = token_log_probs(hidden, decoder.tok_emb.weight, targets).sum(-1)
     kl = 0.5 * (loc**2 + (2 * log_scale).exp() - 1 - 2 * log_scale).sum((-1, -2))
     n_tokens = tokens.shape[0] * (tokens.shape[1] - 1)

@@ -23,7 +23,7 @@ from ltm_ppl.config import ModelConfig
 def torch_step(cfg: ModelConfig, batch: int):
     import torch
 
-    from ltm_ppl.models.torch_decoder import Decoder
+    from ltm_ppl.models.torch.decoder import Decoder
 
     torch.manual_seed(0)
     decoder = Decoder(cfg)
@@ -41,7 +41,7 @@ def jax_step(cfg: ModelConfig, batch: int):
     import jax
     import jax.numpy as jnp
 
-    from ltm_ppl.models import jax_decoder
+    from ltm_ppl.models.jax import decoder as jax_decoder
 
     params = jax_decoder.init_params(cfg, jax.random.PRNGKey(0))
     idx = jax.random.randint(jax.random.PRNGKey(1), (batch, cfg.block_size), 0, cfg.vocab_size)

@@ -22,7 +22,7 @@ from .presets import preset_settings, size_settings
 FORMAT_VERSION = 2  # 2: checkpoints/<iter>/ folders, train.lr_decay_iters stored resolved
 READABLE_FORMATS = (1, 2)
 DEVICES = ("auto", "cpu", "cuda")
-# Rotary positions of the latent keys (models/torch_decoder.latent_positions): "published" spaces
+# Rotary positions of the latent keys (models/torch/decoder.latent_positions): "published" spaces
 # ALL n_z vectors over the block and gives every layer the first m of those positions (the
 # authors' model.py); "per_layer" spaces each layer's m vectors over the block (runs saved before
 # the setting existed were trained with it, and load with it: checkpoint.read_config).

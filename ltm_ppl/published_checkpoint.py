@@ -258,7 +258,7 @@ def _take(found: dict, name: str, shape: tuple, alternatives: tuple[str, ...] = 
 
 
 def convert_state_dict(state: dict, args: dict) -> dict[str, np.ndarray]:
-    """ltm-ppl's canonical weights (torch_decoder.Decoder's names) from a published state_dict."""
+    """ltm-ppl's canonical weights (models.torch.decoder.Decoder's names) from a published state_dict."""
     found = _tensors(state)
     d, heads, vocab = args["dim"], args["n_heads"], args["vocab_size"]
     hd = d // heads

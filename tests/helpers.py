@@ -120,8 +120,8 @@ def twin_decoders(seed: int, **model):
     import torch
 
     from ltm_ppl.config import ModelConfig
-    from ltm_ppl.models import jax_decoder
-    from ltm_ppl.models.torch_decoder import Decoder
+    from ltm_ppl.models.jax import decoder as jax_decoder
+    from ltm_ppl.models.torch.decoder import Decoder
 
     cfg = ModelConfig(**(TINY_MODEL | model))
     weights = random_weights(jax_decoder.param_shapes(cfg), seed=seed)

@@ -1,6 +1,6 @@
 """A test oracle: the token-sequence distribution over full logits, in NumPyro. The library's
-program uses HeadTokenSequence (chunked, no [tokens x vocab] logits); tests check it and the torch
-TokenSequence against this plain one."""
+program uses models/jax/likelihood.TokenSequence (chunked, no [tokens x vocab] logits); tests
+check it and the torch TokenSequence against this plain one."""
 from __future__ import annotations
 
 import jax

@@ -20,7 +20,7 @@ from ltm_ppl.inference.local.compiled_fast_step import CompiledFastStep, step_sc
 from ltm_ppl.inference.local.pyro import PyroLocal, fit_local_posterior
 from ltm_ppl.inference.pyro_backend import frozen
 from ltm_ppl.inference.pyro_elbo import elbo_terms
-from ltm_ppl.models.pyro_model import local_guide
+from ltm_ppl.models.torch.program import local_guide
 
 B, N_Z, D, L = 3, 4, 32, 16
 

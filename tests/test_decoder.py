@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from ltm_ppl.config import ModelConfig
-from ltm_ppl.models.torch_decoder import Decoder, KVCache
-from ltm_ppl.models.torch_generate import generate
+from ltm_ppl.models.torch.decoder import Decoder, KVCache
+from ltm_ppl.models.torch.generate import generate
 
 
 def tiny(latent=True, **kw) -> Decoder:
@@ -89,7 +89,7 @@ def test_chunk_appended_to_a_non_empty_cache_gives_the_uncached_logits(window):
 
 
 def test_token_log_probs_are_float32_for_bf16_logits_on_the_cpu():
-    from ltm_ppl.models.token_sequence_torch import TokenSequence
+    from ltm_ppl.models.torch.likelihood import TokenSequence
 
     torch.manual_seed(0)
     logits = (8 * torch.randn(3, 20, 5000)).bfloat16()
@@ -122,7 +122,7 @@ def test_flex_window_attention_equals_the_masked_path():
     """The GPU path's numbers (FlexAttention with the window's block mask), run eagerly on the CPU."""
     import warnings
 
-    from ltm_ppl.models.torch_decoder import attention_mask, flex_window_attention
+    from ltm_ppl.models.torch.decoder import attention_mask, flex_window_attention
 
     torch.manual_seed(1)
     q, k, v = (torch.randn(2, 2, 16, 8) for _ in range(3))
@@ -139,7 +139,7 @@ def test_zero_cross_out_starts_as_the_ar_twin_and_still_learns_from_z():
     import jax
     import numpy as np
 
-    from ltm_ppl.models.jax_decoder import init_params
+    from ltm_ppl.models.jax.decoder import init_params
 
     d = tiny(cross_out_zero=True)
     idx = torch.randint(0, 50, (2, 10))

@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from ltm_ppl.config import RunConfig
 from ltm_ppl.inference.local.pyro import PyroLocal
 from ltm_ppl.inference.pyro_elbo import elbo_terms
-from ltm_ppl.models import chunked_ce_torch
-from ltm_ppl.models.chunked_ce_torch import ChunkedTokenLogProb
-from ltm_ppl.models.pyro_model import local_guide
+from ltm_ppl.models.torch import likelihood as chunked_ce_torch
+from ltm_ppl.models.torch.likelihood import ChunkedTokenLogProb
+from ltm_ppl.models.torch.program import local_guide
 
 
 @pytest.mark.parametrize("rows", [1, 7, 64])

@@ -85,7 +85,7 @@ def _generate(backend, decoder, params, cfg, context, z, new, **options):
     if backend == "pyro":
         import torch
 
-        from ltm_ppl.models.torch_generate import generate
+        from ltm_ppl.models.torch.generate import generate
 
         gen = torch.Generator().manual_seed(0)
         with torch.no_grad():
@@ -93,9 +93,9 @@ def _generate(backend, decoder, params, cfg, context, z, new, **options):
     import jax
     import jax.numpy as jnp
 
-    from ltm_ppl.models import jax_decoder
+    from ltm_ppl.models.jax import generate as jax_generate
 
-    return jax_decoder.generate(params, cfg, context, jnp.asarray(z), new, key=jax.random.PRNGKey(0), **options)
+    return jax_generate.generate(params, cfg, context, jnp.asarray(z), new, key=jax.random.PRNGKey(0), **options)
 
 
 @pytest.mark.parametrize("backend", ["pyro", "numpyro"])

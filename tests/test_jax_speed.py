@@ -35,7 +35,7 @@ def test_update_is_skipped_when_a_gradient_is_not_finite():
 @pytest.fixture
 def small_chunks(monkeypatch):
     """Chunks of 8 tokens (vocab 64), so tiny shapes run the chunked path over many chunks."""
-    from ltm_ppl.models import jax_chunked_ce
+    from ltm_ppl.models.jax import likelihood as jax_chunked_ce
 
     monkeypatch.setattr(jax_chunked_ce, "CHUNK_ELEMENTS", 8 * 64)
 
@@ -46,7 +46,7 @@ def test_chunked_log_probs_equal_the_full_log_softmax(small_chunks):
     import jax
     import jax.numpy as jnp
 
-    from ltm_ppl.models.jax_chunked_ce import chunk_tokens, token_log_probs
+    from ltm_ppl.models.jax.likelihood import chunk_tokens, token_log_probs
 
     rng = np.random.default_rng(0)
     hidden = jnp.asarray(rng.standard_normal((3, 13, 16)), jnp.float32)
@@ -80,10 +80,10 @@ def test_elbo_and_gradients_equal_numpyros_own_trace_mean_field_elbo(method, sma
     from numpyro.infer import TraceMeanField_ELBO
 
     from ltm_ppl.inference import create
-    from ltm_ppl.models import numpyro_model
-    from ltm_ppl.models.jax_decoder import decoder_logits
+    from ltm_ppl.models.jax import program as numpyro_model
+    from ltm_ppl.models.jax.decoder import decoder_logits
     from jax_token_sequence import TokenSequence
-    from ltm_ppl.models.numpyro_model import amortized_guide, local_guide
+    from ltm_ppl.models.jax.program import amortized_guide, local_guide
 
     cfg = tiny_cfg(method)
     inference = create(cfg)
@@ -185,7 +185,7 @@ def test_scanned_layers_equal_unrolled(monkeypatch):
     import jax.numpy as jnp
 
     from ltm_ppl.config import ModelConfig
-    from ltm_ppl.models import jax_decoder
+    from ltm_ppl.models.jax import decoder as jax_decoder
 
     cfg = ModelConfig(**TINY_MODEL)
     params = {k: jnp.asarray(v) for k, v in random_weights(jax_decoder.param_shapes(cfg), seed=6).items()}
@@ -211,19 +211,19 @@ def test_generation_compiles_once_for_every_token_and_prompt_length():
     import jax.numpy as jnp
 
     from ltm_ppl.config import ModelConfig
-    from ltm_ppl.models import jax_decoder
+    from ltm_ppl.models.jax import decoder as jax_decoder, generate as jax_generate
 
     cfg = ModelConfig(**TINY_MODEL)
     params = {k: jnp.asarray(v) for k, v in random_weights(jax_decoder.param_shapes(cfg), seed=8).items()}
     rng = np.random.default_rng(9)
     z = jnp.asarray(rng.standard_normal((2, cfg.n_z, cfg.d_model)), jnp.float32)
-    traces = jax_decoder._generation_programs(dataclasses.astuple(cfg), jnp.float32, 0.0, 0)[3]
+    traces = jax_generate._generation_programs(dataclasses.astuple(cfg), jnp.float32, 0.0, 0)[3]
     before = dict(traces)
-    first = jax_decoder.generate(params, cfg, rng.integers(0, cfg.vocab_size, (2, 3)), z, 2 * cfg.block_size, temperature=0)
+    first = jax_generate.generate(params, cfg, rng.integers(0, cfg.vocab_size, (2, 3)), z, 2 * cfg.block_size, temperature=0)
     after_first = dict(traces)
     assert all(after_first[k] - before[k] <= 1 for k in traces)
     context = rng.integers(0, cfg.vocab_size, (2, 7))
-    second = jax_decoder.generate(params, cfg, context, z, 2 * cfg.block_size, temperature=0)
+    second = jax_generate.generate(params, cfg, context, z, 2 * cfg.block_size, temperature=0)
     assert traces == after_first and first.shape == second.shape == (2, 2 * cfg.block_size)
     history = np.concatenate([context, second], axis=1)[:, : cfg.block_size + 1]
     logits = jax_decoder.decoder_logits(params, cfg, jnp.asarray(history[:, :-1]), z)

@@ -34,9 +34,9 @@ PER_LAYER = {
 @pytest.mark.parametrize("rule, table", [("published", PUBLISHED), ("per_layer", PER_LAYER)])
 def test_latent_positions_by_hand_in_both_backends(rule, table):
     from ltm_ppl.config import ModelConfig
-    from ltm_ppl.models import jax_decoder, jax_encoder
-    from ltm_ppl.models.torch_decoder import latent_positions
-    from ltm_ppl.models.torch_encoder import Encoder
+    from ltm_ppl.models.jax import decoder as jax_decoder, encoder as jax_encoder
+    from ltm_ppl.models.torch.decoder import latent_positions
+    from ltm_ppl.models.torch.encoder import Encoder
 
     for (n_layer, n_z, block), expected in table.items():
         cfg = ModelConfig(n_layer=n_layer, n_z=n_z, block_size=block, latent_rope=rule)
@@ -66,7 +66,7 @@ def test_torch_and_jax_logits_agree_under_each_rule(rule, torch_one_thread):
     import jax.numpy as jnp
     import torch
 
-    from ltm_ppl.models import jax_decoder
+    from ltm_ppl.models.jax import decoder as jax_decoder
 
     cfg, weights, decoder, params = twin_decoders(11, latent_rope=rule)
     rng = np.random.default_rng(12)

@@ -10,7 +10,7 @@ from ltm_ppl.config import InferenceConfig, RunConfig, load_toml
 from ltm_ppl.inference.local.pyro import PyroLocal, fit_local_posterior
 from ltm_ppl.inference.pyro_elbo import elbo_terms
 from ltm_ppl.inference.schedules import fast_lr
-from ltm_ppl.models.pyro_model import local_guide
+from ltm_ppl.models.torch.program import local_guide
 from helpers import host_metrics
 
 

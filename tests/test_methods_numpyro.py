@@ -173,8 +173,8 @@ def test_jax_encoder_matches_the_torch_encoder(torch_one_thread):
     import torch
 
     from ltm_ppl.config import ModelConfig
-    from ltm_ppl.models import jax_encoder
-    from ltm_ppl.models.torch_encoder import Encoder
+    from ltm_ppl.models.jax import encoder as jax_encoder
+    from ltm_ppl.models.torch.encoder import Encoder
 
     cfg = ModelConfig(**TINY_MODEL, encoder_layers=2)
     encoder = Encoder(cfg)
@@ -203,7 +203,8 @@ def test_ltm_log_joint_matches_pyro(torch_one_thread):
     import torch
 
     from ltm_ppl.inference import numpyro_elbo, pyro_elbo
-    from ltm_ppl.models import numpyro_model, pyro_model
+    from ltm_ppl.models.jax import program as numpyro_model
+    from ltm_ppl.models.torch import program as pyro_model
 
     cfg, weights, decoder, params = twin_decoders(6)
     rng = np.random.default_rng(7)
@@ -247,7 +248,7 @@ def test_encoder_methods_bound_like_pyro_on_random_weights(method, init, torch_o
         import torch
 
         from ltm_ppl.inference.pyro_elbo import log_weights
-        from ltm_ppl.models.pyro_model import amortized_guide
+        from ltm_ppl.models.torch.program import amortized_guide
 
         pyro_inf = inferences["pyro"]
         with torch.no_grad():
@@ -304,7 +305,7 @@ def test_langevin_posterior_and_divergence():
     from ltm_ppl.errors import LtmError
     from ltm_ppl.inference import create
     from ltm_ppl.inference.numpyro_elbo import log_joint
-    from ltm_ppl.models.numpyro_model import ltm_model
+    from ltm_ppl.models.jax.program import ltm_model
 
     inference = create(tiny_cfg("langevin", steps=2, chains=2, draws=1))
     batch = np.random.default_rng(10).integers(0, 64, (2, 17))

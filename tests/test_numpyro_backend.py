@@ -64,10 +64,10 @@ def test_decoder_token_log_probs_match_torch(latent, torch_one_thread):
     import torch
 
     from ltm_ppl.config import ModelConfig
-    from ltm_ppl.models import jax_decoder
+    from ltm_ppl.models.jax import decoder as jax_decoder
     from jax_token_sequence import TokenSequence as JaxTokens
-    from ltm_ppl.models.token_sequence_torch import TokenSequence as TorchTokens
-    from ltm_ppl.models.torch_decoder import Decoder
+    from ltm_ppl.models.torch.decoder import Decoder
+    from ltm_ppl.models.torch.likelihood import TokenSequence as TorchTokens
 
     cfg = ModelConfig(**TINY_MODEL, latent=latent)
     decoder = Decoder(cfg)
@@ -96,8 +96,8 @@ def test_kv_cached_generation_matches_torch(torch_one_thread):
     import jax.numpy as jnp
     import torch
 
-    from ltm_ppl.models import jax_decoder
-    from ltm_ppl.models.torch_generate import generate as torch_generate
+    from ltm_ppl.models.jax import decoder as jax_decoder, generate as jax_generate
+    from ltm_ppl.models.torch.generate import generate as torch_generate
 
     cfg, weights, decoder, params = twin_decoders(3)
     rng = np.random.default_rng(4)
@@ -106,7 +106,7 @@ def test_kv_cached_generation_matches_torch(torch_one_thread):
     new = 2 * cfg.block_size  # fills the window, refills from its last half, fills again
     with torch.no_grad():
         expected = torch_generate(decoder, torch.from_numpy(context), torch.from_numpy(z), new, temperature=0).numpy()
-    got = jax_decoder.generate(params, cfg, context, jnp.asarray(z), new, temperature=0)
+    got = jax_generate.generate(params, cfg, context, jnp.asarray(z), new, temperature=0)
     np.testing.assert_array_equal(got, expected)
     # Without the cache: the first new token past the prompt is the argmax of a full forward.
     full = jax_decoder.decoder_logits(params, cfg, jnp.asarray(context), jnp.asarray(z))
@@ -119,7 +119,7 @@ def test_sliding_window_decoder_matches_torch(latent, torch_one_thread):
     import jax.numpy as jnp
     import torch
 
-    from ltm_ppl.models import jax_decoder
+    from ltm_ppl.models.jax import decoder as jax_decoder
 
     cfg, weights, decoder, params = twin_decoders(7, attention_window=5, latent=latent)
     rng = np.random.default_rng(8)
@@ -140,7 +140,7 @@ def test_the_gpu_kernels_window_argument_is_the_masked_window():
     import jax
     import jax.numpy as jnp
 
-    from ltm_ppl.models.jax_decoder import causal_attention
+    from ltm_ppl.models.jax.decoder import causal_attention
 
     q, k, v = (jax.random.normal(jax.random.PRNGKey(i), (2, 16, 2, 8)) for i in range(3))
     kernel_args = jax.nn.dot_product_attention(q, k, v, is_causal=True, local_window_size=(4, 0))
@@ -154,8 +154,8 @@ def test_windowed_kv_cache_decoding_past_the_window_matches_the_uncached_forward
     import jax.numpy as jnp
     import torch
 
-    from ltm_ppl.models import jax_decoder
-    from ltm_ppl.models.torch_generate import generate as torch_generate
+    from ltm_ppl.models.jax import decoder as jax_decoder, generate as jax_generate
+    from ltm_ppl.models.torch.generate import generate as torch_generate
 
     cfg, weights, decoder, params = twin_decoders(9, attention_window=5)
     rng = np.random.default_rng(10)
@@ -173,7 +173,7 @@ def test_windowed_kv_cache_decoding_past_the_window_matches_the_uncached_forward
     with torch.no_grad():
         expected = torch_generate(decoder, torch.from_numpy(context), torch.from_numpy(np.asarray(z).copy()), 2 * cfg.block_size,
                                   temperature=0).numpy()
-    np.testing.assert_array_equal(jax_decoder.generate(params, cfg, context, z, 2 * cfg.block_size, temperature=0), expected)
+    np.testing.assert_array_equal(jax_generate.generate(params, cfg, context, z, 2 * cfg.block_size, temperature=0), expected)
 
 
 def test_elbo_terms_match_pyro(torch_one_thread):
@@ -185,7 +185,8 @@ def test_elbo_terms_match_pyro(torch_one_thread):
 
     from ltm_ppl.inference.numpyro_elbo import elbo_terms as jax_elbo
     from ltm_ppl.inference.pyro_elbo import elbo_terms as pyro_elbo
-    from ltm_ppl.models import numpyro_model, pyro_model
+    from ltm_ppl.models.jax import program as numpyro_model
+    from ltm_ppl.models.torch import program as pyro_model
 
     cfg, weights, decoder, params = twin_decoders(5)
     rng = np.random.default_rng(6)

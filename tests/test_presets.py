@@ -15,7 +15,7 @@ from ltm_ppl.presets import SIZE_PARAMETERS
 
 @pytest.mark.parametrize("size", ["ltm-s", "ltm-m", "ltm-l"])
 def test_sizes_have_the_papers_parameter_counts(size):
-    from ltm_ppl.models.jax_decoder import param_shapes
+    from ltm_ppl.models.jax.decoder import param_shapes
 
     cfg = build_config("paper", size, None, {})
     cfg.model.vocab_size = 50257  # GPT-2's tokenizer, which the size sets

@@ -59,7 +59,7 @@ def test_imported_pyro_logits_are_the_published_decoders(published, imported, to
 def test_imported_numpyro_logits_are_the_published_decoders(published, imported, torch_one_thread):
     import jax.numpy as jnp
 
-    from ltm_ppl.models.jax_decoder import decoder_logits
+    from ltm_ppl.models.jax.decoder import decoder_logits
     from ltm_ppl.runs import open_run
 
     model, _ = published

@@ -100,9 +100,9 @@ def published_log_probs(w: dict, cfg, tokens, z) -> torch.Tensor:
 def gap(rule: str, scale: float, seed: int = 41) -> float:
     """max |log p difference| per token between ours and the published function, same weights and z."""
     from ltm_ppl.config import ModelConfig
-    from ltm_ppl.models import jax_decoder
-    from ltm_ppl.models.token_sequence_torch import TokenSequence
-    from ltm_ppl.models.torch_decoder import Decoder
+    from ltm_ppl.models.jax import decoder as jax_decoder
+    from ltm_ppl.models.torch.likelihood import TokenSequence
+    from ltm_ppl.models.torch.decoder import Decoder
 
     cfg = ModelConfig(vocab_size=64, d_model=64, n_layer=2, n_head=4, n_z=4, block_size=64, attention_window=WINDOW,
                       cross_out_zero=False, latent_rope=rule)

@@ -69,7 +69,7 @@ def setup(backend: str):
 
 
 def torch_decoder(weights):
-    from ltm_ppl.models.torch_decoder import Decoder
+    from ltm_ppl.models.torch.decoder import Decoder
 
     decoder = Decoder(paper_cfg("pyro").model)
     decoder.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
@@ -105,7 +105,7 @@ def test_numpyro_preset_is_the_published_loop(torch_one_thread):
 
     from ltm_ppl.inference.local.numpyro import fast_lrs, fit_local_posterior
     from ltm_ppl.inference.numpyro_elbo import elbo_terms
-    from ltm_ppl.models.numpyro_model import local_guide, ltm_model
+    from ltm_ppl.models.jax.program import local_guide, ltm_model
 
     inference, weights, batch = setup("numpyro")
     cfg = inference.cfg

@@ -34,8 +34,8 @@ def test_residual_projection_init_stds_in_both_backends(rule):
     import jax
 
     from ltm_ppl.config import ModelConfig
-    from ltm_ppl.models.jax_decoder import init_params
-    from ltm_ppl.models.torch_decoder import Decoder
+    from ltm_ppl.models.jax.decoder import init_params
+    from ltm_ppl.models.torch.decoder import Decoder
 
     cfg = ModelConfig(n_layer=3, d_model=192, n_head=4, n_z=6, vocab_size=512, cross_out_zero=False, residual_init=rule)
     torch.manual_seed(0)
@@ -73,7 +73,7 @@ def by_hand(weights, cfg, tokens, mu, logvar, eps):
     """The published update's decoder gradient, by hand: AdamW fast steps on (mu, log variance)
     with one eps; each step's loss differentiated w.r.t. the weights too and summed; plus the mean
     cross-entropy's at the final z; then clipped at 1.0. Returns ({name: clipped}, unclipped norm)."""
-    from ltm_ppl.models.torch_decoder import Decoder
+    from ltm_ppl.models.torch.decoder import Decoder
 
     decoder = Decoder(cfg.model)
     decoder.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
@@ -155,7 +155,7 @@ def test_numpyro_trajectory_gradient_is_the_hand_written_one(fast_loss, torch_on
 
     from ltm_ppl.inference import create
     from ltm_ppl.inference.local.numpyro import fast_lrs
-    from ltm_ppl.inference.numpyro_backend import clip_like_torch
+    from ltm_ppl.inference.numpyro_optim import clip_like_torch
 
     cfg = trajectory_cfg("numpyro", fast_loss)
     inference = create(cfg)

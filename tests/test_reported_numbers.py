@@ -144,7 +144,7 @@ def pyro_trace_mean_field_elbo(inference, batch, loc, log_scale, z):
     import torch
     from pyro import poutine
 
-    from ltm_ppl.models.pyro_model import local_guide
+    from ltm_ppl.models.torch.program import local_guide
 
     tokens = inference.tensor(batch)
     guide = functools.partial(local_guide, loc=torch.from_numpy(loc), log_scale=torch.from_numpy(log_scale))
@@ -165,7 +165,7 @@ def numpyro_trace_mean_field_elbo(inference, batch, loc, log_scale, z):
     import numpyro
     from numpyro import handlers
 
-    from ltm_ppl.models.numpyro_model import local_guide
+    from ltm_ppl.models.jax.program import local_guide
 
     guide = functools.partial(local_guide, loc=jnp.asarray(loc), log_scale=jnp.asarray(log_scale))
     guide = handlers.substitute(guide, data={"z": jnp.asarray(z)})
@@ -351,7 +351,8 @@ def test_log_weights_of_both_elbo_modules_are_log_p_minus_log_q_at_the_same_draw
     from helpers import twin_decoders
 
     from ltm_ppl.inference import numpyro_elbo, pyro_elbo
-    from ltm_ppl.models import numpyro_model, pyro_model
+    from ltm_ppl.models.jax import program as numpyro_model
+    from ltm_ppl.models.torch import program as pyro_model
 
     cfg, _, decoder, params = twin_decoders(61)
     rng = np.random.default_rng(62)

@@ -12,7 +12,7 @@ from ltm_ppl.errors import LtmError
 def test_the_parameter_count_is_a_lower_bound_within_the_norms():
     """decoder_parameters counts what the torch decoder holds but its norm gains (a few d per layer)."""
     torch = pytest.importorskip("torch")
-    from ltm_ppl.models.torch_decoder import Decoder
+    from ltm_ppl.models.torch.decoder import Decoder
 
     for latent in (True, False):
         cfg = RunConfig()

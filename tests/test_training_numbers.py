@@ -112,7 +112,7 @@ def pyro_elbo_sum(model, tokens, loc, log_scale, z):
     import pyro
     from pyro import poutine
 
-    from ltm_ppl.models.pyro_model import local_guide
+    from ltm_ppl.models.torch.program import local_guide
 
     guide = functools.partial(local_guide, loc=loc, log_scale=log_scale)
     total = 0.0
@@ -374,7 +374,7 @@ def numpyro_elbo_sum(model, tokens, loc, log_scale, z):
     import numpyro
     from numpyro import handlers
 
-    from ltm_ppl.models.numpyro_model import local_guide
+    from ltm_ppl.models.jax.program import local_guide
 
     guide = functools.partial(local_guide, loc=loc, log_scale=log_scale)
     total = 0.0
@@ -450,8 +450,8 @@ def test_numpyro_gaussian_slow_step_records_are_the_trace_elbo_of_its_q_and_nois
     import jax
     import jax.numpy as jnp
 
-    from ltm_ppl.models import jax_encoder
-    from ltm_ppl.models.numpyro_model import amortized_guide, local_guide
+    from ltm_ppl.models.jax import encoder as jax_encoder
+    from ltm_ppl.models.jax.program import amortized_guide, local_guide
 
     obj, batch = training_setup(method, "numpyro", cls=cls and cls(), **options)
     programs = obj.programs
@@ -506,8 +506,8 @@ def test_numpyro_amortized_records_are_the_trace_elbo_of_the_encoders_q(monkeypa
     import jax.numpy as jnp
 
     import ltm_ppl.inference.amortized.numpyro as amortized
-    from ltm_ppl.models import jax_encoder
-    from ltm_ppl.models.numpyro_model import amortized_guide
+    from ltm_ppl.models.jax import encoder as jax_encoder
+    from ltm_ppl.models.jax.program import amortized_guide
 
     obj, batch = training_setup("amortized", "numpyro")
     metrics, params, records = numpyro_step(obj, batch, monkeypatch, {"elbo_terms_by_vector": amortized})
@@ -589,7 +589,7 @@ def test_numpyro_langevin_chains_start_at_the_q_that_init_names(monkeypatch, ini
 
     import ltm_ppl.inference.langevin.numpyro as langevin
     from ltm_ppl.inference.local.numpyro import fast_lrs
-    from ltm_ppl.models import jax_encoder
+    from ltm_ppl.models.jax import encoder as jax_encoder
 
     obj, batch = training_setup("langevin", "numpyro", chains=2, init=init)
     tokens = obj.tensor(batch)
@@ -724,7 +724,7 @@ def check_start(obj, backend, init, batch, loc, log_scale):
         else:
             import jax.numpy as jnp
 
-            from ltm_ppl.models import jax_encoder
+            from ltm_ppl.models.jax import encoder as jax_encoder
 
             expected = jax_encoder.encode(obj.params, obj.cfg.model, obj.tensor(batch), jnp.float32)
         np.testing.assert_allclose(loc, expected[0], rtol=1e-5, atol=1e-6)

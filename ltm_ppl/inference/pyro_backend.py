@@ -25,8 +25,8 @@ import torch
 from ..config import RunConfig
 from ..distributed import world
 from ..errors import LtmError
-from ..models.pyro_model import local_guide, ltm_model
-from ..models.torch_decoder import Decoder
+from ..models.torch.decoder import Decoder
+from ..models.torch.program import local_guide, ltm_model
 from ..noise import EVAL, Rows, torch_eps
 from .latent_model import LatentModel
 from .pyro_elbo import elbo_terms, log_joint, log_weights
@@ -95,7 +95,7 @@ class PyroBackend:
             torch.manual_seed(cfg.train.seed)
             self.decoder = Decoder(cfg.model).to(self.device)
             if needs_encoder(cfg):
-                from ..models.torch_encoder import Encoder
+                from ..models.torch.encoder import Encoder
 
                 self.encoder = Encoder(cfg.model).to(self.device)
             # bf16 autocast for the decoder on CUDA; weights, optimiser and log-probs stay float32.
@@ -378,8 +378,8 @@ class PyroBackend:
         return torch.randn(num, *self.latent_shape, device=self.device)
 
     def generate(self, context: np.ndarray, z, max_new: int, temperature: float, top_k: int, **options) -> np.ndarray:
-        """options: stop_id, utf8, progress of models.torch_generate.generate."""
-        from ..models.torch_generate import generate
+        """options: stop_id, utf8, progress of models.torch.generate.generate."""
+        from ..models.torch.generate import generate
 
         self.decoder.eval()
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):

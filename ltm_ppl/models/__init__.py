@@ -1,4 +1,6 @@
-"""Decoders (torch, jax) and the LTM as probabilistic programs (pyro, numpyro).
+"""The LTM's networks and probabilistic programs, one subpackage per backend: models.torch (the
+decoder, encoder, likelihood and generation in PyTorch, and the Pyro program) and models.jax (the
+same files and names in JAX, and the NumPyro program).
 
-Import the submodule you need: the torch and jax halves must never import each other.
+Import the module you need: the torch and jax halves never import each other.
 """

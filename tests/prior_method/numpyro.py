@@ -1,7 +1,8 @@
 """`prior` in NumPyro: the proposal is the prior; a training step is the ELBO at it."""
 import jax.numpy as jnp
 
-from ltm_ppl.inference.numpyro_backend import NumPyroBackend, Programs
+from ltm_ppl.inference.numpyro_backend import NumPyroBackend
+from ltm_ppl.inference.numpyro_programs import Programs
 
 
 class PriorPrograms(Programs):

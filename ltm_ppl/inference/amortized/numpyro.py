@@ -14,10 +14,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ...models import jax_encoder
-from ...models.numpyro_model import amortized_guide
-from ..numpyro_backend import NumPyroBackend, Programs
+from ...models.jax import encoder as jax_encoder
+from ...models.jax.program import amortized_guide
+from ..numpyro_backend import NumPyroBackend
 from ..numpyro_elbo import elbo_terms_by_vector
+from ..numpyro_programs import Programs
 from ..schedules import kl_weight
 
 

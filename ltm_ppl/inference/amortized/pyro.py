@@ -10,7 +10,7 @@ import numpy as np
 import pyro
 import torch
 
-from ...models.pyro_model import amortized_guide, local_guide
+from ...models.torch.program import amortized_guide, local_guide
 from ...noise import SLOW, torch_eps
 from ..pyro_backend import PyroBackend
 from ..pyro_elbo import elbo_terms_by_vector

@@ -27,11 +27,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from ...errors import LtmError
-from ...models import jax_encoder
+from ...models.jax import encoder as jax_encoder
 from ..gaussian import fit_to_draws
 from ..local.numpyro import fast_lrs, fit_local_posterior
-from ..numpyro_backend import NumPyroBackend, Programs
+from ..numpyro_backend import NumPyroBackend
 from ..numpyro_elbo import log_joint_terms
+from ..numpyro_programs import Programs
 from ..weights import TOO_FEW_DRAWS
 from . import blackjax_kernels, training_schedule
 

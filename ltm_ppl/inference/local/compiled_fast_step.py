@@ -21,8 +21,8 @@ import math
 import torch
 
 from ... import stop_signals
-from ...models.chunked_ce_torch import token_log_probs
-from ...models.pyro_model import decode
+from ...models.torch.likelihood import token_log_probs
+from ...models.torch.program import decode
 from ..gaussian import FAST_ADAM_EPS, FAST_BETA1, FAST_BETA2, kl_per_vector, shaped_kl
 from ..schedules import fast_lr
 

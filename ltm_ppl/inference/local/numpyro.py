@@ -24,10 +24,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ...models import jax_encoder
-from ...models.numpyro_model import local_guide
-from ..numpyro_backend import NumPyroBackend, Programs
+from ...models.jax import encoder as jax_encoder
+from ...models.jax.program import local_guide
+from ..numpyro_backend import NumPyroBackend
 from ..numpyro_elbo import elbo_terms
+from ..numpyro_programs import Programs
 from ..gaussian import FAST_ADAM_EPS, FAST_BETA1, FAST_BETA2, published_start, shaped_kl
 from ..kl_shaping import shaping_on
 from ..schedules import fast_loss_divisor, fast_lr, kl_shape
@@ -129,7 +130,7 @@ def fit_local_posterior(model, tokens, shape, inf_cfg, lrs, key=None, fast_noise
 
 
 class LocalPrograms(Programs):
-    """The compiled programs of `local` for one setting (numpyro_backend.programs_for)."""
+    """The compiled programs of `local` for one setting (numpyro_programs.programs_for)."""
 
     def build(self):
         self.semi_amortized = self.inf.init == "amortized"

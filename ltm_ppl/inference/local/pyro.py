@@ -21,7 +21,7 @@ import pyro
 import torch
 
 from ... import stop_signals
-from ...models.pyro_model import local_guide
+from ...models.torch.program import local_guide
 from ..gaussian import FAST_ADAM_EPS, FAST_BETA1, FAST_BETA2, published_start, shaped_kl
 from ..pyro_backend import PyroBackend, frozen
 from ..pyro_elbo import elbo_terms

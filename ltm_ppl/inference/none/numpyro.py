@@ -11,7 +11,8 @@ import numpy as np
 from numpyro import handlers
 
 from ...errors import LtmError
-from ..numpyro_backend import NumPyroBackend, Programs
+from ..numpyro_backend import NumPyroBackend
+from ..numpyro_programs import Programs
 
 
 class NonePrograms(Programs):

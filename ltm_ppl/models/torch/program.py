@@ -1,4 +1,5 @@
-"""The LTM as a Pyro program, with the per-sequence Gaussian guide of the local method beside it.
+"""The LTM as a Pyro program, with the per-sequence Gaussian guide of the local method beside it
+(models/jax/program.py is the mirror).
 
     z_i ~ Normal(0, I)  [n_z, d_z]        site "z", inside plate "seq"
     x_i ~ TokenSequence(f(x_i, z_i))     site "x", observed
@@ -12,7 +13,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 
-from .token_sequence_torch import TokenSequence
+from .likelihood import TokenSequence
 
 
 def decode(decoder, tokens: torch.Tensor, z: torch.Tensor | None, autocast: bool = False) -> torch.Tensor:

@@ -3,7 +3,7 @@ window's tokens, then n_z learned queries cross-attend to it and a linear head e
 (mu, log sigma) of every latent vector.
 
 The head starts at zero, so a fresh encoder proposes the prior N(0, I). Latent query j gets the
-rotary position the decoder gives latent vector j of its layer (torch_decoder.latent_positions,
+rotary position the decoder gives latent vector j of its layer (decoder.latent_positions,
 by model.latent_rope); token i gets position i. Saved under the prefix `encoder.` beside the decoder.
 """
 from __future__ import annotations
@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..config import ModelConfig
-from .torch_decoder import CrossAttention, RMSNorm, SelfAttention, SwiGLU, latent_positions, rope_tables
+from ...config import ModelConfig
+from .decoder import CrossAttention, RMSNorm, SelfAttention, SwiGLU, latent_positions, rope_tables
 
 
 class EncoderLayer(nn.Module):

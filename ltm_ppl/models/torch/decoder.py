@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..config import ModelConfig
+from ...config import ModelConfig
 
 
 def rope_tables(positions: torch.Tensor, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -255,7 +255,7 @@ class Decoder(nn.Module):
                 hidden_only: bool = False):
         """Logits [B, L, vocab] for tokens idx [B, L] at positions start.. given latents z; with
         hidden_only, the final normed hidden states [B, L, d_model] instead (the output layer is
-        tok_emb.weight, tied: the likelihood applies it chunked, token_sequence_torch.py)."""
+        tok_emb.weight, tied: the likelihood applies it chunked, likelihood.py)."""
         if latent_kv is None:
             latent_kv = self.latent_kv(z) if self.cfg.latent else [None] * self.cfg.n_layer
         cos, sin = self.rope(start, idx.shape[1], idx.device)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .torch_decoder import KVCache
+from .decoder import KVCache
 
 
 def sample_next(logits: torch.Tensor, temperature: float, top_k: int, generator) -> torch.Tensor:

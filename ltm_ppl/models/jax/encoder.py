@@ -1,11 +1,12 @@
 """The amortized encoder q_phi(z | x) in JAX: pure functions over the flat parameter dict.
 
-The mirror of ltm_ppl/models/torch_encoder.py: a small bidirectional (non-causal) Transformer over
+The mirror of models/torch/encoder.py: a small bidirectional (non-causal) Transformer over
 the window's tokens, then n_z learned queries cross-attend to its output (the "pool") and a linear
 head emits (mu, log sigma) of every latent vector. Parameter names are `encoder.` + the torch
 Encoder's state_dict names, in torch layouts (a Linear weight is [out, in]), so one safetensors
 file serves both backends. Rotary positions as in torch: token i at position i; latent query j at
-the position the decoder gives latent vector j of its layer (jax_decoder.latent_positions). The head starts at zero: a fresh encoder proposes the prior N(0, I).
+the position the decoder gives latent vector j of its layer (decoder.latent_positions).
+The head starts at zero: a fresh encoder proposes the prior N(0, I).
 
 Nothing here imports torch.
 """
@@ -14,8 +15,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from ..config import ModelConfig
-from .jax_decoder import apply_rope, attention_block, latent_positions, linear, mlp_block, rms_norm, rope_tables
+from ...config import ModelConfig
+from .decoder import apply_rope, attention_block, latent_positions, linear, mlp_block, rms_norm, rope_tables
 
 PREFIX = "encoder."
 

@@ -3,7 +3,7 @@
 The parameters are a plain dict {canonical torch state_dict name: array} with the torch layouts
 (a Linear weight is [out, in] and is applied as x @ W.T; the tied embedding `tok_emb.weight` is also
 the output head), so one safetensors file serves both backends without any transpose. The maths
-mirrors ltm_ppl/models/torch_decoder.py line for line: pre-norm RMSNorm, causal self-attention with
+mirrors models/torch/decoder.py line for line: pre-norm RMSNorm, causal self-attention with
 rotate-half RoPE (float32 tables, same inv_freq), cross-attention to the layer's share of z with
 RoPE on the latent keys at the positions latent_positions gives (by model.latent_rope) and no mask, SwiGLU, tied head.
 With `attention_window` W > 0 the self-attention sees only the W keys ending at each token (the
@@ -24,9 +24,8 @@ import math
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from ..config import ModelConfig
+from ...config import ModelConfig
 
 
 # ----- parameters ------------------------------------------------------------------------------
@@ -71,12 +70,12 @@ def init_params(cfg: ModelConfig, key) -> dict[str, jax.Array]:
 
 
 def is_residual_projection(name: str) -> bool:
-    """torch_decoder.is_residual_projection (its attn.o, cross.o and mlp.up)."""
+    """torch's decoder.is_residual_projection (its attn.o, cross.o and mlp.up)."""
     return name.endswith(("attn.o.weight", "cross.o.weight", "mlp.up.weight"))
 
 
 def residual_std(cfg: ModelConfig) -> float:
-    """torch_decoder.residual_std: 0.02, or 0.02 / sqrt(2 n_layer) with residual_init "scaled"."""
+    """torch's decoder.residual_std: 0.02, or 0.02 / sqrt(2 n_layer) with residual_init "scaled"."""
     return 0.02 / math.sqrt(2 * cfg.n_layer) if cfg.residual_init == "scaled" else 0.02
 
 
@@ -107,7 +106,7 @@ def linear(x, weight, dtype):
 
 
 def rope_tables(positions, head_dim: int, base: float):
-    """cos, sin [len(positions), head_dim // 2] in float32 (torch_decoder.rope_tables)."""
+    """cos, sin [len(positions), head_dim // 2] in float32 (torch's decoder.rope_tables)."""
     inv_freq = 1.0 / (base ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
     angles = jnp.asarray(positions, jnp.float32)[:, None] * inv_freq[None, :]
     return jnp.cos(angles), jnp.sin(angles)
@@ -122,7 +121,7 @@ def apply_rope(x, cos, sin):
 
 
 def latent_positions(cfg: ModelConfig):
-    """torch_decoder.Decoder.latent_positions: by cfg.latent_rope."""
+    """torch's decoder.Decoder.latent_positions: by cfg.latent_rope."""
     m = cfg.z_per_layer
     if cfg.latent_rope == "published":
         return jnp.arange(m, dtype=jnp.float32) * float(cfg.block_size // cfg.n_z)
@@ -145,9 +144,9 @@ def latent_kv(params, cfg: ModelConfig, z, dtype=jnp.float32, layers=None):
     return keys, kv[:, :, 1].reshape(n, B, m, H, D // H)
 
 
-def window_mask(q_start, q_len: int, k_len: int, window: int):
+def attention_mask(q_start, q_len: int, k_len: int, window: int):
     """Boolean [q_len, k_len]: query q_start + i sees key j when j <= its position and, with a
-    window W > 0, j > position - W (torch_decoder.attention_mask). Offset-aware: q_start may be
+    window W > 0, j > position - W (torch's decoder.attention_mask). Offset-aware: q_start may be
     traced (a decode step at `position`)."""
     q = q_start + jnp.arange(q_len)[:, None]
     k = jnp.arange(k_len)[None, :]
@@ -175,7 +174,7 @@ def fused_attention(q, k, v, **options):
     if "local_window_size" in options:  # XLA: the sliding window as an explicit mask
         window = options.pop("local_window_size")[0] + 1
         options.pop("is_causal", None)
-        options["mask"] = window_mask(0, q.shape[1], k.shape[1], window)[None, None]
+        options["mask"] = attention_mask(0, q.shape[1], k.shape[1], window)[None, None]
     return jax.nn.dot_product_attention(q, k, v, **options)
 
 
@@ -265,7 +264,7 @@ def decoder_hidden(params, cfg: ModelConfig, idx, z=None, start=0, dtype=jnp.flo
     return x
 
 
-# ----- generation with a KV cache --------------------------------------------------------------
+# ----- the KV cache (generation) --------------------------------------------------------------
 def prefill(params, cfg: ModelConfig, tokens, lkv, dtype=jnp.float32):
     """Encode tokens [B, L] at positions 0..L-1; returns (cache, last logits [B, vocab]).
 
@@ -289,7 +288,7 @@ def decode_step(params, cfg: ModelConfig, cache, token, position, lkv, dtype=jnp
     key up to and including itself (the last attention_window of them) through an explicit
     offset-aware mask (no is_causal or local_window_size when the query and key
     lengths differ: both align top-left). Returns (cache, logits [B, vocab])."""
-    mask = window_mask(position, 1, cfg.block_size, cfg.attention_window)[None, None]  # [B, heads, q=1, keys]
+    mask = attention_mask(position, 1, cfg.block_size, cfg.attention_window)[None, None]  # [B, heads, q=1, keys]
 
     def attend(layer_cache, q, k, v):
         keys, values = layer_cache
@@ -299,16 +298,6 @@ def decode_step(params, cfg: ModelConfig, cache, token, position, lkv, dtype=jnp
 
     x, cache = _forward(params, cfg, token[:, None], lkv, position, dtype, attend, per_layer=cache)
     return cache, _head(params, x[:, -1], dtype)
-
-
-def sample_next(logits, temperature: float, top_k: int, key):
-    if temperature == 0:
-        return jnp.argmax(logits, axis=-1)
-    logits = logits.astype(jnp.float32) / temperature
-    if top_k:
-        kth = jax.lax.top_k(logits, min(top_k, logits.shape[-1]))[0][..., -1:]
-        logits = jnp.where(logits < kth, -jnp.inf, logits)
-    return jax.random.categorical(key, logits, axis=-1)
 
 
 def prefill_padded(params, cfg: ModelConfig, buffer, length, lkv, dtype=jnp.float32):
@@ -323,88 +312,3 @@ def prefill_padded(params, cfg: ModelConfig, buffer, length, lkv, dtype=jnp.floa
     x, cache = _forward(params, cfg, buffer, lkv, 0, dtype, attend)
     last = jax.lax.dynamic_index_in_dim(x, length - 1, axis=1, keepdims=False)
     return cache, _head(params, last, dtype)
-
-
-def generation_step(params, cfg: ModelConfig, state, lkv, utf8, temperature: float, top_k: int, dtype):
-    """One new token: sample from the state's logits (UTF-8 mask applied), write it into the
-    fixed-size token buffer and the KV cache. When the window is full the last half of the
-    history (new token included) is encoded afresh, positions restarting at 0 (torch_generate's
-    semantics), by lax.cond inside the same program. state = (buffer [B, block], cache, logits,
-    position, key, utf8 state); returns (state, token [B])."""
-    buffer, cache, logits, position, key, text_state = state
-    block, half = cfg.block_size, cfg.block_size // 2
-    key, sub = jax.random.split(key)
-    if utf8 is not None:
-        allowed, next_state = utf8
-        logits = jnp.where(allowed[text_state], logits.astype(jnp.float32), -jnp.inf)
-    token = sample_next(logits, temperature, top_k, sub).astype(jnp.int32)
-    if utf8 is not None:
-        text_state = next_state[text_state, token]
-
-    def refill(_):
-        kept = jnp.concatenate([buffer[:, block - half + 1:], token[:, None]], axis=1)
-        fresh = jnp.pad(kept, ((0, 0), (0, block - half)))
-        new_cache, new_logits = prefill_padded(params, cfg, fresh, half, lkv, dtype)
-        return fresh, new_cache, new_logits.astype(logits.dtype), jnp.int32(half)
-
-    def append(_):
-        fresh = jax.lax.dynamic_update_slice_in_dim(buffer, token[:, None], position, axis=1)
-        new_cache, new_logits = decode_step(params, cfg, cache, token, position, lkv, dtype)
-        return fresh, new_cache, new_logits.astype(logits.dtype), position + 1
-
-    buffer, cache, logits, position = jax.lax.cond(position >= block, refill, append, None)
-    return (buffer, cache, logits, position, key, text_state), token
-
-
-@functools.lru_cache(maxsize=8)
-def _generation_programs(cfg_fields: tuple, dtype, temperature: float, top_k: int):
-    """The jitted pieces of generation for one config, built once per process (then shared): the
-    latent keys/values, the prefill of a padded prompt (any length, one compilation) and the
-    per-token step (one compilation for every token and prompt length)."""
-    cfg = ModelConfig(*cfg_fields)
-    # Trace counts (tests: no per-token or per-prompt-length compiles).
-    traces = {"prefill": 0, "step": 0}
-
-    def prefill(p, buffer, length, kv):
-        traces["prefill"] += 1
-        return prefill_padded(p, cfg, buffer, length, kv, dtype)
-
-    def step(p, state, kv, utf8):
-        traces["step"] += 1
-        return generation_step(p, cfg, state, kv, utf8, temperature, top_k, dtype)
-
-    return (jax.jit(lambda p, zz: latent_kv(p, cfg, zz, dtype)), jax.jit(prefill), jax.jit(step), traces)
-
-
-def generate(params, cfg: ModelConfig, context, z, max_new: int, temperature: float = 1.0, top_k: int = 0,
-             key=None, dtype=jnp.float32, stop_id: int | None = None, utf8=None, progress=None):
-    """New tokens [B, <= max_new] after context [B, P] (torch_generate.generate's semantics: when
-    the window fills, the last half of it is encoded afresh, positions restarting at 0; stop_id,
-    utf8 and progress as there). The history lives in a fixed [B, block_size] buffer; the host
-    reads tokens back only to check stop_id."""
-    block = cfg.block_size
-    context = np.asarray(context)[:, -block:]
-    B, P = context.shape
-    if max_new <= 0:
-        return np.zeros((B, 0), dtype=np.int64)
-    if key is None:
-        key = jax.random.PRNGKey(0)
-    run_lkv, run_prefill, run_step, _ = _generation_programs(dataclasses.astuple(cfg), dtype, float(temperature),
-                                                             int(top_k))
-    lkv = run_lkv(params, z) if cfg.latent else None
-    tables = None if utf8 is None else tuple(jnp.asarray(t) for t in utf8)
-    buffer = jnp.asarray(np.pad(context, ((0, 0), (0, block - P))), jnp.int32)
-    cache, logits = run_prefill(params, buffer, jnp.int32(P), lkv)
-    state = (buffer, cache, logits, jnp.int32(P), key, jnp.zeros(B, jnp.int32))
-    done = np.zeros(B, dtype=bool)
-    out = []
-    for _ in range(max_new):
-        state, token = run_step(params, state, lkv, tables)
-        out.append(token)
-        if progress is not None:
-            progress(1)
-        if stop_id is not None:
-            done |= np.asarray(token) == stop_id
-            if done.all():
-                break
-    return np.asarray(jnp.stack(out, axis=1)).astype(np.int64)

@@ -1,0 +1,4 @@
+"""The LTM in JAX and NumPyro: decoder, encoder, likelihood, generate, program (models/torch is the mirror).
+
+Nothing here imports torch.
+"""
