@@ -136,9 +136,9 @@ def run_numpyro(kernel: str, tokens, z0, warmup: int, draws: int, variant: str |
                                            mala=variant != "unadjusted", target_accept=0.57))
         out = run(key, start)
         return np.asarray(out["draws"][:, 0]), float(out["accept"].mean())
-    out = jax.jit(lambda k, z: blackjax_kernels.sample_pairs(
-        logp_pair, tok, z, k, kernel=kernel, warmup=warmup, draws=draws, step_size=0.3, target_accept=0.8,
-        leapfrog_steps=4, schedule="vmap"))(key, start)
+    settings = blackjax_kernels.SamplerSettings(kernel=kernel, warmup=warmup, draws=draws, step_size=0.3, target_accept=0.8,
+                                                leapfrog_steps=4, schedule="vmap")
+    out = jax.jit(lambda k, z: blackjax_kernels.sample_pairs(logp_pair, tok, z, k, settings))(key, start)
     return np.asarray(out["draws"][:, 0]), float(out["accept"].mean())
 
 

@@ -5,186 +5,23 @@ Every failure a user can cause prints one line `error: ...` on stderr and exits 
 """
 from __future__ import annotations
 
-import contextlib
 import functools
-import json
-import sys
-import time
 from pathlib import Path
 
 import click
-from tqdm import tqdm
 
 from . import __version__, api, report
-from .config import FLAGS, RunConfig
-from .distributed import env_rank
-from .errors import Interrupted, LtmError, os_failure
+from .cli_options import (backend_option, common_options, device_option, effective_defaults, json_option,
+                          method_choice, method_options, method_overrides, run_options, seed_option)
+from .cli_support import LtmGroup, emit_json, progress_bar, quiet
+from .fewshot.task import escaped
 from .inference import registry
-from .threads import configure_threads
-
-
-class LtmGroup(click.Group):
-    """Turns click's usage errors and LtmError into one line and exit code 2."""
-
-    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
-        try:
-            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
-        except click.exceptions.NoArgsIsHelpError as exc:  # plain `ltm`: the help, not an error
-            click.echo(exc.ctx.get_help())
-            sys.exit(0)
-        except click.ClickException as exc:
-            if env_rank() == 0:
-                click.echo(f"error: {exc.format_message()}", err=True)
-            else:
-                _let_rank_zero_speak()
-            sys.exit(2)
-        except Interrupted as exc:  # a checkpoint was committed; the message says how to resume
-            if env_rank() == 0:
-                click.echo(str(exc), err=True)
-            sys.exit(exc.exit_code)
-        except LtmError as exc:
-            if env_rank() == 0:  # every worker refuses alike; the first one says why
-                click.echo(f"error: {exc}", err=True)
-            else:
-                _let_rank_zero_speak()
-            sys.exit(2)
-        except click.Abort:
-            click.echo("error: interrupted", err=True)
-            sys.exit(130)
-        except OSError as exc:  # a full disk, a read-only or vanished folder, an I/O error: one line
-            if env_rank() == 0:
-                click.echo(f"error: {os_failure(exc)}", err=True)
-            sys.exit(2)
-        except MemoryError:
-            if env_rank() == 0:
-                click.echo("error: out of memory: ask for less (a smaller --batch-size, --samples, --chains, "
-                           "--num or model)", err=True)
-            sys.exit(2)
-        sys.exit(code if isinstance(code, int) else 0)
-
-
-def _let_rank_zero_speak(seconds: float = 5.0) -> None:
-    """A silent worker that refuses first would have torchrun stop the group before rank 0 prints
-    why: wait for rank 0 to speak and exit (torchrun then ends this worker)."""
-    time.sleep(seconds)
-
-
-def _set_threads(ctx, param, value):
-    """Eager: the thread settings reach the environment before torch or jax is imported."""
-    configure_threads(value)
-
-
-def _set_quiet(ctx, param, value):
-    ctx.meta["ltm.quiet"] = value
-
-
-def quiet() -> bool:
-    return click.get_current_context().meta.get("ltm.quiet", False)
-
-
-def common_options(command):
-    """--threads and --quiet, the same on every command."""
-    command = click.option("--quiet", "-q", is_flag=True, callback=_set_quiet, expose_value=False,
-                           help="No progress bars (they go to stderr; --json output is unaffected).")(command)
-    return click.option("--threads", type=int, default=None, callback=_set_threads, expose_value=False, is_eager=True,
-                        show_default="$OMP_NUM_THREADS, else the cores available",
-                        help="CPU threads of torch and XLA.")(command)
-
-
-def progress_bar(desc: str, unit: str):
-    """A progress factory for the library, on stderr unless --quiet: entered with the total once
-    every check has passed."""
-    disable = quiet() or env_rank() != 0  # one progress bar across workers
-
-    @contextlib.contextmanager
-    def factory(total: int):
-        with tqdm(total=total, desc=desc, unit=unit, disable=disable, dynamic_ncols=True) as bar:
-            yield bar.update
-
-    return factory
-
-
-# Settings behind options whose value stays None when not given (so a --config file's value is
-# kept); --help shows the value a run gets instead of nothing.
-OPTION_SETTINGS = {flag.removeprefix("--").replace("-", "_"): dotted for dotted, flag in FLAGS.items()} | {
-    "backend": "train.backend", "data": "data.data", "tokenizer": "data.tokenizer", "mala": "inference.mala",
-    "compile_": "train.compile", "kl_warmup": "inference.kl_warmup_iters", "inference": "inference.method",
-}
-
-
-def _unbracketed(option: click.Option) -> None:
-    """Show a stated default as `[default: 300]`, not click's `[default: (300)]`."""
-    stated = option.get_help_extra
-
-    def get_help_extra(ctx):
-        extra = stated(ctx)
-        if isinstance(option.show_default, str):
-            extra["default"] = option.show_default
-        return extra
-
-    option.get_help_extra = get_help_extra
-
-
-def effective_defaults(source: str, **stated):
-    """Fill in --help defaults of options left at None: RunConfig's values ("config", for fit)
-    or the run's own ("run", for commands that open a run); `stated` names an option's own text.
-    Options that state their own keep it."""
-    def decorate(command):
-        cfg = RunConfig()
-        for param in command.params:
-            if not isinstance(param, click.Option):
-                continue
-            dotted = OPTION_SETTINGS.get(param.name)
-            if param.name in stated:
-                param.show_default = stated[param.name]
-            elif param.default is None and not isinstance(param.show_default, str) and dotted is not None:
-                section, name = dotted.split(".")
-                param.show_default = str(getattr(getattr(cfg, section), name)) if source == "config" else "the run's"
-            _unbracketed(param)
-        return command
-
-    return decorate
-
-
-def emit_json(record) -> None:
-    """One JSON object on stdout: a result record's to_dict(), or a summary dict."""
-    click.echo(json.dumps(record.to_dict() if hasattr(record, "to_dict") else record))
 
 
 @click.group(cls=LtmGroup, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.version_option(__version__, "--version", "-V", prog_name="ltm", message="%(prog)s %(version)s")
 def cli():
     """Latent-Thought Language Models as probabilistic programs (Pyro / NumPyro)."""
-
-
-backend_option = click.option("--backend", type=click.Choice(list(registry.backends())), default=None, help="PPL backend.")
-device_option = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="Where the decoder runs.")
-seed_option = click.option("--seed", type=int, default=None, help="Random seed.")
-json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object last on stdout.")
-inference_option = click.option(
-    "--inference", default=None,
-    help=f"Inference method: {', '.join(registry.methods())}.")
-
-
-def _method_flag(option):
-    """The click option of a method option (descriptor.Option) that has a flag."""
-    if option.type is bool:
-        name = option.flag.removeprefix("--")
-        return click.option(f"{option.flag}/--no-{name}", option.field, default=None, help=option.help)
-    return click.option(option.flag, option.field, type=option.type, default=None, help=option.help)
-
-
-def method_options(command, without: tuple[str, ...] = ()):
-    """The flags of every registered method's options (their descriptors), the same in every command
-    (`without`: fields a command declares itself, with its own defaults)."""
-    for option in reversed([o for o in registry.options() if o.flag and o.field not in without]):
-        command = _method_flag(option)(command)
-    return command
-
-
-def method_overrides(kw: dict) -> dict:
-    """The method flags' values as config overrides ("inference.<field>"), taken out of kw."""
-    return {f"inference.{o.field}": kw.pop(o.field) for o in registry.options() if o.flag and o.field in kw}
 
 
 @effective_defaults("config")
@@ -194,8 +31,7 @@ def method_overrides(kw: dict) -> dict:
 @click.option("--preset", default=None, help="Named settings under everything else: paper (the published recipe).")
 @click.option("--size", default=None, help="The paper's model shapes: ltm-s, ltm-m or ltm-l (over --preset, under --config).")
 @backend_option
-@inference_option
-@method_options
+@method_choice
 @click.option("--data", default=None, help="builtin:kjv, builtin:ptb (extra [ptb]), builtin:topics or builtin:functions (synthetic, exact answers known: docs/data.md), or a .txt / .jsonl / .jsonl.gz / .parquet file, or a directory of such shards (a .txt file is one document, a jsonl line or Parquet row its 'text').")
 @click.option("--tokenizer", default=None, help="gpt2, bytes or bpe:N (trained on the corpus).")
 @click.option("--iters", type=int, default=None, help="Total training iterations (with --resume: continue up to this).")
@@ -245,12 +81,8 @@ def fit(config_file, preset, size, backend, inference, data, tokenizer, iters, l
 @click.option("--batch-size", type=int, default=None, help="Windows per batch.")
 @click.option("--max-windows", type=int, default=None, show_default="all", help="Bound only the first N windows of the split.")
 @click.option("--plot", default=None, help="Also write FILE.png: the bound (nats/token) against --steps.")
-@inference_option
-@method_options
-@backend_option
-@seed_option
-@device_option
-@json_option
+@method_choice
+@run_options
 def eval_cmd(run, split, data, steps, kind, samples, fixed_noise, batch_size, max_windows, plot, inference, backend, seed, device, as_json, **kw):
     """Held-out bounds of a run: nats/token and perplexity, corpus-level, fresh noise."""
     record = api.evaluate(run, split=split, data=data, steps=steps, kind=kind, samples=samples, fixed_noise=fixed_noise,
@@ -275,12 +107,8 @@ def eval_cmd(run, split, data, steps, kind, samples, fixed_noise, batch_size, ma
 @click.option("--steps", type=int, default=None, show_default="the run's eval_steps", help="Fast steps inferring z from the prompt.")
 @click.option("--stop-at-eos/--no-stop-at-eos", default=True,
               help="Stop at end-of-text; --no-stop-at-eos goes on, documents separated by <|endoftext|>.")
-@inference_option
-@method_options
-@backend_option
-@seed_option
-@device_option
-@json_option
+@method_choice
+@run_options
 def sample(run, prompt, num, max_tokens, temperature, top_k, steps, stop_at_eos, inference, backend, seed, device, as_json, **kw):
     """Generate text: latents from the prior, or from the posterior given --prompt. Tokens whose
     bytes cannot continue valid UTF-8 are never sampled."""
@@ -311,10 +139,7 @@ def sample(run, prompt, num, max_tokens, temperature, top_k, steps, stop_at_eos,
 @click.option("--out", default=None, show_default="diagnostics/<run name>-<timestamp>", help="New directory for NetCDF, plots and summary (never inside the run).")
 @click.option("--bounds/--no-bounds", default=True, show_default=True,
               help="ELBO and IWAE_16 of each method's q (a chain method runs its chains twice more).")
-@backend_option
-@seed_option
-@device_option
-@json_option
+@run_options
 @functools.partial(method_options, without=("chains", "draws"))
 def diagnose(run, methods, sequences, chains, draws, steps, split, data, out, bounds, backend, seed, device, as_json, **kw):
     """Posterior quality: R-hat / ESS of chains, PSIS k-hat of variational posteriors, collapse."""
@@ -341,10 +166,7 @@ def diagnose(run, methods, sequences, chains, draws, steps, split, data, out, bo
 @click.option("--max-windows", type=int, default=None, show_default="all", help="Bound only the first N windows of the split.")
 @click.option("--batch-size", type=int, default=None, show_default="each run's", help="Windows per batch.")
 @click.option("--plot", default=None, help="Also write FILE.png: each run's bound (or exact NLL) side by side.")
-@backend_option
-@seed_option
-@device_option
-@json_option
+@run_options
 def compare(runs, split, data, steps, kind, samples, max_windows, batch_size, plot, backend, seed, device, as_json):
     """Bounds of several runs on the same tokens, with FLOPs per token (e.g. an LTM vs its baseline),
     each later run's difference from the first paired over the windows (se, 95% interval)."""
@@ -407,6 +229,48 @@ def study(grid, out, only, table_only, as_json):
         emit_json({k: v for k, v in summary.items() if k not in ("ltm", "twins")})
         return
     click.echo(report.study_text(summary, str(Path(out) / "study.md")))
+
+
+@effective_defaults("run")
+@cli.command()
+@common_options
+@click.argument("run")
+@click.option("--task", required=True,
+              help="A folder with train.jsonl and test.jsonl (lines {\"question\", \"answer\"}; GSM8K's own files: the "
+                   "final answer after ####), TRAIN.jsonl,TEST.jsonl, or builtin:functions?pairs=8&train=1000&test=200&seed=0.")
+@click.option("--shots", type=int, default=8, help="Demonstrations per question, from the train split.")
+@click.option("--samples", type=int, default=5, help="Sampled answers per question (each with its own z): pass@1, pass@k.")
+@click.option("--temperature", type=float, default=1.0, help="Softmax temperature of the sampled answers (the greedy one uses 0).")
+@click.option("--pass-at", "pass_at", type=int, multiple=True, show_default="--samples", help="k of pass@k besides 1 (repeatable).")
+@click.option("--max-tokens", type=int, default=None, show_default="the task's (32; builtin:functions 2)", help="New tokens per answer at most.")
+@click.option("--stop", default=None, show_default="the task's (\\n; builtin:functions a space)",
+              help="The answer ends before this text (\\n and \\t understood).")
+@click.option("--template", default=None, show_default="'Question: {question}\\nAnswer: {answer}\\n\\n'",
+              help="How a demonstration is written (\\n and \\t understood); the asked question ends where {answer} goes.")
+@click.option("--steps", type=int, default=None, show_default="the run's eval_steps", help="Inference steps fitting z to the prompt.")
+@click.option("--max-questions", type=int, default=None, show_default="all", help="Ask only the first N test questions.")
+@click.option("--overflow", type=click.Choice(["refuse", "truncate"]), default="refuse",
+              help="A prompt longer than the window: refuse, or drop the oldest demonstrations until it fits.")
+@click.option("--published-protocol", is_flag=True,
+              help="Also a labelled row by the published GSM8K protocol: test-split demonstrations (the asked question "
+                   "not excluded), solved if any of --samples answers contains the gold answer as a substring.")
+@click.option("--out", default=None, show_default="fewshot-<timestamp>.jsonl", help="The JSONL of every question, prompt, sample and verdict.")
+@method_choice
+@run_options
+def fewshot(run, task, shots, samples, temperature, pass_at, max_tokens, stop, template, steps, max_questions, overflow,
+            published_protocol, out, inference, backend, seed, device, as_json, **kw):
+    """Few-shot in-context evaluation: demonstrations from the train split, z inferred from the
+    prompt, greedy and sampled answers; exact match, pass@1, pass@k with 95% intervals."""
+    record = api.fewshot(run, task, backend=backend, device=device, inference=inference, overrides=method_overrides(kw),
+                         shots=shots, samples=samples, temperature=temperature, pass_at=tuple(pass_at) or None,
+                         max_tokens=max_tokens, stop=None if stop is None else escaped(stop),
+                         template=None if template is None else escaped(template), steps=steps, seed=seed,
+                         max_questions=max_questions, overflow=overflow, published_protocol=published_protocol, out=out,
+                         progress=progress_bar("fewshot", "question"))
+    if as_json:
+        emit_json(record)
+        return
+    click.echo(report.fewshot_text(record))
 
 
 def main():

@@ -38,6 +38,38 @@ class Rows:
     total: int | None = None  # None: the local batch is the global batch
 
 
+@dataclass(frozen=True, eq=False)
+class FastNoise:
+    """Where the eps of local's fast steps come from (fit_local_posterior, both backends).
+
+    Each step's eps has exactly one source, the first given of:
+    - per_step: every step's eps [steps, S, B, *event] (backend parity tests);
+    - fixed: one eps [S, B, *event] reused at every step (the published reference's fixed-noise
+      mode and the trajectory update; JAX only: the torch loop draws its own, inference.fixed_noise);
+    - key: drawn per step as a function of (seed, iteration, step, global row), so the eps do not
+      depend on the worker count: a Rows (torch_eps) or the iteration's JAX key (jax_eps);
+    - none of them: torch's own random stream (the eager Pyro loop only).
+    per_step and fixed are alternatives (giving both is refused); key also draws what the fit draws
+    besides the steps' eps (the published random start; the torch loop's fixed eps), so it may come
+    with either. eq=False: the fields are arrays.
+    """
+    key: object = None
+    fixed: object = None
+    per_step: object = None
+
+    def __post_init__(self):
+        if self.fixed is not None and self.per_step is not None:
+            raise ValueError("FastNoise: give fixed (one eps for every step) or per_step (each step's eps), not both")
+
+    @property
+    def source(self) -> str:
+        """The one source of each step's eps: "per_step", "fixed", "key" or "stream"."""
+        for name in ("per_step", "fixed", "key"):
+            if getattr(self, name) is not None:
+                return name
+        return "stream"
+
+
 def seed_of(seed: int, iteration: int, step: int) -> int:
     """A 63-bit seed mixed from the three numbers (numpy's SeedSequence: well spread, host-only)."""
     return int(np.random.SeedSequence([seed & 0xFFFFFFFF, iteration, step]).generate_state(2, np.uint32).view(np.uint64)[0]

@@ -11,7 +11,6 @@ from helpers import TINY_TOML, run_cli
 
 from ltm_ppl import api
 from ltm_ppl.cli import cli
-from ltm_ppl.cli_fewshot import fewshot
 from ltm_ppl.errors import LtmError
 from ltm_ppl.fewshot import CLEAN, PUBLISHED, FewshotSettings
 from ltm_ppl.fewshot.prompt import demonstrations
@@ -19,8 +18,6 @@ from ltm_ppl.report import fewshot_text
 from ltm_ppl.fewshot.score import bootstrap, exact_match, normalise, pass_at_k, shown, substring_match, wilson
 from ltm_ppl.fewshot.task import Task, load_task, render
 
-if "fewshot" not in cli.commands:  # until cli.py registers it (cli_fewshot's docstring)
-    cli.add_command(fewshot)
 
 FUNCTIONS = "builtin:functions?pairs=3&train=12&test=3"
 SHORT = "Q {question} A {answer}\n"  # a template short enough for a few demonstrations in the tiny window

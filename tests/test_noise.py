@@ -3,6 +3,7 @@ alone, so a worker holding rows [a, b) of a global batch draws exactly what one 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from ltm_ppl import noise
 
@@ -45,3 +46,13 @@ def test_noise_module_imports_no_backend():
     code = "import sys, ltm_ppl.noise, ltm_ppl.distributed; print('torch' in sys.modules, 'jax' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_fast_noise_has_one_source_per_step():
+    eps = np.zeros((1, 2, 3), np.float32)
+    assert noise.FastNoise().source == "stream"
+    assert noise.FastNoise(key=noise.Rows(1, 2)).source == "key"
+    assert noise.FastNoise(key=noise.Rows(1, 2), fixed=eps).source == "fixed"  # the key still draws the start
+    assert noise.FastNoise(key=noise.Rows(1, 2), per_step=eps[None]).source == "per_step"
+    with pytest.raises(ValueError, match="not both"):
+        noise.FastNoise(fixed=eps, per_step=eps[None])

@@ -4,6 +4,7 @@ another's draws or cost; and --max-tree-depth caps every tree, through the metho
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 C, B, DIM = 2, 2, 6
 
@@ -23,12 +24,12 @@ def data(shift: float = 0.0):
 
 
 def run(schedule, target=None, warmup=60, draws=20, max_tree_depth=10, step_size=0.3):
-    from ltm_ppl.inference.langevin.blackjax_kernels import sample_pairs
+    from ltm_ppl.inference.langevin.blackjax_kernels import SamplerSettings, sample_pairs
 
     u0 = jax.random.normal(jax.random.PRNGKey(3), (C, B, DIM))
-    out = sample_pairs(logp_pair, target or data(), u0, jax.random.PRNGKey(4), kernel="nuts", warmup=warmup,
-                       draws=draws, step_size=step_size, target_accept=0.8, leapfrog_steps=4,
-                       max_tree_depth=max_tree_depth, schedule=schedule)
+    out = sample_pairs(logp_pair, target or data(), u0, jax.random.PRNGKey(4), SamplerSettings(
+        kernel="nuts", warmup=warmup, draws=draws, step_size=step_size, target_accept=0.8, leapfrog_steps=4,
+        max_tree_depth=max_tree_depth, schedule=schedule))
     return jax.tree.map(np.asarray, out)
 
 
@@ -73,3 +74,14 @@ def test_the_method_passes_max_tree_depth_to_nuts(jax_caches):
         post = inference.posterior(observations(), 0, 10, CHAINS)
     assert post["tree_depth"].max() == 3  # the cap is reached ...
     assert post["n_steps"].max() <= 7  # ... and never passed
+
+
+def test_sampler_settings_refuse_an_unknown_kernel_or_schedule():
+    from ltm_ppl.inference.langevin.blackjax_kernels import SamplerSettings
+
+    ok = dict(kernel="hmc", warmup=0, draws=1, step_size=0.1, target_accept=0.8, leapfrog_steps=4)
+    assert SamplerSettings(**ok).schedule == "vmap"
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        SamplerSettings(**ok | {"kernel": "mala"})  # MALA is langevin_sample's, not blackjax's
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        SamplerSettings(**ok | {"schedule": "pmap"})

@@ -18,6 +18,8 @@ Nothing here imports torch.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import blackjax
 import jax
 import jax.numpy as jnp
@@ -34,12 +36,31 @@ def _extra(kernel: str, leapfrog_steps: int, max_tree_depth: int) -> dict:
 
 
 SCHEDULES = ("vmap", "map")
+KERNELS = ("hmc", "nuts")
 
 
-def sample_pairs(logp_pair, data, u0, key, *, kernel: str, warmup: int, draws: int, step_size: float,
-                 target_accept: float, leapfrog_steps: int, max_tree_depth: int = 10, schedule: str = "vmap",
-                 keep_z: bool = True) -> dict:
-    """Run every (chain, sequence) pair: `warmup` adapting steps, then `draws` kept steps.
+@dataclass(frozen=True)
+class SamplerSettings:
+    """How sample_pairs runs each (chain, sequence) pair: the same for every pair."""
+    kernel: str  # "hmc" or "nuts"
+    warmup: int  # adapting steps (fewer than MIN_ADAPT_WARMUP: burn-in at step_size)
+    draws: int  # kept steps
+    step_size: float  # where adaptation starts, or the step of a short burn-in
+    target_accept: float  # the acceptance rate the warm-up adapts toward
+    leapfrog_steps: int  # HMC's steps per trajectory
+    max_tree_depth: int = 10  # NUTS's most doublings per tree
+    schedule: str = "vmap"  # "vmap" (pairs side by side) or "map" (one pair after another)
+    keep_z: bool = True  # return every kept draw
+
+    def __post_init__(self):
+        if self.kernel not in KERNELS:
+            raise ValueError(f"kernel must be one of {KERNELS}, got {self.kernel!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+
+
+def sample_pairs(logp_pair, data, u0, key, settings: SamplerSettings) -> dict:
+    """Run every (chain, sequence) pair: settings.warmup adapting steps, then settings.draws kept steps.
 
     logp_pair(data_b, u) -> scalar: the log density of one sequence's latent u [*event] given that
     sequence's data data_b (data[b]); u0 [C, B, *event] the starts. Returns, in the layout of the
@@ -47,11 +68,10 @@ def sample_pairs(logp_pair, data, u0, key, *, kernel: str, warmup: int, draws: i
     "warmup_accept" [W, C, B]; and per kept draw [D, C, B]: "accept", "draw_log_joint", "energy",
     "diverging", "n_steps" (gradient evaluations), "tree_depth" (NUTS only), "draws" [D, C, B,
     *event] when keep_z; "warmup_n_steps" [C, B] the gradient evaluations of warm-up.
-    schedule: "vmap" (pairs side by side) or "map" (one pair after another); the draws are the same.
+    settings.schedule: "vmap" (pairs side by side) or "map" (one pair after another); the draws are the same.
     """
-    if schedule not in SCHEDULES:
-        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
-    algorithm, extra = _algorithm(kernel), _extra(kernel, leapfrog_steps, max_tree_depth)
+    kernel, warmup, draws, step_size = settings.kernel, settings.warmup, settings.draws, settings.step_size
+    algorithm, extra = _algorithm(kernel), _extra(kernel, settings.leapfrog_steps, settings.max_tree_depth)
     event = u0.shape[2:]
     size = 1
     for n in event:
@@ -63,7 +83,7 @@ def sample_pairs(logp_pair, data, u0, key, *, kernel: str, warmup: int, draws: i
         position = start.reshape(-1)
         if warmup >= MIN_ADAPT_WARMUP:
             adapt = blackjax.window_adaptation(algorithm, logp, is_mass_matrix_diagonal=True, initial_step_size=step_size,
-                                               target_acceptance_rate=target_accept, **extra)
+                                               target_acceptance_rate=settings.target_accept, **extra)
             (state, params), info = adapt.run(warm_key, position, num_steps=warmup)
             warm_accept = info.info.acceptance_rate
             warm_steps = info.info.num_integration_steps.sum()
@@ -85,7 +105,7 @@ def sample_pairs(logp_pair, data, u0, key, *, kernel: str, warmup: int, draws: i
                    "diverging": info.is_divergent, "n_steps": info.num_integration_steps}
             if kernel == "nuts":
                 out["tree_depth"] = info.num_trajectory_expansions
-            if keep_z:
+            if settings.keep_z:
                 out["draws"] = state.position.reshape(event)
             return state, out
 
@@ -95,7 +115,7 @@ def sample_pairs(logp_pair, data, u0, key, *, kernel: str, warmup: int, draws: i
 
     C, B = u0.shape[:2]
     keys = jax.random.split(key, C * B)  # pair (c, b) gets keys[c * B + b] under either schedule
-    if schedule == "vmap":
+    if settings.schedule == "vmap":
         keys = keys.reshape(C, B, *keys.shape[1:])
         per_sequence = jax.vmap(one_pair, in_axes=(0, 0, 0))  # over B
         out = jax.vmap(per_sequence, in_axes=(0, None, 0))(keys, data, u0)  # over C

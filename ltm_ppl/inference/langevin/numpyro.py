@@ -28,6 +28,7 @@ import numpy as np
 
 from ...errors import LtmError
 from ...models.jax import encoder as jax_encoder
+from ...noise import FastNoise
 from ..gaussian import fit_to_draws
 from ..local.numpyro import fast_lrs, fit_local_posterior
 from ..numpyro_backend import NumPyroBackend
@@ -143,7 +144,7 @@ class LangevinPrograms(Programs):
         init = self.inf.init
         if init == "local" and fit_steps > 0:
             lrs = jnp.asarray(fast_lrs(fit_steps, self.inf))
-            loc, log_scale = fit_local_posterior(self.model(params), tokens, self.shape, self.inf, lrs, key)
+            loc, log_scale = fit_local_posterior(self.model(params), tokens, self.shape, self.inf, lrs, FastNoise(key=key))
             return loc, jnp.exp(log_scale)
         if init == "amortized":
             loc, log_scale = jax_encoder.encode(params, self.model_cfg, tokens, self.dtype)
@@ -175,12 +176,11 @@ class LangevinPrograms(Programs):
                 tokens_b, loc_b, scale_b = pair
                 return sum(self.terms(params, tokens_b[None], (loc_b + scale_b * u)[None, None]))[0, 0]
 
-            out = blackjax_kernels.sample_pairs(logp_pair, (tokens, loc, scale), u0, chain_key, kernel=inf.kernel,
-                                                warmup=warmup, draws=draws, step_size=inf.step_size,
-                                                target_accept=inf.target_accept, leapfrog_steps=inf.leapfrog_steps,
-                                                max_tree_depth=inf.max_tree_depth, keep_z=keep_z,
-                                                # NUTS: each pair pays for its own tree, not the deepest one
-                                                schedule="map" if inf.kernel == "nuts" else "vmap")
+            settings = blackjax_kernels.SamplerSettings(
+                kernel=inf.kernel, warmup=warmup, draws=draws, step_size=inf.step_size, target_accept=inf.target_accept,
+                leapfrog_steps=inf.leapfrog_steps, max_tree_depth=inf.max_tree_depth, keep_z=keep_z,
+                schedule="map" if inf.kernel == "nuts" else "vmap")  # NUTS: each pair pays for its own tree only
+            out = blackjax_kernels.sample_pairs(logp_pair, (tokens, loc, scale), u0, chain_key, settings)
             evaluations = 1 + out["warmup_n_steps"] + out["n_steps"].sum(0)
         swap = lambda a: jnp.swapaxes(a, 0, 1)  # noqa: E731  the scans' [D, C, ...] -> [C, D, ...]
         run = {"log_joint": swap(out["draw_log_joint"]), "accept_prob": swap(out["accept"]), "step_size": out["step_size"],

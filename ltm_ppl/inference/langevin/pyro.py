@@ -124,7 +124,7 @@ class PyroLangevin(PyroBackend):
         init = self.cfg.inference.init
         if init == "local" and fit_steps > 0:
             loc, log_scale, _ = fit_local_posterior(self.model, tokens, self.latent_shape, self.cfg.inference, fit_steps,
-                                                    self.device, rows=rows)
+                                                    self.device, noise_lib.FastNoise(key=rows))
             return loc, log_scale.exp()
         if init == "amortized" and self.encoder is not None:
             with torch.no_grad():

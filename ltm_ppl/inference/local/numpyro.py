@@ -32,7 +32,7 @@ from ..numpyro_programs import Programs
 from ..gaussian import FAST_ADAM_EPS, FAST_BETA1, FAST_BETA2, published_start, shaped_kl
 from ..kl_shaping import shaping_on
 from ..schedules import fast_loss_divisor, fast_lr, kl_shape
-from ...noise import INIT, SLOW, jax_eps
+from ...noise import INIT, SLOW, FastNoise, jax_eps
 
 
 def fast_lrs(steps: int, inf_cfg) -> np.ndarray:
@@ -65,23 +65,24 @@ def fast_optimizer(inf_cfg):
     return adam
 
 
-def fit_local_posterior(model, tokens, shape, inf_cfg, lrs, key=None, fast_noise=None, fixed_eps=None, start=None,
-                        kl_shaping=None, params=None):
+def fit_local_posterior(model, tokens, shape, inf_cfg, lrs, noise: FastNoise, start=None, kl_shaping=None, params=None):
     """Fit (loc, log_scale) of shape [B, *shape] by len(lrs) fast steps; model(tokens) is the joint.
 
     Starts at `start` = (loc, log_scale) when given (semi-amortized: the encoder's q), else at
-    initial_local (inf_cfg.init, drawn from `key` for the published start). The steps move
+    initial_local (inf_cfg.init, drawn from noise.key for the published start). The steps move
     (loc, log sigma), or (loc, log variance) with inf_cfg.scale_param = "log_variance".
 
     Minimises the negative ELBO summed over sequences (each sequence's parameters see only their
     own term), per predicted token or summed over tokens too (inf_cfg.fast_loss), differentiating
     w.r.t. (loc, scale parameter) only; with `params` given, model is a function params -> model
-    and each step's gradient w.r.t. params is summed too and returned third (the trajectory update). Each
-    step draws fresh noise from `key`, keyed per sequence (noise.jax_eps: step, global row), unless fast_noise [steps, S, B, *shape] gives every step's
-    eps (backend parity tests) or fixed_eps [S, B, *shape] is reused at every step (the published
-    reference's mode, comparison only). kl_shaping = (beta, free bits) replaces the KL term by
-    shaped_kl's (training iterations only, never a reported bound). Pure: call it under jit.
+    and each step's gradient w.r.t. params is summed too and returned third (the trajectory update).
+    noise (noise.FastNoise) gives each step's eps: per_step [steps, S, B, *shape] (backend parity
+    tests), or fixed [S, B, *shape] reused at every step (the published reference's mode and the
+    trajectory update), else fresh draws from its key, keyed per sequence (noise.jax_eps: step,
+    global row). kl_shaping = (beta, free bits) replaces the KL term by shaped_kl's (training
+    iterations only, never a reported bound). Pure: call it under jit.
     """
+    key, fixed_eps = noise.key, noise.fixed
     B = tokens.shape[0]
     if start is None:
         loc, log_scale = initial_local(B, shape, inf_cfg, key)
@@ -123,7 +124,7 @@ def fit_local_posterior(model, tokens, shape, inf_cfg, lrs, key=None, fast_noise
     steps = lrs.shape[0]
     local = (loc, factor * log_scale)
     summed = None if params is None else jax.tree.map(jnp.zeros_like, params)
-    (local, _, summed), _ = jax.lax.scan(body, (local, opt.init(local), summed), (lrs, fast_noise, jnp.arange(steps)))
+    (local, _, summed), _ = jax.lax.scan(body, (local, opt.init(local), summed), (lrs, noise.per_step, jnp.arange(steps)))
     if params is None:
         return local[0], local[1] / factor
     return local[0], local[1] / factor, summed
@@ -152,8 +153,9 @@ class LocalPrograms(Programs):
             fixed = jax.random.normal(fixed_key, (self.inf.num_samples, tokens.shape[0], *self.shape), jnp.float32)
         params = jax.lax.stop_gradient(params)
         loc, log_scale = fit_local_posterior(
-            self.model(params), tokens, self.shape, self.inf, lrs, fit_key, fast_noise, fixed, start=self.start(params, tokens),
-            kl_shaping=kl_shaping,
+            self.model(params), tokens, self.shape, self.inf, lrs,
+            FastNoise(key=fit_key, fixed=fixed if fast_noise is None else None, per_step=fast_noise),  # per_step wins
+            start=self.start(params, tokens), kl_shaping=kl_shaping,
         )
         return loc, log_scale, fixed
 
@@ -179,7 +181,7 @@ class LocalPrograms(Programs):
         """(loss, metrics, the decoder's unclipped gradient) of the trajectory update with the fast
         loop's one eps [S, B, *event] given, from `start` (else initial_local from key)."""
         loc, log_scale, summed = fit_local_posterior(
-            lambda p: self.model(p), tokens, self.shape, self.inf, lrs, key, fixed_eps=eps, start=start,
+            lambda p: self.model(p), tokens, self.shape, self.inf, lrs, FastNoise(key=key, fixed=eps), start=start,
             kl_shaping=shaping, params=params)
         loc, log_scale = jax.lax.stop_gradient(loc), jax.lax.stop_gradient(log_scale)
         n_tokens = tokens.shape[0] * (tokens.shape[1] - 1)

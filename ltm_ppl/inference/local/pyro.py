@@ -26,7 +26,7 @@ from ..gaussian import FAST_ADAM_EPS, FAST_BETA1, FAST_BETA2, published_start, s
 from ..pyro_backend import PyroBackend, frozen
 from ..pyro_elbo import elbo_terms
 from ..schedules import fast_loss_divisor, fast_lr, kl_shape
-from ...noise import ENCODER, FIXED, INIT, SLOW, torch_eps
+from ...noise import ENCODER, FIXED, INIT, SLOW, FastNoise, torch_eps
 
 
 def initial_local(B, shape, inf_cfg, device, rows=None):
@@ -48,8 +48,8 @@ def fast_optimizer(params, inf_cfg):
     return torch.optim.SGD(params, lr=inf_cfg.fast_lr)
 
 
-def fit_local_posterior(model, tokens, shape, inf_cfg, steps: int, device, observe_step=None, fast_noise=None, start=None,
-                        rows=None, kl_shaping=None, compiled=None, train_decoder=False):
+def fit_local_posterior(model, tokens, shape, inf_cfg, steps: int, device, noise: FastNoise = FastNoise(), observe_step=None,
+                        start=None, kl_shaping=None, compiled=None, train_decoder=False):
     """Fit (loc, log_scale) of shape [B, *shape] by `steps` fast steps; model(tokens) is the joint.
 
     Minimises the negative ELBO summed over sequences (each sequence's parameters see only their
@@ -58,15 +58,19 @@ def fit_local_posterior(model, tokens, shape, inf_cfg, steps: int, device, obser
     initial_local (inf_cfg.init). The steps move (loc, log sigma), or (loc, log variance) with
     inf_cfg.scale_param = "log_variance" (the published loop). With inf_cfg.fixed_noise one eps is
     drawn (after the start) and reused (the published reference's mode, for comparison only); it
-    is returned for the final number. fast_noise [steps, S, B, *shape], if given, is the eps of
-    each step (parity tests); else rows (noise.Rows) keys each step's eps by (seed, iteration,
-    step, global row), so it does not depend on the worker count; else the torch stream.
+    is returned for the final number. noise (noise.FastNoise) gives each step's eps: per_step
+    [steps, S, B, *shape] (parity tests); else its key (noise.Rows) keys each step's eps by (seed,
+    iteration, step, global row), so it does not depend on the worker count, and the published
+    start and the fixed eps too; else the torch stream. Its `fixed` is the JAX loop's only.
     kl_shaping = (beta, free bits) replaces the KL term by shaped_kl's (training iterations
     only, never a reported bound). compiled (a CompiledFastStep, `--compile` on the LTM) runs the
     same steps as one compiled function each (compiled_fast_step.py); eps never left to Pyro then.
     train_decoder: every step's backward pass also reaches the decoder's weights, whose .grad
     accumulate over the steps (the published trajectory update; the caller zeroes them first).
     """
+    if noise.fixed is not None:
+        raise ValueError("the torch fast loop draws its fixed eps itself (inference.fixed_noise): give FastNoise no `fixed`")
+    rows, fast_noise = noise.key, noise.per_step
     B = tokens.shape[0]
     loc, log_scale = initial_local(B, shape, inf_cfg, device, rows) if start is None else (t.detach().clone() for t in start)
     # The moved scale parameter: log sigma, or log variance = 2 log sigma.
@@ -154,8 +158,8 @@ class PyroLocal(PyroBackend):
         # that the trainer reports (naming the iteration) instead of a ValueError deep in Pyro.
         fit = functools.partial(
             fit_local_posterior, self.model, tokens, self.latent_shape, self.cfg.inference, steps, self.device,
-            observe_step, fast_noise, start=self.start(tokens), rows=rows if rows is not None else self.noise_rows,
-            kl_shaping=kl_shaping)
+            FastNoise(key=rows if rows is not None else self.noise_rows, per_step=fast_noise), observe_step,
+            start=self.start(tokens), kl_shaping=kl_shaping)
         with frozen(self.decoder), pyro.validation_enabled(False):
             compiled = self.compiled_fast_step
             if compiled is None:
@@ -181,7 +185,7 @@ class PyroLocal(PyroBackend):
         self.optimizer.zero_grad(set_to_none=True)
         with pyro.validation_enabled(False):
             loc, log_scale, eps = fit_local_posterior(
-                self.model, tokens, self.latent_shape, inf, inf.steps, self.device, rows=rows, kl_shaping=shaping,
+                self.model, tokens, self.latent_shape, inf, inf.steps, self.device, FastNoise(key=rows), kl_shaping=shaping,
                 train_decoder=True)
         loglik, kl = self.gaussian_elbo(tokens, loc, log_scale, eps.shape[0], eps)
         n_tokens = tokens.shape[0] * (tokens.shape[1] - 1)
