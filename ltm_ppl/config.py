@@ -25,7 +25,7 @@ DEVICES = ("auto", "cpu", "cuda")
 # Rotary positions of the latent keys (models/torch_decoder.latent_positions): "published" spaces
 # ALL n_z vectors over the block and gives every layer the first m of those positions (the
 # authors' model.py); "per_layer" spaces each layer's m vectors over the block (runs saved before
-# the setting existed were trained with it, and load with it: checkpoint.read_config).
+# the setting existed were trained with it, and load with it: run/migrate.py).
 LATENT_ROPE = ("published", "per_layer")
 # Initial std of the residual projections (every attention output projection, self and cross, and
 # the MLP's up projection): "flat" 0.02 like every matrix; "scaled" 0.02 / sqrt(2 n_layer), the

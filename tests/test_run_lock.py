@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from helpers import TINY_TOML
 
-from ltm_ppl import checkpoint, writer_lock
+from ltm_ppl import run as checkpoint
+from ltm_ppl.run import lock as writer_lock
 from ltm_ppl.errors import LtmError
 
 EVERY_ITERATION = (TINY_TOML.replace("checkpoint_interval = 20", "checkpoint_interval = 1")
