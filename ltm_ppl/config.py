@@ -5,6 +5,7 @@ so a bad config is refused before anything is written.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import tomllib
 import types
@@ -280,6 +281,19 @@ def _open_unit(name: str, value) -> None:
 
 
 CHECKS = {"positive": _positive, "non_negative": _non_negative, "open_unit": _open_unit}
+
+
+def resolve(cfg: RunConfig, vocab_size: int, latent: bool) -> RunConfig:
+    """A run's config completed once, before it is written or trained: model.vocab_size (the
+    tokenizer's for a new run, the stored one on resume), model.latent (whether the method reads
+    latents) and train.lr_decay_iters (0 means "the --iters of this fit"; stored resolved, so that
+    a resumed run follows the schedule it was started with). A copy: cfg stays as it was."""
+    resolved = copy.deepcopy(cfg)
+    resolved.model.vocab_size = vocab_size
+    resolved.model.latent = latent
+    if resolved.train.lr_decay_iters == 0:
+        resolved.train.lr_decay_iters = resolved.train.iters
+    return resolved
 
 
 def validate(cfg: RunConfig, methods: tuple[str, ...] = ()) -> RunConfig:

@@ -32,13 +32,12 @@ from pathlib import Path
 import numpy as np
 
 from . import durable
-from .config import build_config, validate
+from .config import build_config, resolve, validate
 from .data import build_tokenizer, load_corpus
 from .destination import check_creatable
 from .errors import LtmError
 from .inference import create, methods
 from .run import IMPORTED, TOKENIZER, commit_run, new_run_dir, save_checkpoint, stage_run, write_config
-from .train import resolve_horizon
 
 GPT2_TOKENS = 50257
 
@@ -174,8 +173,7 @@ def run_config(args: dict, settings: dict, data: str | None):
         cfg.inference.fast_lr = settings["fast_lr"]
     cfg.data.data = data or "builtin:kjv"
     cfg.data.tokenizer = "gpt2"
-    resolve_horizon(cfg)
-    return cfg
+    return resolve(cfg, cfg.model.vocab_size, cfg.model.latent)  # the checkpoint's vocabulary, with latents
 
 
 def fast_settings(record: dict, args: dict) -> dict:

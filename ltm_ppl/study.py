@@ -9,6 +9,7 @@ whose fit finished. Every LTM number is an upper bound on the NLL (labelled so);
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -48,8 +49,8 @@ def train_run(cfg, run: Path, echo) -> dict:
         if opened.iteration >= cfg.train.iters:
             return {"fit_seconds": None, "resumed": False, "reused": True}
         resumed = True
-        cfg.model.vocab_size = opened.cfg.model.vocab_size
-        fit(cfg, resume=str(run), progress=False, echo=echo)
+        vocab = dataclasses.replace(cfg.model, vocab_size=opened.cfg.model.vocab_size)  # what the run was given
+        fit(dataclasses.replace(cfg, model=vocab), resume=str(run), progress=False, echo=echo)
     else:
         fit(cfg, out=str(run), progress=False, echo=echo)
     return {"fit_seconds": round(time.perf_counter() - start, 1), "resumed": resumed, "reused": False}
@@ -146,6 +147,8 @@ def run_one(run_id: str, cfg, kind: str, out: Path, grid: Grid, echo, extra: dic
     run = out / "runs" / run_id
     echo(f"study: {run_id}: fit ({kind})")
     fitted = train_run(cfg, run, lambda s: None)
+    if not fitted["reused"]:
+        cfg = Run.open(run).cfg  # as fit resolved it (vocabulary, latent, horizon)
     echo(f"study: {run_id}: eval")
     start = time.perf_counter()
     rows, truth = evaluate_ltm(run, grid, cfg.train.seed) if kind == "ltm" else evaluate_twin(run, grid, cfg.train.seed)

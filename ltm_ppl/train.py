@@ -1,7 +1,7 @@
 """The backend-neutral training loop: batches -> inference.step -> metrics, evaluations, checkpoints."""
 from __future__ import annotations
 
-import dataclasses
+import copy
 import math
 import time
 from dataclasses import dataclass
@@ -11,7 +11,7 @@ import numpy as np
 from tqdm import tqdm
 
 from . import distributed, resources, tensorboard_events
-from .config import RunConfig, validate
+from .config import RunConfig, resolve, validate
 from .data import build_tokenizer, load_corpus, require_windows, split_tokens, train_batch
 from .destination import check_creatable
 from .distributed import describe, world
@@ -55,31 +55,6 @@ def check_training_memory(cfg: RunConfig, workers: int) -> None:
                     "a smaller --batch-size, inference.num_samples or model")
 
 
-# Settings a resume may change, each said in a notice and recorded in metrics.jsonl ([model],
-# [data], the method and the backend are refused before this; --iters is how a run trains on).
-QUIET_ON_RESUME = {"train.iters"}
-
-
-def resume_changes(stored: RunConfig, cfg: RunConfig) -> dict[str, tuple]:
-    """{"section.field": (stored value, new value)} for every [train] / [inference] setting the
-    resume changes, but --iters."""
-    changed = {}
-    for section in ("train", "inference"):
-        old, new = getattr(stored, section), getattr(cfg, section)
-        for f in dataclasses.fields(old):
-            name = f"{section}.{f.name}"
-            if name not in QUIET_ON_RESUME and getattr(old, f.name) != getattr(new, f.name):
-                changed[name] = (getattr(old, f.name), getattr(new, f.name))
-    return changed
-
-
-def resolve_horizon(cfg: RunConfig) -> None:
-    """train.lr_decay_iters = 0 means "the --iters of this fit"; stored resolved, so that a resumed
-    run follows the schedule the run was started with."""
-    if cfg.train.lr_decay_iters == 0:
-        cfg.train.lr_decay_iters = cfg.train.iters
-
-
 def closing_line(last_eval: dict, cfg: RunConfig) -> str:
     """fit's last val line: which windows it covers, and whether its number is a bound (a latent
     method's ELBO) or the exact likelihood (no latent: the method's descriptor says which)."""
@@ -98,33 +73,27 @@ def fit(cfg: RunConfig, out: str | None = None, resume: str | None = None, progr
     """Train a new run (into `out`) or continue `resume` up to cfg.train.iters. Returns a summary.
     tensorboard: also write the metrics as TensorBoard events into tensorboard/<run name>.
     Raises Interrupted after SIGINT / SIGTERM, with a checkpoint committed."""
+    cfg = copy.deepcopy(cfg)  # the caller's stays as given; resolve() completes this one once
     board = tensorboard_events.check(tensorboard)
     w = start_world(cfg)
     echo = echo if w.is_writer else (lambda *_: None)
     if resume is not None:
         run = Path(resume)
         opened = Run.open(run)  # refuses a directory that is not a run
-        stored = opened.cfg
         if w.is_writer:  # before any check: a second writer is refused at once, naming the first
             opened.lock()
-        if not cfg.model.vocab_size:
-            cfg.model.vocab_size = stored.model.vocab_size
-        if cfg.model != stored.model or cfg.data != stored.data:
-            raise LtmError(f"resuming {run} cannot change its [model] or [data] settings")
-        if cfg.inference.method != stored.inference.method:
-            raise LtmError(f"{run} was trained with --inference {stored.inference.method}; resume it with that method")
-        resolve_horizon(cfg)
+        cfg = opened.resumed_config(cfg)
         validate(cfg, methods())
         check_fit(cfg)
         check_training_memory(cfg, w.size)
         done = opened.iteration
         if cfg.train.iters <= done:  # refused before anything is written (config.json included)
-            asked = f"--iters {cfg.train.iters} trains nothing" if cfg.train.iters != stored.train.iters else "it is finished"
+            asked = f"--iters {cfg.train.iters} trains nothing" if cfg.train.iters != opened.cfg.train.iters else "it is finished"
             raise LtmError(f"{run} has done {done} iterations already, so {asked}; pass --iters N with N > {done} to train on")
         data = w.in_turn(lambda: load_data(cfg, opened.tokenizer(cfg)))
         inference = opened.inference(cfg, with_optimizer=True)
         # Every check has passed: from here on the run is written (by one worker).
-        changed = resume_changes(stored, cfg)
+        changed = opened.changes(cfg)
         for name, (old, new) in changed.items():
             echo(f"notice: resuming {run} with {name} = {new!r} (was {old!r})")
         if w.is_writer:
@@ -136,14 +105,12 @@ def fit(cfg: RunConfig, out: str | None = None, resume: str | None = None, progr
         run = new_run_dir(out)  # every worker checks --out
         if out is None:  # a timestamped name: the writer's, for everyone
             run = Path(w.broadcast_text(str(run) if w.is_writer else None))
-        resolve_horizon(cfg)
         check_creatable(run)  # before the corpus is read: an unwritable --out fails at once
         validate(cfg, methods())
         check_fit(cfg)
         check_training_memory(cfg, w.size)
         data = w.in_turn(lambda: load_data(cfg))  # the first worker builds the token cache
-        cfg.model.vocab_size = data.tokenizer.vocab_size
-        cfg.model.latent = descriptor(cfg.inference.method).latent
+        cfg = resolve(cfg, data.tokenizer.vocab_size, descriptor(cfg.inference.method).latent)
 
         inference = create(cfg)
         w.barrier()  # every worker has passed every check: now the writer writes

@@ -3,11 +3,12 @@ save, the newest committed checkpoint, metrics, migration). Opening a run import
 and neither torch nor jax: those load only when its weights go into an inference object."""
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import RunConfig
+from ..config import RunConfig, resolve
 from ..data import load_tokenizer
 from ..errors import LtmError
 from ..inference import create, descriptor
@@ -57,6 +58,11 @@ def save_inference(run: Path, inference, backend: str) -> Path:
     """Commit the inference object's weights and optimiser state as a checkpoint of its iteration."""
     tensors, scalars = inference.optimizer_state()
     return checkpoints.save_checkpoint(run, inference.weights(), tensors, dict(scalars, backend=backend))
+
+
+# Settings a resume may change, each said in a notice and recorded in metrics.jsonl ([model],
+# [data], the method and the backend are refused before this; --iters is how a run trains on).
+QUIET_ON_RESUME = {"train.iters"}
 
 
 @dataclass(frozen=True)
@@ -122,6 +128,28 @@ class Run:
 
     def append_metrics(self, record: dict) -> None:
         metrics.append_metrics(self.path, record)
+
+    def resumed_config(self, cfg: RunConfig) -> RunConfig:
+        """cfg resolved for going on with this run (the run's vocabulary where cfg has none, the
+        horizon), or one line refusing a change of [model], [data] or the method."""
+        resolved = resolve(cfg, cfg.model.vocab_size or self.cfg.model.vocab_size, cfg.model.latent)
+        if resolved.model != self.cfg.model or resolved.data != self.cfg.data:
+            raise LtmError(f"resuming {self.path} cannot change its [model] or [data] settings")
+        if resolved.inference.method != self.cfg.inference.method:
+            raise LtmError(f"{self.path} was trained with --inference {self.cfg.inference.method}; resume it with that method")
+        return resolved
+
+    def changes(self, cfg: RunConfig) -> dict[str, tuple]:
+        """{"section.field": (stored value, new value)} for every [train] / [inference] setting
+        that resuming with cfg changes, but --iters."""
+        changed = {}
+        for section in ("train", "inference"):
+            old, new = getattr(self.cfg, section), getattr(cfg, section)
+            for f in dataclasses.fields(old):
+                name = f"{section}.{f.name}"
+                if name not in QUIET_ON_RESUME and getattr(old, f.name) != getattr(new, f.name):
+                    changed[name] = (getattr(old, f.name), getattr(new, f.name))
+        return changed
 
     def resume(self, cfg: RunConfig, iteration: int, changed: dict[str, tuple]) -> None:
         """The writer's first writes of a resumed fit starting at `iteration` (every check passed):
