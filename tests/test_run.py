@@ -66,3 +66,15 @@ def test_open_refuses_what_is_not_a_run(tmp_path):
         Run.open(tmp_path / "missing")
     with pytest.raises(LtmError, match="is not a run directory"):
         Run.open(tmp_path)
+
+
+def test_fit_leaves_the_callers_config_as_given_and_writes_it_resolved(tiny_toml, tmp_path):
+    from ltm_ppl.config import apply_overrides, load_toml
+    from ltm_ppl.train import fit
+
+    cfg = apply_overrides(load_toml(tiny_toml), {"train.iters": 2, "inference.method": "none", "data.data": "builtin:kjv"})
+    given = cfg.to_dict()
+    fit(cfg, out=str(tmp_path / "run"), progress=False, echo=lambda s: None)
+    assert cfg.to_dict() == given
+    stored = Run.open(tmp_path / "run").cfg
+    assert (stored.model.vocab_size, stored.model.latent, stored.train.lr_decay_iters) == (257, False, 2)
