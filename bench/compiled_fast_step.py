@@ -29,7 +29,7 @@ sys.path.insert(0, __file__.rsplit("/", 1)[0])  # bench/ for its sibling modules
 from pyro_vs_plain import make_config, timed  # noqa: E402
 from report import emit, shape_record  # noqa: E402
 
-from ltm_ppl.checkpoint import library_versions  # noqa: E402
+from ltm_ppl.run import library_versions  # noqa: E402
 
 
 def build(variant: str, shape: str, batch: int, device: str, steps: int = 0):

@@ -117,7 +117,7 @@ def measure_one(label: str, shape: str, steps: int, runner: str, batch: int, dev
         times.append(time.perf_counter() - start)
     median = statistics.median(times)
     tokens = batch * cfg.model.block_size
-    from ltm_ppl.checkpoint import library_versions
+    from ltm_ppl.run import library_versions
 
     return {"label": label, "runner": runner, "shape": shape, "fast_steps": cfg.inference.steps, "batch": batch,
             "block_size": cfg.model.block_size, "vocab_size": cfg.model.vocab_size, "device": str(dev),

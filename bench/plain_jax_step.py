@@ -162,7 +162,7 @@ def main() -> None:
     args = parser.parse_args()
     import jax
 
-    from ltm_ppl.checkpoint import library_versions
+    from ltm_ppl.run import library_versions
     from ltm_ppl.inference import create
 
     cfg = config(args.shape, args.batch, args.device)

@@ -34,7 +34,7 @@ sys.path.insert(0, __file__.rsplit("/", 1)[0])  # bench/ for its sibling modules
 from plain_torch_step import PlainLocal  # noqa: E402
 from train_step import SHAPES  # noqa: E402
 
-from ltm_ppl.checkpoint import library_versions  # noqa: E402
+from ltm_ppl.run import library_versions  # noqa: E402
 from ltm_ppl.config import RunConfig  # noqa: E402
 from report import emit, shape_record  # bench/ is on sys.path when a bench script runs
 

@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from ltm_ppl.checkpoint import library_versions
+from ltm_ppl.run import library_versions
 from ltm_ppl.config import RunConfig
 from ltm_ppl.flops import decoder_forward
 from ltm_ppl.inference import training_flops_per_token

@@ -27,8 +27,8 @@ _LAZY = {
     "sample": "ltm_ppl.api",
     "plot": "ltm_ppl.api",
     "import_run": "ltm_ppl.api",
-    "evaluate_run": "ltm_ppl.runs",
-    "compare_runs": "ltm_ppl.runs",
+    "evaluate_run": "ltm_ppl.eval_runs",
+    "compare_runs": "ltm_ppl.eval_runs",
     "diagnose_run": "ltm_ppl.diagnostics",
     "generate_text": "ltm_ppl.generate",
 }

@@ -7,28 +7,29 @@
     print(sample("runs/tiny", prompt="And God said", max_tokens=20).samples[0])
 
 Each function checks everything it is given before any work, and refuses bad input with one
-LtmError (the CLI's `error:` line). Results are records (runs.EvalResult, runs.CompareResult,
+LtmError (the CLI's `error:` line). Results are records (eval_runs.EvalResult, eval_runs.CompareResult,
 diagnostics.DiagnoseResult, generate.SampleResult): `to_dict()` is the command's `--json` object,
 report.py renders the text the command prints. A `run` argument is a run directory, or an
 OpenRun from `open_run` (loaded once, used many times).
 """
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from pathlib import Path
 
-from .checkpoint import read_config, read_metrics
 from .config import RunConfig, apply_overrides, build_config
 from .diagnostics import DiagnoseResult, DiagnoseSettings, diagnose_run
 from .errors import LtmError
+from .eval_runs import (CompareResult, EvalResult, OpenRun, check_eval_options, compare_runs, evaluate_run, no_progress,
+                        parse_steps)
+from .eval_runs import open_run as _open_run
 from .fewshot import FewshotResult, FewshotSettings, fewshot_run, load_task
 from .generate import SampleResult, SampleSettings, sample_run
 from .inference import descriptor
 from .plots import check_plot_path, plot_compare, plot_eval_steps, plot_training, training_series
 from .published_checkpoint import import_checkpoint
-from .runs import (CompareResult, EvalResult, OpenRun, check_eval_options, compare_runs, evaluate_run, no_progress,
-                   parse_steps)
-from .runs import open_run as _open_run
+from .run import Run
 from .study import rebuild_tables, run_study
 from .train import fit as _train
 
@@ -60,7 +61,7 @@ def fit(config: RunConfig | None = None, out: str | None = None, resume: str | N
             if value is not None:
                 raise LtmError(f"{flag} cannot change a run being resumed")
         if config is None:
-            config, _ = read_config(Path(resume))
+            config = copy.deepcopy(Run.open(resume).cfg)
             apply_overrides(config, overrides)
     elif config is None:
         config = build_config(preset, size, config_file, overrides)
@@ -167,8 +168,8 @@ def plot(runs: list[str | Path], out: str | Path, *, x: str = "iters") -> dict:
     names = [p.name or str(p) for p in paths]
     drawn = []
     for path, name in zip(paths, names):
-        cfg, _ = read_config(path)  # refuses a missing folder or one that is not a run
-        records = read_metrics(path)
+        opened = Run.open(path)  # refuses a missing folder or one that is not a run
+        cfg, records = opened.cfg, opened.metrics()
         series = training_series(records, cfg.train.batch_size, cfg.model.block_size)
         if not series["train"] and not series["val"]:
             raise LtmError(f"{path}/metrics.jsonl has no training or validation record yet")

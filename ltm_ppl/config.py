@@ -5,6 +5,7 @@ so a bad config is refused before anything is written.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import tomllib
 import types
@@ -25,7 +26,7 @@ DEVICES = ("auto", "cpu", "cuda")
 # Rotary positions of the latent keys (models/torch/decoder.latent_positions): "published" spaces
 # ALL n_z vectors over the block and gives every layer the first m of those positions (the
 # authors' model.py); "per_layer" spaces each layer's m vectors over the block (runs saved before
-# the setting existed were trained with it, and load with it: checkpoint.read_config).
+# the setting existed were trained with it, and load with it: run/migrate.py).
 LATENT_ROPE = ("published", "per_layer")
 # Initial std of the residual projections (every attention output projection, self and cross, and
 # the MLP's up projection): "flat" 0.02 like every matrix; "scaled" 0.02 / sqrt(2 n_layer), the
@@ -280,6 +281,19 @@ def _open_unit(name: str, value) -> None:
 
 
 CHECKS = {"positive": _positive, "non_negative": _non_negative, "open_unit": _open_unit}
+
+
+def resolve(cfg: RunConfig, vocab_size: int, latent: bool) -> RunConfig:
+    """A run's config completed once, before it is written or trained: model.vocab_size (the
+    tokenizer's for a new run, the stored one on resume), model.latent (whether the method reads
+    latents) and train.lr_decay_iters (0 means "the --iters of this fit"; stored resolved, so that
+    a resumed run follows the schedule it was started with). A copy: cfg stays as it was."""
+    resolved = copy.deepcopy(cfg)
+    resolved.model.vocab_size = vocab_size
+    resolved.model.latent = latent
+    if resolved.train.lr_decay_iters == 0:
+        resolved.train.lr_decay_iters = resolved.train.iters
+    return resolved
 
 
 def validate(cfg: RunConfig, methods: tuple[str, ...] = ()) -> RunConfig:

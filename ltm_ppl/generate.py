@@ -106,7 +106,7 @@ class SampleResult:
 
 
 def sample_run(opened, settings: SampleSettings | None = None, progress=no_progress) -> SampleResult:
-    """`ltm sample` on an opened run (runs.open_run): the texts and what they were drawn from."""
+    """`ltm sample` on an opened run (eval_runs.open_run): the texts and what they were drawn from."""
     s = settings or SampleSettings()
     cfg = opened.cfg
     # all `num` samples decode at once, each with a key/value cache of every layer over the window

@@ -17,7 +17,7 @@ What changes on the way (the function does not):
 
 Loading is safe: torch.load(weights_only=True), so a file that needs code to load is refused, never
 run. Every check passes before anything is written; the run is built in a hidden sibling and
-renamed into place (checkpoint.stage_run / commit_run).
+renamed into place (run.stage_run / commit_run).
 """
 from __future__ import annotations
 
@@ -31,15 +31,14 @@ from pathlib import Path
 
 import numpy as np
 
-from . import checkpoint, durable
-from .config import build_config, validate
+from . import durable
+from .config import build_config, resolve, validate
 from .data import build_tokenizer, load_corpus
 from .destination import check_creatable
 from .errors import LtmError
 from .inference import create, methods
-from .train import resolve_horizon
+from .run import IMPORTED, TOKENIZER, commit_run, new_run_dir, save_checkpoint, stage_run, write_config
 
-PROVENANCE = "imported.json"  # what the run was imported from (source, iteration, model_args)
 GPT2_TOKENS = 50257
 
 # The published LTMConfig's fields (model.py) and how each is read. Anything else in model_args is
@@ -174,8 +173,7 @@ def run_config(args: dict, settings: dict, data: str | None):
         cfg.inference.fast_lr = settings["fast_lr"]
     cfg.data.data = data or "builtin:kjv"
     cfg.data.tokenizer = "gpt2"
-    resolve_horizon(cfg)
-    return cfg
+    return resolve(cfg, cfg.model.vocab_size, cfg.model.latent)  # the checkpoint's vocabulary, with latents
 
 
 def fast_settings(record: dict, args: dict) -> dict:
@@ -330,7 +328,7 @@ def _plain(value):
 def import_checkpoint(source: str | Path, out: str | None = None, data: str | None = None) -> dict:
     """Write the run; returns a summary (run, source, shapes, settings)."""
     source = Path(source)
-    run = checkpoint.new_run_dir(out)  # refuses an existing run or a non-empty folder
+    run = new_run_dir(out)  # refuses an existing run or a non-empty folder
     check_creatable(run)
     if data is not None:
         load_corpus(data)  # a bad --data fails now, not at the first eval
@@ -349,14 +347,14 @@ def import_checkpoint(source: str | Path, out: str | None = None, data: str | No
         "best_val_loss": _plain(record.get("best_val_loss")), "model_args": {k: _plain(v) for k, v in record["model_args"].items()},
         "fast_settings_from_checkpoint": sorted(fast_settings(record, args)),
     }
-    stage = checkpoint.stage_run(run)
+    stage = stage_run(run)
     try:
-        tokenizer.save(stage / "tokenizer.json")
-        checkpoint.write_config(stage, cfg, cfg.data.tokenizer)
-        durable.write_file(stage / PROVENANCE, (json.dumps(provenance, indent=2) + "\n").encode())
+        tokenizer.save(stage / TOKENIZER)
+        write_config(stage, cfg, cfg.data.tokenizer)
+        durable.write_file(stage / IMPORTED, (json.dumps(provenance, indent=2) + "\n").encode())
         tensors, scalars = inference.optimizer_state()  # a fresh slow optimiser: `fit --resume` can go on
-        checkpoint.save_checkpoint(stage, weights, tensors, dict(scalars, backend=built.train.backend))
-        checkpoint.commit_run(stage, run)
+        save_checkpoint(stage, weights, tensors, dict(scalars, backend=built.train.backend))
+        commit_run(stage, run)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise

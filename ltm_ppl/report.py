@@ -17,7 +17,7 @@ from pathlib import Path
 from .diagnostics import DiagnoseResult, khat_verdict
 from .fewshot import FewshotResult
 from .generate import SampleResult
-from .runs import CompareResult, CompareRow, EvalResult
+from .eval_runs import CompareResult, CompareRow, EvalResult
 
 
 def _num(value) -> str:

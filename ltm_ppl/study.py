@@ -1,5 +1,5 @@
 """Running a study grid (study_grid.py): each point's `ltm fit` (the library's train.fit), then its
-held-out numbers as `ltm eval` computes them (runs.evaluate_run): the ELBO at every test-time step
+held-out numbers as `ltm eval` computes them (eval_runs.evaluate_run): the ELBO at every test-time step
 count with KL per window and active units, IWAE_K at each K, and the AR twin's exact NLL on the
 same windows. One table (JSON + Markdown) and plots come out of it.
 
@@ -9,14 +9,13 @@ whose fit finished. Every LTM number is an upper bound on the NLL (labelled so);
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
 
 import numpy as np
 
-from . import checkpoint
-from .checkpoint import read_config
 from .data import load_corpus, split_tokens
 from .diagnostics import collapse_from_q
 from .durable import atomic_write_text
@@ -24,7 +23,8 @@ from .errors import LtmError
 from .evaluate import eval_batches, mean_interval
 from .inference import training_flops_per_token
 from .plots import study_plots
-from .runs import evaluate_run, open_run
+from .run import METRICS, Run, is_run
+from .eval_runs import evaluate_run, open_run
 from .study_grid import Grid, Point, load_grid, twin_configs, twin_key
 from .train import fit
 
@@ -39,22 +39,18 @@ def _write_json(path: Path, record: dict) -> None:
     atomic_write_text(path, json.dumps(record, indent=1, default=float) + "\n")
 
 
-def _run_finished(run: Path, iters: int) -> bool:
-    return checkpoint.read_newest(run, checkpoint.trainer_state)["iteration"] >= iters
-
-
 def train_run(cfg, run: Path, echo) -> dict:
     """`ltm fit` of cfg into `run`, resumed if a killed study left it unfinished. Returns wall
     seconds of this call and whether it resumed."""
     start = time.perf_counter()
     resumed = False
-    if checkpoint.is_run(run):
-        if _run_finished(run, cfg.train.iters):
+    if is_run(run):
+        opened = Run.open(run)
+        if opened.iteration >= cfg.train.iters:
             return {"fit_seconds": None, "resumed": False, "reused": True}
         resumed = True
-        stored, _ = checkpoint.read_config(run)
-        cfg.model.vocab_size = stored.model.vocab_size
-        fit(cfg, resume=str(run), progress=False, echo=echo)
+        vocab = dataclasses.replace(cfg.model, vocab_size=opened.cfg.model.vocab_size)  # what the run was given
+        fit(dataclasses.replace(cfg, model=vocab), resume=str(run), progress=False, echo=echo)
     else:
         fit(cfg, out=str(run), progress=False, echo=echo)
     return {"fit_seconds": round(time.perf_counter() - start, 1), "resumed": resumed, "reused": False}
@@ -64,7 +60,7 @@ def training_curve(run: Path, cfg) -> list[dict]:
     """The periodic val evaluations of fit (metrics.jsonl): iteration, training tokens, bound or NLL."""
     curve = []
     tokens_per_iter = cfg.train.batch_size * cfg.model.block_size
-    for line in (run / "metrics.jsonl").read_text().splitlines():
+    for line in (run / METRICS).read_text().splitlines():
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
@@ -151,11 +147,13 @@ def run_one(run_id: str, cfg, kind: str, out: Path, grid: Grid, echo, extra: dic
     run = out / "runs" / run_id
     echo(f"study: {run_id}: fit ({kind})")
     fitted = train_run(cfg, run, lambda s: None)
+    if not fitted["reused"]:
+        cfg = Run.open(run).cfg  # as fit resolved it (vocabulary, latent, horizon)
     echo(f"study: {run_id}: eval")
     start = time.perf_counter()
     rows, truth = evaluate_ltm(run, grid, cfg.train.seed) if kind == "ltm" else evaluate_twin(run, grid, cfg.train.seed)
 
-    _, stored = read_config(run)
+    stored = Run.open(run).record
     record = {"id": run_id, "kind": kind, "run": str(run), "seed": cfg.train.seed, **extra, **_describe(cfg), **fitted,
               "eval_seconds": round(time.perf_counter() - start, 1), "eval_windows": grid.eval_windows,
               "curve": training_curve(run, cfg), "rows": rows, "truth": truth,

@@ -1,9 +1,8 @@
 """The backend-neutral training loop: batches -> inference.step -> metrics, evaluations, checkpoints."""
 from __future__ import annotations
 
-import dataclasses
+import copy
 import math
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,14 +10,15 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from . import checkpoint, distributed, resources, tensorboard_events, writer_lock
-from .config import RunConfig, validate
-from .data import build_tokenizer, load_corpus, load_tokenizer, num_windows, split_tokens, train_batch
+from . import distributed, resources, tensorboard_events
+from .config import RunConfig, resolve, validate
+from .data import build_tokenizer, load_corpus, require_windows, split_tokens, train_batch
 from .destination import check_creatable
 from .distributed import describe, world
 from .errors import Interrupted, LtmError
 from .evaluate import unigram_bound, windows_bound
 from .inference import create, descriptor, methods, training_flops_per_token
+from .run import Run, append_metrics, lock, new_run_dir, save_inference
 from .stop_signals import StopNow, StopRequest
 
 
@@ -27,14 +27,6 @@ class Data:
     tokenizer: object
     train: np.ndarray  # or a lazily read data/stream.TokenStream, as split_tokens returns
     val: np.ndarray
-
-
-def require_windows(tokens: np.ndarray, block_size: int, split: str, spec: str) -> None:
-    if num_windows(len(tokens), block_size) < 1:
-        raise LtmError(
-            f"corpus {spec}: the {split} split has {len(tokens)} tokens, fewer than one window "
-            f"({block_size + 1} tokens); use a longer corpus or a smaller model.block_size"
-        )
 
 
 def load_data(cfg: RunConfig, tokenizer=None) -> Data:
@@ -46,27 +38,6 @@ def load_data(cfg: RunConfig, tokenizer=None) -> Data:
     require_windows(train, cfg.model.block_size, "train", cfg.data.data)
     require_windows(val, cfg.model.block_size, "val", cfg.data.data)
     return Data(tokenizer, train, val)
-
-
-def run_tokenizer(run: Path, cfg: RunConfig):
-    tokenizer = load_tokenizer(run / "tokenizer.json", cfg.data.tokenizer)
-    # More tokens than embedding rows: token ids would overrun the embedding. Fewer is an imported
-    # model's padded vocabulary (the published 50258 rows over GPT-2's 50257 tokens): ids the
-    # tokenizer never produces, and generation masks.
-    if cfg.model.vocab_size and tokenizer.vocab_size > cfg.model.vocab_size:
-        raise LtmError(f"{run / 'tokenizer.json'} is damaged: {tokenizer.vocab_size} tokens where the model has "
-                       f"{cfg.model.vocab_size} (config.json)")
-    return tokenizer
-
-
-def check_method_fits_run(cfg: RunConfig, trained_method: str) -> None:
-    """A run's decoder either reads latents or not; refuse a method that needs the other kind."""
-    method = cfg.inference.method
-    wants_latent = descriptor(method).latent
-    if not cfg.model.latent and wants_latent:
-        raise LtmError(f"this run has no latent (trained with --inference {trained_method}); --inference {method} needs one")
-    if cfg.model.latent and not wants_latent:
-        raise LtmError(f"--inference {method} needs a decoder without latents; this run's decoder reads them (trained with --inference {trained_method})")
 
 
 def check_fit(cfg: RunConfig) -> None:
@@ -82,47 +53,6 @@ def check_training_memory(cfg: RunConfig, workers: int) -> None:
     estimate is a lower bound either way)."""
     resources.check("this training run", resources.training_bytes(cfg, workers), cfg,
                     "a smaller --batch-size, inference.num_samples or model")
-
-
-def load_inference(run: Path, cfg: RunConfig, with_optimizer: bool = False):
-    """The inference object of a run with its newest committed checkpoint's weights (and optimiser state)."""
-    def read(where: Path):  # every file from one checkpoint, even if a writer commits meanwhile
-        return checkpoint.load_weights(where), checkpoint.load_optimizer(where) if with_optimizer else None
-
-    weights, optimizer = checkpoint.read_newest(run, read)
-    inference = create(cfg)
-    inference.load_weights(weights)
-    if with_optimizer:
-        tensors, state = optimizer
-        if state.get("backend", cfg.train.backend) != cfg.train.backend:
-            raise LtmError(f"{run} was trained with --backend {state['backend']}; resume it with that backend")
-        inference.load_optimizer_state(tensors, state)
-    return inference
-
-
-# Settings a resume may change, each said in a notice and recorded in metrics.jsonl ([model],
-# [data], the method and the backend are refused before this; --iters is how a run trains on).
-QUIET_ON_RESUME = {"train.iters"}
-
-
-def resume_changes(stored: RunConfig, cfg: RunConfig) -> dict[str, tuple]:
-    """{"section.field": (stored value, new value)} for every [train] / [inference] setting the
-    resume changes, but --iters."""
-    changed = {}
-    for section in ("train", "inference"):
-        old, new = getattr(stored, section), getattr(cfg, section)
-        for f in dataclasses.fields(old):
-            name = f"{section}.{f.name}"
-            if name not in QUIET_ON_RESUME and getattr(old, f.name) != getattr(new, f.name):
-                changed[name] = (getattr(old, f.name), getattr(new, f.name))
-    return changed
-
-
-def resolve_horizon(cfg: RunConfig) -> None:
-    """train.lr_decay_iters = 0 means "the --iters of this fit"; stored resolved, so that a resumed
-    run follows the schedule the run was started with."""
-    if cfg.train.lr_decay_iters == 0:
-        cfg.train.lr_decay_iters = cfg.train.iters
 
 
 def closing_line(last_eval: dict, cfg: RunConfig) -> str:
@@ -143,82 +73,54 @@ def fit(cfg: RunConfig, out: str | None = None, resume: str | None = None, progr
     """Train a new run (into `out`) or continue `resume` up to cfg.train.iters. Returns a summary.
     tensorboard: also write the metrics as TensorBoard events into tensorboard/<run name>.
     Raises Interrupted after SIGINT / SIGTERM, with a checkpoint committed."""
+    cfg = copy.deepcopy(cfg)  # the caller's stays as given; resolve() completes this one once
     board = tensorboard_events.check(tensorboard)
     w = start_world(cfg)
     echo = echo if w.is_writer else (lambda *_: None)
     if resume is not None:
         run = Path(resume)
-        stored, _ = checkpoint.read_config(run)  # refuses a directory that is not a run
+        opened = Run.open(run)  # refuses a directory that is not a run
         if w.is_writer:  # before any check: a second writer is refused at once, naming the first
-            writer_lock.hold(run)
-        if not cfg.model.vocab_size:
-            cfg.model.vocab_size = stored.model.vocab_size
-        if cfg.model != stored.model or cfg.data != stored.data:
-            raise LtmError(f"resuming {run} cannot change its [model] or [data] settings")
-        if cfg.inference.method != stored.inference.method:
-            raise LtmError(f"{run} was trained with --inference {stored.inference.method}; resume it with that method")
-        resolve_horizon(cfg)
+            opened.lock()
+        cfg = opened.resumed_config(cfg)
         validate(cfg, methods())
         check_fit(cfg)
         check_training_memory(cfg, w.size)
-        done = checkpoint.read_newest(run, checkpoint.trainer_state)["iteration"]
+        done = opened.iteration
         if cfg.train.iters <= done:  # refused before anything is written (config.json included)
-            asked = f"--iters {cfg.train.iters} trains nothing" if cfg.train.iters != stored.train.iters else "it is finished"
+            asked = f"--iters {cfg.train.iters} trains nothing" if cfg.train.iters != opened.cfg.train.iters else "it is finished"
             raise LtmError(f"{run} has done {done} iterations already, so {asked}; pass --iters N with N > {done} to train on")
-        data = w.in_turn(lambda: load_data(cfg, run_tokenizer(run, cfg)))
-        inference = load_inference(run, cfg, with_optimizer=True)
+        data = w.in_turn(lambda: load_data(cfg, opened.tokenizer(cfg)))
+        inference = opened.inference(cfg, with_optimizer=True)
         # Every check has passed: from here on the run is written (by one worker).
-        changed = resume_changes(stored, cfg)
+        changed = opened.changes(cfg)
         for name, (old, new) in changed.items():
             echo(f"notice: resuming {run} with {name} = {new!r} (was {old!r})")
         if w.is_writer:
-            checkpoint.migrate_format_1(run)
-            checkpoint.remove_debris(run)
-            checkpoint.truncate_metrics(run, inference.iteration)
-            if changed:  # the run's history keeps what its config.json no longer says
-                checkpoint.append_metrics(run, {"iter": inference.iteration, "event": "resume",
-                                     "changed": {k: {"was": a, "now": b} for k, (a, b) in changed.items()}})
-            checkpoint.write_config(run, cfg, cfg.data.tokenizer)
+            opened.resume(cfg, inference.iteration, changed)
         if cfg.train.iters > cfg.train.lr_decay_iters:
             echo(f"notice: the learning-rate schedule of {run} ends at iteration {cfg.train.lr_decay_iters}; iterations "
                  f"after it run at the minimum rate (lr x min_lr_ratio); --lr-decay-iters N moves the horizon")
     else:
-        run = checkpoint.new_run_dir(out)  # every worker checks --out
+        run = new_run_dir(out)  # every worker checks --out
         if out is None:  # a timestamped name: the writer's, for everyone
             run = Path(w.broadcast_text(str(run) if w.is_writer else None))
-        resolve_horizon(cfg)
         check_creatable(run)  # before the corpus is read: an unwritable --out fails at once
         validate(cfg, methods())
         check_fit(cfg)
         check_training_memory(cfg, w.size)
         data = w.in_turn(lambda: load_data(cfg))  # the first worker builds the token cache
-        cfg.model.vocab_size = data.tokenizer.vocab_size
-        cfg.model.latent = descriptor(cfg.inference.method).latent
+        cfg = resolve(cfg, data.tokenizer.vocab_size, descriptor(cfg.inference.method).latent)
 
         inference = create(cfg)
         w.barrier()  # every worker has passed every check: now the writer writes
         if w.is_writer:
-            _create_run(run, inference, data, cfg)
+            Run.create(run, cfg, data.tokenizer, inference)
     w.barrier()
     try:
         return _loop(cfg, run, inference, data, progress, echo, board)
     finally:
-        writer_lock.release(run)
-
-
-def _create_run(run: Path, inference, data: Data, cfg: RunConfig) -> None:
-    stage = checkpoint.stage_run(run)
-    try:  # built out of sight, then renamed into place with its iteration-0 checkpoint
-        writer_lock.hold(stage)  # the same lock file (inode) once the folder is renamed into place
-        data.tokenizer.save(stage / "tokenizer.json")
-        checkpoint.write_config(stage, cfg, cfg.data.tokenizer)
-        _save(stage, inference, cfg)
-        checkpoint.commit_run(stage, run)
-        writer_lock.moved(stage, run)
-    except BaseException:
-        writer_lock.release(stage)
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
+        lock.release(run)
 
 
 def start_world(cfg: RunConfig):
@@ -236,8 +138,7 @@ def loss_is_bound(cfg: RunConfig, metrics: dict) -> bool:
 
 
 def _save(run: Path, inference, cfg: RunConfig) -> None:
-    tensors, scalars = inference.optimizer_state()
-    checkpoint.save_checkpoint(run, inference.weights(), tensors, dict(scalars, backend=cfg.train.backend))
+    save_inference(run, inference, cfg.train.backend)
 
 
 def _show(bar, record: dict | None, last_eval: dict | None) -> None:
@@ -285,7 +186,7 @@ class MetricsBuffer:
     iteration never waits for the device. A flush that finds a non-finite iteration writes the
     records before it and stops the run naming it (its update was skipped on the device)."""
 
-    def __init__(self, run: Path, cfg: RunConfig, loss_is_bound, reduce=lambda m: m, write=checkpoint.append_metrics):
+    def __init__(self, run: Path, cfg: RunConfig, loss_is_bound, reduce=lambda m: m, write=append_metrics):
         # reduce: the workers' mean (distributed.World.mean); write: the writer's append, a no-op elsewhere
         self.run, self.cfg, self.loss_is_bound = run, cfg, loss_is_bound
         self.reduce, self.write = reduce, write
@@ -330,10 +231,10 @@ def _train(cfg: RunConfig, run: Path, inference, data: Data, progress: bool, ech
     if inference.compile_note and inference.iteration < t.iters:
         echo(inference.compile_note)
     save = _save if w.is_writer else (lambda *_: None)  # one writer: checkpoints and metrics
-    append_metrics = checkpoint.append_metrics if w.is_writer else (lambda *_: None)
+    write_metrics = append_metrics if w.is_writer else (lambda *_: None)
     if events is not None:  # every record also to TensorBoard, once it is in metrics.jsonl
-        def append_metrics(run: Path, record: dict) -> None:
-            checkpoint.append_metrics(run, record)
+        def write_metrics(run: Path, record: dict) -> None:
+            append_metrics(run, record)
             events.add(record)
     rows = w.local_rows(t.batch_size)
     start = inference.iteration
@@ -342,7 +243,7 @@ def _train(cfg: RunConfig, run: Path, inference, data: Data, progress: bool, ech
     bar = tqdm(total=t.iters, initial=start, disable=not progress or not w.is_writer, desc="fit", unit="it", dynamic_ncols=True)
     clock = time.perf_counter()
     # loss_is_bound is fixed for the run: looked up once
-    metrics = MetricsBuffer(run, cfg, descriptor(cfg.inference.method).loss_is_bound, reduce=w.mean, write=append_metrics)
+    metrics = MetricsBuffer(run, cfg, descriptor(cfg.inference.method).loss_is_bound, reduce=w.mean, write=write_metrics)
     with StopRequest(abandon=w.size == 1) as stop:
         for it in range(start, t.iters):
             batch = train_batch(data.train, cfg.model.block_size, t.batch_size, t.seed, it)[rows]
@@ -378,7 +279,7 @@ def _train(cfg: RunConfig, run: Path, inference, data: Data, progress: bool, ech
                     last_eval = _evaluate(inference, data, cfg, done)
                 except StopNow:  # inside the evaluation's fast steps: iteration `done` is finished
                     _stop_in_evaluation(run, inference, cfg, last_saved, done, bar, stop)
-                append_metrics(run, {"iter": done, "split": "val", **last_eval})
+                write_metrics(run, {"iter": done, "split": "val", **last_eval})
                 _show(bar, metrics.last, last_eval)
             if checkpoint_now:
                 save(run, inference, cfg)

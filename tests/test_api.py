@@ -11,7 +11,7 @@ import pytest
 
 from ltm_ppl import report
 from ltm_ppl.errors import LtmError
-from ltm_ppl.runs import EXACT_LABEL, FIXED_NOISE_LABEL, HONEST_LABEL, EvalResult
+from ltm_ppl.eval_runs import EXACT_LABEL, FIXED_NOISE_LABEL, HONEST_LABEL, EvalResult
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from helpers import TINY_TOML, run_cli
 
-from ltm_ppl.checkpoint import latest_checkpoint
+from ltm_ppl.run import latest_checkpoint
 
 
 def last_json(result) -> dict:

@@ -93,3 +93,15 @@ def test_a_setting_above_every_section_is_named_with_its_section(tmp_path):
     path.write_text("[model]\nn_layer = 2\n[inference]\nsteps = 10001\n")
     with pytest.raises(LtmError, match=r"inference.steps \(--steps\) must be at most 10000, got 10001"):
         validate(load_toml(path))
+
+
+def test_resolve_completes_a_copy_once():
+    from ltm_ppl.config import resolve
+
+    cfg = RunConfig()
+    cfg.train.iters = 7
+    resolved = resolve(cfg, 257, False)
+    assert (resolved.model.vocab_size, resolved.model.latent, resolved.train.lr_decay_iters) == (257, False, 7)
+    assert (cfg.model.vocab_size, cfg.model.latent, cfg.train.lr_decay_iters) == (0, True, 0)  # left as given
+    cfg.train.lr_decay_iters = 5  # a horizon given is kept
+    assert resolve(cfg, 257, True).train.lr_decay_iters == 5

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from helpers import JAX_CACHE, TINY_TOML, run_cli
 
-from ltm_ppl import checkpoint
+from ltm_ppl import run as checkpoint
 
 ITERS = 3  # checkpoints at 0 (creation), 2 (periodic, prunes 0) and 3 (final: the same steps again)
 CONFIG = (TINY_TOML.replace("checkpoint_interval = 20", "checkpoint_interval = 2")

@@ -71,7 +71,7 @@ def test_khat_separates_wide_narrow_and_exact_proposals():
 
 def test_iwae_is_above_the_sampled_elbo_on_the_same_draws_and_equal_at_one(trained_run):
     from ltm_ppl.data import eval_batches, load_corpus, split_tokens
-    from ltm_ppl.runs import open_run
+    from ltm_ppl.eval_runs import open_run
 
     opened = open_run(trained_run)
     tokens = split_tokens(load_corpus(opened.cfg.data.data), "val", opened.tokenizer)

@@ -6,7 +6,7 @@ import json
 import pytest
 from helpers import run_cli
 
-from ltm_ppl.checkpoint import read_config
+from ltm_ppl.run import read_config
 from ltm_ppl.inference import registry
 from ltm_ppl.inference.descriptor import MethodDescriptor
 

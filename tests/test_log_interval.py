@@ -10,7 +10,7 @@ import torch
 from helpers import TINY_TOML, run_cli, tiny_cfg
 from test_cli import assert_one_line_error
 
-from ltm_ppl.checkpoint import latest_checkpoint
+from ltm_ppl.run import latest_checkpoint
 from ltm_ppl.inference import create
 
 

@@ -16,7 +16,7 @@ from ltm_ppl import api
 from ltm_ppl.data import build_tokenizer, load_corpus
 from ltm_ppl.data.truth import corpus_truth, receptive_field
 from ltm_ppl.evaluate import mean_interval, paired_difference, t_quantile_975
-from ltm_ppl.runs import EXACT_LABEL, HONEST_LABEL, evaluate_run, open_run
+from ltm_ppl.eval_runs import EXACT_LABEL, HONEST_LABEL, evaluate_run, open_run
 from ltm_ppl.study import run_study, seed_markdown, seed_statistics
 
 SPEC = "builtin:topics?k=2&v=4&len=15&docs=400&alpha=0.2"

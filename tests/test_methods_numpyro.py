@@ -398,7 +398,7 @@ def numpyro_runs(tmp_path_factory, corpus):
 def test_each_numpyro_method_fits_evaluates_and_samples(numpyro_runs, name):
     from safetensors.numpy import load_file
 
-    from ltm_ppl.checkpoint import latest_checkpoint
+    from ltm_ppl.run import latest_checkpoint
 
     run = numpyro_runs[name]
     config = json.loads((run / "config.json").read_text())["config"]
@@ -426,8 +426,8 @@ def test_each_numpyro_method_fits_evaluates_and_samples(numpyro_runs, name):
 
 
 def test_a_pyro_amortized_run_bounds_the_same_in_numpyro(tmp_path, corpus, torch_one_thread):
-    from ltm_ppl.checkpoint import read_config
-    from ltm_ppl.train import load_inference
+    from ltm_ppl.run import read_config
+    from ltm_ppl.run import load_inference
 
     config = tmp_path / "amortized.toml"
     config.write_text(BASE_TOML.format(inference=METHODS["amortized"][1]))

@@ -166,7 +166,7 @@ def test_each_method_fits_evaluates_and_samples(method_runs, name):
 def test_semi_amortized_run_saves_an_encoder_and_logs_its_loss(method_runs):
     from safetensors.numpy import load_file
 
-    from ltm_ppl.checkpoint import latest_checkpoint
+    from ltm_ppl.run import latest_checkpoint
 
     assert any(k.startswith("encoder.") for k in load_file(str(latest_checkpoint(method_runs["semi"]) / "weights.safetensors")))
     first = json.loads((method_runs["semi"] / "metrics.jsonl").read_text().splitlines()[0])

@@ -314,8 +314,8 @@ def numpyro_run(tmp_path_factory, corpus, config_file) -> Path:
 
 
 def _both_backends(run: Path):
-    from ltm_ppl.checkpoint import read_config
-    from ltm_ppl.train import load_inference
+    from ltm_ppl.run import read_config
+    from ltm_ppl.run import load_inference
 
     out = {}
     for backend in ("pyro", "numpyro"):
@@ -372,7 +372,7 @@ def test_eval_cli_numpyro_reads_a_pyro_run(torch_one_thread, pyro_run):
 
 def test_generate_from_both_backends(torch_one_thread, numpyro_run):
     from ltm_ppl.generate import generate_text
-    from ltm_ppl.train import run_tokenizer
+    from ltm_ppl.run import run_tokenizer
 
     inferences = _both_backends(numpyro_run)
     tokenizer = run_tokenizer(numpyro_run, inferences["numpyro"].cfg)
@@ -470,7 +470,7 @@ def test_numpyro_resume_is_exact(tmp_path, corpus, config_file):
     """N iterations in one go == N/2, resume, N/2: same weights, optimiser state and metrics."""
     from safetensors.numpy import load_file
 
-    from ltm_ppl.checkpoint import latest_checkpoint, read_config
+    from ltm_ppl.run import latest_checkpoint, read_config
     from ltm_ppl.config import load_toml
     from ltm_ppl.train import fit
 
@@ -503,7 +503,7 @@ ISOLATION = textwrap.dedent(
     import sys
     import numpy as np
     from ltm_ppl.config import RunConfig
-    from ltm_ppl import checkpoint, cli, evaluate, generate, train
+    from ltm_ppl import cli, evaluate, generate, run, train
     from ltm_ppl.inference import create
     cfg = RunConfig()
     cfg.model.vocab_size, cfg.model.d_model, cfg.model.n_layer, cfg.model.n_head = 64, 32, 2, 4

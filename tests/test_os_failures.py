@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from helpers import TINY_TOML
 
-from ltm_ppl import checkpoint
+from ltm_ppl import run as checkpoint
 
 pytestmark = pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace (fault injection)")
 

@@ -44,7 +44,7 @@ def inputs(seed=0, batch=2):
 
 
 def test_imported_pyro_logits_are_the_published_decoders(published, imported, torch_one_thread):
-    from ltm_ppl.runs import open_run
+    from ltm_ppl.eval_runs import open_run
 
     model, _ = published
     opened = open_run(imported, {"train.backend": "pyro", "train.device": "cpu"})
@@ -60,7 +60,7 @@ def test_imported_numpyro_logits_are_the_published_decoders(published, imported,
     import jax.numpy as jnp
 
     from ltm_ppl.models.jax.decoder import decoder_logits
-    from ltm_ppl.runs import open_run
+    from ltm_ppl.eval_runs import open_run
 
     model, _ = published
     opened = open_run(imported, {"train.backend": "numpyro", "train.device": "cpu"})

@@ -42,7 +42,7 @@ def chunks(batch=3, seed=8):
 def test_published_zero_shot_number_is_the_fixed_noise_figure(imported, torch_one_thread):
     """Same start, same eps: the published script's number is ltm-ppl's `eval --fixed-noise` figure
     (3), per sequence; it carries the whole analytic KL, so it is not the no-KL figure (4)."""
-    from ltm_ppl.runs import open_run
+    from ltm_ppl.eval_runs import open_run
 
     model, run = imported
     opened = open_run(run, {"train.backend": "pyro", "train.device": "cpu"})

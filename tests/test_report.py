@@ -13,7 +13,7 @@ import pytest
 from ltm_ppl import report
 from ltm_ppl.diagnostics import DiagnoseResult
 from ltm_ppl.generate import SampleResult
-from ltm_ppl.runs import CompareResult, CompareRow, EvalResult
+from ltm_ppl.eval_runs import CompareResult, CompareRow, EvalResult
 
 CASES = json.loads((Path(__file__).parent / "report_cases.json").read_text())["cases"]
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from helpers import run_cli
 
-from ltm_ppl import checkpoint
+from ltm_ppl import run as checkpoint
 from ltm_ppl.config import load_toml
 from ltm_ppl.train import fit
 

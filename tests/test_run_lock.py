@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 from helpers import TINY_TOML
 
-from ltm_ppl import checkpoint, writer_lock
+from ltm_ppl import run as checkpoint
 from ltm_ppl.errors import LtmError
+from ltm_ppl.run import lock as writer_lock
 
 EVERY_ITERATION = (TINY_TOML.replace("checkpoint_interval = 20", "checkpoint_interval = 1")
                    .replace("eval_interval = 60", "eval_interval = 100000").replace("batch_size = 8", "batch_size = 2"))

@@ -108,7 +108,7 @@ def test_rerun_trains_nothing_and_an_interrupted_fit_resumes(study):
     # an interrupted study: the window point's record gone, its fit stopped after 6 of 12 iterations
     import shutil
 
-    from ltm_ppl.checkpoint import committed_checkpoints
+    from ltm_ppl.run import committed_checkpoints
     from ltm_ppl.train import fit
 
     (out / "points" / "window8-s0.json").unlink()

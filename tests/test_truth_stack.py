@@ -23,7 +23,7 @@ from ltm_ppl.data import build_tokenizer, eval_batches, load_corpus, split_token
 from ltm_ppl.data.truth import window_nlls
 from ltm_ppl.evaluate import corpus_bound, windows_bound
 from ltm_ppl.inference import create, methods
-from ltm_ppl.runs import open_run
+from ltm_ppl.eval_runs import open_run
 
 SPEC = "builtin:topics?k=2&v=4&len=15&docs=2000&alpha=0.2"  # truth 0.28 nats/token on val
 BLOCK = 16  # one document and its end-of-text per window

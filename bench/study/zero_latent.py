@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ltm_ppl.checkpoint import read_config
+from ltm_ppl.run import read_config
 from ltm_ppl.data import load_corpus, split_tokens
 from ltm_ppl.evaluate import eval_batches
-from ltm_ppl.runs import open_run
+from ltm_ppl.eval_runs import open_run
 
 
 def zero_and_prior_nll(run: str, windows: int, batch_size: int = 8, seed: int = 0) -> dict:

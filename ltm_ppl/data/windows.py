@@ -9,11 +9,20 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import LtmError
 from .order import window_order
 
 
 def num_windows(n_tokens: int, block_size: int) -> int:
     return max(0, (n_tokens - 1) // block_size)
+
+
+def require_windows(tokens, block_size: int, split: str, spec: str) -> None:
+    if num_windows(len(tokens), block_size) < 1:
+        raise LtmError(
+            f"corpus {spec}: the {split} split has {len(tokens)} tokens, fewer than one window "
+            f"({block_size + 1} tokens); use a longer corpus or a smaller model.block_size"
+        )
 
 
 def windows(tokens, indices, block_size: int) -> np.ndarray:

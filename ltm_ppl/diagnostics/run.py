@@ -15,16 +15,16 @@ from pathlib import Path
 import numpy as np
 
 from .. import durable, resources
-from ..checkpoint import commit_run, read_config, stage_run
 from ..config import apply_overrides
 from ..checks import require_positive, require_seed, require_steps
 from ..data import eval_batches, load_corpus, split_tokens
 from ..destination import check_creatable
 from ..errors import LtmError
+from ..eval_runs import open_run
 from ..evaluate import corpus_bound
 from ..inference import descriptor, methods as known_methods
 from ..plots import plot_method
-from ..runs import open_run
+from ..run import Run, commit_run, stage_run
 from .idata import inference_data
 from .measures import (MIN_KHAT_DRAWS, chain_diagnostics, collapse, collapse_from_q, collapse_noise_floor, psis_khat,
                        verdict)
@@ -113,7 +113,7 @@ def diagnose_run(run, settings: DiagnoseSettings | None = None, progress=None) -
     s = settings or DiagnoseSettings()
     sequences, chains, draws, steps, split, seed = s.sequences, s.chains, s.draws, s.steps, s.split, s.seed
     run = Path(run)
-    cfg, _ = read_config(run)
+    cfg = Run.open(run).cfg
     if not cfg.model.latent:
         raise LtmError(f"this run has no latent to diagnose (trained with --inference {cfg.inference.method})")
     methods = s.methods or [cfg.inference.method]

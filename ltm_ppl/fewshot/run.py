@@ -193,7 +193,7 @@ def _row(protocol: str, decoding: str, metric: str, values, interval: str, seed:
 
 
 def fewshot_run(opened, task: Task, settings: FewshotSettings | None = None, progress=no_progress) -> FewshotResult:
-    """`ltm fewshot` on an opened run (runs.open_run) and a loaded task (fewshot.task.load_task).
+    """`ltm fewshot` on an opened run (eval_runs.open_run) and a loaded task (fewshot.task.load_task).
     Every check and every prompt comes first; the JSONL is written once, at the end."""
     s = settings or FewshotSettings()
     cfg = opened.cfg

@@ -12,17 +12,16 @@ from pathlib import Path
 import numpy as np
 
 from . import resources
-from .checkpoint import read_config
 from .checks import MAX_SAMPLES, require_at_most, require_positive, require_seed, require_steps
 from .config import RunConfig, apply_overrides, validate
-from .data import load_corpus, num_windows, split_tokens
+from .data import load_corpus, num_windows, require_windows, split_tokens
 from .data.truth import corpus_truth, receptive_field
 from .distributed import start
 from .errors import LtmError
 from .evaluate import paired_difference, unigram_bound, windows_bound
 from .flops import decoder_forward
 from .inference import descriptor, methods, training_flops_per_token
-from .train import check_method_fits_run, load_inference, require_windows, run_tokenizer
+from .run import Run, check_method_fits_run, load_inference
 
 
 @dataclass
@@ -42,15 +41,15 @@ def open_run(run: str | Path, overrides: dict | None = None) -> OpenRun:
     """The run at `run` with its weights loaded; overrides ("section.field": value, None skipped)
     may switch backend, device or inference method (and its options)."""
     path = Path(run)
-    cfg, _ = read_config(path)
-    trained_cfg = copy.deepcopy(cfg)
+    stored = Run.open(path)
+    cfg = copy.deepcopy(stored.cfg)
     apply_overrides(cfg, overrides or {})
     validate(cfg, methods())
-    check_method_fits_run(cfg, trained_cfg.inference.method)
+    check_method_fits_run(cfg, stored.cfg.inference.method)
 
     start(cfg.train.backend, cfg.train.device)  # under torchrun: the workers share the windows
-    tokenizer = run_tokenizer(path, cfg)
-    return OpenRun(path, cfg, trained_cfg, tokenizer, load_inference(path, cfg))
+    tokenizer = stored.tokenizer(cfg)
+    return OpenRun(path, cfg, stored.cfg, tokenizer, stored.inference(cfg))
 
 
 def check_eval_options(samples: int | None, batch_size: int | None, max_windows: int | None) -> None:

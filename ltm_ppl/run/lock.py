@@ -13,7 +13,7 @@ import os
 import socket
 from pathlib import Path
 
-from .errors import LtmError
+from ..errors import LtmError
 
 _held: dict[str, int] = {}  # run directory -> open descriptor, locked until closed or the process exits
 
