@@ -28,12 +28,19 @@ MESSAGES = {"ENOSPC": "No space left on device", "EDQUOT": "Disk quota exceeded"
             "EROFS": "Read-only file system"}
 
 
+# One thread, and a wait policy given, so that `ltm` does not scan /proc for other ltm jobs
+# (threads.configure_threads): that scan's openat calls vary with the machine's processes, and
+# strace's `when=N` counts them, so the injection point moved between the traced run and the
+# injected one when other jobs came and went.
+QUIET_ENV = {"OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+
+
 def ltm(*args, inject: tuple[str, str, int] | None = None) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "ltm_ppl", *map(str, args)]
     if inject:
         call, errno, n = inject
         cmd = ["strace", "-f", "-qq", "-o", os.devnull, "-e", f"trace={call}", "-e", f"inject={call}:error={errno}:when={n}", *cmd]
-    return subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300)
+    return subprocess.run(cmd, env=dict(os.environ, **QUIET_ENV), capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +93,7 @@ def test_a_diagnose_whose_file_write_fails_is_one_line_and_leaves_nothing(call, 
     run = tmp_path / "run"
     assert ltm("fit", "--config", config, "--data", "builtin:kjv", "--out", run, "--quiet").returncode == 0
     args = ("diagnose", run, "--sequences", 2)
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = dict(os.environ, **QUIET_ENV)
     n = first_call_into(call, f"{suffix}>", [*args, "--out", tmp_path / "unbroken"], env, tmp_path / "trace.txt")
     out = ltm(*args, "--out", tmp_path / "broken", inject=(call, "ENOSPC", n))
     lines = [line for line in out.stderr.replace("\r", "\n").splitlines() if line.startswith("error:")]
@@ -120,7 +127,7 @@ def one_error_line(out: subprocess.CompletedProcess) -> str:
 def test_a_token_cache_write_that_fails_is_one_line_and_leaves_no_partial_cache(config, tmp_path):
     """The first write into a fresh token cache fails: one line naming the cache file; the cache
     keeps no partial file; the next fit builds it and trains."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", LTM_CACHE_DIR=str(tmp_path / "traced-cache"))
+    env = dict(os.environ, **QUIET_ENV, LTM_CACHE_DIR=str(tmp_path / "traced-cache"))
     fit = ["fit", "--config", config, "--data", "builtin:kjv", "--quiet", "--iters", 1]
     n = first_call_into("write", "traced-cache", [*fit, "--out", tmp_path / "traced"], env, tmp_path / "trace.txt")
     cache = tmp_path / "cache"
@@ -144,7 +151,7 @@ def test_an_import_whose_write_fails_is_one_line_and_writes_nothing(tmp_path):
 
     ckpt = tmp_path / "ckpt_1000.pt"
     torch.save(checkpoint_dict(published_model(seed=3)), ckpt)
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = dict(os.environ, **QUIET_ENV)
     n = first_call_into("write", "weights.safetensors", ["import", ckpt, "--out", tmp_path / "traced"], env,
                         tmp_path / "trace.txt")
     out = ltm("import", ckpt, "--out", tmp_path / "run", inject=("write", "ENOSPC", n))
@@ -160,7 +167,7 @@ def test_a_resume_on_a_read_only_file_system_is_one_line_and_changes_nothing(con
     run = tmp_path / "run"
     assert ltm("fit", "--config", config, "--data", "builtin:kjv", "--out", run, "--iters", 2, "--quiet").returncode == 0
     shutil.copytree(run, tmp_path / "traced")
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = dict(os.environ, **QUIET_ENV)
     n = first_call_into("openat", str(tmp_path / "traced"), ["fit", "--resume", tmp_path / "traced", "--iters", 3, "--quiet"],
                         env, tmp_path / "trace.txt", also="O_WRONLY")
     before = {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
