@@ -272,6 +272,21 @@ def test_pyro_amortized_records_are_the_trace_elbo_of_the_encoders_q(monkeypatch
     check_records(obj, metrics, expected, pyro_grads(obj, loss_of_params))
 
 
+def test_pyro_amortized_step_noise_is_the_keyed_slow_draw_of_the_batch(monkeypatch):
+    """The eps of the amortized step is noise.torch_eps of the global batch's rows (seed, iteration,
+    step SLOW): per sequence, as on any number of workers."""
+    import ltm_ppl.inference.amortized.pyro as amortized
+    from ltm_ppl import noise
+
+    obj, batch = training_setup("amortized", "pyro")
+    calls = []
+    spy(monkeypatch, amortized, "amortized_objective", lambda args, kwargs, result: calls.append(args[-1].clone()))
+    obj.step(batch)
+    (eps,) = calls
+    expected = noise.torch_eps(noise.Rows(obj.cfg.train.seed, 0), noise.SLOW, B, obj.latent_shape, S, "cpu")
+    assert torch.equal(eps, expected)
+
+
 def test_pyro_langevin_records_are_the_loglik_at_the_chains_last_state(monkeypatch):
     """Monte Carlo EM: loss = nll = -mean over chains of sum_i log p(x_i | z_K) / tokens, at the
     chains' last state; log_prior, accept and step_size are the chains' own. No ppl (no bound)."""
