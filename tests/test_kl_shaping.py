@@ -34,6 +34,14 @@ def test_schedule_values(tiny_toml):
     assert kl_shape(7, _cfg(tiny_toml, warmup=2).inference) == (1.0, 0.0)
 
 
+def test_either_option_alone_shapes_the_objective(tiny_toml):
+    """A one-iteration warm-up, or free bits below one nat with no warm-up, is a configured
+    shaping (the record gets its `beta`; the free bits floor each vector's KL), not the plain ELBO."""
+    assert [kl_shape(i, _cfg(tiny_toml, warmup=1).inference) for i in range(2)] == [(1.0, 0.0), (1.0, 0.0)]
+    assert [kl_shape(i, _cfg(tiny_toml, free_bits=0.5).inference) for i in range(2)] == [(1.0, 0.5), (1.0, 0.5)]
+    assert kl_shape(3, _cfg(tiny_toml, warmup=0, free_bits=0.0).inference) is None
+
+
 def test_local_loss_is_bound_flips_while_shaped(tiny_toml):
     is_bound = descriptor("local").loss_is_bound
     assert is_bound(_cfg(tiny_toml), {"loss": 1.0})

@@ -26,6 +26,36 @@ def test_torch_eps_changes_with_every_key_part():
     assert abs(float(np.mean(base))) < 1.5 and 0.3 < float(np.std(base)) < 2.0  # standard normal draws
 
 
+def test_seed_of_is_the_seed_sequences_first_64_bit_word_halved():
+    """The torch generator's seed: the first 64-bit word numpy's SeedSequence makes of (seed mod
+    2^32, iteration, step), shifted right by one (63 bits: a valid torch seed), for every key part."""
+    for seed, iteration, step in ((3, 7, 2), (2**40 + 5, 0, noise.SLOW), (0, 123456, noise.EVAL + 1)):
+        word = int(np.random.SeedSequence([seed % 2**32, iteration, step]).generate_state(1, np.uint64)[0])
+        assert noise.seed_of(seed, iteration, step) == word // 2 < 2**63
+
+
+def test_torch_eps_is_the_seeded_generators_standard_normal_draw():
+    import torch
+
+    eps = noise.torch_eps(noise.Rows(3, 7, offset=1, total=4), 5, 2, (3,), 2, "cpu")
+    gen = torch.Generator().manual_seed(noise.seed_of(3, 7, 5))
+    expected = torch.randn((2, 4, 3), generator=gen)[:, 1:3]
+    assert eps.dtype == torch.float32 and eps.device == torch.device("cpu")
+    assert torch.equal(eps, expected)
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
+def test_torch_eps_is_drawn_on_the_device_it_is_asked_for():
+    """On a GPU the generator and the draw are on the GPU (on the CPU a draw made on the wrong device
+    cannot be told apart; on a GPU it would make the step raise, not a wrong number)."""
+    import torch
+
+    eps = noise.torch_eps(noise.Rows(3, 7), 2, 4, (5,), 2, "cuda")
+    assert eps.device.type == "cuda"
+    gen = torch.Generator(device="cuda").manual_seed(noise.seed_of(3, 7, 2))
+    assert torch.equal(eps, torch.randn((2, 4, 5), generator=gen, device="cuda"))
+
+
 def test_jax_row_eps_depends_on_its_row_index_only():
     import jax
     import jax.numpy as jnp

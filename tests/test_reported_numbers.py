@@ -33,6 +33,25 @@ def test_fast_lr_follows_the_cosine_at_every_interior_step(steps):
     assert quarter - (lr - (lr - lr * ratio) / 4) > 0.01
 
 
+def test_fast_lr_of_the_shortest_loops():
+    """Two fast steps: lr, then lr * final_ratio (the cosine's two ends); one step: lr; over
+    step / steps ("T", the published loop) two steps end half-way down."""
+    from ltm_ppl.inference.schedules import fast_lr
+
+    assert [fast_lr(t, 2, 0.3, 0.1) for t in range(2)] == pytest.approx([0.3, 0.03], rel=1e-12)
+    assert fast_lr(0, 1, 0.3, 0.1) == 0.3 and fast_lr(0, 1, 0.3, 0.1, "T") == pytest.approx(0.3, rel=1e-12)
+    assert [fast_lr(t, 2, 0.3, 0.1, "T") for t in range(2)] == pytest.approx([0.3, 0.165], rel=1e-12)
+
+
+def test_fast_loss_divisor_is_the_predicted_tokens_per_window_or_one():
+    from ltm_ppl.config import InferenceConfig
+    from ltm_ppl.inference.schedules import fast_loss_divisor
+
+    per_token, summed = InferenceConfig(fast_loss="per_token"), InferenceConfig(fast_loss="sum")
+    assert [fast_loss_divisor(per_token, n) for n in (33, 3, 2, 1)] == [32.0, 2.0, 1.0, 1.0]
+    assert fast_loss_divisor(summed, 33) == 1.0
+
+
 def test_slow_lr_warms_up_linearly_then_follows_the_cosine_to_its_floor():
     from ltm_ppl.config import TrainConfig
     from ltm_ppl.inference.schedules import slow_lr

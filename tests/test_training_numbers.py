@@ -272,6 +272,21 @@ def test_pyro_amortized_records_are_the_trace_elbo_of_the_encoders_q(monkeypatch
     check_records(obj, metrics, expected, pyro_grads(obj, loss_of_params))
 
 
+def test_pyro_amortized_step_noise_is_the_keyed_slow_draw_of_the_batch(monkeypatch):
+    """The eps of the amortized step is noise.torch_eps of the global batch's rows (seed, iteration,
+    step SLOW): per sequence, as on any number of workers."""
+    import ltm_ppl.inference.amortized.pyro as amortized
+    from ltm_ppl import noise
+
+    obj, batch = training_setup("amortized", "pyro")
+    calls = []
+    spy(monkeypatch, amortized, "amortized_objective", lambda args, kwargs, result: calls.append(args[-1].clone()))
+    obj.step(batch)
+    (eps,) = calls
+    expected = noise.torch_eps(noise.Rows(obj.cfg.train.seed, 0), noise.SLOW, B, obj.latent_shape, S, "cpu")
+    assert torch.equal(eps, expected)
+
+
 def test_pyro_langevin_records_are_the_loglik_at_the_chains_last_state(monkeypatch):
     """Monte Carlo EM: loss = nll = -mean over chains of sum_i log p(x_i | z_K) / tokens, at the
     chains' last state; log_prior, accept and step_size are the chains' own. No ppl (no bound)."""
@@ -743,6 +758,39 @@ def check_published_spread(mu, log_var):
         assert abs(values.mean() - mean) < 5 * sd / math.sqrt(n)
         assert abs(values.std(ddof=1) - sd) < 5 * sd / math.sqrt(2 * (n - 1))
     assert len(np.unique(mu.reshape(len(mu), -1), axis=0)) == len(mu)  # each sequence its own draw
+    corr = np.corrcoef(mu.ravel(), log_var.ravel())[0, 1]  # the mean and the log variance: independent draws
+    assert abs(corr) < 5 / math.sqrt(mu.size)
+
+
+@pytest.mark.parametrize("backend", ["pyro", "numpyro"])
+def test_published_start_is_the_keyed_init_draw(backend):
+    """The published start of the training fast loop (keyed: noise.Rows in Pyro, the iteration's key
+    in NumPyro) is mu = 0.01 e0, log variance = -5 + 0.1 e1 with e0, e1 the two samples of the keyed
+    draw at step noise.INIT (90 floats in all: torch's CPU sampler fills a draw 16 at a time, and a
+    draw of another size would differ in its last values)."""
+    from ltm_ppl import noise
+    from ltm_ppl.config import InferenceConfig
+
+    inf = InferenceConfig(init="published")
+    shape = (5, 3)
+    if backend == "pyro":
+        from ltm_ppl.inference.local.pyro import initial_local
+
+        rows = noise.Rows(seed=4, iteration=9)
+        loc, log_scale = initial_local(3, shape, inf, "cpu", rows)
+        e = noise.torch_eps(rows, noise.INIT, 3, shape, 2, "cpu").numpy()
+    else:
+        import jax
+        import jax.numpy as jnp
+
+        from ltm_ppl.inference.local.numpyro import initial_local
+
+        key = jax.random.PRNGKey(11)
+        loc, log_scale = initial_local(3, shape, inf, key)
+        e = np.asarray(noise.jax_eps(key, noise.INIT, jnp.arange(3), shape, 2))
+    assert np.asarray(loc).shape == np.asarray(log_scale).shape == (3, *shape)
+    np.testing.assert_allclose(np.asarray(loc), 0.01 * e[0], rtol=1e-6)
+    np.testing.assert_allclose(2 * np.asarray(log_scale), -5 + 0.1 * e[1], rtol=1e-6)
 
 
 def many_windows(obj, seed=51):
