@@ -232,7 +232,7 @@ def evaluate_run(opened: OpenRun, split: str = "val", data: str | None = None, s
     fixed = None
     if fixed_noise:
         fixed_cfg = copy.deepcopy(cfg)
-        fixed_cfg.inference.fixed_noise = fixed_cfg.inference.report_fixed_noise = True
+        fixed_cfg.inference.fixed_noise = True  # the reference's fast loop: one eps per batch
         fixed = load_inference(opened.path, fixed_cfg)
     windows = num_windows(len(tokens), cfg.model.block_size)
     windows = min(windows, max_windows) if max_windows else windows
@@ -253,7 +253,8 @@ def evaluate_run(opened: OpenRun, split: str = "val", data: str | None = None, s
             # The reference reuses its one eps (num_samples draws of it) for the reported ELBO too.
             S = cfg.inference.num_samples
             with progress(windows) as advance:
-                row = windows_bound(fixed, tokens, T, S, batch_size, max_windows, seed=seed, progress=advance)
+                row = windows_bound(fixed, tokens, T, S, batch_size, max_windows, seed=seed, progress=advance,
+                                    at_fast_noise=True)
             rows.append(_with_perplexities(row) | {"label": FIXED_NOISE_LABEL, "fixed_noise": True, "fitted_steps": T})
     unigram = unigram_bound(split_tokens(corpus, "train", opened.tokenizer), tokens, opened.tokenizer.vocab_size,
                             cfg.model.block_size, max_windows)

@@ -23,7 +23,7 @@ def iwae_terms(log_weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def corpus_bound(inference, batches: Iterable[np.ndarray], steps: int, num_samples: int, seed: int = 0,
-                 progress=None, kind: str = "elbo", per_window: bool = False) -> dict:
+                 progress=None, kind: str = "elbo", per_window: bool = False, at_fast_noise: bool = False) -> dict:
     """A bound with fresh noise over the sequences of `batches` ([B, T + 1] each: T predicted
     items per sequence), for any object implementing protocol.Inference (the LTM's methods, or a
     method on an injected model).
@@ -34,6 +34,8 @@ def corpus_bound(inference, batches: Iterable[np.ndarray], steps: int, num_sampl
     per-sequence mean of exp(-B_i / T_i) (the paper's figure) is reported under its own name.
     per_window: also "window_nll", -B_i of each sequence in order (nats; None when several torch
     workers share the sequences), for paired comparisons on the same windows.
+    at_fast_noise (kind "elbo"): the estimate reuses the eps of the fast steps (Inference.bound):
+    eval --fixed-noise's labelled row, the reference's number, not a bound.
     """
     total = loglik = kl = sampled_elbo = 0.0
     n_tokens = n_seq = 0
@@ -55,7 +57,7 @@ def corpus_bound(inference, batches: Iterable[np.ndarray], steps: int, num_sampl
                 bound = iwae
                 sampled_elbo += float(np.sum(elbo))
             else:
-                terms = inference.bound(batch, steps=steps, num_samples=num_samples)
+                terms = inference.bound(batch, steps=steps, num_samples=num_samples, at_fast_noise=at_fast_noise)
                 bound = terms["loglik"] - terms["kl"]
                 loglik += float(np.sum(terms["loglik"]))
                 kl += float(np.sum(terms["kl"]))
@@ -118,11 +120,11 @@ def _sum_over_workers(values: list) -> list:
 
 def windows_bound(inference, tokens: np.ndarray, steps: int, num_samples: int, batch_size: int,
                   max_windows: int | None = None, seed: int = 0, progress=None, kind: str = "elbo",
-                  per_window: bool = False) -> dict:
+                  per_window: bool = False, at_fast_noise: bool = False) -> dict:
     """corpus_bound over a token split's windows (the first `max_windows` when given)."""
     batches = eval_batches(tokens, inference.cfg.model.block_size, batch_size, max_windows)
     return corpus_bound(inference, batches, steps, num_samples, seed=seed, progress=progress, kind=kind,
-                        per_window=per_window)
+                        per_window=per_window, at_fast_noise=at_fast_noise)
 
 
 # Two-sided 95% quantiles of Student's t with 1..30 degrees of freedom; beyond, the Cornish-Fisher

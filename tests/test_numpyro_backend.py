@@ -460,6 +460,11 @@ def test_numpyro_fixed_noise_mode_and_seeded_bounds():
     c = inference.bound(batch, 3)
     np.testing.assert_array_equal(a["loglik"], b["loglik"])
     assert not np.array_equal(a["loglik"], c["loglik"])
+    # eval --fixed-noise's row reuses the fast loop's eps (same keys, same q): only the estimate moves.
+    with inference.rng_scope(5):
+        fixed = inference.bound(batch, 3, at_fast_noise=True)
+    np.testing.assert_array_equal(fixed["kl"], a["kl"])
+    assert not np.allclose(fixed["loglik"], a["loglik"])
 
 
 def _records(run: Path) -> list[dict]:

@@ -31,7 +31,7 @@ def test_paper_preset_sets_the_published_recipe():
     assert (m.block_size, m.attention_window, m.cross_out_zero, cfg.data.tokenizer) == (1024, 256, False, "gpt2")
     assert (inf.method, inf.init, inf.optimizer, inf.fast_weight_decay, inf.scale_param, inf.fast_lr_denominator) == (
         "local", "published", "adamw", 0.01, "log_variance", "T")
-    assert (inf.fast_lr, inf.final_lr_ratio, inf.fixed_noise, inf.report_fixed_noise) == (0.34, 0.1, True, False)
+    assert (inf.fast_lr, inf.final_lr_ratio, inf.fixed_noise) == (0.34, 0.1, True)
     assert (t.lr, t.beta1, t.beta2, t.weight_decay, t.grad_clip, t.warmup_iters) == (4e-4, 0.9, 0.95, 0.1, 1.0, 1000)
 
 

@@ -78,3 +78,19 @@ def test_fit_leaves_the_callers_config_as_given_and_writes_it_resolved(tiny_toml
     assert cfg.to_dict() == given
     stored = Run.open(tmp_path / "run").cfg
     assert (stored.model.vocab_size, stored.model.latent, stored.train.lr_decay_iters) == (257, False, 2)
+
+
+def test_a_run_saved_with_the_removed_report_fixed_noise_field_opens_and_evaluates_the_same(tiny_run, tmp_path):
+    """Runs saved before `inference.report_fixed_noise` became bound's at_fast_noise argument carry
+    the field (false) in config.json: they open, and eval reports the same number."""
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(tiny_run, old)
+    record = json.loads((old / "config.json").read_text())
+    record["config"]["inference"]["report_fixed_noise"] = False
+    (old / "config.json").write_text(json.dumps(record, indent=2) + "\n")
+    assert Run.open(old).cfg == Run.open(tiny_run).cfg
+    numbers = [json.loads(run_cli("eval", r, "--max-windows", 2, "--steps", 2, "--json").stdout.splitlines()[-1])["nll_per_token"]
+               for r in (tiny_run, old)]
+    assert numbers[0] == numbers[1]

@@ -146,18 +146,20 @@ class NumPyroBackend:
         return self.programs.proposal_program(self.params, self.tensor(batch), self.next_key(), self.array(fast_noise),
                                               fit, static=static)
 
-    def bound(self, batch: np.ndarray, steps: int = 0, num_samples: int = 1, noise=None, fast_noise=None) -> dict:
+    def bound(self, batch: np.ndarray, steps: int = 0, num_samples: int = 1, noise=None, fast_noise=None,
+              at_fast_noise: bool = False) -> dict:
         """Per-sequence ELBO terms at the method's q after `steps` inner steps, fresh noise unless
         injected: noise [S, B, *event] is the eps of the reported estimate, fast_noise that of the
         inner steps (the method's own format): injecting both makes two backends agree number for
-        number."""
+        number. at_fast_noise: the estimate reuses the one eps the fast steps used (local with
+        inference.fixed_noise; eval --fixed-noise's labelled row: the reference's number, not a bound)."""
         fit, static = self._fit(steps)
         if noise is None and fast_noise is None:
             data, n = self.padded(batch)
         else:  # injected noise has the batch's own rows
             data, n = self.tensor(batch), len(batch)
         loglik, kl = self.programs.bound(self.params, data, self.next_key(), self.array(fast_noise), self.array(noise),
-                                         fit, num_samples=num_samples, static=static)
+                                         fit, num_samples=num_samples, static=static, at_fast_noise=at_fast_noise)
         return {"loglik": host(loglik)[:n], "kl": host(kl)[:n], "num_tokens": int(data.shape[1] - 1)}
 
     def log_weights(self, batch: np.ndarray, steps: int, num_samples: int) -> np.ndarray:

@@ -45,7 +45,7 @@ class Programs:
         # On accelerators the step updates weights and optimiser state in place (donated buffers).
         self.donate = (0, 1) if platform != "cpu" else ()
         # The interface, derived from the hooks: jit compiles on first call, so unused ones cost nothing.
-        self.bound = jax.jit(self._bound, static_argnames=("num_samples", "static"))
+        self.bound = jax.jit(self._bound, static_argnames=("num_samples", "static", "at_fast_noise"))
         self.log_weights = jax.jit(self._log_weights, static_argnames=("num_samples", "static"))
         self.posterior = jax.jit(self._posterior, static_argnames=("num_draws", "static"))
         self.posterior_latents = jax.jit(self._posterior_latents, static_argnames=("static",))
@@ -66,18 +66,18 @@ class Programs:
     # ----- hooks ------------------------------------------------------------------------------
     def proposal(self, params, data, key, fast_noise, fit, static):
         """The method's Gaussian q: (loc, log_scale, eps or None) [B, *event]; eps fixes the
-        reported estimate's noise where the method has one (local with report_fixed_noise)."""
+        reported estimate's noise when bound asks (at_fast_noise; local with inference.fixed_noise)."""
         raise NotImplementedError(f"{type(self).__name__} defines no proposal")
 
     def chains(self, params, data, key, fast_noise, warmup, draws, chains, keep_z):
         raise NotImplementedError(f"{type(self).__name__} runs no chains")
 
     # ----- derived from the hooks -------------------------------------------------------------
-    def _bound(self, params, data, key, fast_noise, noise, fit, num_samples, static):
+    def _bound(self, params, data, key, fast_noise, noise, fit, num_samples, static, at_fast_noise=False):
         self.traces["bound"] += 1  # Python runs only while jit traces
         fit_key, eval_key = jax.random.split(key)
         loc, log_scale, fixed = self.proposal(params, data, fit_key, fast_noise, fit, static)
-        eps = noise if noise is not None else fixed
+        eps = noise if noise is not None else (fixed if at_fast_noise else None)
         loglik, kl = self.elbo(params, data, loc, log_scale, num_samples, eps, eval_key)
         return loglik.mean(0), kl
 

@@ -28,9 +28,12 @@ class Inference(Protocol):
         scalars or floats, never synced to the host here) `loss nll lr grad_norm`, method extras,
         and `finite` (the update was applied only if the loss and gradients were finite)."""
 
-    def bound(self, batch: np.ndarray, steps: int = 0, num_samples: int = 1, noise=None, fast_noise=None) -> dict:
+    def bound(self, batch: np.ndarray, steps: int = 0, num_samples: int = 1, noise=None, fast_noise=None,
+              at_fast_noise: bool = False) -> dict:
         """Per-sequence ELBO terms at the method's q: `loglik` [B] (mean over num_samples draws, or
-        over the injected noise [S, B, *event]), analytic `kl` [B], `num_tokens` predicted per sequence."""
+        over the injected noise [S, B, *event]), analytic `kl` [B], `num_tokens` predicted per sequence.
+        at_fast_noise: the estimate reuses the eps the fast steps used, where the method fixes one
+        (local with inference.fixed_noise): eval --fixed-noise's labelled row, not a bound."""
 
     def log_weights(self, batch: np.ndarray, steps: int, num_samples: int) -> np.ndarray:
         """log p(x, z_k) - log q(z_k) [K, B] for K draws of the method's q (IWAE, PSIS)."""
@@ -40,8 +43,9 @@ class Inference(Protocol):
 
     def proposal(self, data, steps: int, fast_noise=None):
         """The method's q for data = tensor(batch): (loc, log_scale) [B, *event], or (loc,
-        log_scale, eps) where the method fixes the reported estimate's noise (local with
-        report_fixed_noise, eval --fixed-noise's row); backend arrays. Latent methods only."""
+        log_scale, eps) where the method fixes one eps for its inner steps (local with
+        inference.fixed_noise), which bound reuses when asked (at_fast_noise); backend arrays.
+        Latent methods only."""
 
     def posterior(self, batch: np.ndarray, steps: int, num_draws: int, num_chains: int = 1) -> dict:
         """Draws `z` [C, D, B, *event] and `log_joint` [C, D, B]; variational methods (C = 1) add

@@ -263,14 +263,17 @@ class PyroBackend:
         q = tuple(self.proposal(data, steps, fast_noise=fast_noise))
         return q[0], q[1], (q[2] if len(q) > 2 else None)
 
-    def bound(self, batch: np.ndarray, steps: int = 0, num_samples: int = 1, noise=None, fast_noise=None) -> dict:
+    def bound(self, batch: np.ndarray, steps: int = 0, num_samples: int = 1, noise=None, fast_noise=None,
+              at_fast_noise: bool = False) -> dict:
         """Per-sequence ELBO terms at the method's q after `steps` inner steps, fresh noise unless
         injected: noise [S, B, *event] is the eps of the reported estimate, fast_noise that of the
         inner steps (the method's own format): injecting both makes two backends agree number for
-        number."""
+        number. at_fast_noise: the estimate reuses the one eps the fast steps used (local with
+        inference.fixed_noise; eval --fixed-noise's labelled row: the reference's number, not a bound)."""
         tokens = self.tensor(batch)
         loc, log_scale, fixed = self._q(tokens, steps, fast_noise)
-        noise = fixed if noise is None else noise
+        if noise is None and at_fast_noise:
+            noise = fixed
         if noise is None and self.noise_rows is not None:  # sharded evaluation: each window's own eps
             noise = torch_eps(self.noise_rows, EVAL, tokens.shape[0], tuple(loc.shape[1:]), num_samples, self.device)
         return self.gaussian_bound(tokens, loc, log_scale, num_samples, noise)

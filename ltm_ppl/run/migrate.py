@@ -11,10 +11,23 @@ from .checkpoints import committed_checkpoints, remove_tree, trainer_state
 from .layout import CHECKPOINT_FILES, CHECKPOINTS, STATE, checkpoint_name
 
 
+# Settings that runs saved before kept in config.json and that no longer exist: dropped on read.
+# inference.report_fixed_noise (always false in a saved run) became bound's at_fast_noise argument.
+REMOVED = {"inference": ("report_fixed_noise",)}
+
+
+def _without_removed(config: dict) -> dict:
+    out = dict(config)
+    for section, keys in REMOVED.items():
+        if isinstance(out.get(section), dict):
+            out[section] = {k: v for k, v in out[section].items() if k not in keys}
+    return out
+
+
 def stored_config(record: dict) -> RunConfig:
     """The config of a config.json record (format version and [config] object checked), with the
     settings that older formats left out as they were when the run was trained."""
-    cfg = config_from_dict(record["config"])
+    cfg = config_from_dict(_without_removed(record["config"]))
     model = record["config"].get("model")
     if isinstance(model, dict) and "latent_rope" not in model:
         # Saved before the setting existed: trained with each layer's vectors spread over the block.

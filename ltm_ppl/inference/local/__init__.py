@@ -73,9 +73,6 @@ METHOD = MethodDescriptor(
                "window, or summed over tokens and sequences (published; through Adam's eps it moves q differently)",
                choices=("per_token", "sum")),
         Option("fixed_noise", bool, False, "local: the fast steps reuse one eps per batch (the published loop)"),
-        # Internal: the reported ELBO at that same eps, the reference's per-sequence figure (not a
-        # bound); set only on `ltm eval --fixed-noise`'s labelled row.
-        Option("report_fixed_noise", bool, False, "local (internal): report the ELBO at the fixed eps; eval --fixed-noise only"),
         # Training only: the q the decoder learns from is fitted to the shaped objective (a KL term
         # in the slow step alone would do nothing: KL(q || p) does not depend on the decoder).
         KL_WARMUP, FREE_BITS,

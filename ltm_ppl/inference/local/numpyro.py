@@ -162,9 +162,8 @@ class LocalPrograms(Programs):
     def proposal(self, params, tokens, key, fast_noise, lrs, static=None):
         """q fitted by len(lrs) fast steps: (loc, log_scale, eps). With inference.fixed_noise the
         fast steps reuse one eps; the reported estimate reuses it (eps not None) only on eval
-        --fixed-noise's labelled row (inference.report_fixed_noise): the reference's number."""
-        loc, log_scale, fixed = self.fit(params, tokens, lrs, key, fast_noise)
-        return loc, log_scale, fixed if self.inf.report_fixed_noise else None
+        --fixed-noise's labelled row (bound's at_fast_noise): the reference's number."""
+        return self.fit(params, tokens, lrs, key, fast_noise)
 
     def _trajectory_step(self, params, opt_state, tokens, lrs, key, lr, beta=1.0):
         """train.slow_gradient "trajectory" (pyro.py's trajectory_step): one eps for the fast loop,

@@ -231,7 +231,6 @@ class PyroLocal(PyroBackend):
     def proposal(self, tokens, steps: int, fast_noise=None):
         """q fitted by `steps` fast steps: (loc, log_scale, eps). With inference.fixed_noise the
         fast steps reuse one eps; the reported estimate reuses it (eps not None) only on eval
-        --fixed-noise's labelled row (inference.report_fixed_noise): the reference's number, not
+        --fixed-noise's labelled row (bound's at_fast_noise): the reference's number, not
         a bound. fast_noise [steps, S, B, n_z, d_z] fixes every fast step's eps."""
-        loc, log_scale, eps = self.fit_posterior(tokens, steps, fast_noise=fast_noise)
-        return loc, log_scale, eps if self.cfg.inference.report_fixed_noise else None
+        return self.fit_posterior(tokens, steps, fast_noise=fast_noise)

@@ -48,7 +48,8 @@ class NumPyroNone(NumPyroBackend):
         self.params, self.opt_state, out = self.programs.step(self.params, self.opt_state, self.tensor(batch), np.float32(lr))
         return self.finish_step(out, lr)
 
-    def bound(self, batch: np.ndarray, steps: int = 0, num_samples: int = 1, noise=None, fast_noise=None) -> dict:
+    def bound(self, batch: np.ndarray, steps: int = 0, num_samples: int = 1, noise=None, fast_noise=None,
+              at_fast_noise: bool = False) -> dict:
         """The exact log-likelihood per sequence (nothing to bound: no latent); kl is zero."""
         tokens, n = self.padded(batch)
         loglik = np.asarray(self.programs.loglik(self.params, tokens))[:n]

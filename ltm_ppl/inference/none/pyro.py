@@ -34,7 +34,8 @@ class PyroNone(PyroBackend):
         metrics.update(self.slow_update(loss, metrics))  # skipped on the device unless finite
         return metrics
 
-    def bound(self, batch: np.ndarray, steps: int = 0, num_samples: int = 1, noise=None, fast_noise=None) -> dict:
+    def bound(self, batch: np.ndarray, steps: int = 0, num_samples: int = 1, noise=None, fast_noise=None,
+              at_fast_noise: bool = False) -> dict:
         tokens = self.tensor(batch)
         with torch.no_grad():
             loglik = self.loglik(tokens)
