@@ -32,8 +32,9 @@ def corpus_bound(inference, batches: Iterable[np.ndarray], steps: int, num_sampl
     kind "iwae": IWAE_K with K = num_samples draws of the method's q, and the sampled-KL ELBO of the
     same draws beside it. nll_per_token is the corpus-level bound -sum_i B_i / sum_i T_i; the
     per-sequence mean of exp(-B_i / T_i) (the paper's figure) is reported under its own name.
-    per_window: also "window_nll", -B_i of each sequence in order (nats; None when several torch
-    workers share the sequences), for paired comparisons on the same windows.
+    per_window: also "window_nll", -B_i of each sequence in order (nats; with several torch
+    workers, gathered from their shares into window order on every worker), for paired comparisons
+    on the same windows.
     at_fast_noise (kind "elbo"): the estimate reuses the eps of the fast steps (Inference.bound):
     eval --fixed-noise's labelled row, the reference's number, not a bound.
     """
@@ -41,6 +42,8 @@ def corpus_bound(inference, batches: Iterable[np.ndarray], steps: int, num_sampl
     n_tokens = n_seq = 0
     per_seq_ppl = []
     window_nll = []
+    window_index = []  # the global position of each of this worker's windows
+    offset = 0  # windows in the global batches before this one
     w = world()
     with inference.rng_scope(seed):
         for index, batch in enumerate(batches):
@@ -48,6 +51,8 @@ def corpus_bound(inference, batches: Iterable[np.ndarray], steps: int, num_sampl
             # contiguous shares of every global batch: the sums match one worker's.
             share = _share(len(batch), w)
             inference.noise_rows = Rows(seed, index, share.start, len(batch))
+            window_index.extend(range(offset + share.start, offset + share.stop))
+            offset += len(batch)
             batch = batch[share]
             if share.stop == share.start:  # a short last batch leaves some workers nothing
                 continue
@@ -76,7 +81,8 @@ def corpus_bound(inference, batches: Iterable[np.ndarray], steps: int, num_sampl
             [total, loglik, kl, sampled_elbo, n_tokens, n_seq, float(np.sum(per_seq_ppl))])
         n_tokens, n_seq = int(round(n_tokens)), int(round(n_seq))
         per_seq_ppl = [ppl_sum / n_seq]
-        window_nll = None  # each worker holds its share only
+        if per_window:
+            window_nll = _gather_windows(window_index, window_nll, offset)
     nll = -total / n_tokens
     if not math.isfinite(nll):
         raise LtmError(f"the bound is not finite ({kind} total {total}): the weights may have diverged")
@@ -118,6 +124,15 @@ def _sum_over_workers(values: list) -> list:
         t = t.cuda()
     dist.all_reduce(t)
     return t.cpu().tolist()
+
+
+def _gather_windows(index: list[int], values: list[float], count: int) -> list[float]:
+    """Every worker's per-window numbers in window order: each worker writes its windows'
+    positions of a zero vector of all `count` windows and the sum over workers fills it (the
+    shares are disjoint, so each entry is one worker's number plus exact zeros)."""
+    full = np.zeros(count, np.float64)
+    full[np.asarray(index, np.int64)] = values
+    return _sum_over_workers(full.tolist())
 
 
 def windows_bound(inference, tokens: np.ndarray, steps: int, num_samples: int, batch_size: int,

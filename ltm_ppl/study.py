@@ -6,6 +6,11 @@ same windows. One table (JSON + Markdown) and plots come out of it.
 Resumable: a finished run is a file `points/<id>.json`, written atomically once its fit and
 evaluation are done; a rerun skips it, resumes a run whose fit was interrupted, and evaluates one
 whose fit finished. Every LTM number is an upper bound on the NLL (labelled so); the twin's is exact.
+
+With study.lr_grid, each model (the LTM, each twin) is fitted at every learning rate of the grid
+(runs/<id>-lr<lr>, twins under their own key), each candidate's bound on the selection windows
+(Grid.selection_windows: the val windows after the reported ones) is kept in select/<id>.json,
+and the record of points/<id>.json is the evaluation of the candidate with the lowest one.
 """
 from __future__ import annotations
 
@@ -16,16 +21,16 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import load_corpus, split_tokens
+from .data import load_corpus, num_windows, split_tokens
 from .diagnostics import collapse_from_q
 from .durable import atomic_write_text
 from .errors import LtmError
-from .evaluate import eval_batches, mean_interval
+from .evaluate import eval_batches, mean_interval, windows_bound
 from .inference import training_flops_per_token
 from .plots import study_plots
 from .run import METRICS, Run, is_run
 from .eval_runs import evaluate_run, open_run
-from .study_grid import Grid, Point, load_grid, twin_configs, twin_key
+from .study_grid import Grid, Point, load_grid, lr_label, twin_configs, twin_key, with_lr
 from .train import fit
 
 # The issue's rule for "latents in use": held-out KL >= 0.02 nats/token, and at least half of the
@@ -139,16 +144,93 @@ def _describe(cfg) -> dict:
             "init": cfg.inference.init if m.latent else None, "fast_lr": cfg.inference.fast_lr if m.latent else None}
 
 
+def selection_tokens(tokens, block_size: int, windows: range) -> np.ndarray:
+    """The tokens of exactly `windows` (window i is tokens[i * block : i * block + block + 1]):
+    window 0 of the result is window windows.start of the split. The first token is the last one
+    the window before predicts; it is only context here, so no predicted token is shared."""
+    if num_windows(len(tokens), block_size) < windows.stop:
+        raise LtmError(f"the learning-rate selection needs val windows {windows.start}..{windows.stop - 1} (after the "
+                       f"{windows.start} reported), but the val split has {num_windows(len(tokens), block_size)} of "
+                       f"{block_size} tokens; lower study.select_windows or study.eval_windows")
+    return np.asarray(tokens[windows.start * block_size: windows.stop * block_size + 1])
+
+
+def selection_bound(run: Path, grid: Grid, seed: int) -> dict:
+    """A candidate's number on the selection windows: the LTM's ELBO (1 draw, fresh noise) at the
+    largest test-time T of eval_steps, the twin's exact NLL."""
+    opened = open_run(run)
+    cfg = opened.cfg
+    windows = grid.selection_windows()
+    tokens = selection_tokens(split_tokens(load_corpus(cfg.data.data), "val", opened.tokenizer), cfg.model.block_size, windows)
+    steps = max(grid.eval_steps)
+    row = windows_bound(opened.inference, tokens, steps, 1, grid.batch_size or cfg.train.batch_size, len(windows),
+                        seed=seed, kind="elbo")
+    return {"nll_per_token": row["nll_per_token"], "num_tokens": row["num_tokens"], "steps": steps if cfg.model.latent else None,
+            "windows": [windows.start, windows.stop]}
+
+
+def choose_lr(candidates: list[dict]) -> dict:
+    """The candidate with the lowest selection number (ties: the first in grid order); candidates
+    whose fit or bound diverged (select None) are never chosen."""
+    finite = [c for c in candidates if c["select"] is not None]
+    if not finite:
+        raise LtmError("every learning rate of study.lr_grid diverged: "
+                       + "; ".join(f"{c['id']} (lr {c['lr']:g}): {c['failed']}" for c in candidates))
+    return min(finite, key=lambda c: c["select"]["nll_per_token"])
+
+
+def select_lr(run_id: str, cfg, kind: str, out: Path, grid: Grid, echo) -> tuple[dict, dict]:
+    """Fits cfg at every lr of the grid (reusing finished candidates), bounds each on the selection
+    windows, and returns (the chosen candidate, the selection record for the table)."""
+    candidates = []
+    for lr in grid.lr_grid:
+        trial = with_lr(cfg, lr)
+        cid = f"{run_id}-{lr_label(lr)}" if kind == "ltm" else twin_key(trial)
+        done = out / "select" / f"{cid}.json"
+        if done.exists():
+            candidates.append(json.loads(done.read_text()))
+            continue
+        run = out / "runs" / cid
+        echo(f"study: {cid}: fit ({kind}, lr {lr:g})")
+        record = {"id": cid, "lr": lr, "run": str(run), "select": None, "failed": None}
+        try:
+            record |= train_run(trial, run, lambda s: None)
+            echo(f"study: {cid}: selection bound")
+            record["select"] = selection_bound(run, grid, trial.train.seed)
+        except LtmError as exc:
+            if "finite" not in str(exc):  # a diverged candidate is a result; anything else is an error
+                raise
+            record["failed"] = str(exc)
+        _write_json(done, record)
+        candidates.append(record)
+    chosen = choose_lr(candidates)
+    return chosen, {"lr_grid": grid.lr_grid, "lr": chosen["lr"], "chosen": chosen["id"],
+                    "windows": chosen["select"]["windows"], "select_nll_per_token": chosen["select"]["nll_per_token"],
+                    "candidates": [{"lr": c["lr"], "id": c["id"], "select_nll_per_token": (c["select"] or {}).get("nll_per_token"),
+                                    "failed": c["failed"]} for c in candidates]}
+
+
 def run_one(run_id: str, cfg, kind: str, out: Path, grid: Grid, echo, extra: dict) -> dict:
-    """Fit and evaluate one run unless points/<run_id>.json exists; returns its record."""
+    """Fit and evaluate one run unless points/<run_id>.json exists; returns its record. With an lr
+    grid: the record evaluates the candidate run select_lr chose."""
     done = out / "points" / f"{run_id}.json"
     if done.exists():
-        return json.loads(done.read_text())
-    run = out / "runs" / run_id
-    echo(f"study: {run_id}: fit ({kind})")
-    fitted = train_run(cfg, run, lambda s: None)
-    if not fitted["reused"]:
-        cfg = Run.open(run).cfg  # as fit resolved it (vocabulary, latent, horizon)
+        record = json.loads(done.read_text())
+        if (record.get("lr_selection") or {}).get("lr_grid") != grid.lr_grid:
+            raise LtmError(f"{done} was made with another study.lr_grid; give this grid its own --out")
+        return record
+    if grid.lr_grid:
+        chosen, selection = select_lr(run_id, cfg, kind, out, grid, echo)
+        run = Path(chosen["run"])
+        fitted = {k: chosen[k] for k in ("fit_seconds", "resumed", "reused")}
+        cfg = Run.open(run).cfg
+        extra = extra | {"lr_selection": selection}
+    else:
+        run = out / "runs" / run_id
+        echo(f"study: {run_id}: fit ({kind})")
+        fitted = train_run(cfg, run, lambda s: None)
+        if not fitted["reused"]:
+            cfg = Run.open(run).cfg  # as fit resolved it (vocabulary, latent, horizon)
     echo(f"study: {run_id}: eval")
     start = time.perf_counter()
     rows, truth = evaluate_ltm(run, grid, cfg.train.seed) if kind == "ltm" else evaluate_twin(run, grid, cfg.train.seed)
@@ -189,7 +271,10 @@ def point_twins(grid: Grid, point: Point, seed: int) -> list[dict]:
     """The AR twins the grid asks for beside a point: [{"id", "twin" (label), "cfg"}]."""
     if not grid.twins:
         return []
-    return [{"id": twin_key(cfg), "twin": label, "cfg": cfg}
+    # With an lr grid the twin's record (its chosen candidate's evaluation) gets an id of its own:
+    # its candidates' runs are named by twin_key at their lr, and one of them may be the config's.
+    suffix = "-lrgrid" if grid.lr_grid else ""
+    return [{"id": twin_key(cfg) + suffix, "twin": label, "cfg": cfg}
             for label, cfg in twin_configs(grid.config(point, seed), grid.flops_twins)]
 
 
@@ -241,7 +326,37 @@ def table_rows(ltm: list[dict], twins: dict[str, dict]) -> list[dict]:
                 "margin_vs_ar": None if ar is None else best - ar,  # < 0: the LTM's bound beats the twin
                 "true_nll": truth.get("true_nll"), "best_window_nll": truth.get("best_window_nll"),
             })
+            if rec.get("lr_selection"):  # an lr grid: each model's chosen lr and its selection number
+                rows[-1] |= {"lr": rec["lr_selection"]["lr"], "select_nll": rec["lr_selection"]["select_nll_per_token"],
+                             "ar_lr": same["lr_selection"]["lr"] if same else None,
+                             "ar_select_nll": same["lr_selection"]["select_nll_per_token"] if same else None}
     return rows
+
+
+def selection_markdown(ltm: list[dict], twins: dict[str, dict]) -> list[str]:
+    """Every candidate learning rate of every model with its selection number; * the chosen one."""
+    records = []
+    for rec in ltm:
+        records.append((f"{rec['point']} s{rec['seed']}", "LTM", rec))
+        records += [(f"{rec['point']} s{rec['seed']}", f"AR {t['twin']}", twins[t["id"]]) for t in rec["twins"] if t["id"] in twins]
+    records = [r for r in records if r[2].get("lr_selection")]
+    if not records:
+        return []
+    lrs = records[0][2]["lr_selection"]["lr_grid"]
+    first = records[0][2]["lr_selection"]
+    head = ["point", "model"] + [f"lr {lr:g}" for lr in lrs] + ["chosen lr"]
+    lines = ["", f"Learning rate, chosen per model by its number on val windows {first['windows'][0]}..{first['windows'][1] - 1} "
+             f"(the selection windows, after the reported 0..{first['windows'][0] - 1}: the LTM's ELBO at the largest T, "
+             "the twin's exact NLL; * chosen, diverged: its fit or bound was not finite):",
+             "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for where, model, rec in records:
+        sel = rec["lr_selection"]
+        cells = [where, model]
+        for c in sel["candidates"]:
+            cells.append("diverged" if c["select_nll_per_token"] is None else
+                         _f(c["select_nll_per_token"]) + ("*" if c["id"] == sel["chosen"] else ""))
+        lines.append("| " + " | ".join(cells + [f"{sel['lr']:g}"]) + " |")
+    return lines
 
 
 def seed_statistics(rows: list[dict]) -> list[dict]:
@@ -298,7 +413,7 @@ def seed_markdown(stats: list[dict]) -> list[str]:
     return lines
 
 
-def markdown(rows: list[dict], grid: Grid) -> str:
+def markdown(rows: list[dict], grid: Grid, selection: list[str] | None = None) -> str:
     Ks = sorted({int(k.split("_")[1]) for r in rows for k in r if k.startswith("iwae_")})
     full = any(r["ar_full_attention_nll"] is not None for r in rows)
     truth = any(r.get("true_nll") is not None for r in rows)
@@ -329,7 +444,7 @@ def markdown(rows: list[dict], grid: Grid) -> str:
     if truth:
         lines += ["", "true NLL: the corpus' exact NLL of the same windows; best window AR: the lowest NLL of a model "
                   "seeing the LTM's receptive field (data/truth.py). Neither is a bound."]
-    return "\n".join(lines + seed_markdown(seed_statistics(rows))) + "\n"
+    return "\n".join(lines + (selection or []) + seed_markdown(seed_statistics(rows))) + "\n"
 
 
 def write_tables(grid: Grid, out: Path) -> dict:
@@ -340,7 +455,7 @@ def write_tables(grid: Grid, out: Path) -> dict:
                "rows": rows, "seed_statistics": seed_statistics(rows), "twins": list(twins.values()), "ltm": ltm}
     summary["plots"] = study_plots(ltm, twins, rows, out) if ltm else []
     _write_json(out / "study.json", summary)
-    atomic_write_text(out / "study.md", markdown(rows, grid))
+    atomic_write_text(out / "study.md", markdown(rows, grid, selection_markdown(ltm, twins)))
     return summary
 
 

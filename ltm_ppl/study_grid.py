@@ -8,6 +8,10 @@ how every run is evaluated. Only parsing and checking here (no torch, no jax); s
     iwae_steps = [16]           # ... at these T (default: eval_steps)
     eval_windows = 32           # val windows every number covers
     twins = true                # the AR twin (--inference none, same shapes and tokens) of each point
+    lr_grid = [3e-4, 1e-3]      # optional: each model (LTM, each twin) trained at every lr, the lr
+                                # chosen per model by its bound on the selection windows ...
+    select_windows = 32         # ... val windows eval_windows .. eval_windows + this - 1 (default:
+                                # eval_windows), disjoint from the reported ones
 
     [base.model]                # a run TOML's sections, under [base]
     d_model = 64
@@ -26,6 +30,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import re
 import tomllib
 import typing
@@ -37,7 +42,8 @@ from .errors import LtmError
 from .inference import descriptor, methods, training_flops_per_token
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=+-]{0,63}$")  # a point's name is a file name too
-STUDY_KEYS = {"seeds", "eval_steps", "iwae_samples", "iwae_steps", "eval_windows", "twins", "batch_size", "flops_twins"}
+STUDY_KEYS = {"seeds", "eval_steps", "iwae_samples", "iwae_steps", "eval_windows", "twins", "batch_size", "flops_twins",
+              "lr_grid", "select_windows"}
 # Settings a twin without latents does not read: twins that differ only in these are one run.
 NOT_READ_BY_TWIN = ("model.n_z", "model.encoder_layers", "model.latent", "model.cross_out_zero", "model.latent_rope")
 
@@ -60,6 +66,13 @@ class Grid:
     batch_size: int | None = None  # eval batch (None: each run's)
     twins: bool = True
     flops_twins: bool = False  # also the same-window twin trained for the LTM's training FLOPs
+    lr_grid: list[float] | None = None  # None: every run at its config's train.lr (no selection)
+    select_windows: int | None = None  # None: eval_windows
+
+    def selection_windows(self) -> range:
+        """The val windows that choose the learning rate: the ones after the reported windows
+        (range(eval_windows)), so the choice is never scored on what the table reports."""
+        return range(self.eval_windows, self.eval_windows + (self.select_windows or self.eval_windows))
 
     def config(self, point: Point, seed: int) -> RunConfig:
         """The point's run config: defaults < base < point < seed (checked)."""
@@ -105,6 +118,17 @@ def _int_list(value, where: str, minimum: int) -> list[int]:
     return list(value)
 
 
+def _lr_list(value, where: str) -> list[float]:
+    """A non-empty list of distinct positive finite numbers (TOML integers allowed), as floats."""
+    if not isinstance(value, list) or not value or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0 for v in value):
+        raise LtmError(f"{where} must be a non-empty list of positive numbers, got {value!r}")
+    lrs = [float(v) for v in value]
+    if len(set(lrs)) != len(lrs):
+        raise LtmError(f"{where} repeats a learning rate: {value!r}")
+    return lrs
+
+
 def parse_grid(raw: dict, source: str = "grid") -> Grid:
     """A Grid from a parsed TOML document; every mistake is one LtmError naming where it is."""
     unknown = set(raw) - {"study", "base", "point"}
@@ -133,6 +157,12 @@ def parse_grid(raw: dict, source: str = "grid") -> Grid:
     if not isinstance(flops_twins, bool):
         raise LtmError(f"{source}: study.flops_twins must be true or false, got {flops_twins!r}")
     grid.flops_twins = flops_twins
+    if "lr_grid" in study:
+        grid.lr_grid = _lr_list(study["lr_grid"], f"{source}: study.lr_grid")
+    if "select_windows" in study:
+        if grid.lr_grid is None:
+            raise LtmError(f"{source}: study.select_windows needs study.lr_grid (the windows choose the learning rate)")
+        grid.select_windows = _int_list([study["select_windows"]], f"{source}: study.select_windows", 1)[0]
     points = raw.get("point", [])
     if not isinstance(points, list) or not points:
         raise LtmError(f"{source}: no points (add [[point]] tables, each with a name)")
@@ -144,6 +174,10 @@ def parse_grid(raw: dict, source: str = "grid") -> Grid:
             raise LtmError(f"{where} ({p['name']}): unknown key(s) {', '.join(sorted(set(p) - {'name', 'set', 'seeds'}))}")
         point_seeds = _int_list(p["seeds"], f"{where} ({p['name']}): seeds", 0) if "seeds" in p else seeds
         grid.points.append(Point(p["name"], _checked_settings(p.get("set", {}), f"{where} ({p['name']})"), point_seeds))
+    if grid.lr_grid is not None:
+        for where, settings in [("[base]", grid.base)] + [(f"point {p.name}", p.settings) for p in grid.points]:
+            if "train.lr" in settings:
+                raise LtmError(f"{source}: {where} sets train.lr, which study.lr_grid chooses; remove one of them")
     names = [p.name for p in grid.points]
     if len(set(names)) != len(names):
         raise LtmError(f"{source}: point names repeat: {', '.join(sorted({n for n in names if names.count(n) > 1}))}")
@@ -199,3 +233,15 @@ def twin_key(cfg: RunConfig) -> str:
         settings.pop(name, None)
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
     return f"ar-{digest}-s{cfg.train.seed}"
+
+
+def with_lr(cfg: RunConfig, lr: float) -> RunConfig:
+    """cfg trained at learning rate `lr` (a candidate of study.lr_grid)."""
+    candidate = copy.deepcopy(cfg)
+    candidate.train.lr = lr
+    return validate(candidate, methods())
+
+
+def lr_label(lr: float) -> str:
+    """A learning rate in a run's id: 0.001 -> "lr0.001"."""
+    return f"lr{lr:g}"
