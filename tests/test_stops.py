@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 from helpers import TINY_TOML, run_cli
 
+import json
+
 from ltm_ppl import api
 from ltm_ppl.generate import generate_text, stop_token_sequences
 from ltm_ppl.models.stops import StopRows
@@ -18,7 +20,7 @@ PROMPT = "And God said, Let there be light: and there was"
 def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("stops")
     toml = root / "tiny.toml"
-    toml.write_text(TINY_TOML)
+    toml.write_text(TINY_TOML.replace("block_size = 32", "block_size = 96"))
     result = run_cli("fit", "--config", toml, "--iters", 3, "--out", root / "run", "--quiet")
     assert result.exit_code == 0, result.output
     return root / "run"
@@ -75,3 +77,29 @@ def test_answers_unchanged_to_the_stop_and_generation_stops_early(run, backend, 
             assert lengths[-1] == max(len(n[:n.index(stop) + 1].encode()) for n in news)
         if temperature == 0.0:
             assert stop in news[0] and lengths[-1] < max_new
+
+
+def test_fewshot_answers_are_those_of_generation_without_the_stop_rule(run, tmp_path, monkeypatch):
+    """The same fewshot records as when generate is not told the stop (the texts cut afterwards,
+    as before), with fewer tokens generated."""
+    import ltm_ppl.fewshot.run as fewshot_run
+
+    task = tmp_path / "task"
+    task.mkdir()
+    for name in ("train", "test"):
+        items = [{"question": f"who {i}", "answer": f"#### {i}"} for i in range(4)]
+        (task / f"{name}.jsonl").write_text("".join(json.dumps(item) + "\n" for item in items))
+    settings = dict(shots=1, samples=3, temperature=1.0, max_tokens=40, stop="e", template="Q {question} A {answer}\n")
+    records, generated = {}, {}
+    real = fewshot_run.generate_text
+    for rule in ("stop", "no stop"):
+        if rule == "no stop":
+            monkeypatch.setattr(fewshot_run, "generate_text", lambda *a, stop=None, **k: real(*a, **k))
+        opened = api.open_run(run)
+        lengths = spy_lengths(monkeypatch, opened.inference)
+        out = tmp_path / f"{rule}.jsonl"
+        api.fewshot(opened, str(task), out=str(out), **settings)
+        records[rule] = [json.loads(line) for line in out.read_text().splitlines()]
+        generated[rule] = sum(lengths)
+    assert records["stop"] == records["no stop"]
+    assert generated["stop"] < generated["no stop"], generated
