@@ -32,7 +32,7 @@ from .published_checkpoint import import_checkpoint
 from .run import Run
 from .study import rebuild_tables, run_study
 from .train import fit as _train
-from .zeroshot import ZeroShotResult, check_protocol, zero_shot_run
+from .zeroshot import ZeroShotComparison, ZeroShotResult, check_protocol, zero_shot_compare, zero_shot_run
 
 
 def fit(config: RunConfig | None = None, out: str | None = None, resume: str | None = None, *,
@@ -121,11 +121,20 @@ def evaluate(run: str | Path | OpenRun, *, split: str = "val", data: str | None 
 def compare(runs: list[str | Path], *, split: str = "val", data: str | None = None, steps: int | None = None,
             samples: int = 1, max_windows: int | None = None, batch_size: int | None = None,
             seed: int | None = None, plot: str | Path | None = None, backend: str | None = None,
-            device: str | None = None, kind: str = "elbo", progress: Callable = no_progress) -> CompareResult:
+            device: str | None = None, kind: str = "elbo", progress: Callable = no_progress,
+            protocol: str = "honest") -> CompareResult | ZeroShotComparison:
     """Bounds of several runs on the same tokens, with their training FLOPs per token (`ltm
     compare`); each run with its own method and eval_steps unless `steps` is given. Each later
     run's difference from the first, paired over the windows (standard error, 95% interval), and
-    the corpus' exact answers where it has them. kind: "elbo" or "iwae" (K = samples) for latent runs."""
+    the corpus' exact answers where it has them. kind: "elbo" or "iwae" (K = samples) for latent runs.
+    protocol "published": every run by the published zero-shot protocol on the same blocks, a
+    zeroshot.ZeroShotComparison (kind and plot do not apply)."""
+    check_protocol(protocol)
+    if protocol == "published":
+        if plot is not None:
+            raise LtmError("--plot does not apply to --protocol published")
+        return zero_shot_compare([str(r) for r in runs], split, data, steps, samples, max_windows, batch_size, seed,
+                                 progress=progress, overrides={"train.backend": backend, "train.device": device})
     plot = check_plot_path(plot)
     result = compare_runs([str(r) for r in runs], split, data, steps, samples, max_windows, batch_size, seed,
                           progress=progress, overrides={"train.backend": backend, "train.device": device}, kind=kind)

@@ -32,9 +32,10 @@ import numpy as np
 
 from .data import load_corpus
 from .errors import LtmError
+from .checks import require_steps
 from .eval_runs import (EXACT_LABEL, HONEST_LABEL, OpenRun, check_eval_memory, check_eval_options, check_seed,
-                        no_progress)
-from .evaluate import corpus_bound
+                        no_progress, open_run)
+from .evaluate import corpus_bound, paired_difference
 from .flops import decoder_forward
 from .inference import descriptor, training_flops_per_token
 from .run import load_inference
@@ -113,6 +114,7 @@ class ZeroShotResult:
     `label` (and `block_nll` on the published row: -bound or NLL of each block, nats)."""
     rows: list[dict]
     protocol: str
+    run: str
     backend: str
     inference: str
     trained_with: str
@@ -210,11 +212,11 @@ def zero_shot_run(opened: OpenRun, split: str = "val", data: str | None = None, 
     rows = []
     if not method.latent:
         row = bound(opened.inference, "elbo", 1, EXACT_LABEL, per_window=True)
-        rows.append({k: v for k, v in row.items() if k != "window_nll"})
+        rows.append(_with_block_nll(row))
         rows.append(_published_row(row, PUBLISHED_EXACT_LABEL))
         noise = "exact"
     else:
-        rows.append(bound(opened.inference, "elbo", samples, HONEST_LABEL))
+        rows.append(_with_block_nll(bound(opened.inference, "elbo", samples, HONEST_LABEL, per_window=True)))
         rows.append(bound(opened.inference, "iwae", samples, IWAE_LABEL))
         if "fixed_noise" in method.reference_numbers:
             fixed_cfg = copy.deepcopy(cfg)
@@ -229,7 +231,7 @@ def zero_shot_run(opened: OpenRun, split: str = "val", data: str | None = None, 
             noise = "fresh"
         rows.append(_published_row(row, row["label"]))
     return ZeroShotResult(
-        rows=rows, protocol="published", backend=cfg.train.backend, inference=cfg.inference.method,
+        rows=rows, protocol="published", run=str(opened.path), backend=cfg.train.backend, inference=cfg.inference.method,
         trained_with=opened.trained_method, split=split, data=corpus.spec, tokenizer=cfg.data.tokenizer,
         detokenizer=detok, block_size=cfg.model.block_size, documents=n_docs, corpus_tokens=total,
         dropped_tokens=dropped, blocks=all_blocks, predicted_per_block=cfg.model.block_size - 1,
@@ -237,11 +239,53 @@ def zero_shot_run(opened: OpenRun, split: str = "val", data: str | None = None, 
         flops_per_token=training_flops_per_token(opened.trained_cfg), decoder_flops_per_token=decoder_forward(cfg.model))
 
 
+def _with_block_nll(row: dict) -> dict:
+    """corpus_bound's `window_nll` (-bound or NLL of each block, nats; None when several torch
+    workers share the blocks) as `block_nll`."""
+    out = {k: v for k, v in row.items() if k != "window_nll"}
+    out["block_nll"] = row.get("window_nll")
+    return out
+
+
 def _published_row(row: dict, label: str) -> dict:
     """The published figure's row: corpus_bound's per-sequence mean of its blocks' exp(loss / N),
     with the per-block losses (`block_nll`) it is the mean of."""
-    out = {k: v for k, v in row.items() if k != "window_nll"}
-    out["block_nll"] = row.get("window_nll")  # None when several torch workers share the blocks
+    out = _with_block_nll(row)
     if out.get("reconstruction_nll_per_token") is not None:
         out["reconstruction_perplexity"] = math.exp(min(out["reconstruction_nll_per_token"], 700.0))
     return out | {"label": label, "published": True}
+
+
+@dataclass(frozen=True)
+class ZeroShotComparison:
+    """`ltm compare --protocol published`: each run's ZeroShotResult on the same blocks, and each
+    later run's honest (or exact) number minus the first's, paired over the blocks
+    (evaluate.paired_difference; None where the per-block losses are not at hand)."""
+    results: list[ZeroShotResult]
+    paired: list[dict | None]
+
+    def to_dict(self) -> dict:
+        return {"protocol": "published", "runs": [r.to_dict() for r in self.results], "paired": self.paired}
+
+
+def zero_shot_compare(runs: list[str], split: str = "val", data: str | None = None, steps: int | None = None,
+                      samples: int = 1, max_windows: int | None = None, batch_size: int | None = None,
+                      seed: int | None = None, progress=no_progress, overrides: dict | None = None) -> ZeroShotComparison:
+    """The published zero-shot protocol on several runs (e.g. an LTM and its AR twin): the same
+    blocks need the same tokenizer and block size, which is checked before any bound."""
+    if len(runs) < 2:
+        raise LtmError("ltm compare needs at least two runs")
+    require_steps("--steps", steps)
+    check_eval_options(samples, batch_size, max_windows)
+    check_seed(seed)
+    opened = [open_run(run, overrides) for run in runs]
+    if len({o.tokenizer.fingerprint for o in opened}) > 1:
+        raise LtmError("the runs use different tokenizers, so their published blocks differ")
+    if len({o.cfg.model.block_size for o in opened}) > 1:
+        raise LtmError("the runs have different block sizes, so their published blocks differ")
+    data = data or opened[0].cfg.data.data
+    results = [zero_shot_run(o, split, data, steps, samples, batch_size, max_windows, seed, progress) for o in opened]
+    first = results[0].honest["block_nll"]
+    paired = [None] + [paired_difference(first, r.honest["block_nll"], r.predicted_per_block)
+                       if first is not None and r.honest["block_nll"] is not None else None for r in results[1:]]
+    return ZeroShotComparison(results, paired)

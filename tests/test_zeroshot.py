@@ -184,3 +184,19 @@ def test_builtin_ptb_is_detokenised_before_the_blocks(runs, monkeypatch):
     assert record["detokenizer"] == "ptb_detokenizer" and record["data"] == "builtin:ptb"
     assert record["blocks"] == len(expected) and record["documents"] == len(docs)
     assert record["corpus_tokens"] == sum(len(tokenizer.encode(ptb_detokenizer(d))) + 1 for d in docs)
+
+
+def test_compare_scores_every_run_on_the_same_blocks(runs, user_corpus):
+    args = ("--data", user_corpus, "--max-windows", 6)
+    result = run_cli("compare", runs["local"], runs["none"], "--protocol", "published", "--json", "--quiet", *args)
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.output)
+    alone = [eval_json(runs[m], *args) for m in ("local", "none")]
+    for got, want in zip(record["runs"], alone):  # the same seed: the very numbers eval gives
+        assert got["published_perplexity"] == want["published_perplexity"] and got["num_blocks"] == 6
+        assert got["nll_per_token"] == want["nll_per_token"]
+    paired = record["paired"][1]
+    assert record["paired"][0] is None and paired["windows"] == 6
+    assert paired["nats_per_token"] == pytest.approx(alone[1]["nll_per_token"] - alone[0]["nll_per_token"], abs=1e-6)
+    text = run_cli("compare", runs["local"], runs["none"], "--protocol", "published", "--quiet", *args)
+    assert text.exit_code == 0 and "paired over the 6 blocks" in text.output, text.output
