@@ -111,7 +111,8 @@ class ZeroShotResult:
     """What `ltm eval --protocol published` measured on the published blocks; `to_dict()` is the
     `--json` object (the published figure and the honest numbers at the top level, every row
     under `rows`), report.zeroshot_text the text. Rows are evaluate.corpus_bound's objects plus
-    `label` (and `block_nll` on the published row: -bound or NLL of each block, nats)."""
+    `label` (and `block_nll` on the honest / exact and published rows: -bound or NLL of each
+    block, nats)."""
     rows: list[dict]
     protocol: str
     run: str
