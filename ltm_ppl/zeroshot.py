@@ -217,7 +217,8 @@ def zero_shot_run(opened: OpenRun, split: str = "val", data: str | None = None, 
         rows.append(_published_row(row, PUBLISHED_EXACT_LABEL))
         noise = "exact"
     else:
-        rows.append(_with_block_nll(bound(opened.inference, "elbo", samples, HONEST_LABEL, per_window=True)))
+        honest = bound(opened.inference, "elbo", samples, HONEST_LABEL, per_window=True)
+        rows.append(_with_block_nll(honest))
         rows.append(bound(opened.inference, "iwae", samples, IWAE_LABEL))
         if "fixed_noise" in method.reference_numbers:
             fixed_cfg = copy.deepcopy(cfg)
@@ -227,10 +228,9 @@ def zero_shot_run(opened: OpenRun, split: str = "val", data: str | None = None, 
             row = bound(fixed, "elbo", cfg.inference.num_samples, PUBLISHED_FIXED_LABEL, at_fast_noise=True,
                         per_window=True)
             noise = "fixed"
-        else:
-            row = bound(opened.inference, "elbo", samples, PUBLISHED_FRESH_LABEL, per_window=True)
-            noise = "fresh"
-        rows.append(_published_row(row, row["label"]))
+        else:  # the honest row's own blocks, averaged the published way
+            row, noise = honest, "fresh"
+        rows.append(_published_row(row, PUBLISHED_FIXED_LABEL if noise == "fixed" else PUBLISHED_FRESH_LABEL))
     return ZeroShotResult(
         rows=rows, protocol="published", run=str(opened.path), backend=cfg.train.backend, inference=cfg.inference.method,
         trained_with=opened.trained_method, split=split, data=corpus.spec, tokenizer=cfg.data.tokenizer,

@@ -200,3 +200,10 @@ def test_compare_scores_every_run_on_the_same_blocks(runs, user_corpus):
     assert paired["nats_per_token"] == pytest.approx(alone[1]["nll_per_token"] - alone[0]["nll_per_token"], abs=1e-6)
     text = run_cli("compare", runs["local"], runs["none"], "--protocol", "published", "--quiet", *args)
     assert text.exit_code == 0 and "paired over the 6 blocks" in text.output, text.output
+
+
+def test_a_method_without_a_fixed_noise_loop_averages_its_honest_blocks(runs, user_corpus):
+    record = eval_json(runs["local"], "--inference", "langevin", "--data", user_corpus, "--max-windows", 2)
+    honest = record["rows"][0]
+    assert record["published_noise"] == "fresh" and "fresh noise" in record["published_label"]
+    assert record["published_perplexity"] == honest["per_sequence_mean_perplexity"] and honest["label"].startswith("honest")
