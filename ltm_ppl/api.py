@@ -32,6 +32,7 @@ from .published_checkpoint import import_checkpoint
 from .run import Run
 from .study import rebuild_tables, run_study
 from .train import fit as _train
+from .zeroshot import ZeroShotComparison, ZeroShotResult, check_protocol, zero_shot_compare, zero_shot_run
 
 
 def fit(config: RunConfig | None = None, out: str | None = None, resume: str | None = None, *,
@@ -84,7 +85,7 @@ def evaluate(run: str | Path | OpenRun, *, split: str = "val", data: str | None 
              fixed_noise: bool = False, batch_size: int | None = None, max_windows: int | None = None,
              seed: int | None = None, plot: str | Path | None = None, backend: str | None = None,
              device: str | None = None, inference: str | None = None, overrides: dict | None = None,
-             progress: Callable = no_progress) -> EvalResult:
+             progress: Callable = no_progress, protocol: str = "honest") -> EvalResult | ZeroShotResult:
     """Held-out bounds of a run (`ltm eval`): nats/token and perplexity on a split, one row per
     number of inference steps (a list, or "4,16,64"; default the run's eval_steps).
 
@@ -92,14 +93,25 @@ def evaluate(run: str | Path | OpenRun, *, split: str = "val", data: str | None 
         kind: "elbo" (analytic KL) or "iwae" (IWAE_K with K = samples).
         fixed_noise: also the published reference's fixed-noise numbers (not bounds), labelled.
         plot: also write this PNG: the bound against the steps.
+        protocol: "honest" (the above) or "published": the published zero-shot protocol's blocks
+            and per-sequence figure beside the honest ELBO, IWAE_K and exact NLL of the same
+            blocks, a zeroshot.ZeroShotResult (one steps value; kind, fixed_noise and plot
+            do not apply: every number is reported).
         progress: a context manager factory, entered once per row with the windows of the
             split; it yields a function called with the windows done."""
     check_eval_options(samples, batch_size, max_windows)
+    check_protocol(protocol)
+    if protocol == "published" and plot is not None:
+        raise LtmError("--plot draws the bound against --steps; it does not apply to --protocol published")
     plot = check_plot_path(plot)
     opened = open_run(run, backend=backend, device=device, inference=inference, overrides=overrides)
     if isinstance(steps, (list, tuple)):
         steps = ",".join(str(s) for s in steps)
     steps = parse_steps(steps, opened.cfg.inference.eval_steps)
+    if protocol == "published":
+        if len(steps) > 1:
+            raise LtmError(f"--protocol published takes one --steps value, got {len(steps)}")
+        return zero_shot_run(opened, split, data, steps[0], samples, batch_size, max_windows, seed, progress)
     result = evaluate_run(opened, split, data, steps, samples, kind, fixed_noise, batch_size, max_windows, seed, progress)
     if plot is not None:
         plot_eval_steps(result.to_dict(), plot)
@@ -109,11 +121,20 @@ def evaluate(run: str | Path | OpenRun, *, split: str = "val", data: str | None 
 def compare(runs: list[str | Path], *, split: str = "val", data: str | None = None, steps: int | None = None,
             samples: int = 1, max_windows: int | None = None, batch_size: int | None = None,
             seed: int | None = None, plot: str | Path | None = None, backend: str | None = None,
-            device: str | None = None, kind: str = "elbo", progress: Callable = no_progress) -> CompareResult:
+            device: str | None = None, kind: str = "elbo", progress: Callable = no_progress,
+            protocol: str = "honest") -> CompareResult | ZeroShotComparison:
     """Bounds of several runs on the same tokens, with their training FLOPs per token (`ltm
     compare`); each run with its own method and eval_steps unless `steps` is given. Each later
     run's difference from the first, paired over the windows (standard error, 95% interval), and
-    the corpus' exact answers where it has them. kind: "elbo" or "iwae" (K = samples) for latent runs."""
+    the corpus' exact answers where it has them. kind: "elbo" or "iwae" (K = samples) for latent runs.
+    protocol "published": every run by the published zero-shot protocol on the same blocks, a
+    zeroshot.ZeroShotComparison (kind and plot do not apply)."""
+    check_protocol(protocol)
+    if protocol == "published":
+        if plot is not None:
+            raise LtmError("--plot does not apply to --protocol published")
+        return zero_shot_compare([str(r) for r in runs], split, data, steps, samples, max_windows, batch_size, seed,
+                                 progress=progress, overrides={"train.backend": backend, "train.device": device})
     plot = check_plot_path(plot)
     result = compare_runs([str(r) for r in runs], split, data, steps, samples, max_windows, batch_size, seed,
                           progress=progress, overrides={"train.backend": backend, "train.device": device}, kind=kind)

@@ -81,18 +81,20 @@ def fit(config_file, preset, size, backend, inference, data, tokenizer, iters, l
 @click.option("--batch-size", type=int, default=None, help="Windows per batch.")
 @click.option("--max-windows", type=int, default=None, show_default="all", help="Bound only the first N windows of the split.")
 @click.option("--plot", default=None, help="Also write FILE.png: the bound (nats/token) against --steps.")
+@click.option("--protocol", type=click.Choice(["honest", "published"]), default="honest",
+              help="published: the published zero-shot blocks and per-sequence figure, beside the honest bounds of the same blocks.")
 @method_choice
 @run_options
-def eval_cmd(run, split, data, steps, kind, samples, fixed_noise, batch_size, max_windows, plot, inference, backend, seed, device, as_json, **kw):
+def eval_cmd(run, split, data, steps, kind, samples, fixed_noise, batch_size, max_windows, plot, protocol, inference, backend, seed, device, as_json, **kw):
     """Held-out bounds of a run: nats/token and perplexity, corpus-level, fresh noise."""
     record = api.evaluate(run, split=split, data=data, steps=steps, kind=kind, samples=samples, fixed_noise=fixed_noise,
                           batch_size=batch_size, max_windows=max_windows, seed=seed, plot=plot, backend=backend,
                           device=device, inference=inference, overrides=method_overrides(kw),
-                          progress=progress_bar("eval", "seq"))
+                          progress=progress_bar("eval", "seq"), protocol=protocol)
     if as_json:
         emit_json(record)
         return
-    click.echo(report.eval_text(record))
+    click.echo(report.zeroshot_text(record) if protocol == "published" else report.eval_text(record))
 
 
 @effective_defaults("run")
@@ -166,17 +168,19 @@ def diagnose(run, methods, sequences, chains, draws, steps, split, data, out, bo
 @click.option("--max-windows", type=int, default=None, show_default="all", help="Bound only the first N windows of the split.")
 @click.option("--batch-size", type=int, default=None, show_default="each run's", help="Windows per batch.")
 @click.option("--plot", default=None, help="Also write FILE.png: each run's bound (or exact NLL) side by side.")
+@click.option("--protocol", type=click.Choice(["honest", "published"]), default="honest",
+              help="published: every run by the published zero-shot protocol on the same blocks (ltm eval --protocol).")
 @run_options
-def compare(runs, split, data, steps, kind, samples, max_windows, batch_size, plot, backend, seed, device, as_json):
+def compare(runs, split, data, steps, kind, samples, max_windows, batch_size, plot, protocol, backend, seed, device, as_json):
     """Bounds of several runs on the same tokens, with FLOPs per token (e.g. an LTM vs its baseline),
     each later run's difference from the first paired over the windows (se, 95% interval)."""
     table = api.compare(list(runs), split=split, data=data, steps=steps, samples=samples, max_windows=max_windows,
                         batch_size=batch_size, seed=seed, plot=plot, backend=backend, device=device, kind=kind,
-                        progress=progress_bar("compare", "seq"))
+                        progress=progress_bar("compare", "seq"), protocol=protocol)
     if as_json:
         emit_json(table)
         return
-    click.echo(report.compare_text(table))
+    click.echo(report.zeroshot_compare_text(table) if protocol == "published" else report.compare_text(table))
 
 
 @cli.command()

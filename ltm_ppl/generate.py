@@ -54,13 +54,26 @@ def no_progress(total: int):
     yield lambda n=1: None
 
 
+def stop_token_sequences(tokenizer, stop: str) -> list[list[int]]:
+    """Token sequences whose decoded text contains `stop`: its own encoding, and every single
+    token whose bytes hold it (a stop may arrive inside a longer token, "\n" inside ".\n").
+    A row that ends with one of them holds the stop in its text, so stopping there never changes
+    the text before the stop; a stop that arrives split in other ways is found by the caller's
+    cut, only later."""
+    wanted = stop.encode("utf-8")
+    singles = [[i] for i, b in enumerate(tokenizer.token_bytes()) if b is not None and wanted in b]
+    return [tokenizer.encode(stop)] + singles
+
+
 def generate_text(inference, tokenizer, prompt: str | None, num: int = 1, max_tokens: int = 100,
                   temperature: float = 1.0, top_k: int = 0, steps: int | None = None, seed: int | None = None,
-                  stop_at_eos: bool = True, progress=no_progress) -> list[str]:
+                  stop_at_eos: bool = True, progress=no_progress, stop: str | None = None) -> list[str]:
     """`num` continuations. With a prompt, z ~ q(z | BOS + prompt) fitted by `steps` fast steps
     (the same local inference as training); without one, z ~ N(0, I). Tokens whose bytes cannot
     continue valid UTF-8 are masked while sampling (data/utf8.py). Each text ends at the first
     end-of-text unless stop_at_eos is False (then documents follow, separated by <|endoftext|>).
+    stop: a row also stops generating once its new text holds this string (stop_token_sequences;
+    the texts are returned whole to there and beyond, callers cut at the stop as before).
     progress(total new tokens) is entered after the checks and advanced per token."""
     s = SampleSettings(prompt, num, max_tokens, temperature, top_k, steps, seed, stop_at_eos)
     cfg = inference.cfg
@@ -81,7 +94,8 @@ def generate_text(inference, tokenizer, prompt: str | None, num: int = 1, max_to
 
         new = inference.generate(context, z, max_tokens, temperature, top_k,
                                  stop_id=tokenizer.eot_id if stop_at_eos else None,
-                                 utf8=widen(tokenizer.utf8_tables(), cfg.model.vocab_size), progress=per_token)
+                                 utf8=widen(tokenizer.utf8_tables(), cfg.model.vocab_size), progress=per_token,
+                                 **({"stop_sequences": stop_token_sequences(tokenizer, stop)} if stop else {}))
         advance(max_tokens - len(steps_done))  # stopped early at end-of-text: the bar completes
     texts = []
     for row in new:
@@ -118,4 +132,4 @@ def sample_run(opened, settings: SampleSettings | None = None, progress=no_progr
     return SampleResult(texts, s.prompt, "posterior" if s.prompt else "prior", cfg.train.backend, cfg.inference.method)
 
 
-__all__ = ["MAX_NEW_TOKENS", "SampleResult", "SampleSettings", "generate_text", "sample_run"]
+__all__ = ["MAX_NEW_TOKENS", "SampleResult", "SampleSettings", "generate_text", "sample_run", "stop_token_sequences"]

@@ -18,6 +18,7 @@ from .diagnostics import DiagnoseResult, khat_verdict
 from .fewshot import FewshotResult
 from .generate import SampleResult
 from .eval_runs import CompareResult, CompareRow, EvalResult
+from .zeroshot import PUBLISHED_MAP_BATCH, PUBLISHED_NUM_PROC, ZeroShotComparison, ZeroShotResult
 
 
 def _num(value) -> str:
@@ -294,4 +295,70 @@ def fewshot_text(result: FewshotResult) -> str:
     lines += [f"  {row['protocol']}: {row['label']}" for row in r.rows if row["protocol"] == "published"]
     lines += [f"note: {note}" for note in r.notes]
     lines.append(f"every question, prompt, sample and verdict: {r.out}")
+    return "\n".join(lines)
+
+
+def _blocks_line(r: ZeroShotResult) -> str:
+    head = r.honest
+    covered = "all" if head["num_sequences"] == r.blocks else f"the first {head['num_sequences']} of"
+    detok = f"detokenizer {r.detokenizer}" if r.detokenizer else "no detokenizer"
+    return (f"{r.data} [{r.split}], published zero-shot protocol: {r.documents} documents, one EOS after each, "
+            f"no BOS ({detok}); {r.corpus_tokens} tokens joined and cut into blocks of {r.block_size}, "
+            f"{r.dropped_tokens} dropped (each batch of {PUBLISHED_MAP_BATCH} documents in {PUBLISHED_NUM_PROC} "
+            f"shards drops its remainder); {covered} {r.blocks} blocks scored, {r.predicted_per_block} predicted "
+            f"tokens each ({head['num_tokens']})")
+
+
+def zeroshot_compare_text(result: ZeroShotComparison) -> str:
+    """`ltm compare --protocol published`: one line per run on the same blocks, then the paired
+    differences of the honest (or exact) numbers."""
+    lines = [_blocks_line(result.results[0]),
+             f"{'run':<32} {'method':<14} {'published':>10} {'noise':>6} {'nats/token':>11} {'perplexity':>11} "
+             f"{'iwae nats/token':>16}"]
+    for r in result.results:
+        iwae = r.iwae
+        lines.append(f"{_short(r):<32} {r.backend + '/' + r.inference:<14} "
+                     f"{r.published['per_sequence_mean_perplexity']:>10.3f} {r.published_noise:>6} "
+                     f"{r.honest['nll_per_token']:>11.4f} {r.honest['perplexity']:>11.3f} "
+                     f"{_dash(iwae and iwae['nll_per_token'], '.4f'):>16}")
+    lines.append("published: the mean over blocks of exp(loss / N) (fixed noise: q fitted to the eps that scores it, NOT a "
+                 "bound; exact: a run without a latent); nats/token, perplexity: the honest corpus-level ELBO, or "
+                 "the exact NLL")
+    name = result.results[0].run
+    for r, p in zip(result.results[1:], result.paired[1:]):
+        if p is None:
+            continue
+        verdict = "resolved" if p["resolved"] else "not resolved"
+        lines.append(f"paired over the {p['windows']} blocks, {_short(r)} minus {Path(name).name}: "
+                     f"{_signed(p['nats_per_token'])} nats/token, se {_se(p['se'])}, "
+                     f"95% CI [{_signed(p['ci_low'])}, {_signed(p['ci_high'])}] ({verdict})")
+    return "\n".join(lines)
+
+
+def _short(r: ZeroShotResult) -> str:
+    return str(r.run)[-32:]
+
+
+def zeroshot_text(result: ZeroShotResult) -> str:
+    """`ltm eval --protocol published`: the blocks, the published per-sequence figure (labelled,
+    never read as a bound) and the honest numbers of the same blocks."""
+    r, head = result, result.honest
+    steps = "" if r.steps is None else f", {r.steps} inference steps"
+    lines = [f"{_blocks_line(r)}; {r.backend}/{r.inference} (trained {r.trained_with}){steps}",
+             f"{'number':<10} {'nats/token':>11} {'perplexity':>11} {'per-block mean':>14} {'KL/seq':>8}  what"]
+
+    def line(name: str, row: dict, corpus_level: bool = True) -> str:
+        nll, ppl = (row["nll_per_token"], row["perplexity"]) if corpus_level else (None, None)
+        kl = None if r.exact else row.get("kl_per_sequence")
+        return (f"{name:<10} {_dash(nll, '.4f'):>11} {_dash(ppl, '.3f'):>11} {row['per_sequence_mean_perplexity']:>14.3f} "
+                f"{_dash(kl, '.3f'):>8}  {row['label']}")
+
+    lines.append(line("published", r.published, corpus_level=False))
+    lines.append(line("exact" if r.exact else "elbo", head))
+    if r.iwae is not None:
+        note = " (K = 1: a sampled-KL ELBO; --samples K for a tighter one)" if r.iwae["samples"] == 1 else ""
+        lines.append(line(f"iwae_{r.iwae['samples']}", r.iwae) + note)
+    lines.append("perplexity: corpus-level exp(sum of the blocks' -bound (or NLL) / their predicted tokens); per-block "
+                 "mean: the mean over blocks of exp(each block's / N), the published averaging (never below the "
+                 "corpus-level figure of the same numbers, by Jensen)")
     return "\n".join(lines)

@@ -139,7 +139,8 @@ def _cut(text: str, stop: str) -> str:
 def _answers(opened, prompt: Prompt, num: int, temperature: float, max_tokens: int, steps: int, stop: str,
              seed: int) -> list[str]:
     """`num` answers to the prompt, each with its own z from the posterior given the prompt."""
-    texts = generate_text(opened.inference, opened.tokenizer, prompt.text, num, max_tokens, temperature, 0, steps, seed)
+    texts = generate_text(opened.inference, opened.tokenizer, prompt.text, num, max_tokens, temperature, 0, steps, seed,
+                          stop=stop)
     return [_cut(t[len(prompt.text):], stop) for t in texts]
 
 

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ...config import ModelConfig
+from ..stops import StopRows
 from .decoder import decode_step, latent_kv, prefill_padded
 
 
@@ -79,11 +80,11 @@ def _generation_programs(cfg_fields: tuple, dtype, temperature: float, top_k: in
 
 
 def generate(params, cfg: ModelConfig, context, z, max_new: int, temperature: float = 1.0, top_k: int = 0,
-             key=None, dtype=jnp.float32, stop_id: int | None = None, utf8=None, progress=None):
+             key=None, dtype=jnp.float32, stop_id: int | None = None, utf8=None, progress=None, stop_sequences=None):
     """New tokens [B, <= max_new] after context [B, P] (models/torch/generate.py's semantics: when
     the window fills, the last half of it is encoded afresh, positions restarting at 0; stop_id,
-    utf8 and progress as there). The history lives in a fixed [B, block_size] buffer; the host
-    reads tokens back only to check stop_id."""
+    stop_sequences, utf8 and progress as there). The history lives in a fixed [B, block_size] buffer; the host
+    reads tokens back only to check the stops."""
     block = cfg.block_size
     context = np.asarray(context)[:, -block:]
     B, P = context.shape
@@ -98,15 +99,13 @@ def generate(params, cfg: ModelConfig, context, z, max_new: int, temperature: fl
     buffer = jnp.asarray(np.pad(context, ((0, 0), (0, block - P))), jnp.int32)
     cache, logits = run_prefill(params, buffer, jnp.int32(P), lkv)
     state = (buffer, cache, logits, jnp.int32(P), key, jnp.zeros(B, jnp.int32))
-    done = np.zeros(B, dtype=bool)
+    stops = StopRows(B, stop_id, stop_sequences)
     out = []
     for _ in range(max_new):
         state, token = run_step(params, state, lkv, tables)
         out.append(token)
         if progress is not None:
             progress(1)
-        if stop_id is not None:
-            done |= np.asarray(token) == stop_id
-            if done.all():
-                break
+        if stops.active and stops.update(np.asarray(token)):
+            break
     return np.asarray(jnp.stack(out, axis=1)).astype(np.int64)

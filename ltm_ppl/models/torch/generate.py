@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from ..stops import StopRows
 from .decoder import KVCache
 
 
@@ -19,11 +20,13 @@ def sample_next(logits: torch.Tensor, temperature: float, top_k: int, generator)
 
 @torch.no_grad()
 def generate(decoder, context: torch.Tensor, z, max_new: int, temperature: float = 1.0, top_k: int = 0, generator=None,
-             stop_id: int | None = None, utf8=None, progress=None):
+             stop_id: int | None = None, utf8=None, progress=None, stop_sequences=None):
     """New tokens [B, <= max_new] after context [B, P]. When the window fills, the last half of it
     is encoded afresh (positions restart at 0) and generation goes on.
 
     stop_id: stop once every row has sampled it (rows keep their tokens after it; callers cut).
+    stop_sequences: token sequences (lists of ids); a row has stopped once its new tokens end with
+    one of them (or with stop_id), and generation ends when every row has (models/stops.py).
     utf8: (allowed [S, V], next_state [S, V]) of data.utf8; tokens that cannot continue valid
     UTF-8 are masked before sampling. progress: called with 1 per new token."""
     block = decoder.cfg.block_size
@@ -37,7 +40,7 @@ def generate(decoder, context: torch.Tensor, z, max_new: int, temperature: float
     if utf8 is not None:
         allowed, next_state = (torch.as_tensor(t, device=context.device) for t in utf8)
         state = torch.zeros(context.shape[0], dtype=torch.long, device=context.device)
-    done = torch.zeros(context.shape[0], dtype=torch.bool, device=context.device)
+    stops = StopRows(context.shape[0], stop_id, stop_sequences)
     history = context[:, -block:]
     caches, logits, position = prefill(history)
     out = []
@@ -50,10 +53,8 @@ def generate(decoder, context: torch.Tensor, z, max_new: int, temperature: float
             progress(1)
         if utf8 is not None:
             state = next_state[state, token].long()
-        if stop_id is not None:
-            done |= token == stop_id
-            if bool(done.all()):
-                break
+        if stops.active and stops.update(token.cpu().numpy()):
+            break
         history = torch.cat([history, token[:, None]], dim=1)
         if position >= block:
             caches, logits, position = prefill(history[:, -(block // 2):])
