@@ -28,6 +28,7 @@ _LAZY = {
     "plot": "ltm_ppl.api",
     "import_run": "ltm_ppl.api",
     "evaluate_run": "ltm_ppl.eval_runs",
+    "EvalSettings": "ltm_ppl.eval_runs",
     "compare_runs": "ltm_ppl.eval_runs",
     "diagnose_run": "ltm_ppl.diagnostics",
     "generate_text": "ltm_ppl.generate",

@@ -21,8 +21,8 @@ from pathlib import Path
 from .config import RunConfig, apply_overrides, build_config
 from .diagnostics import DiagnoseResult, DiagnoseSettings, diagnose_run
 from .errors import LtmError
-from .eval_runs import (CompareResult, EvalResult, OpenRun, check_eval_options, compare_runs, evaluate_run, no_progress,
-                        parse_steps)
+from .eval_runs import (CompareResult, EvalResult, EvalSettings, OpenRun, check_eval_options, compare_runs, evaluate_run,
+                        no_progress, parse_steps)
 from .eval_runs import open_run as _open_run
 from .fewshot import FewshotResult, FewshotSettings, fewshot_run, load_task
 from .generate import SampleResult, SampleSettings, sample_run
@@ -112,7 +112,8 @@ def evaluate(run: str | Path | OpenRun, *, split: str = "val", data: str | None 
         if len(steps) > 1:
             raise LtmError(f"--protocol published takes one --steps value, got {len(steps)}")
         return zero_shot_run(opened, split, data, steps[0], samples, batch_size, max_windows, seed, progress)
-    result = evaluate_run(opened, split, data, steps, samples, kind, fixed_noise, batch_size, max_windows, seed, progress)
+    settings = EvalSettings(split, data, steps, samples, kind, fixed_noise, batch_size, max_windows, seed)
+    result = evaluate_run(opened, settings, progress)
     if plot is not None:
         plot_eval_steps(result.to_dict(), plot)
     return result

@@ -11,9 +11,10 @@ def _finite_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def require_positive(name: str, value, integer: bool = True) -> None:
-    """`value` must be > 0 (an int when `integer`) and finite; None means "not given" and passes."""
-    if value is None:
+def require_positive(name: str, value, integer: bool = True, required: bool = False) -> None:
+    """`value` must be > 0 (an int when `integer`) and finite; None means "not given" and passes
+    unless `required` (a setting with no default to fall back on)."""
+    if value is None and not required:
         return
     if integer and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
         raise LtmError(f"{name} must be a positive integer, got {value!r}")

@@ -11,9 +11,9 @@ from pathlib import Path
 import click
 
 from . import __version__, api, report
-from .cli_options import (backend_option, common_options, device_option, effective_defaults, json_option,
-                          method_choice, method_options, method_overrides, run_options, seed_option)
-from .cli_support import LtmGroup, emit_json, progress_bar, quiet
+from .cli_options import (common_options, effective_defaults, fewshot_options, fit_options, json_option, method_choice,
+                          method_options, method_overrides, run_options)
+from .cli_support import LtmGroup, emit_json, progress_bar, quiet, show
 from .fewshot.task import escaped
 from .inference import registry
 
@@ -27,31 +27,7 @@ def cli():
 @effective_defaults("config")
 @cli.command()
 @common_options
-@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None, help="Settings (TOML); flags override it.")
-@click.option("--preset", default=None, help="Named settings under everything else: paper (the published recipe).")
-@click.option("--size", default=None, help="The paper's model shapes: ltm-s, ltm-m or ltm-l (over --preset, under --config).")
-@backend_option
-@method_choice
-@click.option("--data", default=None, help="builtin:kjv, builtin:ptb (extra [ptb]), builtin:topics or builtin:functions (synthetic, exact answers known: docs/data.md), or a .txt / .jsonl / .jsonl.gz / .parquet file, or a directory of such shards (a .txt file is one document, a jsonl line or Parquet row its 'text').")
-@click.option("--tokenizer", default=None, help="gpt2, bytes or bpe:N (trained on the corpus).")
-@click.option("--iters", type=int, default=None, help="Total training iterations (with --resume: continue up to this).")
-@click.option("--lr-decay-iters", type=int, default=None,
-              help="Iteration where the cosine learning rate reaches its minimum (0: --iters). Stored with the run; "
-                   "with --resume it moves the horizon.")
-@click.option("--steps", type=int, default=None, help="Fast inner steps per iteration (T).")
-@click.option("--batch-size", type=int, default=None, help="Windows per batch.")
-@click.option("--attention-window", type=int, default=None, help="Self-attention sees the last W tokens (itself included); 0: all.")
-@click.option("--out", default=None, show_default="runs/<timestamp>", help="Directory of the new run.")
-@click.option("--resume", default=None, help="Continue this run from its last checkpoint.")
-@click.option("--compile", "compile_", is_flag=True, default=None, help="torch.compile the decoder, and (local, pyro) the whole fast step.")
-@click.option("--log-interval", type=int, default=None,
-              help="Iterations between metric records (the device is synchronised only then, and at evaluations and checkpoints).")
-@click.option("--tensorboard", default=None, metavar="DIR",
-              help="Also write the metrics as TensorBoard events into DIR/<run name> (extra [tensorboard]); "
-                   "watch with: tensorboard --logdir DIR.")
-@seed_option
-@device_option
-@json_option
+@fit_options
 def fit(config_file, preset, size, backend, inference, data, tokenizer, iters, lr_decay_iters, steps, batch_size, attention_window, out,
         resume, compile_, log_interval, tensorboard, seed, device, as_json, **kw):
     """Train an LTM; a new run directory unless --resume."""
@@ -91,10 +67,7 @@ def eval_cmd(run, split, data, steps, kind, samples, fixed_noise, batch_size, ma
                           batch_size=batch_size, max_windows=max_windows, seed=seed, plot=plot, backend=backend,
                           device=device, inference=inference, overrides=method_overrides(kw),
                           progress=progress_bar("eval", "seq"), protocol=protocol)
-    if as_json:
-        emit_json(record)
-        return
-    click.echo(report.zeroshot_text(record) if protocol == "published" else report.eval_text(record))
+    show(record, as_json, report.zeroshot_text if protocol == "published" else report.eval_text)
 
 
 @effective_defaults("run")
@@ -149,10 +122,7 @@ def diagnose(run, methods, sequences, chains, draws, steps, split, data, out, bo
     summary = api.diagnose(run, methods=names, sequences=sequences, chains=chains, draws=draws, steps=steps, split=split,
                            data=data, out=out, backend=backend, device=device, seed=0 if seed is None else seed,
                            overrides=method_overrides(kw), bounds=bounds, progress=progress_bar("diagnose", "part"))
-    if as_json:
-        emit_json(summary)
-        return
-    click.echo(report.diagnose_text(summary))
+    show(summary, as_json, report.diagnose_text)
 
 
 @effective_defaults("run")
@@ -177,10 +147,7 @@ def compare(runs, split, data, steps, kind, samples, max_windows, batch_size, pl
     table = api.compare(list(runs), split=split, data=data, steps=steps, samples=samples, max_windows=max_windows,
                         batch_size=batch_size, seed=seed, plot=plot, backend=backend, device=device, kind=kind,
                         progress=progress_bar("compare", "seq"), protocol=protocol)
-    if as_json:
-        emit_json(table)
-        return
-    click.echo(report.zeroshot_compare_text(table) if protocol == "published" else report.compare_text(table))
+    show(table, as_json, report.zeroshot_compare_text if protocol == "published" else report.compare_text)
 
 
 @cli.command()
@@ -194,10 +161,7 @@ def plot(runs, out, x, as_json):
     """Training curves from metrics.jsonl: loss, val bound, KL, learning rate and gradient norm,
     several runs overlaid. Reads only; a run still training is read as far as it has logged."""
     summary = api.plot(list(runs), out, x=x)
-    if as_json:
-        emit_json(summary)
-        return
-    click.echo(report.plot_text(summary))
+    show(summary, as_json, report.plot_text)
 
 
 @cli.command("import")
@@ -211,10 +175,7 @@ def import_cmd(checkpoint_file, out, data, as_json):
     """A checkpoint of the published LTM code (torch.save of model, model_args, ...) as a run that
     eval, sample, diagnose and compare read. Loaded with weights_only=True: code is never run."""
     summary = api.import_run(checkpoint_file, out, data)
-    if as_json:
-        emit_json(summary)
-        return
-    click.echo(report.import_text(summary))
+    show(summary, as_json, report.import_text)
 
 
 @cli.command()
@@ -239,28 +200,7 @@ def study(grid, out, only, table_only, as_json):
 @cli.command()
 @common_options
 @click.argument("run")
-@click.option("--task", required=True,
-              help="A folder with train.jsonl and test.jsonl (lines {\"question\", \"answer\"}; GSM8K's own files: the "
-                   "final answer after ####), TRAIN.jsonl,TEST.jsonl, or builtin:functions?pairs=8&train=1000&test=200&seed=0.")
-@click.option("--shots", type=int, default=8, help="Demonstrations per question, from the train split.")
-@click.option("--samples", type=int, default=5, help="Sampled answers per question (each with its own z): pass@1, pass@k.")
-@click.option("--temperature", type=float, default=1.0, help="Softmax temperature of the sampled answers (the greedy one uses 0).")
-@click.option("--pass-at", "pass_at", type=int, multiple=True, show_default="--samples", help="k of pass@k besides 1 (repeatable).")
-@click.option("--max-tokens", type=int, default=None, show_default="the task's (32; builtin:functions 2)", help="New tokens per answer at most.")
-@click.option("--stop", default=None, show_default="the task's (\\n; builtin:functions a space)",
-              help="The answer ends before this text (\\n and \\t understood).")
-@click.option("--template", default=None, show_default="'Question: {question}\\nAnswer: {answer}\\n\\n'",
-              help="How a demonstration is written (\\n and \\t understood); the asked question ends where {answer} goes.")
-@click.option("--steps", type=int, default=None, show_default="the run's eval_steps", help="Inference steps fitting z to the prompt.")
-@click.option("--max-questions", type=int, default=None, show_default="all", help="Ask only the first N test questions.")
-@click.option("--overflow", type=click.Choice(["refuse", "truncate"]), default="refuse",
-              help="A prompt longer than the window: refuse, or drop the oldest demonstrations until it fits.")
-@click.option("--published-protocol", is_flag=True,
-              help="Also a labelled row by the published GSM8K protocol: test-split demonstrations (the asked question "
-                   "not excluded), solved if any of --samples answers contains the gold answer as a substring.")
-@click.option("--out", default=None, show_default="fewshot-<timestamp>.jsonl", help="The JSONL of every question, prompt, sample and verdict.")
-@method_choice
-@run_options
+@fewshot_options
 def fewshot(run, task, shots, samples, temperature, pass_at, max_tokens, stop, template, steps, max_questions, overflow,
             published_protocol, out, inference, backend, seed, device, as_json, **kw):
     """Few-shot in-context evaluation: demonstrations from the train split, z inferred from the
@@ -271,10 +211,7 @@ def fewshot(run, task, shots, samples, temperature, pass_at, max_tokens, stop, t
                          template=None if template is None else escaped(template), steps=steps, seed=seed,
                          max_questions=max_questions, overflow=overflow, published_protocol=published_protocol, out=out,
                          progress=progress_bar("fewshot", "question"))
-    if as_json:
-        emit_json(record)
-        return
-    click.echo(report.fewshot_text(record))
+    show(record, as_json, report.fewshot_text)
 
 
 def main():

@@ -86,3 +86,11 @@ def progress_bar(desc: str, unit: str):
 def emit_json(record) -> None:
     """One JSON object on stdout: a result record's to_dict(), or a summary dict."""
     click.echo(json.dumps(record.to_dict() if hasattr(record, "to_dict") else record))
+
+
+def show(record, as_json: bool, view) -> None:
+    """A command's result: the record's JSON object with --json, else its text view(record)."""
+    if as_json:
+        emit_json(record)
+    else:
+        click.echo(view(record))

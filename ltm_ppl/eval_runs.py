@@ -198,13 +198,39 @@ def check_eval_memory(cfg: RunConfig, batch_size: int, samples: int, kind: str) 
     resources.check("this evaluation", needed, cfg, "a smaller --batch-size, --samples or --chains")
 
 
-def evaluate_run(opened: OpenRun, split: str = "val", data: str | None = None, steps: list[int] | None = None,
-                 samples: int = 1, kind: str = "elbo", fixed_noise: bool = False, batch_size: int | None = None,
-                 max_windows: int | None = None, seed: int | None = None, progress=no_progress,
+@dataclass(frozen=True)
+class EvalSettings:
+    """What an evaluation computes (`ltm eval`'s flags): on which split of which corpus (None: the
+    run's), at how many inference steps (one row each; None: the run's eval_steps), with how
+    many draws per sequence of which bound ("elbo", or "iwae": IWAE_K with K = samples), with the
+    published reference's fixed-noise rows or not, how many windows per batch (None: the run's
+    batch size), over the first max_windows windows (None: all), and with which seed (None: the
+    run's). The options that need no run are checked when built; fixed_noise is checked against
+    the run's method by evaluate_run."""
+    split: str = "val"
+    data: str | None = None
+    steps: tuple[int, ...] | None = None
+    samples: int = 1
+    kind: str = "elbo"
+    fixed_noise: bool = False
+    batch_size: int | None = None
+    max_windows: int | None = None
+    seed: int | None = None
+
+    def __post_init__(self):
+        if self.steps is not None:
+            object.__setattr__(self, "steps", tuple(self.steps))
+        check_eval_options(self.samples, self.batch_size, self.max_windows)
+        check_seed(self.seed)
+        if self.kind not in ("elbo", "iwae"):
+            raise LtmError(f"--bound must be elbo or iwae, got {self.kind!r}")
+
+
+def evaluate_run(opened: OpenRun, settings: EvalSettings = EvalSettings(), progress=no_progress,
                  per_window: bool = False, with_truth: bool = True) -> EvalResult:
     """Bounds of a run on a split, one row per number of inference steps (and, with fixed_noise,
     the reference's fixed-noise number beside each honest row, labelled), and the corpus' exact
-    answers on the same windows where it has them (`truth`).
+    answers on the same windows where it has them (`truth`), as `settings` asks.
 
     per_window: the honest rows also hold "window_nll" (evaluate.corpus_bound), for compare.
     with_truth False: truth None without computing it (a caller that has it already).
@@ -212,21 +238,20 @@ def evaluate_run(opened: OpenRun, split: str = "val", data: str | None = None, s
     Everything is checked before any bound is computed; then progress(windows) is entered once per
     row (each number of steps, and each fixed-noise row), so a bar counts the split's windows, and
     the function it yields is called with the windows done."""
+    split, samples, kind, fixed_noise, batch_size, max_windows, seed = (
+        settings.split, settings.samples, settings.kind, settings.fixed_noise, settings.batch_size,
+        settings.max_windows, settings.seed)
     cfg = opened.cfg
     method = descriptor(cfg.inference.method)
-    check_eval_options(samples, batch_size, max_windows)
-    check_seed(seed)
-    if kind not in ("elbo", "iwae"):
-        raise LtmError(f"--bound must be elbo or iwae, got {kind!r}")
     if fixed_noise and "fixed_noise" not in descriptor(cfg.inference.method).reference_numbers:
         with_it = [m for m in methods() if "fixed_noise" in descriptor(m).reference_numbers]
         raise LtmError(f"--fixed-noise applies to --inference {' and '.join(with_it)} only (the published reference's evaluation)")
     batch_size = batch_size or cfg.train.batch_size
     check_eval_memory(cfg, batch_size, samples, kind)
-    corpus = load_corpus(data or cfg.data.data)
+    corpus = load_corpus(settings.data or cfg.data.data)
     tokens = split_tokens(corpus, split, opened.tokenizer)
     require_windows(tokens, cfg.model.block_size, split, corpus.spec)
-    steps = steps or [cfg.inference.eval_steps]
+    steps = settings.steps or [cfg.inference.eval_steps]
     seed = cfg.train.seed if seed is None else seed
     rows = []
     fixed = None
@@ -290,9 +315,10 @@ def compare_runs(runs: list[str], split: str = "val", data: str | None = None, s
         raise LtmError(f"--bound must be elbo or iwae, got {kind!r}")
     rows, windows, first = [], [], None
     for o in opened:
-        record = evaluate_run(o, split, data, [steps] if steps else None, samples,
-                              kind if descriptor(o.cfg.inference.method).latent else "elbo", False, batch_size,
-                              max_windows, seed, progress, per_window=True)
+        settings = EvalSettings(split, data, [steps] if steps else None, samples,
+                                kind if descriptor(o.cfg.inference.method).latent else "elbo", False, batch_size,
+                                max_windows, seed)
+        record = evaluate_run(o, settings, progress, per_window=True)
         params = sum(int(np.prod(v.shape)) for k, v in o.inference.weights().items())
         head = record.headline
         first = first or (record, head)

@@ -15,6 +15,7 @@ Importing this module imports neither torch nor jax.
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,16 +43,20 @@ class Rows:
 class FastNoise:
     """Where the eps of local's fast steps come from (fit_local_posterior, both backends).
 
-    Each step's eps has exactly one source, the first given of:
-    - per_step: every step's eps [steps, S, B, *event] (backend parity tests);
+    The rule: each step's eps has exactly one source, the first given of
+    - per_step: every step's eps [steps, S, B, *event] (backend parity tests): `injected`;
     - fixed: one eps [S, B, *event] reused at every step (the published reference's fixed-noise
-      mode and the trajectory update; JAX only: the torch loop draws its own, inference.fixed_noise);
+      mode and the trajectory update; JAX only: the torch loop draws its own, inference.fixed_noise):
+      `reused`;
     - key: drawn per step as a function of (seed, iteration, step, global row), so the eps do not
-      depend on the worker count: a Rows (torch_eps) or the iteration's JAX key (jax_eps);
-    - none of them: torch's own random stream (the eager Pyro loop only).
-    per_step and fixed are alternatives (giving both is refused); key also draws what the fit draws
-    besides the steps' eps (the published random start; the torch loop's fixed eps), so it may come
-    with either. eq=False: the fields are arrays.
+      depend on the worker count: a Rows (torch_eps) or the iteration's JAX key (jax_eps): `fresh`;
+    - none of them: torch's own random stream (the eager Pyro loop only): `stream`.
+    per_step and fixed exclude each other. key also draws what the fit draws besides the steps'
+    eps (the published random start; the torch loop's fixed eps), so it may come with either:
+    the published path needs a key and a fixed eps together. Refused when built: fixed with
+    per_step, a key that is a plain number (a seed is not a key: give Rows or a JAX key), and eps
+    with too few axes for their source (fixed [S, B, ...], per_step one more). eq=False: the
+    fields are arrays.
     """
     key: object = None
     fixed: object = None
@@ -60,6 +65,39 @@ class FastNoise:
     def __post_init__(self):
         if self.fixed is not None and self.per_step is not None:
             raise ValueError("FastNoise: give fixed (one eps for every step) or per_step (each step's eps), not both")
+        if isinstance(self.key, numbers.Number):
+            raise ValueError(f"FastNoise: key must be a noise.Rows or a JAX key, not the number {self.key!r}")
+        for name, axes in (("fixed", 2), ("per_step", 3)):
+            ndim = getattr(getattr(self, name), "ndim", None)
+            if ndim is not None and ndim < axes:
+                raise ValueError(f"FastNoise: {name} eps need at least {axes} axes "
+                                 f"({'[S, B, *event]' if axes == 2 else '[steps, S, B, *event]'}), got {ndim}")
+
+    @classmethod
+    def stream(cls) -> FastNoise:
+        """torch's own random stream (the eager Pyro loop only; nothing keyed)."""
+        return cls()
+
+    @classmethod
+    def fresh(cls, key) -> FastNoise:
+        """Fresh eps at every step, drawn from key (Rows or a JAX key) per (step, global row)."""
+        if key is None:
+            raise ValueError("FastNoise.fresh needs a key (noise.Rows or a JAX key); FastNoise.stream() has none")
+        return cls(key=key)
+
+    @classmethod
+    def reused(cls, eps, key=None) -> FastNoise:
+        """One eps [S, B, *event] at every step; key (if any) draws the published start."""
+        if eps is None:
+            raise ValueError("FastNoise.reused needs the eps reused at every step")
+        return cls(key=key, fixed=eps)
+
+    @classmethod
+    def injected(cls, per_step, key=None) -> FastNoise:
+        """Every step's eps given [steps, S, B, *event]; key (if any) draws the start and torch's fixed eps."""
+        if per_step is None:
+            raise ValueError("FastNoise.injected needs every step's eps")
+        return cls(key=key, per_step=per_step)
 
     @property
     def source(self) -> str:

@@ -29,7 +29,7 @@ from .evaluate import eval_batches, mean_interval, windows_bound
 from .inference import training_flops_per_token
 from .plots import study_plots
 from .run import METRICS, Run, is_run
-from .eval_runs import evaluate_run, open_run
+from .eval_runs import EvalSettings, evaluate_run, open_run
 from .study_grid import Grid, Point, load_grid, lr_label, twin_configs, twin_key, with_lr
 from .train import fit
 
@@ -111,14 +111,14 @@ def evaluate_ltm(run: Path, grid: Grid, seed: int) -> tuple[list[dict], dict | N
     W = grid.eval_windows
     rows, truth = [], None
     for T in grid.eval_steps:
-        rec = evaluate_run(opened, "val", None, [T], 1, "elbo", False, batch, W, seed, with_truth=not rows)
+        rec = evaluate_run(opened, EvalSettings("val", None, [T], 1, "elbo", False, batch, W, seed), with_truth=not rows)
         truth = truth or rec.truth  # the same windows every time: computed once
         rows.append({"bound": "elbo", "steps": T, "samples": 1, "nll_per_token": rec.headline["nll_per_token"],
                      "kl_per_sequence": rec.headline["kl_per_sequence"], "num_tokens": rec.headline["num_tokens"],
                      "label": "upper bound on NLL (ELBO, analytic KL, fresh noise)"} | latent_use(opened, W, T, batch, seed))
     for T in grid.iwae_steps or grid.eval_steps:
         for K in grid.iwae_samples:
-            rec = evaluate_run(opened, "val", None, [T], K, "iwae", False, batch, W, seed, with_truth=False)
+            rec = evaluate_run(opened, EvalSettings("val", None, [T], K, "iwae", False, batch, W, seed), with_truth=False)
             rows.append({"bound": "iwae", "steps": T, "samples": K, "nll_per_token": rec.headline["nll_per_token"],
                          "sampled_elbo_nll_per_token": rec.headline["sampled_elbo_nll_per_token"], "num_tokens": rec.headline["num_tokens"],
                          "label": f"upper bound on NLL (IWAE_{K})"})
@@ -127,8 +127,8 @@ def evaluate_ltm(run: Path, grid: Grid, seed: int) -> tuple[list[dict], dict | N
 
 def evaluate_twin(run: Path, grid: Grid, seed: int) -> tuple[list[dict], dict | None]:
     opened = open_run(run)
-    rec = evaluate_run(opened, "val", None, None, 1, "elbo", False, grid.batch_size or opened.cfg.train.batch_size,
-                       grid.eval_windows, seed)
+    rec = evaluate_run(opened, EvalSettings("val", None, None, 1, "elbo", False,
+                                            grid.batch_size or opened.cfg.train.batch_size, grid.eval_windows, seed))
     return [{"bound": "exact", "steps": None, "samples": None, "nll_per_token": rec.headline["nll_per_token"],
              "num_tokens": rec.headline["num_tokens"], "label": "exact NLL (no latent)"}], rec.truth
 

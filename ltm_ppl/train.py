@@ -154,24 +154,14 @@ def _show(bar, record: dict | None, last_eval: dict | None) -> None:
     bar.set_postfix(postfix, refresh=False)
 
 
-def _stop_between(run: Path, inference, cfg: RunConfig, metrics, last_saved: int, done: int, bar, stop) -> None:
-    """A stop signal inside iteration done + 1 (one worker): commit iteration `done` and say so."""
-    metrics.flush(last_saved)
+def _stop_inside(run: Path, inference, cfg: RunConfig, last_saved: int, done: int, bar, stop, said: str) -> None:
+    """A stop signal inside work after iteration `done` (one worker: its next iteration's fast
+    steps, or its own evaluation): that work never changes the training state, so commit
+    iteration `done` and say what stopped (`said`) and how to resume."""
     if last_saved != done:
         _save(run, inference, cfg)
     bar.close()
-    raise Interrupted(f"{stop.name}: stopped during iteration {done + 1} (its fast steps), with a checkpoint of "
-                      f"iteration {done} committed; resume with: ltm fit --resume {run}", stop.signum)
-
-
-def _stop_in_evaluation(run: Path, inference, cfg: RunConfig, last_saved: int, done: int, bar, stop) -> None:
-    """A stop signal inside iteration done's evaluation (one worker): the evaluation never
-    changes the training state, so commit iteration `done` without its val record."""
-    if last_saved != done:
-        _save(run, inference, cfg)
-    bar.close()
-    raise Interrupted(f"{stop.name}: stopped after iteration {done} (its evaluation skipped) with a checkpoint "
-                      f"committed; resume with: ltm fit --resume {run}", stop.signum)
+    raise Interrupted(f"{stop.name}: {said}; resume with: ltm fit --resume {run}", stop.signum)
 
 
 def _evaluate(inference, data: Data, cfg: RunConfig, iteration: int) -> dict:
@@ -250,7 +240,9 @@ def _train(cfg: RunConfig, run: Path, inference, data: Data, progress: bool, ech
             try:
                 step_metrics = inference.step(batch)
             except StopNow:  # mid-iteration, before its slow step: the state is iteration `it`'s
-                _stop_between(run, inference, cfg, metrics, last_saved, it, bar, stop)
+                metrics.flush(last_saved)
+                _stop_inside(run, inference, cfg, last_saved, it, bar, stop, f"stopped during iteration {it + 1} (its fast "
+                             f"steps), with a checkpoint of iteration {it} committed")
             metrics.add(it + 1, step_metrics, time.perf_counter() - clock)
             done = it + 1
             evaluate = done % t.eval_interval == 0 or done == t.iters
@@ -278,7 +270,8 @@ def _train(cfg: RunConfig, run: Path, inference, data: Data, progress: bool, ech
                 try:
                     last_eval = _evaluate(inference, data, cfg, done)
                 except StopNow:  # inside the evaluation's fast steps: iteration `done` is finished
-                    _stop_in_evaluation(run, inference, cfg, last_saved, done, bar, stop)
+                    _stop_inside(run, inference, cfg, last_saved, done, bar, stop,
+                                 f"stopped after iteration {done} (its evaluation skipped) with a checkpoint committed")
                 write_metrics(run, {"iter": done, "split": "val", **last_eval})
                 _show(bar, metrics.last, last_eval)
             if checkpoint_now:

@@ -17,6 +17,7 @@ from torch._dynamo.utils import counters
 
 from ltm_ppl.config import RunConfig
 from ltm_ppl.inference.local.compiled_fast_step import CompiledFastStep, step_scalars
+from ltm_ppl.inference.local.fast_fit import FastFit
 from ltm_ppl.inference.local.pyro import PyroLocal, fit_local_posterior
 from ltm_ppl.inference.pyro_backend import frozen
 from ltm_ppl.inference.pyro_elbo import elbo_terms
@@ -83,7 +84,7 @@ def assert_step_and_fits_match(inference, step, optimizer, factor, shaping):
         eager = inference.fit_posterior(tokens, T, fast_noise=noise, kl_shaping=shaping)
         with frozen(step.decoder), pyro.validation_enabled(False):
             fitted = fit_local_posterior(inference.model, tokens, inference.latent_shape, inference.cfg.inference, T,
-                                         inference.device, FastNoise(per_step=noise), kl_shaping=shaping, compiled=step)
+                                         inference.device, FastFit(FastNoise(per_step=noise), kl_shaping=shaping, compiled=step))
         for name, a, b in zip(("loc", "log_scale"), fitted[:2], eager[:2]):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=f"{name} after T={T}")
 

@@ -16,7 +16,7 @@ from ltm_ppl import api
 from ltm_ppl.data import build_tokenizer, load_corpus
 from ltm_ppl.data.truth import corpus_truth, receptive_field
 from ltm_ppl.evaluate import mean_interval, paired_difference, t_quantile_975
-from ltm_ppl.eval_runs import EXACT_LABEL, HONEST_LABEL, evaluate_run, open_run
+from ltm_ppl.eval_runs import EXACT_LABEL, HONEST_LABEL, EvalSettings, evaluate_run, open_run
 from ltm_ppl.study import run_study, seed_markdown, seed_statistics
 
 SPEC = "builtin:topics?k=2&v=4&len=15&docs=400&alpha=0.2"
@@ -119,8 +119,8 @@ def test_compare_pairs_the_windows(runs, kind, samples):
     per = []
     for name in ("none", "local"):  # the same evaluations, window by window
         opened = open_run(runs[name])
-        head = evaluate_run(opened, "val", None, None, samples, kind if name == "local" else "elbo",
-                            max_windows=W, per_window=True).headline
+        settings = EvalSettings("val", None, None, samples, kind if name == "local" else "elbo", max_windows=W)
+        head = evaluate_run(opened, settings, per_window=True).headline
         per.append(np.array(head["window_nll"]))
         assert len(per[-1]) == W and np.mean(per[-1]) / 16 == pytest.approx(head["nll_per_token"], rel=1e-6)
     first, second = table.rows

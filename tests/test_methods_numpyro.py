@@ -480,6 +480,7 @@ def test_local_fit_recovers_the_mean_field_optimum_of_the_correlated_model():
     import numpyro.distributions as dist
 
     from ltm_ppl.config import InferenceConfig
+    from ltm_ppl.inference.local.fast_fit import FastFit
     from ltm_ppl.inference.local.numpyro import fast_lrs, fit_local_posterior
     from ltm_ppl.noise import FastNoise
 
@@ -495,7 +496,7 @@ def test_local_fit_recovers_the_mean_field_optimum_of_the_correlated_model():
             numpyro.sample("x", dist.Normal(z @ W.T, sigma).to_event(1), obs=obs)
 
     cfg = InferenceConfig(fast_lr=0.1, final_lr_ratio=0.002, num_samples=64)
-    fit = jax.jit(lambda lrs, key: fit_local_posterior(model, jnp.asarray(y), (4,), cfg, lrs, FastNoise(key=key)))
+    fit = jax.jit(lambda lrs, key: fit_local_posterior(model, jnp.asarray(y), (4,), cfg, lrs, FastFit(FastNoise(key=key))))
     loc, log_scale = fit(jnp.asarray(fast_lrs(1500, cfg)), jax.random.PRNGKey(0))
     np.testing.assert_allclose(np.asarray(loc), mean, atol=1e-2, rtol=0)
     np.testing.assert_allclose(np.exp(2 * np.asarray(log_scale)), np.broadcast_to(1 / np.diag(precision), (3, 4)), rtol=0.05)

@@ -2,6 +2,8 @@
 alone, so a worker holding rows [a, b) of a global batch draws exactly what one worker draws there."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -86,3 +88,32 @@ def test_fast_noise_has_one_source_per_step():
     assert noise.FastNoise(key=noise.Rows(1, 2), per_step=eps[None]).source == "per_step"
     with pytest.raises(ValueError, match="not both"):
         noise.FastNoise(fixed=eps, per_step=eps[None])
+
+
+def test_fast_noise_constructors_say_which_source_and_refuse_what_cannot_be():
+    """The named constructors give the rule's four sources; the key may come with the eps (the
+    published path: a key for the start, one fixed eps for the steps); what cannot work is refused
+    when built, with a message naming it."""
+    eps = np.zeros((1, 2, 3), np.float32)
+    rows = noise.Rows(1, 2)
+    assert noise.FastNoise.stream().source == "stream"
+    assert noise.FastNoise.fresh(rows).source == "key" and noise.FastNoise.fresh(rows).key is rows
+    published = noise.FastNoise.reused(eps, rows)
+    assert published.source == "fixed" and published.key is rows and published.fixed is eps
+    assert noise.FastNoise.reused(eps).key is None
+    injected = noise.FastNoise.injected(eps[None], rows)
+    assert injected.source == "per_step" and injected.key is rows and injected.fixed is None
+    with pytest.raises(ValueError, match="needs a key"):
+        noise.FastNoise.fresh(None)
+    with pytest.raises(ValueError, match="needs the eps"):
+        noise.FastNoise.reused(None, rows)
+    with pytest.raises(ValueError, match="needs every step's eps"):
+        noise.FastNoise.injected(None, rows)
+    with pytest.raises(ValueError, match="not the number 7"):
+        noise.FastNoise(key=7)  # a seed is not a key
+    with pytest.raises(ValueError, match="fixed eps need at least 2 axes"):
+        noise.FastNoise.reused(np.zeros(3, np.float32))
+    with pytest.raises(ValueError, match=r"per_step eps need at least 3 axes \(\[steps, S, B, \*event\]\), got 2"):
+        noise.FastNoise.injected(eps[0])  # one step's eps given as every step's
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        published.key = None

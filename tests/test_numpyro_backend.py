@@ -222,6 +222,7 @@ def test_elbo_terms_generic_linear_gaussian():
     import numpyro.distributions as dist
 
     from ltm_ppl.config import InferenceConfig
+    from ltm_ppl.inference.local.fast_fit import FastFit
     from ltm_ppl.inference.local.numpyro import fast_lrs, fit_local_posterior
     from ltm_ppl.noise import FastNoise
 
@@ -232,15 +233,15 @@ def test_elbo_terms_generic_linear_gaussian():
 
     inf = InferenceConfig(fast_lr=0.05, final_lr_ratio=0.1, num_samples=32)
     x = jnp.asarray(np.random.default_rng(7).standard_normal((3, 5)).astype(np.float32) * 2)
-    fit = jax.jit(lambda lrs, key: fit_local_posterior(model, x, (5,), inf, lrs, FastNoise(key=key)))
+    fit = jax.jit(lambda lrs, key: fit_local_posterior(model, x, (5,), inf, lrs, FastFit(FastNoise(key=key))))
     loc, log_scale = fit(jnp.asarray(fast_lrs(300, inf)), jax.random.PRNGKey(0))
     np.testing.assert_allclose(np.asarray(loc), np.asarray(x) / 2, atol=0.1)
     np.testing.assert_allclose(np.asarray(log_scale), 0.5 * np.log(0.5), atol=0.1)
     # The reference's fixed-noise mode is the same loop with one eps injected at every step.
     eps = jax.random.normal(jax.random.PRNGKey(1), (2, 3, 5))
     lrs = jnp.asarray(fast_lrs(5, inf))
-    fixed = fit_local_posterior(model, x, (5,), inf, lrs, FastNoise(fixed=eps))
-    injected = fit_local_posterior(model, x, (5,), inf, lrs, FastNoise(per_step=jnp.broadcast_to(eps, (5, *eps.shape))))
+    fixed = fit_local_posterior(model, x, (5,), inf, lrs, FastFit(FastNoise(fixed=eps)))
+    injected = fit_local_posterior(model, x, (5,), inf, lrs, FastFit(FastNoise(per_step=jnp.broadcast_to(eps, (5, *eps.shape)))))
     np.testing.assert_allclose(np.asarray(fixed[0]), np.asarray(injected[0]), rtol=1e-6)
     np.testing.assert_allclose(np.asarray(fixed[1]), np.asarray(injected[1]), rtol=1e-6)
 

@@ -107,6 +107,7 @@ def test_numpyro_preset_is_the_published_loop(torch_one_thread):
 
     import jax.numpy as jnp
 
+    from ltm_ppl.inference.local.fast_fit import FastFit
     from ltm_ppl.inference.local.numpyro import fast_lrs, fit_local_posterior
     from ltm_ppl.noise import FastNoise
     from ltm_ppl.inference.numpyro_elbo import elbo_terms
@@ -122,7 +123,7 @@ def test_numpyro_preset_is_the_published_loop(torch_one_thread):
     model = functools.partial(ltm_model, {k: jnp.asarray(v) for k, v in weights.items()}, cfg.model, dtype=jnp.float32)
     tokens = jnp.asarray(batch)
     loc, log_scale = fit_local_posterior(model, tokens, (4, 32), cfg.inference, jnp.asarray(fast_lrs(T, cfg.inference)),
-                                         FastNoise(fixed=jnp.asarray(eps)), start=(mu0, 0.5 * logvar0))
+                                         FastFit(FastNoise(fixed=jnp.asarray(eps)), start=(mu0, 0.5 * logvar0)))
     mu, sigma, loss = published_loop(torch_decoder(weights), torch.from_numpy(batch), torch.from_numpy(mu0),
                                      torch.from_numpy(logvar0), torch.from_numpy(eps[0]))
     np.testing.assert_allclose(np.asarray(loc), mu.numpy(), rtol=1e-4, atol=2e-5)

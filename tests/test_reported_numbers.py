@@ -146,12 +146,13 @@ def fitted_q(inference, batch, steps, fast_noise):
         return loc.numpy(), log_scale.numpy()
     import jax.numpy as jnp
 
+    from ltm_ppl.inference.local.fast_fit import FastFit
     from ltm_ppl.inference.local.numpyro import fast_lrs, fit_local_posterior
     from ltm_ppl.noise import FastNoise
 
     loc, log_scale = fit_local_posterior(
         inference.programs.model(inference.params), inference.tensor(batch), inference.programs.shape,
-        inference.cfg.inference, jnp.asarray(fast_lrs(steps, inference.cfg.inference)), FastNoise(per_step=jnp.asarray(fast_noise)),
+        inference.cfg.inference, jnp.asarray(fast_lrs(steps, inference.cfg.inference)), FastFit(FastNoise(per_step=jnp.asarray(fast_noise))),
     )
     return np.asarray(loc), np.asarray(log_scale)
 

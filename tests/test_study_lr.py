@@ -14,7 +14,7 @@ from ltm_ppl import study as study_module
 from ltm_ppl.data import load_corpus, split_tokens
 from ltm_ppl.data.windows import windows
 from ltm_ppl.errors import LtmError
-from ltm_ppl.eval_runs import evaluate_run, open_run
+from ltm_ppl.eval_runs import EvalSettings, evaluate_run, open_run
 from ltm_ppl.study import choose_lr, run_study, selection_tokens
 from ltm_ppl.study_grid import load_grid, twin_configs, twin_key, with_lr
 
@@ -100,9 +100,9 @@ def test_every_model_is_fitted_at_every_lr_and_reports_its_chosen_run(study):
     assert row["lr"] == ltm["lr_selection"]["lr"] and row["ar_lr"] == twin["lr_selection"]["lr"]
     assert row["select_nll"] == ltm["lr_selection"]["select_nll_per_token"]
     # the reported numbers are `ltm eval` of the chosen runs on the first eval_windows windows
-    got = evaluate_run(open_run(twin["run"]), "val", None, None, 1, "elbo", False, None, EVAL_WINDOWS, 0)
+    got = evaluate_run(open_run(twin["run"]), EvalSettings("val", None, None, 1, "elbo", False, None, EVAL_WINDOWS, 0))
     assert row["ar_nll"] == pytest.approx(got.headline["nll_per_token"], rel=1e-6)
-    got = evaluate_run(open_run(ltm["run"]), "val", None, [2], 1, "elbo", False, None, EVAL_WINDOWS, 0)
+    got = evaluate_run(open_run(ltm["run"]), EvalSettings("val", None, [2], 1, "elbo", False, None, EVAL_WINDOWS, 0))
     assert row["elbo"] == pytest.approx(got.headline["nll_per_token"], rel=1e-6)
     text = (out / "study.md").read_text()
     assert "Learning rate, chosen per model" in text and f"val windows {EVAL_WINDOWS}..{EVAL_WINDOWS + SELECT_WINDOWS - 1}" in text

@@ -336,7 +336,7 @@ def test_pyro_langevin_chains_start_at_the_q_that_init_names(monkeypatch, init):
         assert not fits and (loc == 0).all() and (scale == 1).all()
     elif init == "local":
         (args, kwargs, (fit_loc, fit_log_scale, _)), = fits
-        assert args[4] == obj.cfg.inference.steps == 4 and args[6].key == Rows(obj.cfg.train.seed, 0, 0, B)
+        assert args[4] == obj.cfg.inference.steps == 4 and args[6].noise.key == Rows(obj.cfg.train.seed, 0, 0, B)
         assert torch.equal(loc, fit_loc) and torch.equal(scale, fit_log_scale.exp())
         assert (fit_log_scale != 0).any() and (fit_loc != 0).any()  # a fitted q, not the prior
         fits.clear()
@@ -620,7 +620,7 @@ def test_numpyro_langevin_chains_start_at_the_q_that_init_names(monkeypatch, ini
         elif init == "local":
             (args, _, (fit_loc, fit_log_scale)), = fits
             np.testing.assert_array_equal(args[4], fast_lrs(steps, obj.cfg.inference))
-            assert np.array_equal(args[5].key, key) and args[3] == obj.cfg.inference
+            assert np.array_equal(args[5].noise.key, key) and args[3] == obj.cfg.inference
             np.testing.assert_array_equal(loc, fit_loc)
             np.testing.assert_array_equal(scale, jnp.exp(fit_log_scale))
             assert (np.asarray(fit_log_scale) != 0).any() and (np.asarray(fit_loc) != 0).any()

@@ -67,9 +67,7 @@ class FewshotSettings:
 
     def __post_init__(self):
         require_non_negative("--shots", self.shots, integer=True)
-        if self.samples is None or self.samples == 0:  # require_positive lets None ("not given") pass
-            raise LtmError(f"--samples must be a positive integer, got {self.samples!r}")
-        require_positive("--samples", self.samples)
+        require_positive("--samples", self.samples, required=True)
         require_at_most("--samples", self.samples, MAX_SAMPLES)
         require_non_negative("--temperature", self.temperature)
         require_positive("--max-tokens", self.max_tokens)

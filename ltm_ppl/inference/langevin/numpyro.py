@@ -30,6 +30,7 @@ from ...errors import LtmError
 from ...models.jax import encoder as jax_encoder
 from ...noise import FastNoise
 from ..gaussian import fit_to_draws
+from ..local.fast_fit import FastFit
 from ..local.numpyro import fast_lrs, fit_local_posterior
 from ..numpyro_backend import NumPyroBackend
 from ..numpyro_elbo import log_joint_terms
@@ -144,7 +145,8 @@ class LangevinPrograms(Programs):
         init = self.inf.init
         if init == "local" and fit_steps > 0:
             lrs = jnp.asarray(fast_lrs(fit_steps, self.inf))
-            loc, log_scale = fit_local_posterior(self.model(params), tokens, self.shape, self.inf, lrs, FastNoise(key=key))
+            loc, log_scale = fit_local_posterior(self.model(params), tokens, self.shape, self.inf, lrs,
+                                                 FastFit(FastNoise.fresh(key)))
             return loc, jnp.exp(log_scale)
         if init == "amortized":
             loc, log_scale = jax_encoder.encode(params, self.model_cfg, tokens, self.dtype)

@@ -27,6 +27,7 @@ from ... import stop_signals
 
 from ...errors import LtmError
 from ..gaussian import fit_to_draws
+from ..local.fast_fit import FastFit
 from ..local.pyro import fit_local_posterior
 from ..pyro_backend import PyroBackend, frozen
 from ..weights import TOO_FEW_DRAWS
@@ -124,7 +125,7 @@ class PyroLangevin(PyroBackend):
         init = self.cfg.inference.init
         if init == "local" and fit_steps > 0:
             loc, log_scale, _ = fit_local_posterior(self.model, tokens, self.latent_shape, self.cfg.inference, fit_steps,
-                                                    self.device, noise_lib.FastNoise(key=rows))
+                                                    self.device, FastFit(noise_lib.FastNoise(key=rows)))  # rows None: the stream
             return loc, log_scale.exp()
         if init == "amortized" and self.encoder is not None:
             with torch.no_grad():

@@ -33,6 +33,7 @@ from ..gaussian import FAST_ADAM_EPS, FAST_BETA1, FAST_BETA2, published_start, s
 from ..kl_shaping import shaping_on
 from ..schedules import fast_loss_divisor, fast_lr, kl_shape
 from ...noise import INIT, SLOW, FastNoise, jax_eps
+from .fast_fit import FastFit
 
 
 def fast_lrs(steps: int, inf_cfg) -> np.ndarray:
@@ -65,24 +66,33 @@ def fast_optimizer(inf_cfg):
     return adam
 
 
-def fit_local_posterior(model, tokens, shape, inf_cfg, lrs, noise: FastNoise, start=None, kl_shaping=None, params=None):
+def fit_local_posterior(model, tokens, shape, inf_cfg, lrs, fit: FastFit, params=None):
     """Fit (loc, log_scale) of shape [B, *shape] by len(lrs) fast steps; model(tokens) is the joint.
 
-    Starts at `start` = (loc, log_scale) when given (semi-amortized: the encoder's q), else at
-    initial_local (inf_cfg.init, drawn from noise.key for the published start). The steps move
+    Starts at fit.start = (loc, log_scale) when given (semi-amortized: the encoder's q), else at
+    initial_local (inf_cfg.init, drawn from fit.noise.key for the published start). The steps move
     (loc, log sigma), or (loc, log variance) with inf_cfg.scale_param = "log_variance".
 
     Minimises the negative ELBO summed over sequences (each sequence's parameters see only their
     own term), per predicted token or summed over tokens too (inf_cfg.fast_loss), differentiating
-    w.r.t. (loc, scale parameter) only; with `params` given, model is a function params -> model
-    and each step's gradient w.r.t. params is summed too and returned third (the trajectory update).
-    noise (noise.FastNoise) gives each step's eps: per_step [steps, S, B, *shape] (backend parity
-    tests), or fixed [S, B, *shape] reused at every step (the published reference's mode and the
-    trajectory update), else fresh draws from its key, keyed per sequence (noise.jax_eps: step,
-    global row). kl_shaping = (beta, free bits) replaces the KL term by shaped_kl's (training
-    iterations only, never a reported bound). Pure: call it under jit.
+    w.r.t. (loc, scale parameter) only; with fit.train_decoder (the trajectory update), model is a
+    function params -> model, `params` the decoder's weights, and each step's gradient w.r.t.
+    params is summed too and returned third. fit.noise (noise.FastNoise) gives each step's eps:
+    per_step [steps, S, B, *shape] (backend parity tests), or fixed [S, B, *shape] reused at every
+    step (the published reference's mode and the trajectory update), else fresh draws from its
+    key, keyed per sequence (noise.jax_eps: step, global row); there is no stream to fall back on.
+    fit.kl_shaping = (beta, free bits) replaces the KL term by shaped_kl's (training iterations
+    only, never a reported bound). Pure: call it under jit.
     """
+    fit.refuse_pyro_only()
+    if fit.train_decoder != (params is not None):
+        raise ValueError("fit_local_posterior: the decoder's weights (params) come with FastFit(train_decoder=True) and only then")
+    noise, start, kl_shaping = fit.noise, fit.start, fit.kl_shaping
+    if noise.source == "stream":
+        raise ValueError("the JAX fast loop has no random stream of its own: give FastNoise a key or the eps")
     key, fixed_eps = noise.key, noise.fixed
+    if start is None and inf_cfg.init == "published" and key is None:
+        raise ValueError("the published start is drawn from FastNoise's key: give the eps a key too")
     B = tokens.shape[0]
     if start is None:
         loc, log_scale = initial_local(B, shape, inf_cfg, key)
@@ -154,8 +164,8 @@ class LocalPrograms(Programs):
         params = jax.lax.stop_gradient(params)
         loc, log_scale = fit_local_posterior(
             self.model(params), tokens, self.shape, self.inf, lrs,
-            FastNoise(key=fit_key, fixed=fixed if fast_noise is None else None, per_step=fast_noise),  # per_step wins
-            start=self.start(params, tokens), kl_shaping=kl_shaping,
+            FastFit(FastNoise(key=fit_key, fixed=fixed if fast_noise is None else None, per_step=fast_noise),  # per_step wins
+                    self.start(params, tokens), kl_shaping),
         )
         return loc, log_scale, fixed
 
@@ -180,8 +190,8 @@ class LocalPrograms(Programs):
         """(loss, metrics, the decoder's unclipped gradient) of the trajectory update with the fast
         loop's one eps [S, B, *event] given, from `start` (else initial_local from key)."""
         loc, log_scale, summed = fit_local_posterior(
-            lambda p: self.model(p), tokens, self.shape, self.inf, lrs, FastNoise(key=key, fixed=eps), start=start,
-            kl_shaping=shaping, params=params)
+            lambda p: self.model(p), tokens, self.shape, self.inf, lrs,
+            FastFit(FastNoise.reused(eps, key), start, shaping, train_decoder=True), params)
         loc, log_scale = jax.lax.stop_gradient(loc), jax.lax.stop_gradient(log_scale)
         n_tokens = tokens.shape[0] * (tokens.shape[1] - 1)
 

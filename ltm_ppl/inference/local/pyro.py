@@ -27,6 +27,7 @@ from ..pyro_backend import PyroBackend, frozen
 from ..pyro_elbo import elbo_terms
 from ..schedules import fast_loss_divisor, fast_lr, kl_shape
 from ...noise import ENCODER, FIXED, INIT, SLOW, FastNoise, torch_eps
+from .fast_fit import FastFit
 
 
 def initial_local(B, shape, inf_cfg, device, rows=None):
@@ -48,26 +49,27 @@ def fast_optimizer(params, inf_cfg):
     return torch.optim.SGD(params, lr=inf_cfg.fast_lr)
 
 
-def fit_local_posterior(model, tokens, shape, inf_cfg, steps: int, device, noise: FastNoise = FastNoise(), observe_step=None,
-                        start=None, kl_shaping=None, compiled=None, train_decoder=False):
+def fit_local_posterior(model, tokens, shape, inf_cfg, steps: int, device, fit: FastFit = FastFit()):
     """Fit (loc, log_scale) of shape [B, *shape] by `steps` fast steps; model(tokens) is the joint.
 
     Minimises the negative ELBO summed over sequences (each sequence's parameters see only their
     own term), per predicted token or summed over tokens too (inf_cfg.fast_loss,
-    schedules.fast_loss_divisor). Starts at `start` = (loc, log_scale) when given, else at
+    schedules.fast_loss_divisor). Starts at fit.start = (loc, log_scale) when given, else at
     initial_local (inf_cfg.init). The steps move (loc, log sigma), or (loc, log variance) with
     inf_cfg.scale_param = "log_variance" (the published loop). With inf_cfg.fixed_noise one eps is
     drawn (after the start) and reused (the published reference's mode, for comparison only); it
-    is returned for the final number. noise (noise.FastNoise) gives each step's eps: per_step
+    is returned for the final number. fit.noise (noise.FastNoise) gives each step's eps: per_step
     [steps, S, B, *shape] (parity tests); else its key (noise.Rows) keys each step's eps by (seed,
     iteration, step, global row), so it does not depend on the worker count, and the published
     start and the fixed eps too; else the torch stream. Its `fixed` is the JAX loop's only.
-    kl_shaping = (beta, free bits) replaces the KL term by shaped_kl's (training iterations
-    only, never a reported bound). compiled (a CompiledFastStep, `--compile` on the LTM) runs the
-    same steps as one compiled function each (compiled_fast_step.py); eps never left to Pyro then.
-    train_decoder: every step's backward pass also reaches the decoder's weights, whose .grad
-    accumulate over the steps (the published trajectory update; the caller zeroes them first).
+    fit.kl_shaping = (beta, free bits) replaces the KL term by shaped_kl's (training iterations
+    only, never a reported bound). fit.compiled (a CompiledFastStep, `--compile` on the LTM) runs
+    the same steps as one compiled function each (compiled_fast_step.py); eps never left to Pyro
+    then. fit.train_decoder: every step's backward pass also reaches the decoder's weights, whose
+    .grad accumulate over the steps (the published trajectory update; the caller zeroes them first).
+    fit.observe_step(t) is called after each step.
     """
+    noise, start, kl_shaping, observe_step = fit.noise, fit.start, fit.kl_shaping, fit.observe_step
     if noise.fixed is not None:
         raise ValueError("the torch fast loop draws its fixed eps itself (inference.fixed_noise): give FastNoise no `fixed`")
     rows, fast_noise = noise.key, noise.per_step
@@ -88,13 +90,13 @@ def fit_local_posterior(model, tokens, shape, inf_cfg, steps: int, device, noise
             step_eps = torch_eps(rows, t, B, shape, S, device)
         return step_eps
 
-    if compiled is not None:
+    if fit.compiled is not None:
         def noise_of(t):  # the eager loop's eps of step t, drawn here where Pyro would draw it
             step_eps = given_eps(t)
             return torch.randn((S, B, *shape), device=device) if step_eps is None else step_eps
 
-        loc, scale_param = compiled.fit(tokens, loc.detach(), scale_param.detach(), steps, inf_cfg, noise_of,
-                                        observe_step, kl_shaping)
+        loc, scale_param = fit.compiled.fit(tokens, loc.detach(), scale_param.detach(), steps, inf_cfg, noise_of,
+                                            observe_step, kl_shaping)
         return loc, scale_param / factor, eps
     opt = fast_optimizer([loc, scale_param], inf_cfg)
     for t in range(steps):
@@ -109,7 +111,7 @@ def fit_local_posterior(model, tokens, shape, inf_cfg, steps: int, device, noise
         if kl_shaping is not None:
             kl = shaped_kl(loc, log_scale, *kl_shaping, torch)
         loss = -(loglik.mean(0) - kl).sum() / fast_loss_divisor(inf_cfg, tokens.shape[-1])
-        if train_decoder:  # the weights' .grad accumulate step after step
+        if fit.train_decoder:  # the weights' .grad accumulate step after step
             loc.grad = scale_param.grad = None
             loss.backward()
         else:
@@ -156,16 +158,16 @@ class PyroLocal(PyroBackend):
             fast_noise = torch.as_tensor(fast_noise, dtype=torch.float32, device=self.device)
         # No argument validation in the hot loop: a diverged decoder then yields a non-finite loss
         # that the trainer reports (naming the iteration) instead of a ValueError deep in Pyro.
-        fit = functools.partial(
-            fit_local_posterior, self.model, tokens, self.latent_shape, self.cfg.inference, steps, self.device,
-            FastNoise(key=rows if rows is not None else self.noise_rows, per_step=fast_noise), observe_step,
-            start=self.start(tokens), kl_shaping=kl_shaping)
+        key = rows if rows is not None else self.noise_rows
+        how = FastFit(FastNoise(key=key, per_step=fast_noise), self.start(tokens), kl_shaping, observe_step=observe_step)
+        fit = functools.partial(fit_local_posterior, self.model, tokens, self.latent_shape, self.cfg.inference, steps,
+                                self.device)
         with frozen(self.decoder), pyro.validation_enabled(False):
             compiled = self.compiled_fast_step
             if compiled is None:
-                return fit()
+                return fit(how)
             try:
-                return fit(compiled=compiled)
+                return fit(dataclasses.replace(how, compiled=compiled))
             except torch._dynamo.exc.TorchDynamoException as err:
                 if compiled.captured:  # it compiled and ran before: a real error, not a capture limit
                     raise
@@ -174,7 +176,7 @@ class PyroLocal(PyroBackend):
                 print(f"warning: the whole fast step did not compile ({type(err).__name__}); "
                       "--compile compiles the decoder only", file=sys.stderr)
                 self.compile_fast_step = False
-                return fit()
+                return fit(how)
 
     def trajectory_step(self, tokens, rows, shaping) -> dict:
         """train.slow_gradient "trajectory", the published update: the fast loop with one eps and the
@@ -185,8 +187,8 @@ class PyroLocal(PyroBackend):
         self.optimizer.zero_grad(set_to_none=True)
         with pyro.validation_enabled(False):
             loc, log_scale, eps = fit_local_posterior(
-                self.model, tokens, self.latent_shape, inf, inf.steps, self.device, FastNoise(key=rows), kl_shaping=shaping,
-                train_decoder=True)
+                self.model, tokens, self.latent_shape, inf, inf.steps, self.device,
+                FastFit(FastNoise.fresh(rows), kl_shaping=shaping, train_decoder=True))
         loglik, kl = self.gaussian_elbo(tokens, loc, log_scale, eps.shape[0], eps)
         n_tokens = tokens.shape[0] * (tokens.shape[1] - 1)
         nll = -loglik.mean(0).sum() / n_tokens  # the published last_loss: mean cross-entropy at z

@@ -29,24 +29,30 @@ from ...config import ModelConfig
 
 
 # ----- parameters ------------------------------------------------------------------------------
+def cross_attention_shapes(name: str, d: int) -> dict[str, tuple[int, ...]]:
+    """A cross-attention's norm and projections, in torch's order: the decoder's `cross` (to z)
+    and the encoder's `pool` (its queries to the tokens)."""
+    return {f"{name}_norm.weight": (d,), f"{name}.q.weight": (d, d), f"{name}.kv.weight": (2 * d, d),
+            f"{name}.o.weight": (d, d)}
+
+
+def layer_shapes(prefix: str, d: int, hidden: int, cross: bool) -> dict[str, tuple[int, ...]]:
+    """One layer's parameters under `prefix`, in torch's order: self-attention, cross-attention to z
+    (the decoder of a latent model), SwiGLU MLP. The encoder's layers are the decoder's without cross."""
+    shapes = {"attn_norm.weight": (d,), "attn.qkv.weight": (3 * d, d), "attn.o.weight": (d, d)}
+    if cross:
+        shapes |= cross_attention_shapes("cross", d)
+    shapes |= {"mlp_norm.weight": (d,), "mlp.gate.weight": (hidden, d), "mlp.up.weight": (hidden, d),
+               "mlp.down.weight": (d, hidden)}
+    return {prefix + name: shape for name, shape in shapes.items()}
+
+
 def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Canonical names and shapes, in the order of the torch Decoder's state_dict."""
     d, h = cfg.d_model, cfg.hidden
     shapes = {"tok_emb.weight": (cfg.vocab_size, d)}
     for i in range(cfg.n_layer):
-        p = f"layers.{i}."
-        shapes[p + "attn_norm.weight"] = (d,)
-        shapes[p + "attn.qkv.weight"] = (3 * d, d)
-        shapes[p + "attn.o.weight"] = (d, d)
-        if cfg.latent:
-            shapes[p + "cross_norm.weight"] = (d,)
-            shapes[p + "cross.q.weight"] = (d, d)
-            shapes[p + "cross.kv.weight"] = (2 * d, d)
-            shapes[p + "cross.o.weight"] = (d, d)
-        shapes[p + "mlp_norm.weight"] = (d,)
-        shapes[p + "mlp.gate.weight"] = (h, d)
-        shapes[p + "mlp.up.weight"] = (h, d)
-        shapes[p + "mlp.down.weight"] = (d, h)
+        shapes |= layer_shapes(f"layers.{i}.", d, h, cross=cfg.latent)
     shapes["final_norm.weight"] = (d,)
     return shapes
 

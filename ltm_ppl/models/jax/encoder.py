@@ -16,7 +16,8 @@ import jax
 import jax.numpy as jnp
 
 from ...config import ModelConfig
-from .decoder import apply_rope, attention_block, latent_positions, linear, mlp_block, rms_norm, rope_tables
+from .decoder import (apply_rope, attention_block, cross_attention_shapes, latent_positions, layer_shapes, linear, mlp_block,
+                      rms_norm, rope_tables)
 
 PREFIX = "encoder."
 
@@ -27,18 +28,8 @@ def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     d, h = cfg.d_model, cfg.hidden
     shapes = {"queries": (cfg.n_z, d), "tok_emb.weight": (cfg.vocab_size, d)}
     for i in range(cfg.encoder_layers):
-        p = f"layers.{i}."
-        shapes[p + "attn_norm.weight"] = (d,)
-        shapes[p + "attn.qkv.weight"] = (3 * d, d)
-        shapes[p + "attn.o.weight"] = (d, d)
-        shapes[p + "mlp_norm.weight"] = (d,)
-        shapes[p + "mlp.gate.weight"] = (h, d)
-        shapes[p + "mlp.up.weight"] = (h, d)
-        shapes[p + "mlp.down.weight"] = (d, h)
-    shapes["pool_norm.weight"] = (d,)
-    shapes["pool.q.weight"] = (d, d)
-    shapes["pool.kv.weight"] = (2 * d, d)
-    shapes["pool.o.weight"] = (d, d)
+        shapes |= layer_shapes(f"layers.{i}.", d, h, cross=False)
+    shapes |= cross_attention_shapes("pool", d)
     shapes["out_norm.weight"] = (d,)
     shapes["head.weight"] = (2 * d, d)
     return {PREFIX + name: shape for name, shape in shapes.items()}
