@@ -148,7 +148,7 @@ def train(cfg: ModelConfig, t: TrainConfig, train_stream: np.ndarray, n_labels: 
     decoder, embedding = build(cfg, t.seed, n_labels)
     opt = optimizer(decoder, embedding, t)
     params = list(decoder.parameters()) + ([] if embedding is None else [embedding.weight])
-    start, losses = time.perf_counter(), []
+    start, losses, norms = time.perf_counter(), [], []
     for it in range(t.iters):
         tokens, label, _ = window_labels(train_batch(train_stream, cfg.block_size, t.batch_size, t.seed, it))
         tokens = torch.from_numpy(tokens)
@@ -159,11 +159,13 @@ def train(cfg: ModelConfig, t: TrainConfig, train_stream: np.ndarray, n_labels: 
         ll = loglik(decoder, embedding, tokens, torch.from_numpy(label) if embedding is not None else None)
         loss = -ll.sum() / (tokens.shape[0] * (tokens.shape[1] - 1))
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, t.grad_clip or float("inf"))
+        norms.append(float(torch.nn.utils.clip_grad_norm_(params, t.grad_clip or float("inf"))))
         opt.step()
         losses.append(float(loss.detach()))
     return {"decoder": decoder, "embedding": embedding, "seconds": time.perf_counter() - start,
-            "final_train_loss": float(np.mean(losses[-10:])) if losses else None}
+            "final_train_loss": float(np.mean(losses[-10:])) if losses else None,
+            "grad_norm_median": float(np.median(norms)) if norms else None,
+            "clipped_share": float(np.mean(np.array(norms) > t.grad_clip)) if norms and t.grad_clip else 0.0}
 
 
 def evaluate(decoder, embedding, val_stream: np.ndarray, block: int, max_windows: int | None, n_labels: int,
@@ -228,6 +230,8 @@ def run_seed(model: ModelConfig, t: TrainConfig, streams: dict, n_labels: int, m
                             "mean_entropy_nats": float(entropy.mean())},
         "train_seconds": {"probe": probe["seconds"], "twin": twin["seconds"]},
         "final_train_loss": {"probe": probe["final_train_loss"], "twin": twin["final_train_loss"]},
+        "grad_norm_median": {"probe": probe["grad_norm_median"], "twin": twin["grad_norm_median"]},
+        "clipped_share": {"probe": probe["clipped_share"], "twin": twin["clipped_share"]},
         "eval_seconds": eval_seconds,
         "per_window": {"label": p["label"].tolist(), "probe_loglik_per_label": per_label.tolist(),
                        "probe_mixture_nll": mixture_nll.tolist(), "probe_true_label_nll": true_nll.tolist(),
