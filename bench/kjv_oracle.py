@@ -197,6 +197,33 @@ def mixture_loglik(per_label: np.ndarray) -> np.ndarray:
     return (top[:, 0] + np.log(np.exp(per_label - top).sum(axis=1))) - math.log(per_label.shape[1])
 
 
+def unigram_probe(streams: dict, n_labels: int, vocab: int, block: int, max_windows: int | None) -> dict:
+    """The probe with no context at all: add-one unigrams of the train split (as
+    evaluate.unigram_bound), one for the whole split and one per book, on the val windows'
+    predicted tokens: the global unigram, the book's unigram at the true book, and the exact
+    mixture of the 66 book unigrams (log (1/K) sum_l prod_t p_l(x_t)), in nats/token."""
+    train = streams["train"]
+    counts = np.ones((n_labels, vocab))
+    np.add.at(counts, (train[:, 1], train[:, 0]), 1.0)
+    log_book = np.log(counts / counts.sum(axis=1, keepdims=True))
+    total = counts.sum(axis=0) - (n_labels - 1)  # the global counts plus one, not plus K
+    log_all = np.log(total / total.sum())
+    n = num_windows(len(streams["val"]), block)
+    if max_windows is not None:
+        n = min(n, max_windows)
+    tokens, label, _ = window_labels(windows(streams["val"], range(n), block))
+    predicted = tokens[:, 1:]
+    per_label = log_book[:, predicted].sum(axis=2).T  # [W, K]
+    mixture = mixture_loglik(per_label)
+    true = per_label[np.arange(n), label]
+    glob = log_all[predicted].sum(axis=1)
+    count = n * block
+    return {"windows": int(n), "global": float(-glob.sum() / count), "book_true_label": float(-true.sum() / count),
+            "book_mixture": float(-mixture.sum() / count),
+            "book_mixture_minus_global": paired_difference(-glob, -mixture, block),
+            "top1_is_true_book": float((per_label.argmax(axis=1) == label).mean())}
+
+
 # ----- one seed, and the whole bench --------------------------------------------------------------
 def run_seed(model: ModelConfig, t: TrainConfig, streams: dict, n_labels: int, max_windows: int | None) -> dict:
     n = model.block_size
@@ -248,6 +275,7 @@ def run(model: ModelConfig, t: TrainConfig, seeds, tokenizer_spec: str = "bpe:10
     chapters = kjv_chapters()
     books, streams = labelled_streams(tokenizer, chapters)
     model = dataclasses.replace(model, vocab_size=tokenizer.vocab_size)
+    unigram = unigram_probe(streams, len(books), tokenizer.vocab_size, model.block_size, max_windows)
     results = []
     for seed in seeds:
         r = run_seed(model, dataclasses.replace(t, seed=seed), streams, len(books), max_windows)
@@ -268,9 +296,10 @@ def run(model: ModelConfig, t: TrainConfig, seeds, tokenizer_spec: str = "bpe:10
         "seeds": list(seeds),
         "probe": "the twin's decoder (same initial weights) + zero-initialised cross-attention on a learned N(0,1)-initialised embedding [n_z, d_model] of the window's book (not weight-decayed)",
         "twin": "the same decoder without cross-attention (model.latent = false)",
+        "unigram": unigram,
         "results": results,
     }
-    if len(results) > 1:
+    if len(results) > 1:  # (with no seed: the unigram probe alone)
         d = np.array([r["probe_mixture_minus_twin"]["nats_per_token"] for r in results])
         record["over_seeds"] = {key: float(np.mean([r["nats_per_token"][key] for r in results]))
                                 for key in results[0]["nats_per_token"]}
@@ -282,7 +311,7 @@ def run(model: ModelConfig, t: TrainConfig, seeds, tokenizer_spec: str = "bpe:10
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--window", type=int, default=8, help="self-attention window W of both models (0: full)")
-    ap.add_argument("--seeds", default="0", help="comma-separated seeds: one probe and one twin each")
+    ap.add_argument("--seeds", default="0", help="comma-separated seeds: one probe and one twin each (\"\": the unigram probe alone)")
     ap.add_argument("--iters", type=int, default=300)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--d-model", type=int, default=64)
@@ -299,7 +328,8 @@ def main(argv=None):
                         block_size=args.block, attention_window=args.window)
     t = TrainConfig(iters=args.iters, batch_size=args.batch_size)
     start = time.perf_counter()
-    record = run(model, t, [int(s) for s in args.seeds.split(",")], args.tokenizer, args.max_val_windows, args.per_window)
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]  # --seeds "": the unigram probe alone
+    record = run(model, t, seeds, args.tokenizer, args.max_val_windows, args.per_window)
     record["wall_seconds"] = time.perf_counter() - start
     text = json.dumps(record, indent=1)
     if args.out:

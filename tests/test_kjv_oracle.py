@@ -124,3 +124,14 @@ def test_the_twin_trains_as_inference_none_does(oracle, small):
     mine = twin["decoder"].state_dict()
     for name, value in project.decoder.state_dict().items():
         assert torch.allclose(mine[name], value, atol=1e-6), name
+
+
+def test_unigram_probe_is_the_projects_unigram_and_its_book_mixture(oracle, small):
+    from ltm_ppl.evaluate import unigram_bound
+
+    books, streams, model = small
+    u = oracle.unigram_probe(streams, len(books), model.vocab_size, model.block_size, 6)
+    expected = unigram_bound(streams["train"][:, 0], streams["val"][:, 0], model.vocab_size, model.block_size, 6)
+    assert u["windows"] == 6 and u["global"] == pytest.approx(expected["nll_per_token"], rel=1e-9)
+    assert u["book_mixture"] <= u["book_true_label"] + math.log(len(books)) / model.block_size + 1e-12
+    assert u["book_mixture_minus_global"]["nats_per_token"] == pytest.approx(u["book_mixture"] - u["global"], abs=1e-9)
