@@ -11,7 +11,10 @@ which say nothing about this one), so --shots is 0 throughout.
 
 Reported per run and K: greedy exact match (Wilson 95%), pass@1 and pass@5 from 5 samples
 (bootstrap 95%), and the published protocol's any-of-5 substring row; per run its val bound and
-the corpus' true NLL (`ltm eval`). Runs already trained under --out are reused.
+the corpus' true NLL (`ltm eval`); each LTM's greedy accuracy minus the AR model's, paired over the
+same questions; and the accuracy of "copy the last pair's output", the recency heuristic. Runs
+already trained under --out are reused, and so is a model's record (--out/records/NAME.json), so
+the models can be measured by separate invocations (--only) and tabled together.
 
     OMP_NUM_THREADS=1 python bench/fewshot_functions.py --out /tmp/fewshot-study \\
         --json bench/results-cpu-fewshot-functions.json --plot docs/results/fewshot_functions.png
@@ -24,6 +27,7 @@ import platform
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ltm_ppl import api
@@ -91,7 +95,54 @@ def markdown(record: dict) -> str:
                 cells.append(f"{r['value']:.3f} [{r['low']:.2f}, {r['high']:.2f}]")
             lines.append(f"| {name} | {head} | {point['pairs']} | " + " | ".join(cells) + " |")
             head = ""
+    if record.get("recency"):
+        lines += ["", "| pairs K | copy the last pair's output | a perfect reader of the prompt |", "|---|---|---|"]
+        lines += [f"| {k} | {v:.3f} | {1.0 if int(k) else 0.125:.3f} |" for k, v in record["recency"].items()]
+    if record.get("paired_vs_none"):
+        lines += ["", "| model - none, greedy exact, paired over the same questions | pairs K | difference | 95% interval |",
+                  "|---|---|---|---|"]
+        lines += [f"| {d['model']} | {d['pairs']} | {d['difference']:+.3f} | [{d['low']:+.3f}, {d['high']:+.3f}] |"
+                  for d in record["paired_vs_none"]]
     return "\n".join(lines)
+
+
+def _greedy(jsonl: Path) -> np.ndarray:
+    """Each question's greedy verdict (1 correct) from a few-shot JSONL, in question order."""
+    rows = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    return np.array([float(r["clean"]["greedy"]["correct"]) for r in rows])
+
+
+def recency(jsonl: Path) -> float:
+    """Accuracy of answering with the last listed pair's output: the heuristic a model that only
+    copies the most recent output would follow (right whenever the asked input was listed last,
+    or its output happens to equal the last one)."""
+    hits = []
+    for line in jsonl.read_text().splitlines():
+        r = json.loads(line)
+        pairs = r["question"].split(" ")[:-1]
+        hits.append(bool(pairs) and pairs[-1].split(">")[1] == r["gold"])
+    return float(np.mean(hits))
+
+
+def paired_vs_none(out: Path, names: list[str], pairs: list[int]) -> list[dict]:
+    """Each LTM's greedy accuracy minus the AR model's on the same questions: the mean of the
+    per-question differences with a 95% t interval (the questions are shared, so pairing removes
+    their difficulty from the comparison)."""
+    from scipy import stats
+    out_rows = []
+    for name in names:
+        if name == "none":
+            continue
+        for k in pairs:
+            a, b = out / "fewshot" / f"{name}-k{k}.jsonl", out / "fewshot" / f"none-k{k}.jsonl"
+            if not (a.exists() and b.exists()):
+                continue
+            d = _greedy(a) - _greedy(b)
+            se = float(d.std(ddof=1) / np.sqrt(d.size)) if d.size > 1 else float("nan")
+            half = float(stats.t.ppf(0.975, d.size - 1)) * se
+            out_rows.append({"model": name, "pairs": k, "difference": float(d.mean()), "se": se,
+                             "low": float(d.mean()) - half, "high": float(d.mean()) + half, "questions": int(d.size)})
+    return out_rows
 
 
 def plot(record: dict, path: Path) -> None:
@@ -135,15 +186,24 @@ def main() -> None:
               "machine": platform.processor() or platform.machine(), "runs": {}}
     started = time.time()
     for name, overrides in models(args.latent_sizes).items():
+        done = out / "records" / f"{name}.json"  # a model measured before (another invocation) is reused
+        if done.exists():
+            record["runs"][name] = json.loads(done.read_text())
+            continue
         if args.only and name not in args.only:
             continue
         run_dir = trained(out / "runs" / name, overrides, args.iters)
         entry = {"overrides": overrides, "bound": bound(run_dir, args.eval_windows), "fewshot": []}
         for k in args.pairs:
             entry["fewshot"].append(measure(run_dir, k, args.test, args.samples, out / "fewshot" / f"{name}-k{k}.jsonl"))
+        entry["wall_s"] = round(time.time() - started, 1)
+        done.parent.mkdir(parents=True, exist_ok=True)
+        done.write_text(json.dumps(entry, indent=1) + "\n")
         record["runs"][name] = entry
         print(f"{name}: done ({time.time() - started:.0f} s)", flush=True)
-    record["wall_s"] = round(time.time() - started, 1)
+    record["recency"] = {k: recency(out / "fewshot" / f"none-k{k}.jsonl") for k in args.pairs
+                         if (out / "fewshot" / f"none-k{k}.jsonl").exists()}
+    record["paired_vs_none"] = paired_vs_none(out, list(record["runs"]), args.pairs)
     print(markdown(record))
     if args.json:
         Path(args.json).write_text(json.dumps(record, indent=1) + "\n")
