@@ -1,136 +1,29 @@
-"""Running a study grid (study_grid.py): each point's `ltm fit` (the library's train.fit), then its
-held-out numbers as `ltm eval` computes them (eval_runs.evaluate_run): the ELBO at every test-time step
-count with KL per window and active units, IWAE_K at each K, and the AR twin's exact NLL on the
-same windows. One table (JSON + Markdown) and plots come out of it.
+"""Running a study grid (study_grid.py): each point's `ltm fit` and its held-out numbers as `ltm eval`
+computes them (one run: study_runs.py), beside its AR twins. One table (JSON + Markdown) and plots
+come out of it.
 
 Resumable: a finished run is a file `points/<id>.json`, written atomically once its fit and
 evaluation are done; a rerun skips it, resumes a run whose fit was interrupted, and evaluates one
 whose fit finished. Every LTM number is an upper bound on the NLL (labelled so); the twin's is exact.
 
-With study.lr_grid, each model (the LTM, each twin) is fitted at every learning rate of the grid
-(runs/<id>-lr<lr>, twins under their own key), each candidate's bound on the selection windows
-(Grid.selection_windows: the val windows after the reported ones) is kept in select/<id>.json,
-and the record of points/<id>.json is the evaluation of the candidate with the lowest one.
+With study.lr_grid, each model (the LTM, each twin) gets its learning rate from study_lr.py, and
+the record of points/<id>.json is the evaluation of the candidate it chose.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from pathlib import Path
 
-import numpy as np
-
-from .data import load_corpus, num_windows, split_tokens
-from .diagnostics import collapse_from_q
 from .durable import atomic_write_text
 from .errors import LtmError
-from .evaluate import eval_batches, mean_interval, windows_bound
+from .evaluate import mean_interval
 from .inference import training_flops_per_token
 from .plots import study_plots
-from .run import METRICS, Run, is_run
-from .eval_runs import EvalSettings, evaluate_run, open_run
-from .study_grid import Grid, Point, load_grid, lr_label, twin_configs, twin_key, with_lr
-from .train import fit
-
-# The issue's rule for "latents in use": held-out KL >= 0.02 nats/token, and at least half of the
-# latent vectors above 0.5 nats each (KL of q against the prior, averaged over windows).
-IN_USE_KL_PER_TOKEN = 0.02
-IN_USE_VECTOR_NATS = 0.5
-
-
-def _write_json(path: Path, record: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(record, indent=1, default=float) + "\n")
-
-
-def train_run(cfg, run: Path, echo) -> dict:
-    """`ltm fit` of cfg into `run`, resumed if a killed study left it unfinished. Returns wall
-    seconds of this call and whether it resumed."""
-    start = time.perf_counter()
-    resumed = False
-    if is_run(run):
-        opened = Run.open(run)
-        if opened.iteration >= cfg.train.iters:
-            return {"fit_seconds": None, "resumed": False, "reused": True}
-        resumed = True
-        vocab = dataclasses.replace(cfg.model, vocab_size=opened.cfg.model.vocab_size)  # what the run was given
-        fit(dataclasses.replace(cfg, model=vocab), resume=str(run), progress=False, echo=echo)
-    else:
-        fit(cfg, out=str(run), progress=False, echo=echo)
-    return {"fit_seconds": round(time.perf_counter() - start, 1), "resumed": resumed, "reused": False}
-
-
-def training_curve(run: Path, cfg) -> list[dict]:
-    """The periodic val evaluations of fit (metrics.jsonl): iteration, training tokens, bound or NLL."""
-    curve = []
-    tokens_per_iter = cfg.train.batch_size * cfg.model.block_size
-    for line in (run / METRICS).read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if record.get("split") == "val":
-            curve.append({"iter": record["iter"], "tokens": record["iter"] * tokens_per_iter,
-                          "nll_per_token": record["nll_per_token"], "kl_per_sequence": record.get("kl_per_sequence")})
-    return curve
-
-
-def in_use(kl_per_vector, predicted_tokens: int) -> dict:
-    """The issue's rule on the KL of q per latent vector (nats, averaged over windows): held-out KL
-    >= 0.02 nats/token and at least half of the vectors above 0.5 nats."""
-    per_vector = np.asarray(kl_per_vector, np.float64)
-    kl_window = float(per_vector.sum())
-    share = float(np.mean(per_vector > IN_USE_VECTOR_NATS))
-    return {"kl_per_window": kl_window, "kl_per_token": kl_window / predicted_tokens, "kl_per_latent_vector": per_vector.tolist(),
-            "share_vectors_above_0.5": share,
-            "latents_in_use": bool(kl_window / predicted_tokens >= IN_USE_KL_PER_TOKEN and share >= 0.5)}
-
-
-def latent_use(opened, windows: int, steps: int, batch_size: int, seed: int) -> dict:
-    """KL of q (fitted by `steps` fast steps) per window and per latent vector, active units and
-    the issue's "in use" rule, over the first `windows` val windows."""
-    cfg = opened.cfg
-    tokens = split_tokens(load_corpus(cfg.data.data), "val", opened.tokenizer)
-    locs, scales = [], []
-    with opened.inference.rng_scope(seed):
-        for batch in eval_batches(tokens, cfg.model.block_size, batch_size, windows):
-            post = opened.inference.posterior(batch, steps, 1)
-            locs.append(np.asarray(post["loc"]))
-            scales.append(np.asarray(post["log_scale"]))
-    report = collapse_from_q(np.concatenate(locs), np.concatenate(scales))
-    return in_use(report["kl_per_latent_vector"], cfg.model.block_size) | {
-        "active_units": report["active_units"], "num_units": report["num_units"]}
-
-
-def evaluate_ltm(run: Path, grid: Grid, seed: int) -> tuple[list[dict], dict | None]:
-    """Rows of one LTM run: an ELBO row per test-time T (KL per window, active units beside it) and
-    an IWAE_K row per (T, K); and the corpus' exact answers on those windows (None: no law)."""
-    opened = open_run(run)
-    batch = grid.batch_size or opened.cfg.train.batch_size
-    W = grid.eval_windows
-    rows, truth = [], None
-    for T in grid.eval_steps:
-        rec = evaluate_run(opened, EvalSettings("val", None, [T], 1, "elbo", False, batch, W, seed), with_truth=not rows)
-        truth = truth or rec.truth  # the same windows every time: computed once
-        rows.append({"bound": "elbo", "steps": T, "samples": 1, "nll_per_token": rec.headline["nll_per_token"],
-                     "kl_per_sequence": rec.headline["kl_per_sequence"], "num_tokens": rec.headline["num_tokens"],
-                     "label": "upper bound on NLL (ELBO, analytic KL, fresh noise)"} | latent_use(opened, W, T, batch, seed))
-    for T in grid.iwae_steps or grid.eval_steps:
-        for K in grid.iwae_samples:
-            rec = evaluate_run(opened, EvalSettings("val", None, [T], K, "iwae", False, batch, W, seed), with_truth=False)
-            rows.append({"bound": "iwae", "steps": T, "samples": K, "nll_per_token": rec.headline["nll_per_token"],
-                         "sampled_elbo_nll_per_token": rec.headline["sampled_elbo_nll_per_token"], "num_tokens": rec.headline["num_tokens"],
-                         "label": f"upper bound on NLL (IWAE_{K})"})
-    return rows, truth
-
-
-def evaluate_twin(run: Path, grid: Grid, seed: int) -> tuple[list[dict], dict | None]:
-    opened = open_run(run)
-    rec = evaluate_run(opened, EvalSettings("val", None, None, 1, "elbo", False,
-                                            grid.batch_size or opened.cfg.train.batch_size, grid.eval_windows, seed))
-    return [{"bound": "exact", "steps": None, "samples": None, "nll_per_token": rec.headline["nll_per_token"],
-             "num_tokens": rec.headline["num_tokens"], "label": "exact NLL (no latent)"}], rec.truth
+from .run import Run
+from .study_grid import Grid, Point, load_grid, twin_configs, twin_key
+from .study_lr import select_lr, selection_markdown
+from .study_runs import evaluate_ltm, evaluate_twin, train_run, training_curve, write_json
 
 
 def _describe(cfg) -> dict:
@@ -142,72 +35,6 @@ def _describe(cfg) -> dict:
             "batch_size": t.batch_size, "train_tokens": tokens, "flops_per_token": fpt, "train_flops": fpt * tokens,
             "method": cfg.inference.method, "train_steps": cfg.inference.steps if m.latent else None,
             "init": cfg.inference.init if m.latent else None, "fast_lr": cfg.inference.fast_lr if m.latent else None}
-
-
-def selection_tokens(tokens, block_size: int, windows: range) -> np.ndarray:
-    """The tokens of exactly `windows` (window i is tokens[i * block : i * block + block + 1]):
-    window 0 of the result is window windows.start of the split. The first token is the last one
-    the window before predicts; it is only context here, so no predicted token is shared."""
-    if num_windows(len(tokens), block_size) < windows.stop:
-        raise LtmError(f"the learning-rate selection needs val windows {windows.start}..{windows.stop - 1} (after the "
-                       f"{windows.start} reported), but the val split has {num_windows(len(tokens), block_size)} of "
-                       f"{block_size} tokens; lower study.select_windows or study.eval_windows")
-    return np.asarray(tokens[windows.start * block_size: windows.stop * block_size + 1])
-
-
-def selection_bound(run: Path, grid: Grid, seed: int) -> dict:
-    """A candidate's number on the selection windows: the LTM's ELBO (1 draw, fresh noise) at the
-    largest test-time T of eval_steps, the twin's exact NLL."""
-    opened = open_run(run)
-    cfg = opened.cfg
-    windows = grid.selection_windows()
-    tokens = selection_tokens(split_tokens(load_corpus(cfg.data.data), "val", opened.tokenizer), cfg.model.block_size, windows)
-    steps = max(grid.eval_steps)
-    row = windows_bound(opened.inference, tokens, steps, 1, grid.batch_size or cfg.train.batch_size, len(windows),
-                        seed=seed, kind="elbo")
-    return {"nll_per_token": row["nll_per_token"], "num_tokens": row["num_tokens"], "steps": steps if cfg.model.latent else None,
-            "windows": [windows.start, windows.stop]}
-
-
-def choose_lr(candidates: list[dict]) -> dict:
-    """The candidate with the lowest selection number (ties: the first in grid order); candidates
-    whose fit or bound diverged (select None) are never chosen."""
-    finite = [c for c in candidates if c["select"] is not None]
-    if not finite:
-        raise LtmError("every learning rate of study.lr_grid diverged: "
-                       + "; ".join(f"{c['id']} (lr {c['lr']:g}): {c['failed']}" for c in candidates))
-    return min(finite, key=lambda c: c["select"]["nll_per_token"])
-
-
-def select_lr(run_id: str, cfg, kind: str, out: Path, grid: Grid, echo) -> tuple[dict, dict]:
-    """Fits cfg at every lr of the grid (reusing finished candidates), bounds each on the selection
-    windows, and returns (the chosen candidate, the selection record for the table)."""
-    candidates = []
-    for lr in grid.lr_grid:
-        trial = with_lr(cfg, lr)
-        cid = f"{run_id}-{lr_label(lr)}" if kind == "ltm" else twin_key(trial)
-        done = out / "select" / f"{cid}.json"
-        if done.exists():
-            candidates.append(json.loads(done.read_text()))
-            continue
-        run = out / "runs" / cid
-        echo(f"study: {cid}: fit ({kind}, lr {lr:g})")
-        record = {"id": cid, "lr": lr, "run": str(run), "select": None, "failed": None}
-        try:
-            record |= train_run(trial, run, lambda s: None)
-            echo(f"study: {cid}: selection bound")
-            record["select"] = selection_bound(run, grid, trial.train.seed)
-        except LtmError as exc:
-            if "finite" not in str(exc):  # a diverged candidate is a result; anything else is an error
-                raise
-            record["failed"] = str(exc)
-        _write_json(done, record)
-        candidates.append(record)
-    chosen = choose_lr(candidates)
-    return chosen, {"lr_grid": grid.lr_grid, "lr": chosen["lr"], "chosen": chosen["id"],
-                    "windows": chosen["select"]["windows"], "select_nll_per_token": chosen["select"]["nll_per_token"],
-                    "candidates": [{"lr": c["lr"], "id": c["id"], "select_nll_per_token": (c["select"] or {}).get("nll_per_token"),
-                                    "failed": c["failed"]} for c in candidates]}
 
 
 def run_one(run_id: str, cfg, kind: str, out: Path, grid: Grid, echo, extra: dict) -> dict:
@@ -241,7 +68,7 @@ def run_one(run_id: str, cfg, kind: str, out: Path, grid: Grid, echo, extra: dic
               "curve": training_curve(run, cfg), "rows": rows, "truth": truth,
               "versions": stored.get("versions"), "git_revision": stored.get("git_revision"),
               "config": cfg.to_dict()}
-    _write_json(done, record)
+    write_json(done, record)
     return record
 
 
@@ -331,32 +158,6 @@ def table_rows(ltm: list[dict], twins: dict[str, dict]) -> list[dict]:
                              "ar_lr": same["lr_selection"]["lr"] if same else None,
                              "ar_select_nll": same["lr_selection"]["select_nll_per_token"] if same else None}
     return rows
-
-
-def selection_markdown(ltm: list[dict], twins: dict[str, dict]) -> list[str]:
-    """Every candidate learning rate of every model with its selection number; * the chosen one."""
-    records = []
-    for rec in ltm:
-        records.append((f"{rec['point']} s{rec['seed']}", "LTM", rec))
-        records += [(f"{rec['point']} s{rec['seed']}", f"AR {t['twin']}", twins[t["id"]]) for t in rec["twins"] if t["id"] in twins]
-    records = [r for r in records if r[2].get("lr_selection")]
-    if not records:
-        return []
-    lrs = records[0][2]["lr_selection"]["lr_grid"]
-    first = records[0][2]["lr_selection"]
-    head = ["point", "model"] + [f"lr {lr:g}" for lr in lrs] + ["chosen lr"]
-    lines = ["", f"Learning rate, chosen per model by its number on val windows {first['windows'][0]}..{first['windows'][1] - 1} "
-             f"(the selection windows, after the reported 0..{first['windows'][0] - 1}: the LTM's ELBO at the largest T, "
-             "the twin's exact NLL; * chosen, diverged: its fit or bound was not finite):",
-             "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for where, model, rec in records:
-        sel = rec["lr_selection"]
-        cells = [where, model]
-        for c in sel["candidates"]:
-            cells.append("diverged" if c["select_nll_per_token"] is None else
-                         _f(c["select_nll_per_token"]) + ("*" if c["id"] == sel["chosen"] else ""))
-        lines.append("| " + " | ".join(cells + [f"{sel['lr']:g}"]) + " |")
-    return lines
 
 
 def seed_statistics(rows: list[dict]) -> list[dict]:
@@ -454,7 +255,7 @@ def write_tables(grid: Grid, out: Path) -> dict:
     summary = {"out": str(out), "points_done": len(ltm), "points_total": sum(len(p.seeds) for p in grid.points),
                "rows": rows, "seed_statistics": seed_statistics(rows), "twins": list(twins.values()), "ltm": ltm}
     summary["plots"] = study_plots(ltm, twins, rows, out) if ltm else []
-    _write_json(out / "study.json", summary)
+    write_json(out / "study.json", summary)
     atomic_write_text(out / "study.md", markdown(rows, grid, selection_markdown(ltm, twins)))
     return summary
 

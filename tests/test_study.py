@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from ltm_ppl.errors import LtmError
-from ltm_ppl.study import in_use, run_study
+from ltm_ppl.study import run_study
 from ltm_ppl.study_grid import load_grid, parse_grid
+from ltm_ppl.study_runs import in_use
 
 GRID = """
 [study]

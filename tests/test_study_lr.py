@@ -10,13 +10,14 @@ import sys
 import numpy as np
 import pytest
 
-from ltm_ppl import study as study_module
+from ltm_ppl import study_lr as study_module
 from ltm_ppl.data import load_corpus, split_tokens
 from ltm_ppl.data.windows import windows
 from ltm_ppl.errors import LtmError
 from ltm_ppl.eval_runs import EvalSettings, evaluate_run, open_run
-from ltm_ppl.study import choose_lr, run_study, selection_tokens
+from ltm_ppl.study import run_study
 from ltm_ppl.study_grid import load_grid, twin_configs, twin_key, with_lr
+from ltm_ppl.study_lr import choose_lr, selection_tokens
 
 LRS = [3e-4, 3e-3, 1e-2]
 EVAL_WINDOWS, SELECT_WINDOWS = 4, 3
