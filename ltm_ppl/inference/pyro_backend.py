@@ -26,6 +26,8 @@ from ..config import RunConfig
 from ..distributed import world
 from ..errors import LtmError
 from ..models.torch.decoder import Decoder
+from ..models.torch.encoder import Encoder
+from ..models.torch.generate import generate
 from ..models.torch.program import local_guide, ltm_model
 from ..noise import EVAL, Rows, torch_eps
 from .latent_model import LatentModel
@@ -95,8 +97,6 @@ class PyroBackend:
             torch.manual_seed(cfg.train.seed)
             self.decoder = Decoder(cfg.model).to(self.device)
             if needs_encoder(cfg):
-                from ..models.torch.encoder import Encoder
-
                 self.encoder = Encoder(cfg.model).to(self.device)
             # bf16 autocast for the decoder on CUDA; weights, optimiser and log-probs stay float32.
             self.autocast = self.device.type == "cuda"
@@ -382,8 +382,6 @@ class PyroBackend:
 
     def generate(self, context: np.ndarray, z, max_new: int, temperature: float, top_k: int, **options) -> np.ndarray:
         """options: stop_id, utf8, progress of models.torch.generate.generate."""
-        from ..models.torch.generate import generate
-
         self.decoder.eval()
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
             out = generate(self.decoder, self.tensor(context), z, max_new, temperature, top_k, **options)

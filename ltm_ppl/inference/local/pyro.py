@@ -27,6 +27,7 @@ from ..pyro_backend import PyroBackend, frozen
 from ..pyro_elbo import elbo_terms
 from ..schedules import fast_loss_divisor, fast_lr, kl_shape
 from ...noise import ENCODER, FIXED, INIT, SLOW, FastNoise, torch_eps
+from .compiled_fast_step import CompiledFastStep
 from .fast_fit import FastFit
 
 
@@ -135,8 +136,6 @@ class PyroLocal(PyroBackend):
         if not (self.cfg.train.compile and self.compile_fast_step and self.injected is None and self.cfg.model.latent):
             return None
         if self._compiled_step is None:
-            from .compiled_fast_step import CompiledFastStep
-
             inf = self.cfg.inference
             self._compiled_step = CompiledFastStep(self.decoder, self.autocast, inf.optimizer,
                                                    2.0 if inf.scale_param == "log_variance" else 1.0,
