@@ -3,22 +3,18 @@ each LTM's greedy accuracy minus the AR model's, paired over the same questions,
 few-shot records."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import load_bench
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("fewshot_functions", ROOT / "bench" / "fewshot_functions.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("fewshot_functions")
 
 
 def write(path: Path, questions: list[tuple[str, str, bool]]) -> None:

@@ -5,27 +5,22 @@ starts as its twin, and the twin is trained exactly as `--inference none` trains
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import load_bench
 import torch
 
 from ltm_ppl.config import ModelConfig, RunConfig, TrainConfig
 from ltm_ppl.data import build_tokenizer
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = ModelConfig(n_layer=1, n_head=2, d_model=16, n_z=2, block_size=32, attention_window=4)
 
 
 @pytest.fixture(scope="module")
 def oracle():
-    spec = importlib.util.spec_from_file_location("kjv_oracle", ROOT / "bench" / "kjv_oracle.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("kjv_oracle")
 
 
 @pytest.fixture(scope="module")

@@ -4,25 +4,20 @@ tests/published_reference.zero_shot: on an imported model it is figure 3 of docs
 (the fixed-noise per-sequence figure), and its KL never falls below bench/kl_floor.py's floor."""
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import load_bench
 import torch
 from published_reference import ARGS, checkpoint_dict, published_model, zero_shot
 
 from ltm_ppl.published_checkpoint import import_checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def kl_floor_module():
-    spec = importlib.util.spec_from_file_location("kl_floor", ROOT / "bench" / "kl_floor.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("kl_floor")
 
 
 @pytest.fixture(scope="module")

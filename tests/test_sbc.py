@@ -8,20 +8,14 @@ All at a fixed seed, so a result is a fact of this code, not a coin flip each ru
 """
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
+from helpers import load_bench
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def sbc():
-    spec = importlib.util.spec_from_file_location("sbc", ROOT / "bench" / "sbc.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("sbc")
 
 
 @pytest.mark.slow
