@@ -11,7 +11,6 @@ import pytest
 from helpers import load_bench
 
 
-
 @pytest.fixture(scope="module")
 def bench():
     return load_bench("fewshot_functions")

@@ -15,7 +15,6 @@ from published_reference import ARGS, checkpoint_dict, published_model, zero_sho
 from ltm_ppl.published_checkpoint import import_checkpoint
 
 
-
 def kl_floor_module():
     return load_bench("kl_floor")
 

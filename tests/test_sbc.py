@@ -12,7 +12,6 @@ import pytest
 from helpers import load_bench
 
 
-
 @pytest.fixture(scope="module")
 def sbc():
     return load_bench("sbc")
