@@ -880,3 +880,167 @@ def test_eval_starts(monkeypatch, backend, init):
     loc, log_scale = (np.concatenate([s[i] for s in starts]) for i in range(2))
     batch = np.stack([tokens[i * obj.cfg.model.block_size : (i + 1) * obj.cfg.model.block_size + 1] for i in range(MANY)])
     check_start(obj, backend, init, batch, loc, log_scale)
+
+
+# ----- issue 25, third mutation pass (docs/mutation.md): the slow steps' remaining branches ------------
+def test_pyro_amortized_objective_without_eps_is_the_trace_elbo_at_the_guides_own_draw():
+    """amortized_objective with eps None (the encoder as the guide, Pyro drawing z itself, S
+    particles) against the shaped objective recomputed at the draw the torch stream gives: z = loc +
+    sigma eps with eps the next S x B x event standard normals; beta and free bits applied per
+    latent vector, nll per predicted token, the KL per sequence."""
+    import ltm_ppl.inference.amortized.pyro as amortized
+
+    obj, batch = training_setup("amortized", "pyro")
+    tokens = obj.tensor(batch)
+    n_tokens = B * (batch.shape[1] - 1)
+    beta, free_bits = 0.7, 1.5
+    torch.manual_seed(5)
+    with torch.no_grad():
+        objective, nll, kl = amortized.amortized_objective(obj.model, obj.encoder, tokens, S, beta, free_bits, n_tokens)
+        torch.manual_seed(5)
+        eps = torch.randn((S, B, *obj.latent_shape))
+        loc, log_scale = obj.encoder(tokens)
+        elbo = float(pyro_elbo_sum(obj.model, tokens, loc, log_scale, loc + log_scale.exp() * eps))
+    loc, log_scale = loc.double().numpy(), log_scale.double().numpy()
+    per_vector = (0.5 * (loc**2 + np.exp(2 * log_scale) - 1 - 2 * log_scale)).sum(-1)  # [B, n_z]
+    assert (per_vector < free_bits).any() and (per_vector > free_bits).any()  # the floor binds for some vectors only
+    expected_nll = -(elbo + per_vector.sum()) / n_tokens
+    assert float(nll) == pytest.approx(expected_nll, rel=RTOL)
+    assert kl.shape == (B,) and kl.numpy() == pytest.approx(per_vector.sum(-1), rel=RTOL)
+    assert float(objective) == pytest.approx(expected_nll + beta * np.maximum(per_vector, free_bits).sum() / n_tokens, rel=RTOL)
+
+
+def test_pyro_local_shaped_step_records_the_shaped_objective_and_trains_on_the_plain_gradient(monkeypatch):
+    """local with a KL warm-up and free bits (the shaped training objective, iteration 0): loss =
+    nll + beta * sum_ij max(free_bits, KL_ij) / tokens at the fitted q, beta recorded; nll and kl
+    are the plain ELBO's; the decoder's gradient is the ELBO's (the shaped KL is constant in it)."""
+    from ltm_ppl.inference.schedules import kl_weight
+
+    free_bits = 12.5  # nats per latent vector: between the smallest and the largest KL_ij of the fitted q here
+    obj, batch = training_setup("local", "pyro", kl_warmup_iters=4, free_bits=free_bits)
+    tokens = obj.tensor(batch)
+    calls = []
+    real = obj.gaussian_elbo
+
+    def recording(tokens, loc, log_scale, num_samples, noise=None):
+        calls.append((loc.detach().clone(), log_scale.detach().clone(), noise.clone()))
+        return real(tokens, loc, log_scale, num_samples, noise)
+
+    monkeypatch.setattr(obj, "gaussian_elbo", recording)
+    before = {k: v.copy() for k, v in obj.weights().items()}  # (Pyro's arrays share the tensors' memory)
+    metrics = obj.step(batch)
+    obj.load_weights(before)
+    monkeypatch.undo()
+    (loc, log_scale, noise), = calls
+    z = loc + log_scale.exp() * noise
+    n_tokens = B * (batch.shape[1] - 1)
+    with torch.no_grad():
+        elbo = float(pyro_elbo_sum(obj.model, tokens, loc, log_scale, z))
+    l64, s64 = loc.double().numpy(), log_scale.double().numpy()
+    per_vector = (0.5 * (l64**2 + np.exp(2 * s64) - 1 - 2 * s64)).sum(-1)  # [B, n_z]
+    assert (per_vector < free_bits).any() and (per_vector > free_bits).any()  # the floor binds for some vectors only
+    beta = kl_weight(0, 4)
+    assert beta == 0.25
+    nll = -(elbo + per_vector.sum()) / n_tokens
+    expected = {"loss": nll + beta * np.maximum(per_vector, free_bits).sum() / n_tokens, "nll": nll,
+                "kl": per_vector.sum(-1).mean(), "beta": beta}
+    grads = pyro_grads(obj, lambda: -pyro_elbo_sum(obj.model, tokens, loc, log_scale, z) / n_tokens)
+    check_records(obj, metrics, expected, grads, bound=False)
+
+
+def check_first_adamw_step(train_cfg, before: dict, after: dict, grads: dict, metrics: dict) -> set:
+    """Weights after the first slow step against AdamW's first step on the independent gradients:
+    torch's clip_grad_norm_, then each weight moved by lr * g / (|g| + eps) (bias-corrected moments
+    of one step) after the decoupled decay (matrices only). Returns the modules that moved."""
+    from ltm_ppl.inference.schedules import slow_lr
+
+    lr, wd = slow_lr(0, train_cfg), train_cfg.weight_decay
+    assert float(metrics["lr"]) == pytest.approx(lr) and wd > 0
+    grads = {k: np.asarray(g, np.float64) for k, g in grads.items()}
+    norm = math.sqrt(sum(float(np.sum(g**2)) for g in grads.values()))
+    assert float(metrics["grad_norm"]) == pytest.approx(norm, rel=1e-4)
+    clip = min(1.0, (train_cfg.grad_clip or math.inf) / (norm + 1e-6))  # torch's clip_grad_norm_
+    moved = set()
+    for name, w0 in before.items():
+        g = grads[name] * clip
+        w1 = w0 * (1 - lr * (wd if w0.ndim >= 2 else 0.0)) - lr * g / (np.abs(g) + 1e-8)
+        # Entries whose gradient is within float32 error of 0 may move either way: left out.
+        clear = (g == 0) | (np.abs(g) > max(1e-6 * clip, 1e-4 * np.abs(g).max()))  # (0: a token not in the batch)
+        assert clear.mean() > 0.5, name
+        np.testing.assert_allclose(after[name][clear], w1[clear], rtol=1e-6, atol=0.05 * lr, err_msg=name)
+        if np.abs(g).max() > 1e-6 * clip:
+            moved.add(name.split(".")[0])
+    return moved
+
+
+def test_pyro_semi_amortized_step_moves_every_weight_down_its_own_gradient(monkeypatch):
+    """The update of the semi-amortized slow step (not only its records): the decoder down the
+    ELBO's gradient at the refined q, the encoder down its own ELBO's at its output. AdamW's first
+    step moves each weight by lr * g / (|g| + eps) after the decoupled decay (matrices only), so the
+    direction of every gradient entry shows (the records' grad_norm cannot see a sign)."""
+
+    obj, batch = training_setup("local", "pyro", init="amortized")
+    tokens = obj.tensor(batch)
+    calls = []
+    real = obj.gaussian_elbo
+
+    def recording(tokens, loc, log_scale, num_samples, noise=None):
+        calls.append((loc.detach().clone(), log_scale.detach().clone(), noise.clone()))
+        return real(tokens, loc, log_scale, num_samples, noise)
+
+    monkeypatch.setattr(obj, "gaussian_elbo", recording)
+    before = {k: v.copy() for k, v in obj.weights().items()}
+    metrics = obj.step(batch)
+    after = {k: v.copy() for k, v in obj.weights().items()}
+    obj.load_weights(before)
+    monkeypatch.undo()
+    (loc, log_scale, noise), (_, _, enc_noise) = calls
+    n_tokens = B * (batch.shape[1] - 1)
+    names = [name for name, _ in obj.named_parameters()]
+    grads = dict(zip(names, pyro_grads(obj, lambda: -pyro_elbo_sum(obj.model, tokens, loc, log_scale,
+                                                                      loc + log_scale.exp() * noise) / n_tokens)))
+    enc_loc, enc_log_scale = obj.encoder(tokens)
+    enc_loss = -pyro_elbo_sum(obj.model, tokens, enc_loc, enc_log_scale, enc_loc + enc_log_scale.exp() * enc_noise) / n_tokens
+    encoder_names = [n for n in names if n.startswith("encoder.")]
+    for name, g in zip(encoder_names, torch.autograd.grad(enc_loss, list(obj.encoder.parameters()))):
+        grads[name] = grads[name] + g.numpy()
+    moved = check_first_adamw_step(obj.cfg.train, before, after, grads, metrics)
+    assert moved >= {"encoder"} and len(moved) > 1  # the encoder and the decoder both moved
+
+
+def test_pyro_trajectory_step_shapes_its_fast_loop_and_records_beta(monkeypatch):
+    """train.slow_gradient "trajectory" with a KL warm-up and free bits: the published update's fast
+    loop (the one whose backward passes train the decoder) minimises the shaped objective of this
+    iteration, (beta, free bits) = (1/4, 0.5) at iteration 0, and the step records beta."""
+    import ltm_ppl.inference.local.pyro as local
+
+    obj, batch = training_setup("local", "pyro", kl_warmup_iters=4, free_bits=0.5)
+    obj.cfg.train.slow_gradient = "trajectory"
+    fits = []
+    spy(monkeypatch, local, "fit_local_posterior", lambda args, kwargs, result: fits.append(args[6]))
+    metrics = obj.step(batch)
+    (fit,) = fits
+    assert fit.train_decoder and fit.kl_shaping == (0.25, 0.5)
+    assert float(metrics["beta"]) == 0.25 and float(metrics["finite"]) == 1.0
+
+
+def test_numpyro_generic_slow_step_moves_every_weight_down_the_elbos_gradient(monkeypatch):
+    """The update of NumPyro's generic slow step (Programs._variational_step, the fifth method with
+    its q moved off the prior): AdamW's first step on the gradient of -ELBO / tokens at the
+    proposal's q and the guide's draw from the step's key, with the configured learning rate."""
+    import jax
+
+    from ltm_ppl.models.jax.program import local_guide
+
+    obj, batch = training_setup("prior", "numpyro", cls=numpyro_shifted())
+    before = obj.weights()
+    metrics, params, records = numpyro_step(obj, batch, monkeypatch, {"elbo": obj.programs})
+    after = obj.weights()
+    (args, _), = records["elbo"]
+    _, _, loc, log_scale, _, _, key = args
+    tokens = obj.tensor(batch)
+    z = numpyro_guide_draws(functools.partial(local_guide, loc=loc, log_scale=log_scale), tokens, S, key)
+    n_tokens = B * (batch.shape[1] - 1)
+    model = obj.programs.model
+    grads = jax.grad(lambda p: -numpyro_elbo_sum(model(p), tokens, loc, log_scale, z) / n_tokens)(params)
+    assert check_first_adamw_step(obj.cfg.train, before, after, grads, metrics)
