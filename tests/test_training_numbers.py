@@ -1044,3 +1044,93 @@ def test_numpyro_generic_slow_step_moves_every_weight_down_the_elbos_gradient(mo
     model = obj.programs.model
     grads = jax.grad(lambda p: -numpyro_elbo_sum(model(p), tokens, loc, log_scale, z) / n_tokens)(params)
     assert check_first_adamw_step(obj.cfg.train, before, after, grads, metrics)
+
+
+@pytest.mark.parametrize("bad", ["gradient", "loss", "none"])
+def test_numpyro_update_is_kept_only_when_the_loss_and_every_gradient_are_finite(bad):
+    """Programs.update (every NumPyro slow step's last act): one NaN gradient entry with a finite
+    loss, or an infinite loss with finite gradients, leaves the parameters and the optimiser state
+    as they were and says not finite; finite both, the step moves the parameters."""
+    import jax
+    import jax.numpy as jnp
+
+    from ltm_ppl.inference import create
+
+    obj = create(tiny_cfg("none", backend="numpyro"))
+    params, state = obj.params, obj.opt_state
+    grads = jax.tree.map(lambda p: jnp.full_like(p, 0.01), params)
+    name = sorted(grads)[0]
+    if bad == "gradient":
+        grads[name] = grads[name].at[(0,) * grads[name].ndim].set(jnp.nan)
+    loss = jnp.float32(jnp.inf if bad == "loss" else 2.0)
+    new_params, new_state, out = obj.programs.update(params, state, grads, np.float32(1e-3), loss)
+    leaves = lambda tree: [np.asarray(x) for x in jax.tree.leaves(tree)]  # noqa: E731
+    same = all(np.array_equal(a, b) for a, b in zip(leaves(new_params) + leaves(new_state), leaves(params) + leaves(state)))
+    assert bool(out["finite"]) == (bad == "none") and same == (bad != "none")
+    assert np.isfinite(float(out["grad_norm"])) == (bad != "gradient")
+
+
+@pytest.mark.parametrize("max_norm,size", [(0.0, 1.0), (0.5, 1.0), (3.0, 1.0), (100.0, 1.0), (1e-5, 1e-5)])
+def test_numpyro_clip_is_torchs_clip_grad_norm(max_norm, size):
+    """numpyro_optim.clip_like_torch against torch.nn.utils.clip_grad_norm_ on the same gradients
+    (norm ~2.2 size): the returned norm is the unclipped one; the clip binds at 0.5, not at 3 or 100
+    (a scale capped above 1 would show there), and max_norm 0 (grad_clip off) leaves them as they
+    are; at a norm of ~2e-5 torch's 1e-6 in the denominator is 5 % of it (its sign shows)."""
+    import jax.numpy as jnp
+
+    from ltm_ppl.inference.numpyro_optim import clip_like_torch
+
+    rng = np.random.default_rng(7)
+    arrays = {"a": size * rng.standard_normal((3, 4)).astype(np.float32), "b": size * rng.standard_normal(5).astype(np.float32)}
+    clipped, norm = clip_like_torch({k: jnp.asarray(v) for k, v in arrays.items()}, max_norm)
+    tensors = [torch.from_numpy(v.copy()) for v in arrays.values()]
+    for t in tensors:
+        t.grad = t.clone()
+    expected_norm = torch.nn.utils.clip_grad_norm_(tensors, max_norm or math.inf)
+    assert float(norm) == pytest.approx(float(expected_norm), rel=1e-6) and 2 < float(norm) / size < 3
+    for (name, got), t in zip(clipped.items(), tensors):
+        np.testing.assert_allclose(np.asarray(got), t.grad.numpy(), rtol=1e-6, atol=0, err_msg=name)
+
+
+@pytest.mark.slow  # ~20 s: one compile of the Langevin training step with a local start
+def test_numpyro_langevin_training_step_starts_from_a_local_fit_of_inference_steps(monkeypatch):
+    """init = "local": the training step's chains start from the local q fitted by inference.steps
+    fast steps (LangevinPrograms.start is handed that count; what it returns for it is checked in
+    test_numpyro_langevin_chains_start_at_the_q_that_init_names[local])."""
+    obj, batch = training_setup("langevin", "numpyro", chains=2, init="local")
+    asked = []
+    real = obj.programs.start
+
+    def start(params, tokens, key, fit_steps):
+        asked.append(fit_steps)
+        return real(params, tokens, key, fit_steps)
+
+    monkeypatch.setattr(obj.programs, "start", start)
+    metrics = obj.step(batch)  # (traced: the spy sees the Python count)
+    assert asked == [obj.cfg.inference.steps] and asked[0] > 0 and float(metrics["finite"]) == 1.0
+
+
+@pytest.mark.slow  # ~15 s: two compiles of the amortized step
+def test_numpyro_amortized_shaped_step_records_the_shaped_objective():
+    """NumPyro amortized with a KL warm-up and free bits, iteration 0: at the same weights and key
+    as the plain step (so the same draw: its nll and kl records are the plain step's, checked by
+    test_numpyro_amortized_records_are_the_trace_elbo_of_the_encoders_q), loss = nll + beta *
+    sum_ij max(free_bits, KL_ij) / tokens with KL_ij the analytic KL of the encoder's q, beta = 1/4."""
+    import jax.numpy as jnp
+
+    from ltm_ppl.models.jax import encoder as jax_encoder
+
+    free_bits = 2.0  # nats per latent vector: between the smallest and the largest KL_ij here
+    plain, batch = training_setup("amortized", "numpyro")
+    shaped, _ = training_setup("amortized", "numpyro", kl_warmup_iters=4, free_bits=free_bits)
+    loc, log_scale = jax_encoder.encode(shaped.params, shaped.cfg.model, shaped.tensor(batch), jnp.float32)
+    loc, log_scale = np.asarray(loc, np.float64), np.asarray(log_scale, np.float64)
+    per_vector = (0.5 * (loc**2 + np.exp(2 * log_scale) - 1 - 2 * log_scale)).sum(-1)  # [B, n_z]
+    assert (per_vector < free_bits).any() and (per_vector > free_bits).any()
+    want, got = ({k: float(v) for k, v in obj.step(batch).items()} for obj in (plain, shaped))
+    n_tokens = B * (batch.shape[1] - 1)
+    assert got["beta"] == 0.25 and want["beta"] == 1.0
+    assert got["nll"] == pytest.approx(want["nll"], rel=1e-6) and got["kl"] == pytest.approx(want["kl"], rel=1e-6)
+    assert got["kl"] == pytest.approx(per_vector.sum(-1).mean(), rel=RTOL)
+    assert got["loss"] == pytest.approx(got["nll"] + 0.25 * np.maximum(per_vector, free_bits).sum() / n_tokens, rel=RTOL)
+    assert got["finite"] == 1.0 and shaped.iteration == 1
