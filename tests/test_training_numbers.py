@@ -1134,3 +1134,13 @@ def test_numpyro_amortized_shaped_step_records_the_shaped_objective():
     assert got["kl"] == pytest.approx(per_vector.sum(-1).mean(), rel=RTOL)
     assert got["loss"] == pytest.approx(got["nll"] + 0.25 * np.maximum(per_vector, free_bits).sum() / n_tokens, rel=RTOL)
     assert got["finite"] == 1.0 and shaped.iteration == 1
+
+
+@pytest.mark.slow  # 8-15 s: one compile of the Langevin step
+def test_numpyro_langevin_accept_record_of_a_one_step_iteration_is_the_kept_steps():
+    """inference.steps = 1 (no warm-up step, one kept step): the accept record is the mean
+    acceptance of the chains' kept step, a probability (that of the empty warm-up would be NaN).
+    (At the default steps the record equals the chains' own mean: the records test above.)"""
+    obj, batch = training_setup("langevin", "numpyro", chains=2, steps=1)
+    metrics = obj.step(batch)  # jit on: a zero-length warm-up scan cannot run with jit off
+    assert 0.0 <= float(metrics["accept"]) <= 1.0 and float(metrics["finite"]) == 1.0
