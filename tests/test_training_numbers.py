@@ -1144,3 +1144,24 @@ def test_numpyro_langevin_accept_record_of_a_one_step_iteration_is_the_kept_step
     obj, batch = training_setup("langevin", "numpyro", chains=2, steps=1)
     metrics = obj.step(batch)  # jit on: a zero-length warm-up scan cannot run with jit off
     assert 0.0 <= float(metrics["accept"]) <= 1.0 and float(metrics["finite"]) == 1.0
+
+
+@pytest.mark.slow  # 8-15 s: one compile of the Langevin step
+def test_numpyro_langevin_step_moves_each_weight_by_at_most_the_learning_rate():
+    """The Monte Carlo EM update itself (the records are computed before it): AdamW's first step
+    moves each weight by at most lr beyond its decoupled decay, by nearly lr where its gradient is
+    clear of 0, and leaves every weight finite."""
+    from ltm_ppl.inference.schedules import slow_lr
+
+    obj, batch = training_setup("langevin", "numpyro", chains=2)
+    before = obj.weights()
+    metrics = obj.step(batch)
+    lr, wd = slow_lr(0, obj.cfg.train), obj.cfg.train.weight_decay
+    assert float(metrics["lr"]) == pytest.approx(lr) and float(metrics["finite"]) == 1.0
+    largest = 0.0
+    for name, w1 in obj.weights().items():
+        w0 = before[name]
+        step = w1 - w0 * (1 - lr * (wd if w0.ndim >= 2 else 0.0))
+        assert np.isfinite(w1).all() and np.abs(step).max() <= lr + 2e-7, name  # (float32 rounding of w)
+        largest = max(largest, float(np.abs(step).max()))
+    assert largest > 0.9 * lr
