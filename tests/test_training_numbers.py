@@ -880,3 +880,288 @@ def test_eval_starts(monkeypatch, backend, init):
     loc, log_scale = (np.concatenate([s[i] for s in starts]) for i in range(2))
     batch = np.stack([tokens[i * obj.cfg.model.block_size : (i + 1) * obj.cfg.model.block_size + 1] for i in range(MANY)])
     check_start(obj, backend, init, batch, loc, log_scale)
+
+
+# ----- issue 25, third mutation pass (docs/mutation.md): the slow steps' remaining branches ------------
+def test_pyro_amortized_objective_without_eps_is_the_trace_elbo_at_the_guides_own_draw():
+    """amortized_objective with eps None (the encoder as the guide, Pyro drawing z itself, S
+    particles) against the shaped objective recomputed at the draw the torch stream gives: z = loc +
+    sigma eps with eps the next S x B x event standard normals; beta and free bits applied per
+    latent vector, nll per predicted token, the KL per sequence."""
+    import ltm_ppl.inference.amortized.pyro as amortized
+
+    obj, batch = training_setup("amortized", "pyro")
+    tokens = obj.tensor(batch)
+    n_tokens = B * (batch.shape[1] - 1)
+    beta, free_bits = 0.7, 1.5
+    torch.manual_seed(5)
+    with torch.no_grad():
+        objective, nll, kl = amortized.amortized_objective(obj.model, obj.encoder, tokens, S, beta, free_bits, n_tokens)
+        torch.manual_seed(5)
+        eps = torch.randn((S, B, *obj.latent_shape))
+        loc, log_scale = obj.encoder(tokens)
+        elbo = float(pyro_elbo_sum(obj.model, tokens, loc, log_scale, loc + log_scale.exp() * eps))
+    loc, log_scale = loc.double().numpy(), log_scale.double().numpy()
+    per_vector = (0.5 * (loc**2 + np.exp(2 * log_scale) - 1 - 2 * log_scale)).sum(-1)  # [B, n_z]
+    assert (per_vector < free_bits).any() and (per_vector > free_bits).any()  # the floor binds for some vectors only
+    expected_nll = -(elbo + per_vector.sum()) / n_tokens
+    assert float(nll) == pytest.approx(expected_nll, rel=RTOL)
+    assert kl.shape == (B,) and kl.numpy() == pytest.approx(per_vector.sum(-1), rel=RTOL)
+    assert float(objective) == pytest.approx(expected_nll + beta * np.maximum(per_vector, free_bits).sum() / n_tokens, rel=RTOL)
+
+
+def test_pyro_local_shaped_step_records_the_shaped_objective_and_trains_on_the_plain_gradient(monkeypatch):
+    """local with a KL warm-up and free bits (the shaped training objective, iteration 0): loss =
+    nll + beta * sum_ij max(free_bits, KL_ij) / tokens at the fitted q, beta recorded; nll and kl
+    are the plain ELBO's; the decoder's gradient is the ELBO's (the shaped KL is constant in it)."""
+    from ltm_ppl.inference.schedules import kl_weight
+
+    free_bits = 12.5  # nats per latent vector: between the smallest and the largest KL_ij of the fitted q here
+    obj, batch = training_setup("local", "pyro", kl_warmup_iters=4, free_bits=free_bits)
+    tokens = obj.tensor(batch)
+    calls = []
+    real = obj.gaussian_elbo
+
+    def recording(tokens, loc, log_scale, num_samples, noise=None):
+        calls.append((loc.detach().clone(), log_scale.detach().clone(), noise.clone()))
+        return real(tokens, loc, log_scale, num_samples, noise)
+
+    monkeypatch.setattr(obj, "gaussian_elbo", recording)
+    before = {k: v.copy() for k, v in obj.weights().items()}  # (Pyro's arrays share the tensors' memory)
+    metrics = obj.step(batch)
+    obj.load_weights(before)
+    monkeypatch.undo()
+    (loc, log_scale, noise), = calls
+    z = loc + log_scale.exp() * noise
+    n_tokens = B * (batch.shape[1] - 1)
+    with torch.no_grad():
+        elbo = float(pyro_elbo_sum(obj.model, tokens, loc, log_scale, z))
+    l64, s64 = loc.double().numpy(), log_scale.double().numpy()
+    per_vector = (0.5 * (l64**2 + np.exp(2 * s64) - 1 - 2 * s64)).sum(-1)  # [B, n_z]
+    assert (per_vector < free_bits).any() and (per_vector > free_bits).any()  # the floor binds for some vectors only
+    beta = kl_weight(0, 4)
+    assert beta == 0.25
+    nll = -(elbo + per_vector.sum()) / n_tokens
+    expected = {"loss": nll + beta * np.maximum(per_vector, free_bits).sum() / n_tokens, "nll": nll,
+                "kl": per_vector.sum(-1).mean(), "beta": beta}
+    grads = pyro_grads(obj, lambda: -pyro_elbo_sum(obj.model, tokens, loc, log_scale, z) / n_tokens)
+    check_records(obj, metrics, expected, grads, bound=False)
+
+
+def check_first_adamw_step(train_cfg, before: dict, after: dict, grads: dict, metrics: dict) -> set:
+    """Weights after the first slow step against AdamW's first step on the independent gradients:
+    torch's clip_grad_norm_, then each weight moved by lr * g / (|g| + eps) (bias-corrected moments
+    of one step) after the decoupled decay (matrices only). Returns the modules that moved."""
+    from ltm_ppl.inference.schedules import slow_lr
+
+    lr, wd = slow_lr(0, train_cfg), train_cfg.weight_decay
+    assert float(metrics["lr"]) == pytest.approx(lr) and wd > 0
+    grads = {k: np.asarray(g, np.float64) for k, g in grads.items()}
+    norm = math.sqrt(sum(float(np.sum(g**2)) for g in grads.values()))
+    assert float(metrics["grad_norm"]) == pytest.approx(norm, rel=1e-4)
+    clip = min(1.0, (train_cfg.grad_clip or math.inf) / (norm + 1e-6))  # torch's clip_grad_norm_
+    moved = set()
+    for name, w0 in before.items():
+        g = grads[name] * clip
+        w1 = w0 * (1 - lr * (wd if w0.ndim >= 2 else 0.0)) - lr * g / (np.abs(g) + 1e-8)
+        # Entries whose gradient is within float32 error of 0 may move either way: left out.
+        clear = (g == 0) | (np.abs(g) > max(1e-6 * clip, 1e-4 * np.abs(g).max()))  # (0: a token not in the batch)
+        assert clear.mean() > 0.5, name
+        np.testing.assert_allclose(after[name][clear], w1[clear], rtol=1e-6, atol=0.05 * lr, err_msg=name)
+        if np.abs(g).max() > 1e-6 * clip:
+            moved.add(name.split(".")[0])
+    return moved
+
+
+def test_pyro_semi_amortized_step_moves_every_weight_down_its_own_gradient(monkeypatch):
+    """The update of the semi-amortized slow step (not only its records): the decoder down the
+    ELBO's gradient at the refined q, the encoder down its own ELBO's at its output. AdamW's first
+    step moves each weight by lr * g / (|g| + eps) after the decoupled decay (matrices only), so the
+    direction of every gradient entry shows (the records' grad_norm cannot see a sign)."""
+
+    obj, batch = training_setup("local", "pyro", init="amortized")
+    tokens = obj.tensor(batch)
+    calls = []
+    real = obj.gaussian_elbo
+
+    def recording(tokens, loc, log_scale, num_samples, noise=None):
+        calls.append((loc.detach().clone(), log_scale.detach().clone(), noise.clone()))
+        return real(tokens, loc, log_scale, num_samples, noise)
+
+    monkeypatch.setattr(obj, "gaussian_elbo", recording)
+    before = {k: v.copy() for k, v in obj.weights().items()}
+    metrics = obj.step(batch)
+    after = {k: v.copy() for k, v in obj.weights().items()}
+    obj.load_weights(before)
+    monkeypatch.undo()
+    (loc, log_scale, noise), (_, _, enc_noise) = calls
+    n_tokens = B * (batch.shape[1] - 1)
+    names = [name for name, _ in obj.named_parameters()]
+    grads = dict(zip(names, pyro_grads(obj, lambda: -pyro_elbo_sum(obj.model, tokens, loc, log_scale,
+                                                                      loc + log_scale.exp() * noise) / n_tokens)))
+    enc_loc, enc_log_scale = obj.encoder(tokens)
+    enc_loss = -pyro_elbo_sum(obj.model, tokens, enc_loc, enc_log_scale, enc_loc + enc_log_scale.exp() * enc_noise) / n_tokens
+    encoder_names = [n for n in names if n.startswith("encoder.")]
+    for name, g in zip(encoder_names, torch.autograd.grad(enc_loss, list(obj.encoder.parameters()))):
+        grads[name] = grads[name] + g.numpy()
+    moved = check_first_adamw_step(obj.cfg.train, before, after, grads, metrics)
+    assert moved >= {"encoder"} and len(moved) > 1  # the encoder and the decoder both moved
+
+
+def test_pyro_trajectory_step_shapes_its_fast_loop_and_records_beta(monkeypatch):
+    """train.slow_gradient "trajectory" with a KL warm-up and free bits: the published update's fast
+    loop (the one whose backward passes train the decoder) minimises the shaped objective of this
+    iteration, (beta, free bits) = (1/4, 0.5) at iteration 0, and the step records beta."""
+    import ltm_ppl.inference.local.pyro as local
+
+    obj, batch = training_setup("local", "pyro", kl_warmup_iters=4, free_bits=0.5)
+    obj.cfg.train.slow_gradient = "trajectory"
+    fits = []
+    spy(monkeypatch, local, "fit_local_posterior", lambda args, kwargs, result: fits.append(args[6]))
+    metrics = obj.step(batch)
+    (fit,) = fits
+    assert fit.train_decoder and fit.kl_shaping == (0.25, 0.5)
+    assert float(metrics["beta"]) == 0.25 and float(metrics["finite"]) == 1.0
+
+
+def test_numpyro_generic_slow_step_moves_every_weight_down_the_elbos_gradient(monkeypatch):
+    """The update of NumPyro's generic slow step (Programs._variational_step, the fifth method with
+    its q moved off the prior): AdamW's first step on the gradient of -ELBO / tokens at the
+    proposal's q and the guide's draw from the step's key, with the configured learning rate."""
+    import jax
+
+    from ltm_ppl.models.jax.program import local_guide
+
+    obj, batch = training_setup("prior", "numpyro", cls=numpyro_shifted())
+    before = obj.weights()
+    metrics, params, records = numpyro_step(obj, batch, monkeypatch, {"elbo": obj.programs})
+    after = obj.weights()
+    (args, _), = records["elbo"]
+    _, _, loc, log_scale, _, _, key = args
+    tokens = obj.tensor(batch)
+    z = numpyro_guide_draws(functools.partial(local_guide, loc=loc, log_scale=log_scale), tokens, S, key)
+    n_tokens = B * (batch.shape[1] - 1)
+    model = obj.programs.model
+    grads = jax.grad(lambda p: -numpyro_elbo_sum(model(p), tokens, loc, log_scale, z) / n_tokens)(params)
+    assert check_first_adamw_step(obj.cfg.train, before, after, grads, metrics)
+
+
+@pytest.mark.parametrize("bad", ["gradient", "loss", "none"])
+def test_numpyro_update_is_kept_only_when_the_loss_and_every_gradient_are_finite(bad):
+    """Programs.update (every NumPyro slow step's last act): one NaN gradient entry with a finite
+    loss, or an infinite loss with finite gradients, leaves the parameters and the optimiser state
+    as they were and says not finite; finite both, the step moves the parameters."""
+    import jax
+    import jax.numpy as jnp
+
+    from ltm_ppl.inference import create
+
+    obj = create(tiny_cfg("none", backend="numpyro"))
+    params, state = obj.params, obj.opt_state
+    grads = jax.tree.map(lambda p: jnp.full_like(p, 0.01), params)
+    name = sorted(grads)[0]
+    if bad == "gradient":
+        grads[name] = grads[name].at[(0,) * grads[name].ndim].set(jnp.nan)
+    loss = jnp.float32(jnp.inf if bad == "loss" else 2.0)
+    new_params, new_state, out = obj.programs.update(params, state, grads, np.float32(1e-3), loss)
+    leaves = lambda tree: [np.asarray(x) for x in jax.tree.leaves(tree)]  # noqa: E731
+    same = all(np.array_equal(a, b) for a, b in zip(leaves(new_params) + leaves(new_state), leaves(params) + leaves(state)))
+    assert bool(out["finite"]) == (bad == "none") and same == (bad != "none")
+    assert np.isfinite(float(out["grad_norm"])) == (bad != "gradient")
+
+
+@pytest.mark.parametrize("max_norm,size", [(0.0, 1.0), (0.5, 1.0), (3.0, 1.0), (100.0, 1.0), (1e-5, 1e-5)])
+def test_numpyro_clip_is_torchs_clip_grad_norm(max_norm, size):
+    """numpyro_optim.clip_like_torch against torch.nn.utils.clip_grad_norm_ on the same gradients
+    (norm ~2.2 size): the returned norm is the unclipped one; the clip binds at 0.5, not at 3 or 100
+    (a scale capped above 1 would show there), and max_norm 0 (grad_clip off) leaves them as they
+    are; at a norm of ~2e-5 torch's 1e-6 in the denominator is 5 % of it (its sign shows)."""
+    import jax.numpy as jnp
+
+    from ltm_ppl.inference.numpyro_optim import clip_like_torch
+
+    rng = np.random.default_rng(7)
+    arrays = {"a": size * rng.standard_normal((3, 4)).astype(np.float32), "b": size * rng.standard_normal(5).astype(np.float32)}
+    clipped, norm = clip_like_torch({k: jnp.asarray(v) for k, v in arrays.items()}, max_norm)
+    tensors = [torch.from_numpy(v.copy()) for v in arrays.values()]
+    for t in tensors:
+        t.grad = t.clone()
+    expected_norm = torch.nn.utils.clip_grad_norm_(tensors, max_norm or math.inf)
+    assert float(norm) == pytest.approx(float(expected_norm), rel=1e-6) and 2 < float(norm) / size < 3
+    for (name, got), t in zip(clipped.items(), tensors):
+        np.testing.assert_allclose(np.asarray(got), t.grad.numpy(), rtol=1e-6, atol=0, err_msg=name)
+
+
+@pytest.mark.slow  # ~20 s: one compile of the Langevin training step with a local start
+def test_numpyro_langevin_training_step_starts_from_a_local_fit_of_inference_steps(monkeypatch):
+    """init = "local": the training step's chains start from the local q fitted by inference.steps
+    fast steps (LangevinPrograms.start is handed that count; what it returns for it is checked in
+    test_numpyro_langevin_chains_start_at_the_q_that_init_names[local])."""
+    obj, batch = training_setup("langevin", "numpyro", chains=2, init="local")
+    asked = []
+    real = obj.programs.start
+
+    def start(params, tokens, key, fit_steps):
+        asked.append(fit_steps)
+        return real(params, tokens, key, fit_steps)
+
+    monkeypatch.setattr(obj.programs, "start", start)
+    metrics = obj.step(batch)  # (traced: the spy sees the Python count)
+    assert asked == [obj.cfg.inference.steps] and asked[0] > 0 and float(metrics["finite"]) == 1.0
+
+
+@pytest.mark.slow  # ~15 s: two compiles of the amortized step
+def test_numpyro_amortized_shaped_step_records_the_shaped_objective():
+    """NumPyro amortized with a KL warm-up and free bits, iteration 0: at the same weights and key
+    as the plain step (so the same draw: its nll and kl records are the plain step's, checked by
+    test_numpyro_amortized_records_are_the_trace_elbo_of_the_encoders_q), loss = nll + beta *
+    sum_ij max(free_bits, KL_ij) / tokens with KL_ij the analytic KL of the encoder's q, beta = 1/4."""
+    import jax.numpy as jnp
+
+    from ltm_ppl.models.jax import encoder as jax_encoder
+
+    free_bits = 2.0  # nats per latent vector: between the smallest and the largest KL_ij here
+    plain, batch = training_setup("amortized", "numpyro")
+    shaped, _ = training_setup("amortized", "numpyro", kl_warmup_iters=4, free_bits=free_bits)
+    loc, log_scale = jax_encoder.encode(shaped.params, shaped.cfg.model, shaped.tensor(batch), jnp.float32)
+    loc, log_scale = np.asarray(loc, np.float64), np.asarray(log_scale, np.float64)
+    per_vector = (0.5 * (loc**2 + np.exp(2 * log_scale) - 1 - 2 * log_scale)).sum(-1)  # [B, n_z]
+    assert (per_vector < free_bits).any() and (per_vector > free_bits).any()
+    want, got = ({k: float(v) for k, v in obj.step(batch).items()} for obj in (plain, shaped))
+    n_tokens = B * (batch.shape[1] - 1)
+    assert got["beta"] == 0.25 and want["beta"] == 1.0
+    assert got["nll"] == pytest.approx(want["nll"], rel=1e-6) and got["kl"] == pytest.approx(want["kl"], rel=1e-6)
+    assert got["kl"] == pytest.approx(per_vector.sum(-1).mean(), rel=RTOL)
+    assert got["loss"] == pytest.approx(got["nll"] + 0.25 * np.maximum(per_vector, free_bits).sum() / n_tokens, rel=RTOL)
+    assert got["finite"] == 1.0 and shaped.iteration == 1
+
+
+@pytest.mark.slow  # 8-15 s: one compile of the Langevin step
+def test_numpyro_langevin_accept_record_of_a_one_step_iteration_is_the_kept_steps():
+    """inference.steps = 1 (no warm-up step, one kept step): the accept record is the mean
+    acceptance of the chains' kept step, a probability (that of the empty warm-up would be NaN).
+    (At the default steps the record equals the chains' own mean: the records test above.)"""
+    obj, batch = training_setup("langevin", "numpyro", chains=2, steps=1)
+    metrics = obj.step(batch)  # jit on: a zero-length warm-up scan cannot run with jit off
+    assert 0.0 <= float(metrics["accept"]) <= 1.0 and float(metrics["finite"]) == 1.0
+
+
+@pytest.mark.slow  # 8-15 s: one compile of the Langevin step
+def test_numpyro_langevin_step_moves_each_weight_by_at_most_the_learning_rate():
+    """The Monte Carlo EM update itself (the records are computed before it): AdamW's first step
+    moves each weight by at most lr beyond its decoupled decay, by nearly lr where its gradient is
+    clear of 0, and leaves every weight finite."""
+    from ltm_ppl.inference.schedules import slow_lr
+
+    obj, batch = training_setup("langevin", "numpyro", chains=2)
+    before = obj.weights()
+    metrics = obj.step(batch)
+    lr, wd = slow_lr(0, obj.cfg.train), obj.cfg.train.weight_decay
+    assert float(metrics["lr"]) == pytest.approx(lr) and float(metrics["finite"]) == 1.0
+    largest = 0.0
+    for name, w1 in obj.weights().items():
+        w0 = before[name]
+        step = w1 - w0 * (1 - lr * (wd if w0.ndim >= 2 else 0.0))
+        assert np.isfinite(w1).all() and np.abs(step).max() <= lr + 2e-7, name  # (float32 rounding of w)
+        largest = max(largest, float(np.abs(step).max()))
+    assert largest > 0.9 * lr
