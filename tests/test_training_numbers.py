@@ -910,6 +910,19 @@ def test_pyro_amortized_objective_without_eps_is_the_trace_elbo_at_the_guides_ow
     assert float(objective) == pytest.approx(expected_nll + beta * np.maximum(per_vector, free_bits).sum() / n_tokens, rel=RTOL)
 
 
+def record_gaussian_elbo(obj, monkeypatch) -> list:
+    """Spies on the Pyro slow step's gaussian_elbo: each call's (loc, log_scale, noise), copied."""
+    calls = []
+    real = obj.gaussian_elbo
+
+    def recording(tokens, loc, log_scale, num_samples, noise=None):
+        calls.append((loc.detach().clone(), log_scale.detach().clone(), noise.clone()))
+        return real(tokens, loc, log_scale, num_samples, noise)
+
+    monkeypatch.setattr(obj, "gaussian_elbo", recording)
+    return calls
+
+
 def test_pyro_local_shaped_step_records_the_shaped_objective_and_trains_on_the_plain_gradient(monkeypatch):
     """local with a KL warm-up and free bits (the shaped training objective, iteration 0): loss =
     nll + beta * sum_ij max(free_bits, KL_ij) / tokens at the fitted q, beta recorded; nll and kl
@@ -919,14 +932,7 @@ def test_pyro_local_shaped_step_records_the_shaped_objective_and_trains_on_the_p
     free_bits = 12.5  # nats per latent vector: between the smallest and the largest KL_ij of the fitted q here
     obj, batch = training_setup("local", "pyro", kl_warmup_iters=4, free_bits=free_bits)
     tokens = obj.tensor(batch)
-    calls = []
-    real = obj.gaussian_elbo
-
-    def recording(tokens, loc, log_scale, num_samples, noise=None):
-        calls.append((loc.detach().clone(), log_scale.detach().clone(), noise.clone()))
-        return real(tokens, loc, log_scale, num_samples, noise)
-
-    monkeypatch.setattr(obj, "gaussian_elbo", recording)
+    calls = record_gaussian_elbo(obj, monkeypatch)
     before = {k: v.copy() for k, v in obj.weights().items()}  # (Pyro's arrays share the tensors' memory)
     metrics = obj.step(batch)
     obj.load_weights(before)
@@ -981,14 +987,7 @@ def test_pyro_semi_amortized_step_moves_every_weight_down_its_own_gradient(monke
 
     obj, batch = training_setup("local", "pyro", init="amortized")
     tokens = obj.tensor(batch)
-    calls = []
-    real = obj.gaussian_elbo
-
-    def recording(tokens, loc, log_scale, num_samples, noise=None):
-        calls.append((loc.detach().clone(), log_scale.detach().clone(), noise.clone()))
-        return real(tokens, loc, log_scale, num_samples, noise)
-
-    monkeypatch.setattr(obj, "gaussian_elbo", recording)
+    calls = record_gaussian_elbo(obj, monkeypatch)
     before = {k: v.copy() for k, v in obj.weights().items()}
     metrics = obj.step(batch)
     after = {k: v.copy() for k, v in obj.weights().items()}
