@@ -461,7 +461,9 @@ def numpyro_shifted():
 def test_numpyro_gaussian_slow_step_records_are_the_trace_elbo_of_its_q_and_noise(monkeypatch, method, options, cls):
     """local (the default method: the slow step at the fitted q, keyed noise; semi-amortized: and
     the encoder's own ELBO) and the generic slow step (Programs._variational_step, noise from the
-    step's key): loss = -ELBO / tokens, nll = loss - KL / tokens, kl = mean KL."""
+    step's key): loss = -ELBO / tokens, nll = loss - KL / tokens, kl = mean KL; and the update:
+    every weight down its gradient (semi-amortized: the decoder down the ELBO's at the refined q
+    only, the encoder down its own ELBO's too, from noise of its own key)."""
     import jax
     import jax.numpy as jnp
 
@@ -470,8 +472,10 @@ def test_numpyro_gaussian_slow_step_records_are_the_trace_elbo_of_its_q_and_nois
 
     obj, batch = training_setup(method, "numpyro", cls=cls and cls(), **options)
     programs = obj.programs
-    spies = {"elbo": programs} | ({"encoder_elbo": programs} if options.get("init") == "amortized" else {})
+    spies = {"elbo": programs} | ({"encoder_elbo": programs, "fit": programs} if options.get("init") == "amortized" else {})
+    before = obj.weights()
     metrics, params, records = numpyro_step(obj, batch, monkeypatch, spies)
+    after = obj.weights()
     tokens = obj.tensor(batch)
     (args, _), = records["elbo"]
     _, _, loc, log_scale, num_samples, noise, key = args
@@ -499,6 +503,9 @@ def test_numpyro_gaussian_slow_step_records_are_the_trace_elbo_of_its_q_and_nois
     if "encoder_elbo" in records:  # the encoder's own ELBO at its output, decoder held constant
         (enc_args, _), = records["encoder_elbo"]
         enc_key = enc_args[-1]
+        (fit_args, _), = records["fit"]
+        # The encoder's noise has a key of its own, neither the fast loop's nor the slow draw's.
+        assert not any(np.array_equal(np.asarray(enc_key), np.asarray(k)) for k in (fit_args[3], key))
         encode = lambda p: jax_encoder.encode(p, obj.cfg.model, tokens, jnp.float32)  # noqa: E731
         enc_loc, enc_log_scale = encode(params)
         enc_z = numpyro_guide_draws(functools.partial(amortized_guide, encoder_fn=lambda t: (enc_loc, enc_log_scale)),
@@ -514,6 +521,9 @@ def test_numpyro_gaussian_slow_step_records_are_the_trace_elbo_of_its_q_and_nois
         enc_grads = jax.grad(encoder_loss)(params)
         grads = {k: grads[k] + enc_grads[k] for k in grads}
     check_records(obj, metrics, expected, list(grads.values()))
+    # The update itself (grad_norm cannot see a sign, or which term a weight's gradient came from).
+    moved = check_first_adamw_step(obj.cfg.train, before, after, grads, metrics)
+    assert "layers" in moved and ("encoder" in moved) == ("encoder_elbo" in records)
 
 
 def test_numpyro_amortized_records_are_the_trace_elbo_of_the_encoders_q(monkeypatch):
@@ -525,7 +535,9 @@ def test_numpyro_amortized_records_are_the_trace_elbo_of_the_encoders_q(monkeypa
     from ltm_ppl.models.jax.program import amortized_guide
 
     obj, batch = training_setup("amortized", "numpyro")
+    before = obj.weights()
     metrics, params, records = numpyro_step(obj, batch, monkeypatch, {"elbo_terms_by_vector": amortized})
+    after = obj.weights()
     (args, kwargs), = records["elbo_terms_by_vector"]
     assert kwargs["num_particles"] == S
     tokens = obj.tensor(batch)
@@ -544,7 +556,10 @@ def test_numpyro_amortized_records_are_the_trace_elbo_of_the_encoders_q(monkeypa
     assert kl.sum() > 1.0
     loss = float(loss_of(params))
     expected = {"loss": loss, "nll": loss - kl.sum() / n_tokens, "kl": kl.mean(), "beta": 1.0}
-    check_records(obj, metrics, expected, list(jax.grad(loss_of)(params).values()))
+    grads = jax.grad(loss_of)(params)
+    check_records(obj, metrics, expected, list(grads.values()))
+    # The update itself: the records are computed before it (a NaN learning rate would not show there).
+    assert check_first_adamw_step(obj.cfg.train, before, after, grads, metrics) >= {"encoder", "layers"}
 
 
 def numpyro_loglik(model, tokens, z):
