@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import math
 
+from .kl_shaping import shaping_on
+
 
 def fast_lr(step: int, steps: int, lr: float, final_ratio: float, denominator: str = "T-1") -> float:
     """Cosine decay of the inner loop from lr at step 0: over step / (steps - 1), reaching
@@ -36,7 +38,7 @@ def kl_weight(iteration: int, warmup_iters: int) -> float:
 def kl_shape(iteration: int, inf_cfg) -> tuple[float, float] | None:
     """(KL weight, free bits per latent vector) of the training objective at `iteration`, or None
     when the run configures neither (the objective is the plain ELBO)."""
-    if not (inf_cfg.kl_warmup_iters > 0 or inf_cfg.free_bits > 0):
+    if not shaping_on(inf_cfg):  # the one rule, shared with the NumPyro local step's compiled branch
         return None
     return kl_weight(iteration, inf_cfg.kl_warmup_iters), float(inf_cfg.free_bits)
 
