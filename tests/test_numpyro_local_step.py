@@ -1,11 +1,12 @@
-"""The NumPyro local method's slow step (the default method of the NumPyro backend) beyond its plain
-records (tests/test_training_numbers.py): with a KL warm-up and free bits, and its update itself
-(issue 25's fourth mutation pass, docs/mutation.md). One training iteration with jit off, q and
-noise read off the step by a spy, as in test_training_numbers.py."""
+"""The NumPyro local method's training step (the NumPyro backend's default method) beyond its plain
+records (tests/test_training_numbers.py): the step with a KL warm-up and free bits (one training
+iteration with jit off, q and noise read off the step by a spy, as there), and the fast fit's
+fixed-noise mode. Written for the survivors of issue 25's fourth mutation pass (docs/mutation.md)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import tiny_cfg
 from test_training_numbers import (B, RTOL, check_first_adamw_step, check_records, numpyro_elbo_sum, numpyro_step,
                                    training_setup)
 
@@ -39,3 +40,31 @@ def test_numpyro_local_shaped_step_records_the_shaped_objective_and_trains_on_th
     grads = jax.grad(loss_of)(params)
     check_records(obj, metrics, expected, list(grads.values()), bound=False)
     assert check_first_adamw_step(obj.cfg.train, before, after, grads, metrics)
+
+
+def test_numpyro_fixed_noise_fit_reuses_one_standard_normal_eps_at_every_step():
+    """inference.fixed_noise (the published reference's mode): LocalPrograms.fit draws one eps
+    [S, B, *latent] ~ N(0, 1), returns it, and its fast loop reuses it at every step: the fitted q
+    is that of the loop given the same eps as per-step noise at each step (another path through
+    fit_local_posterior), and not that of a loop whose second step sees other noise."""
+    import jax
+    import jax.numpy as jnp
+
+    from ltm_ppl.inference import create
+
+    samples, batch_size = 4, 8
+    obj = create(tiny_cfg("local", num_samples=samples, fixed_noise=True, steps=3))
+    tokens = jnp.asarray(np.random.default_rng(3).integers(0, 64, (batch_size, obj.cfg.model.block_size + 1)))
+    lrs, key = obj.lrs(3), jax.random.PRNGKey(11)
+    fit = jax.jit(obj.programs.fit)
+    loc, log_scale, eps = fit(obj.params, tokens, lrs, key)
+    assert eps.shape == (samples, batch_size, *obj.latent_shape) and eps.dtype == jnp.float32
+    n = eps.size  # 4 * 8 * 4 * 16 = 2048 standard normal draws
+    assert abs(float(eps.mean())) < 4 / n**0.5 and abs(float(eps.std()) - 1) < 4 / (2 * n) ** 0.5
+    same = jnp.broadcast_to(eps, (3, *eps.shape))
+    loc_same, log_scale_same, _ = fit(obj.params, tokens, lrs, key, same)
+    np.testing.assert_allclose(loc, loc_same, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(log_scale, log_scale_same, rtol=1e-5, atol=1e-6)
+    other = same.at[1].set(-eps)  # the second step sees other noise
+    loc_other, _, _ = fit(obj.params, tokens, lrs, key, other)
+    assert float(jnp.abs(loc_other - loc).max()) > 1e-3
