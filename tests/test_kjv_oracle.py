@@ -9,8 +9,8 @@ import math
 
 import numpy as np
 import pytest
-from helpers import load_bench
 import torch
+from helpers import load_bench
 
 from ltm_ppl.config import ModelConfig, RunConfig, TrainConfig
 from ltm_ppl.data import build_tokenizer

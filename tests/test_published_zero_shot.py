@@ -8,8 +8,8 @@ import math
 
 import numpy as np
 import pytest
-from helpers import load_bench
 import torch
+from helpers import load_bench
 from published_reference import ARGS, checkpoint_dict, published_model, zero_shot
 
 from ltm_ppl.published_checkpoint import import_checkpoint

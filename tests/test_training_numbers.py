@@ -55,10 +55,15 @@ def training_setup(method: str, backend: str, cls=None, **inference):
     return obj, batch
 
 
+def analytic_kl_per_vector(loc, log_scale) -> np.ndarray:
+    """KL(N(loc, exp(log_scale)^2) || N(0, 1)) of each latent vector (the last axis summed), in float64."""
+    loc, log_scale = np.asarray(loc, np.float64), np.asarray(log_scale, np.float64)
+    return (0.5 * (loc**2 + np.exp(2 * log_scale) - 1 - 2 * log_scale)).sum(-1)
+
+
 def analytic_kl(loc, log_scale) -> np.ndarray:
     """KL(N(loc, exp(log_scale)^2) || N(0, 1)) per sequence [B], in float64."""
-    loc, log_scale = np.asarray(loc, np.float64), np.asarray(log_scale, np.float64)
-    kl = 0.5 * (loc**2 + np.exp(2 * log_scale) - 1 - 2 * log_scale)
+    kl = analytic_kl_per_vector(loc, log_scale)
     return kl.reshape(len(kl), -1).sum(-1)
 
 
@@ -916,8 +921,7 @@ def test_pyro_amortized_objective_without_eps_is_the_trace_elbo_at_the_guides_ow
         eps = torch.randn((S, B, *obj.latent_shape))
         loc, log_scale = obj.encoder(tokens)
         elbo = float(pyro_elbo_sum(obj.model, tokens, loc, log_scale, loc + log_scale.exp() * eps))
-    loc, log_scale = loc.double().numpy(), log_scale.double().numpy()
-    per_vector = (0.5 * (loc**2 + np.exp(2 * log_scale) - 1 - 2 * log_scale)).sum(-1)  # [B, n_z]
+    per_vector = analytic_kl_per_vector(loc, log_scale)  # [B, n_z]
     assert (per_vector < free_bits).any() and (per_vector > free_bits).any()  # the floor binds for some vectors only
     expected_nll = -(elbo + per_vector.sum()) / n_tokens
     assert float(nll) == pytest.approx(expected_nll, rel=RTOL)
@@ -957,8 +961,7 @@ def test_pyro_local_shaped_step_records_the_shaped_objective_and_trains_on_the_p
     n_tokens = B * (batch.shape[1] - 1)
     with torch.no_grad():
         elbo = float(pyro_elbo_sum(obj.model, tokens, loc, log_scale, z))
-    l64, s64 = loc.double().numpy(), log_scale.double().numpy()
-    per_vector = (0.5 * (l64**2 + np.exp(2 * s64) - 1 - 2 * s64)).sum(-1)  # [B, n_z]
+    per_vector = analytic_kl_per_vector(loc, log_scale)  # [B, n_z]
     assert (per_vector < free_bits).any() and (per_vector > free_bits).any()  # the floor binds for some vectors only
     beta = kl_weight(0, 4)
     assert beta == 0.25
@@ -1138,8 +1141,7 @@ def test_numpyro_amortized_shaped_step_records_the_shaped_objective():
     plain, batch = training_setup("amortized", "numpyro")
     shaped, _ = training_setup("amortized", "numpyro", kl_warmup_iters=4, free_bits=free_bits)
     loc, log_scale = jax_encoder.encode(shaped.params, shaped.cfg.model, shaped.tensor(batch), jnp.float32)
-    loc, log_scale = np.asarray(loc, np.float64), np.asarray(log_scale, np.float64)
-    per_vector = (0.5 * (loc**2 + np.exp(2 * log_scale) - 1 - 2 * log_scale)).sum(-1)  # [B, n_z]
+    per_vector = analytic_kl_per_vector(loc, log_scale)  # [B, n_z]
     assert (per_vector < free_bits).any() and (per_vector > free_bits).any()
     want, got = ({k: float(v) for k, v in obj.step(batch).items()} for obj in (plain, shaped))
     n_tokens = B * (batch.shape[1] - 1)

@@ -70,8 +70,7 @@ def val():
 def per_window_nll(inference, tokens, kind, steps, samples, max_windows=None) -> np.ndarray:
     """Eval's bound (nats per window) of each window, by corpus_bound on that window alone."""
     windows = next(eval_batches(tokens, BLOCK, 10**6, max_windows))
-    return np.array([corpus_bound(inference, [w[None]], steps, samples, seed=i, kind=kind)["nll_per_token"] * BLOCK
-                     for i, w in enumerate(windows)])
+    return per_window_terms(inference, windows, kind, steps, samples)[0]
 
 
 def assert_not_below(bound: np.ndarray, floor: np.ndarray, what: str, block: int = BLOCK) -> None:
